@@ -1,0 +1,22 @@
+//! What every cavlo service does before its own work starts.
+//!
+//! * [`config`]: layered configuration (defaults < TOML file < `CAVLO_…` env).
+//! * [`telemetry`]: tracing, human-readable or JSON.
+//! * [`nats`]: the NATS connection settings and connect call.
+//! * [`shutdown`]: the future that resolves on Ctrl-C or SIGTERM.
+//! * [`Cli`]: the command-line flags every binary shares.
+
+pub mod config;
+pub mod nats;
+pub mod shutdown;
+pub mod telemetry;
+
+use std::path::PathBuf;
+
+/// Flags every cavlo binary accepts. Each binary adds its own `about` text.
+#[derive(Debug, clap::Args)]
+pub struct Cli {
+    /// TOML file with settings; environment variables (`CAVLO_…`) override it.
+    #[arg(long, short, env = "CAVLO_CONFIG")]
+    pub config: Option<PathBuf>,
+}

@@ -1,0 +1,69 @@
+//! The NATS connection every service opens.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// NATS settings (`[nats]`, `CAVLO_NATS__…`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NatsConfig {
+    /// Server URL(s), comma-separated. Default `nats://127.0.0.1:4222`.
+    pub url: String,
+    /// A `.creds` file for this service's NATS user, if the server requires one.
+    pub credentials_file: Option<PathBuf>,
+    /// How long to wait for the first connection before giving up. Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// How long a request to another service may take before the caller
+    /// reports `unavailable`. Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            url: "nats://127.0.0.1:4222".into(),
+            credentials_file: None,
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Connecting to NATS failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The credentials file could not be read.
+    #[error("cannot read NATS credentials: {0}")]
+    Credentials(#[source] std::io::Error),
+    /// No server answered.
+    #[error("cannot connect to NATS: {0}")]
+    Connect(#[from] async_nats::ConnectError),
+}
+
+/// Connects as `name` (shown in the server's connection list). After the first
+/// connection, the client reconnects by itself for as long as the process runs.
+pub async fn connect(config: &NatsConfig, name: &str) -> Result<async_nats::Client, ConnectError> {
+    let mut options = async_nats::ConnectOptions::new()
+        .name(name)
+        .connection_timeout(config.connect_timeout)
+        .request_timeout(Some(config.request_timeout))
+        .retry_on_initial_connect()
+        .event_callback(|event| async move {
+            match event {
+                async_nats::Event::Connected => tracing::info!("nats connected"),
+                async_nats::Event::Disconnected => tracing::warn!("nats disconnected"),
+                other => tracing::info!(event = %other, "nats event"),
+            }
+        });
+    if let Some(path) = &config.credentials_file {
+        options = options
+            .credentials_file(path)
+            .await
+            .map_err(ConnectError::Credentials)?;
+    }
+    Ok(options.connect(config.url.as_str()).await?)
+}

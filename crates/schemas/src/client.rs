@@ -1,0 +1,342 @@
+//! The client protocol, version 1: JSON text frames over one WebSocket.
+//!
+//! `docs/protocol.md` describes the exchange with examples; the field names
+//! here are the contract.
+
+use serde::{Deserialize, Serialize};
+
+use crate::code::ErrorCode;
+use crate::id::{ClientMsgId, ConnId, GatewayId, RoomId, Seq, UserId};
+
+/// A frame a client sends.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientFrame {
+    /// The first frame: proves who the client is.
+    Auth {
+        /// A JWT.
+        token: String,
+    },
+    /// Enter a room; `since` resumes after the last seq the client saw.
+    Join {
+        /// The room.
+        room: RoomId,
+        /// The last seq the client saw in this room, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<Seq>,
+    },
+    /// Leave a room.
+    Leave {
+        /// The room.
+        room: RoomId,
+    },
+    /// Send a chat message to a joined room.
+    Chat {
+        /// The room.
+        room: RoomId,
+        /// The client's id for the message; resending it is idempotent.
+        id: ClientMsgId,
+        /// The message text; HTML is stripped.
+        text: String,
+    },
+    /// Liveness check; answered with `pong`. A struct variant so that, like
+    /// every other frame, it rejects unknown fields.
+    Ping {},
+}
+
+/// A frame the gateway sends.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// Authentication succeeded.
+    Welcome {
+        /// This connection's id.
+        conn_id: ConnId,
+        /// Who the token says the client is.
+        user: User,
+        /// The gateway that holds the connection.
+        gateway: GatewayId,
+        /// The limits this gateway applies.
+        limits: Limits,
+    },
+    /// The join succeeded; carries the backlog.
+    Joined {
+        /// The room.
+        room: RoomId,
+        /// Members of the room.
+        members: Vec<Member>,
+        /// Backlog: the last messages, or those after `since`, oldest first.
+        history: Vec<ChatMessage>,
+        /// The room's latest seq (`0` when it has no messages).
+        last_seq: Seq,
+        /// Whether messages after `since` were already trimmed from the backlog.
+        truncated: bool,
+    },
+    /// The leave succeeded.
+    Left {
+        /// The room.
+        room: RoomId,
+    },
+    /// A chat message from another connection.
+    Chat(ChatMessage),
+    /// A chat message of this connection was stored.
+    Ack {
+        /// The client's id for the message.
+        id: ClientMsgId,
+        /// The room.
+        room: RoomId,
+        /// The seq the message was stored under. Absent only for a resend whose
+        /// original has already been trimmed from the backlog.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seq: Option<Seq>,
+    },
+    /// Answer to `ping`.
+    Pong,
+    /// A request failed; the connection stays usable.
+    Error(ErrorFrame),
+}
+
+/// The body of an `error` frame.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ErrorFrame {
+    /// What went wrong, machine-readable.
+    pub code: ErrorCode,
+    /// What went wrong, for people.
+    pub message: String,
+    /// The client message id the error is about, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<ClientMsgId>,
+    /// The room the error is about, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room: Option<RoomId>,
+}
+
+impl ErrorFrame {
+    /// An error frame about no particular message or room.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            id: None,
+            room: None,
+        }
+    }
+
+    /// Names the room the error is about.
+    pub fn in_room(mut self, room: &RoomId) -> Self {
+        self.room = Some(room.clone());
+        self
+    }
+
+    /// Names the client message the error is about.
+    pub fn for_message(mut self, id: &ClientMsgId) -> Self {
+        self.id = Some(id.clone());
+        self
+    }
+}
+
+/// An authenticated user.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    /// Stable id (the token's `sub`).
+    pub id: UserId,
+    /// Display name (the token's `name`, or the id).
+    pub name: String,
+}
+
+/// One connection in a room.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// The connection.
+    pub conn_id: ConnId,
+    /// Its user.
+    pub user: User,
+}
+
+/// A stored chat message, as clients see it and as JetStream stores it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// The room.
+    pub room: RoomId,
+    /// Its place in the room.
+    pub seq: Seq,
+    /// The sender's id for it.
+    pub id: ClientMsgId,
+    /// Who sent it, as authenticated by the gateway.
+    pub from: Member,
+    /// The sanitized text.
+    pub text: String,
+    /// When the moderator accepted it, in milliseconds since the Unix epoch.
+    pub ts: u64,
+}
+
+/// Limits a gateway announces in `welcome`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Largest WebSocket message the gateway accepts, in bytes.
+    pub max_frame_bytes: usize,
+    /// How many rooms one connection may be in at once.
+    pub max_rooms: usize,
+    /// How many messages `joined.history` holds when `since` is absent.
+    pub history_limit: usize,
+}
+
+/// Why a text frame is not a [`ClientFrame`].
+#[derive(Debug, thiserror::Error)]
+#[error("{}", self.message())]
+pub struct DecodeError {
+    syntax: bool,
+    /// The frame's `id` field, when it had one, so the error can name it.
+    pub id: Option<ClientMsgId>,
+    /// The frame's `room` field, when it had one.
+    pub room: Option<RoomId>,
+}
+
+impl DecodeError {
+    /// A description for the client that does not leak parser internals.
+    pub fn message(&self) -> &'static str {
+        if self.syntax {
+            "frame is not valid JSON"
+        } else {
+            "frame has an unknown type, a missing field or a field of the wrong type"
+        }
+    }
+}
+
+impl ClientFrame {
+    /// Parses one text frame. On failure, still picks out `id` and `room` when
+    /// they are present so the error frame can name them.
+    pub fn decode(text: &str) -> Result<Self, DecodeError> {
+        serde_json::from_str(text).map_err(|err| {
+            #[derive(Deserialize)]
+            struct Echo {
+                id: Option<ClientMsgId>,
+                room: Option<RoomId>,
+            }
+            let echo = serde_json::from_str::<Echo>(text).ok();
+            DecodeError {
+                syntax: err.is_syntax() || err.is_eof(),
+                id: echo.as_ref().and_then(|e| e.id.clone()),
+                room: echo.and_then(|e| e.room),
+            }
+        })
+    }
+}
+
+impl ServerFrame {
+    /// Serializes the frame as the JSON text sent to clients.
+    pub fn to_json(&self) -> String {
+        // Every field is a string, a number, a bool or a nested struct of those,
+        // so serialization to a String cannot fail.
+        serde_json::to_string(self).expect("server frames always serialize")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn member() -> Member {
+        Member {
+            conn_id: "c1".into(),
+            user: User {
+                id: "u1".into(),
+                name: "Ann".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn client_frames_parse_from_documented_json() {
+        let cases = [
+            (json!({"type": "auth", "token": "t"}), ClientFrame::Auth { token: "t".into() }),
+            (
+                json!({"type": "join", "room": "lobby", "since": 42}),
+                ClientFrame::Join { room: "lobby".into(), since: Some(Seq(42)) },
+            ),
+            (json!({"type": "join", "room": "lobby"}), ClientFrame::Join { room: "lobby".into(), since: None }),
+            (json!({"type": "leave", "room": "lobby"}), ClientFrame::Leave { room: "lobby".into() }),
+            (
+                json!({"type": "chat", "room": "lobby", "id": "m1", "text": "hi"}),
+                ClientFrame::Chat { room: "lobby".into(), id: "m1".into(), text: "hi".into() },
+            ),
+            (json!({"type": "ping"}), ClientFrame::Ping {}),
+        ];
+        for (value, frame) in cases {
+            let text = value.to_string();
+            assert_eq!(ClientFrame::decode(&text).unwrap(), frame, "decoding {text}");
+            assert_eq!(serde_json::to_value(&frame).unwrap(), value, "encoding {frame:?}");
+        }
+    }
+
+    #[test]
+    fn bad_client_frames_are_rejected_with_their_ids() {
+        const CASES: &[(&str, bool)] = &[
+            ("{not json", true),
+            ("", true),
+            (r#"{"type":"shout","room":"lobby","id":"m1"}"#, false),
+            (r#"{"type":"chat","room":"lobby","id":"m1"}"#, false),
+            (r#"{"type":"chat","room":"lobby","id":"m1","text":7}"#, false),
+            (r#"{"type":"ping","from":"someone-else"}"#, false),
+            (r#"{"type":"chat","room":"lobby","id":"m1","text":"x","from":"spoof"}"#, false),
+        ];
+        for (text, syntax) in CASES {
+            let err = ClientFrame::decode(text).unwrap_err();
+            assert_eq!(err.syntax, *syntax, "case {text:?}");
+            if !syntax {
+                assert_eq!(err.room, text.contains("lobby").then(|| RoomId::from("lobby")), "case {text:?}");
+                assert_eq!(err.id, text.contains("m1").then(|| ClientMsgId::from("m1")), "case {text:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn server_frames_match_documented_json() {
+        let chat = ChatMessage {
+            room: "lobby".into(),
+            seq: Seq(58),
+            id: "m1".into(),
+            from: member(),
+            text: "hi".into(),
+            ts: 1_700_000_000_000,
+        };
+        let cases = [
+            (
+                ServerFrame::Chat(chat.clone()),
+                json!({"type": "chat", "room": "lobby", "seq": 58, "id": "m1",
+                       "from": {"conn_id": "c1", "user": {"id": "u1", "name": "Ann"}},
+                       "text": "hi", "ts": 1_700_000_000_000u64}),
+            ),
+            (
+                ServerFrame::Ack { id: "m1".into(), room: "lobby".into(), seq: Some(Seq(58)) },
+                json!({"type": "ack", "id": "m1", "room": "lobby", "seq": 58}),
+            ),
+            (
+                ServerFrame::Joined {
+                    room: "lobby".into(),
+                    members: vec![member()],
+                    history: vec![chat],
+                    last_seq: Seq(58),
+                    truncated: false,
+                },
+                json!({"type": "joined", "room": "lobby",
+                       "members": [{"conn_id": "c1", "user": {"id": "u1", "name": "Ann"}}],
+                       "history": [{"room": "lobby", "seq": 58, "id": "m1",
+                                    "from": {"conn_id": "c1", "user": {"id": "u1", "name": "Ann"}},
+                                    "text": "hi", "ts": 1_700_000_000_000u64}],
+                       "last_seq": 58, "truncated": false}),
+            ),
+            (
+                ServerFrame::Error(ErrorFrame::new(ErrorCode::NotInRoom, "join first").in_room(&"lobby".into())),
+                json!({"type": "error", "code": "not_in_room", "message": "join first", "room": "lobby"}),
+            ),
+            (ServerFrame::Pong, json!({"type": "pong"})),
+        ];
+        for (frame, value) in cases {
+            assert_eq!(serde_json::from_str::<serde_json::Value>(&frame.to_json()).unwrap(), value);
+            assert_eq!(serde_json::from_value::<ServerFrame>(value).unwrap(), frame);
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! Codes a client can see: error codes in `error` frames and WebSocket close codes.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The `code` of an `error` frame. Errors never close the connection; only the
+/// situations listed in [`CloseCode`] do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The token is missing, malformed, expired or not for this service.
+    Unauthorized,
+    /// The frame is not valid JSON, has an unknown `type` or lacks a field.
+    InvalidMessage,
+    /// The room name breaks the room-name rule.
+    InvalidRoom,
+    /// The frame names a room this connection has not joined.
+    NotInRoom,
+    /// The payload is over its size limit.
+    TooLarge,
+    /// The connection sends faster than its rate limit; retry later.
+    RateLimited,
+    /// The connection already is in as many rooms as it may be.
+    TooManyRooms,
+    /// A service behind the gateway did not answer in time; retry later.
+    Unavailable,
+}
+
+impl ErrorCode {
+    /// The code as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::InvalidMessage => "invalid_message",
+            ErrorCode::InvalidRoom => "invalid_room",
+            ErrorCode::NotInRoom => "not_in_room",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::TooManyRooms => "too_many_rooms",
+            ErrorCode::Unavailable => "unavailable",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// WebSocket close codes the gateway sends.
+///
+/// Codes 4000–4099 are terminal: reconnecting with the same credentials will
+/// fail again. Codes 4100–4199 ask the client to reconnect (to any gateway,
+/// with backoff) and resume each room with `since`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseCode {
+    /// Authentication failed or did not happen within the auth timeout.
+    Unauthorized,
+    /// The connection broke the protocol badly enough to be dropped.
+    PolicyViolation,
+    /// The client did not read its frames fast enough and its send queue filled.
+    SlowConsumer,
+    /// The gateway is shutting down.
+    ShuttingDown,
+    /// The gateway is at its connection limit.
+    GatewayFull,
+}
+
+impl CloseCode {
+    /// The numeric code sent in the close frame.
+    pub fn code(self) -> u16 {
+        match self {
+            CloseCode::Unauthorized => 4001,
+            CloseCode::PolicyViolation => 4008,
+            CloseCode::SlowConsumer => 4100,
+            CloseCode::ShuttingDown => 4101,
+            CloseCode::GatewayFull => 4102,
+        }
+    }
+
+    /// The reason text sent with the code (a close reason is capped at 123 bytes).
+    pub fn reason(self) -> &'static str {
+        match self {
+            CloseCode::Unauthorized => "unauthorized",
+            CloseCode::PolicyViolation => "policy violation",
+            CloseCode::SlowConsumer => "slow consumer: reconnect and resume",
+            CloseCode::ShuttingDown => "gateway shutting down: reconnect",
+            CloseCode::GatewayFull => "gateway full: reconnect elsewhere",
+        }
+    }
+
+    /// Whether the client should reconnect and resume.
+    pub fn should_reconnect(self) -> bool {
+        self.code() >= 4100
+    }
+}

@@ -1,0 +1,194 @@
+//! Internal events between cavlo services, encoded as MessagePack with field
+//! names (`rmp_serde::to_vec_named`) so services of different versions can add
+//! optional fields without breaking each other.
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use crate::client::{ChatMessage, Member};
+use crate::code::ErrorCode;
+use crate::id::{ClientMsgId, GatewayId, ModeratorId, RoomId, Seq};
+
+/// A gateway asks a moderator to admit a client event.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModerationRequest {
+    /// The connection the event came from, as the gateway authenticated it.
+    pub from: Member,
+    /// The gateway holding that connection.
+    pub gateway: GatewayId,
+    /// What the client asks for.
+    pub action: Action,
+}
+
+/// A client event that needs the moderator's approval.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Action {
+    /// Enter a room.
+    Join {
+        /// The room.
+        room: RoomId,
+    },
+    /// Store and deliver a chat message.
+    Chat {
+        /// The room.
+        room: RoomId,
+        /// The client's id for the message.
+        id: ClientMsgId,
+        /// The text as the client sent it, before sanitizing.
+        text: String,
+    },
+}
+
+/// A moderator's answer to a [`ModerationRequest`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModerationReply {
+    /// The moderator that answered; the gateway sends this connection's next
+    /// requests to it, so that its rate limit is counted in one place.
+    pub moderator: ModeratorId,
+    /// The verdict.
+    pub verdict: Verdict,
+}
+
+/// The outcome of moderation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Verdict {
+    /// The join is allowed.
+    Admitted,
+    /// The chat message is stored under `seq` (see [`crate::client::ServerFrame::Ack`]).
+    Stored {
+        /// Its seq, if known.
+        seq: Option<Seq>,
+    },
+    /// The event was refused.
+    Rejected {
+        /// Why, as the client will see it.
+        code: ErrorCode,
+        /// Why, for people.
+        message: String,
+    },
+}
+
+/// A gateway asks history for a room's backlog.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BacklogRequest {
+    /// The room.
+    pub room: RoomId,
+    /// Return messages after this seq; `None` asks for the last `limit`.
+    pub since: Option<Seq>,
+    /// At most this many messages when `since` is `None`.
+    pub limit: usize,
+}
+
+/// History's answer to a [`BacklogRequest`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum BacklogReply {
+    /// The backlog.
+    Backlog(Backlog),
+    /// History could not read the stream.
+    Unavailable,
+}
+
+/// A room's retained messages.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Backlog {
+    /// Oldest first.
+    pub messages: Vec<ChatMessage>,
+    /// The room's latest seq, `Seq(0)` if it has none.
+    pub last_seq: Seq,
+    /// Whether messages after `since` were already trimmed.
+    pub truncated: bool,
+}
+
+/// An internal event that arrived malformed.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed internal event")]
+pub struct DecodeError(#[from] rmp_serde::decode::Error);
+
+/// Encodes an internal event.
+pub fn encode<T: Serialize>(event: &T) -> Vec<u8> {
+    // Internal events hold only strings, integers, bools, options and nested
+    // structs of those, all of which MessagePack can represent.
+    rmp_serde::to_vec_named(event).expect("internal events always serialize")
+}
+
+/// Decodes an internal event.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    Ok(rmp_serde::from_slice(bytes)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::User;
+
+    fn member() -> Member {
+        Member {
+            conn_id: "c1".into(),
+            user: User {
+                id: "u1".into(),
+                name: "Ann".into(),
+            },
+        }
+    }
+
+    fn round_trip<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(value: T) {
+        assert_eq!(decode::<T>(&encode(&value)).unwrap(), value);
+    }
+
+    #[test]
+    fn events_round_trip() {
+        round_trip(ModerationRequest {
+            from: member(),
+            gateway: "g1".into(),
+            action: Action::Chat {
+                room: "lobby".into(),
+                id: "m1".into(),
+                text: "<b>hi</b>".into(),
+            },
+        });
+        round_trip(ModerationRequest {
+            from: member(),
+            gateway: "g1".into(),
+            action: Action::Join { room: "lobby".into() },
+        });
+        for verdict in [
+            Verdict::Admitted,
+            Verdict::Stored { seq: Some(Seq(3)) },
+            Verdict::Stored { seq: None },
+            Verdict::Rejected {
+                code: ErrorCode::RateLimited,
+                message: "slow down".into(),
+            },
+        ] {
+            round_trip(ModerationReply {
+                moderator: "m".into(),
+                verdict,
+            });
+        }
+        round_trip(BacklogRequest {
+            room: "lobby".into(),
+            since: Some(Seq(9)),
+            limit: 50,
+        });
+        round_trip(BacklogReply::Backlog(Backlog {
+            messages: vec![ChatMessage {
+                room: "lobby".into(),
+                seq: Seq(10),
+                id: "m1".into(),
+                from: member(),
+                text: "hi".into(),
+                ts: 1,
+            }],
+            last_seq: Seq(10),
+            truncated: true,
+        }));
+        round_trip(BacklogReply::Unavailable);
+    }
+
+    #[test]
+    fn garbage_is_a_decode_error() {
+        assert!(decode::<ModerationRequest>(b"\xc1garbage").is_err());
+        assert!(decode::<Backlog>(&encode(&"a string")).is_err());
+    }
+}

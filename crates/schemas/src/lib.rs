@@ -1,0 +1,17 @@
+//! cavlo's wire formats, in one place.
+//!
+//! Every service speaks through these types, so a frame, an event or a subject
+//! is defined exactly once:
+//!
+//! * [`client`]: the JSON protocol between browsers and gateways
+//!   ([`ClientFrame`](client::ClientFrame) in, [`ServerFrame`](client::ServerFrame) out).
+//! * [`event`]: internal events between services, encoded as MessagePack.
+//! * [`subject`]: every NATS subject, with who publishes and who listens.
+//! * [`code`]: error codes and WebSocket close codes a client can see.
+//! * [`id`]: the newtype ids (`RoomId`, `ConnId`, `Seq`, …).
+
+pub mod client;
+pub mod code;
+pub mod event;
+pub mod id;
+pub mod subject;

@@ -1,0 +1,67 @@
+//! Every NATS subject cavlo uses. No other crate writes a subject string.
+//!
+//! Room names become subject tokens, so builders take a [`RoomId`] that the
+//! caller has checked with [`RoomId::is_subject_safe`].
+
+use crate::id::{ModeratorId, RoomId};
+
+/// Gateways send [`ModerationRequest`](crate::event::ModerationRequest)s here
+/// (request/reply) for a connection not yet tied to a moderator. Every
+/// moderator listens in queue group [`MODERATOR_QUEUE`], so exactly one
+/// answers. Not stored.
+pub const MODERATE: &str = "cavlo.moderate";
+
+/// Queue group of the moderators on [`MODERATE`].
+pub const MODERATOR_QUEUE: &str = "moderator";
+
+/// One moderator's own request subject. Gateways send a connection's later
+/// requests here so one moderator sees all of a connection's traffic and its
+/// rate limit holds however many moderators run. Not stored.
+pub fn moderate_direct(moderator: &ModeratorId) -> String {
+    format!("{MODERATE}.{moderator}")
+}
+
+/// Name of the JetStream stream that holds chat backlogs. History creates and
+/// configures it; the moderator is its only writer.
+pub const CHAT_STREAM: &str = "CAVLO_CHAT";
+
+/// The subjects [`CHAT_STREAM`] captures.
+pub const CHAT_STORE_ALL: &str = "cavlo.chat.*";
+
+/// Where the moderator stores a room's accepted chat messages (MessagePack
+/// [`ChatMessage`](crate::client::ChatMessage)), each with its per-room seq.
+/// Stored in [`CHAT_STREAM`]; published with an expected last subject
+/// sequence, so seqs are gap-free and ordered even with many moderators.
+pub fn chat_store(room: &RoomId) -> String {
+    format!("cavlo.chat.{room}")
+}
+
+/// Where the moderator announces a chat message once JetStream has stored it.
+/// Gateways subscribe while the room has local members. Not stored (core
+/// NATS, at most once); a gateway that misses one finds it in the backlog.
+/// Per room, messages arrive in seq order.
+pub fn chat_deliver(room: &RoomId) -> String {
+    format!("cavlo.deliver.{room}")
+}
+
+/// Gateways ask history for a room's backlog here (request/reply,
+/// [`BacklogRequest`](crate::event::BacklogRequest)). History instances share
+/// the load in queue group [`HISTORY_QUEUE`]. Not stored.
+pub const HISTORY_BACKLOG: &str = "cavlo.history.backlog";
+
+/// Queue group of the history instances on [`HISTORY_BACKLOG`].
+pub const HISTORY_QUEUE: &str = "history";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_subjects_keep_the_room_in_one_token() {
+        let room = RoomId::from("lobby");
+        assert_eq!(chat_store(&room), "cavlo.chat.lobby");
+        assert_eq!(chat_deliver(&room), "cavlo.deliver.lobby");
+        assert_eq!(moderate_direct(&"m1".into()), "cavlo.moderate.m1");
+        assert!(CHAT_STORE_ALL.starts_with("cavlo.chat."));
+    }
+}
