@@ -57,11 +57,18 @@ mod tests {
 
     impl Default for Section {
         fn default() -> Self {
-            Self { size: 1, name: "default".into() }
+            Self {
+                size: 1,
+                name: "default".into(),
+            }
         }
     }
 
     #[test]
+    #[allow(
+        clippy::result_large_err,
+        reason = "figment::Jail's closure signature is fixed"
+    )]
     fn env_overrides_file_overrides_defaults() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("cavlo.toml", "[section]\nsize = 2\nname = \"file\"")?;

@@ -4,10 +4,12 @@
 //! * [`telemetry`]: tracing, human-readable or JSON.
 //! * [`nats`]: the NATS connection settings and connect call.
 //! * [`shutdown`]: the future that resolves on Ctrl-C or SIGTERM.
+//! * [`service`]: the body of every service's `main`.
 //! * [`Cli`]: the command-line flags every binary shares.
 
 pub mod config;
 pub mod nats;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 

@@ -1,14 +1,53 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+//! The gateway: the WebSocket endpoint browsers connect to.
+//!
+//! It authenticates each socket, forwards client events to the moderator and
+//! history over NATS, and delivers room traffic to its sockets. It keeps no
+//! state that outlives a connection, so any number can run and a client may
+//! reconnect to any of them.
+//!
+//! * [`config`]: settings and defaults.
+//! * [`server`]: HTTP accept loop, routes (`/ws`, `/health`), origin check,
+//!   connection limit and shutdown.
+//! * [`connection`]: one socket's life: auth, then frames in and deliveries out.
+//! * [`hub`]: rooms with local members and their NATS subscriptions.
+//! * [`bus`]: typed requests to the moderator and history.
+//! * [`auth`] and [`jwks`]: token verification.
+
+pub mod auth;
+pub mod bus;
+pub mod config;
+mod connection;
+pub mod hub;
+pub mod jwks;
+pub mod server;
+
+use schemas::client::Limits;
+use schemas::id::GatewayId;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Authenticator;
+use crate::bus::Bus;
+use crate::config::GatewayConfig;
+use crate::hub::Hub;
+pub use crate::server::{RunError, run};
+
+/// What every connection task shares.
+pub(crate) struct Shared {
+    id: GatewayId,
+    config: GatewayConfig,
+    hub: Hub,
+    bus: Bus,
+    auth: Authenticator,
+    /// Cancelled when the gateway starts shutting down.
+    shutdown: CancellationToken,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
+impl Shared {
+    fn limits(&self) -> Limits {
+        Limits {
+            max_frame_bytes: self.config.max_frame_bytes,
+            max_rooms: self.config.max_rooms_per_connection,
+            history_limit: self.config.history_limit,
+        }
     }
 }

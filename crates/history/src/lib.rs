@@ -1,14 +1,104 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+//! History: owns the JetStream chat stream and answers backlog queries.
+//!
+//! * [`config`]: settings and defaults.
+//! * [`stream`]: the stream's configuration (bounded per room).
+//! * [`backlog`]: reading a room's retained messages and choosing what a
+//!   join or resume gets.
+//!
+//! Any number of history instances can run; they share queries through a
+//! queue group and all apply the same stream configuration.
+
+pub mod backlog;
+pub mod config;
+pub mod stream;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use async_nats::{Client, Message};
+use futures_util::StreamExt;
+use schemas::event::{self, BacklogReply, BacklogRequest};
+use schemas::subject;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::config::HistoryConfig;
+
+/// History could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The chat stream could not be created or updated.
+    #[error("cannot set up the chat stream: {0}")]
+    Stream(#[from] stream::EnsureStreamError),
+    /// Subscribing to the query subject failed.
+    #[error("cannot subscribe: {0}")]
+    Subscribe(#[from] async_nats::SubscribeError),
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Sets up the chat stream, then answers backlog queries until `shutdown`
+/// resolves and the queries in flight are answered.
+pub async fn run(
+    client: Client,
+    config: HistoryConfig,
+    shutdown: impl Future,
+) -> Result<(), RunError> {
+    let js = async_nats::jetstream::new(client.clone());
+    stream::ensure(&js, &config).await?;
+    let mut queries = client
+        .queue_subscribe(subject::HISTORY_BACKLOG, subject::HISTORY_QUEUE.into())
+        .await?;
+    tracing::info!(backlog_size = config.backlog_size, "history ready");
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
+    let permits = Arc::new(Semaphore::new(config.max_concurrent_queries.max(1)));
+    let mut tasks = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(msg) = queries.next() => {
+                // Wait for a permit here, not in the task, so a burst of
+                // queries queues in NATS rather than in memory.
+                let permit = permits.clone().acquire_owned().await.expect("the semaphore is never closed");
+                let (client, js) = (client.clone(), js.clone());
+                tasks.spawn(async move {
+                    answer(&client, &js, msg).await;
+                    drop(permit);
+                });
+            }
+            Some(_) = tasks.join_next() => {}
+        }
     }
+    tracing::info!("history shutting down");
+    let _ = queries.unsubscribe().await;
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+async fn answer(client: &Client, js: &async_nats::jetstream::Context, msg: Message) {
+    let Some(reply_to) = msg.reply else { return };
+    let request: BacklogRequest = match event::decode(&msg.payload) {
+        Ok(request) => request,
+        Err(err) => {
+            tracing::warn!(cause = %err, "dropping malformed backlog query");
+            return;
+        }
+    };
+    let reply = match backlog::read_room(js, &request.room).await {
+        Ok(retained) => {
+            let selected = backlog::select(retained, request.since, request.limit);
+            BacklogReply::Backlog(backlog::fit(selected, reply_budget(client)))
+        }
+        Err(err) => {
+            tracing::warn!(cause = %err, room = %request.room, "backlog query failed");
+            BacklogReply::Unavailable
+        }
+    };
+    if let Err(err) = client.publish(reply_to, event::encode(&reply).into()).await {
+        tracing::warn!(cause = %err, "failed to send backlog");
+    }
+}
+
+/// Bytes a reply may take: the server's payload limit less room for headers.
+fn reply_budget(client: &Client) -> usize {
+    (client.server_info().max_payload).saturating_sub(4096)
 }

@@ -251,23 +251,52 @@ mod tests {
     #[test]
     fn client_frames_parse_from_documented_json() {
         let cases = [
-            (json!({"type": "auth", "token": "t"}), ClientFrame::Auth { token: "t".into() }),
+            (
+                json!({"type": "auth", "token": "t"}),
+                ClientFrame::Auth { token: "t".into() },
+            ),
             (
                 json!({"type": "join", "room": "lobby", "since": 42}),
-                ClientFrame::Join { room: "lobby".into(), since: Some(Seq(42)) },
+                ClientFrame::Join {
+                    room: "lobby".into(),
+                    since: Some(Seq(42)),
+                },
             ),
-            (json!({"type": "join", "room": "lobby"}), ClientFrame::Join { room: "lobby".into(), since: None }),
-            (json!({"type": "leave", "room": "lobby"}), ClientFrame::Leave { room: "lobby".into() }),
+            (
+                json!({"type": "join", "room": "lobby"}),
+                ClientFrame::Join {
+                    room: "lobby".into(),
+                    since: None,
+                },
+            ),
+            (
+                json!({"type": "leave", "room": "lobby"}),
+                ClientFrame::Leave {
+                    room: "lobby".into(),
+                },
+            ),
             (
                 json!({"type": "chat", "room": "lobby", "id": "m1", "text": "hi"}),
-                ClientFrame::Chat { room: "lobby".into(), id: "m1".into(), text: "hi".into() },
+                ClientFrame::Chat {
+                    room: "lobby".into(),
+                    id: "m1".into(),
+                    text: "hi".into(),
+                },
             ),
             (json!({"type": "ping"}), ClientFrame::Ping {}),
         ];
         for (value, frame) in cases {
             let text = value.to_string();
-            assert_eq!(ClientFrame::decode(&text).unwrap(), frame, "decoding {text}");
-            assert_eq!(serde_json::to_value(&frame).unwrap(), value, "encoding {frame:?}");
+            assert_eq!(
+                ClientFrame::decode(&text).unwrap(),
+                frame,
+                "decoding {text}"
+            );
+            assert_eq!(
+                serde_json::to_value(&frame).unwrap(),
+                value,
+                "encoding {frame:?}"
+            );
         }
     }
 
@@ -278,16 +307,30 @@ mod tests {
             ("", true),
             (r#"{"type":"shout","room":"lobby","id":"m1"}"#, false),
             (r#"{"type":"chat","room":"lobby","id":"m1"}"#, false),
-            (r#"{"type":"chat","room":"lobby","id":"m1","text":7}"#, false),
+            (
+                r#"{"type":"chat","room":"lobby","id":"m1","text":7}"#,
+                false,
+            ),
             (r#"{"type":"ping","from":"someone-else"}"#, false),
-            (r#"{"type":"chat","room":"lobby","id":"m1","text":"x","from":"spoof"}"#, false),
+            (
+                r#"{"type":"chat","room":"lobby","id":"m1","text":"x","from":"spoof"}"#,
+                false,
+            ),
         ];
         for (text, syntax) in CASES {
             let err = ClientFrame::decode(text).unwrap_err();
             assert_eq!(err.syntax, *syntax, "case {text:?}");
             if !syntax {
-                assert_eq!(err.room, text.contains("lobby").then(|| RoomId::from("lobby")), "case {text:?}");
-                assert_eq!(err.id, text.contains("m1").then(|| ClientMsgId::from("m1")), "case {text:?}");
+                assert_eq!(
+                    err.room,
+                    text.contains("lobby").then(|| RoomId::from("lobby")),
+                    "case {text:?}"
+                );
+                assert_eq!(
+                    err.id,
+                    text.contains("m1").then(|| ClientMsgId::from("m1")),
+                    "case {text:?}"
+                );
             }
         }
     }
@@ -310,7 +353,11 @@ mod tests {
                        "text": "hi", "ts": 1_700_000_000_000u64}),
             ),
             (
-                ServerFrame::Ack { id: "m1".into(), room: "lobby".into(), seq: Some(Seq(58)) },
+                ServerFrame::Ack {
+                    id: "m1".into(),
+                    room: "lobby".into(),
+                    seq: Some(Seq(58)),
+                },
                 json!({"type": "ack", "id": "m1", "room": "lobby", "seq": 58}),
             ),
             (
@@ -329,13 +376,18 @@ mod tests {
                        "last_seq": 58, "truncated": false}),
             ),
             (
-                ServerFrame::Error(ErrorFrame::new(ErrorCode::NotInRoom, "join first").in_room(&"lobby".into())),
+                ServerFrame::Error(
+                    ErrorFrame::new(ErrorCode::NotInRoom, "join first").in_room(&"lobby".into()),
+                ),
                 json!({"type": "error", "code": "not_in_room", "message": "join first", "room": "lobby"}),
             ),
             (ServerFrame::Pong, json!({"type": "pong"})),
         ];
         for (frame, value) in cases {
-            assert_eq!(serde_json::from_str::<serde_json::Value>(&frame.to_json()).unwrap(), value);
+            assert_eq!(
+                serde_json::from_str::<serde_json::Value>(&frame.to_json()).unwrap(),
+                value
+            );
             assert_eq!(serde_json::from_value::<ServerFrame>(value).unwrap(), frame);
         }
     }

@@ -150,7 +150,9 @@ mod tests {
         round_trip(ModerationRequest {
             from: member(),
             gateway: "g1".into(),
-            action: Action::Join { room: "lobby".into() },
+            action: Action::Join {
+                room: "lobby".into(),
+            },
         });
         for verdict in [
             Verdict::Admitted,

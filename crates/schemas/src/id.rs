@@ -90,7 +90,9 @@ impl ClientMsgId {
 
 /// A room's message sequence number. Within a room every stored chat message
 /// has one, and they grow by exactly one; `Seq(0)` means "nothing yet".
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Seq(pub u64);
 
@@ -125,7 +127,11 @@ mod tests {
             ("a\tb", false),
         ];
         for (name, safe) in CASES {
-            assert_eq!(RoomId::from(*name).is_subject_safe(), *safe, "room {name:?}");
+            assert_eq!(
+                RoomId::from(*name).is_subject_safe(),
+                *safe,
+                "room {name:?}"
+            );
         }
         assert!(!RoomId("x".repeat(MAX_ROOM_LEN + 1)).is_subject_safe());
     }

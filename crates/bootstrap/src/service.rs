@@ -1,0 +1,60 @@
+//! The body every service's `main` shares.
+
+use std::fmt::Display;
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::process::ExitCode;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::nats::NatsConfig;
+use crate::telemetry::LogConfig;
+
+/// A service's whole configuration: its own section plus the shared ones.
+pub trait ServiceConfig: Default + Serialize + DeserializeOwned {
+    /// The `[nats]` section.
+    fn nats(&self) -> &NatsConfig;
+    /// The `[log]` section.
+    fn log(&self) -> &LogConfig;
+}
+
+/// The shutdown future handed to a service.
+pub type Shutdown = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Loads the configuration, sets up tracing, connects to NATS as `name`, runs
+/// the service until SIGTERM or Ctrl-C, then drains the NATS connection so
+/// replies and announcements in flight are sent.
+pub async fn main<C, F, Fut, E>(config_file: Option<&Path>, name: &str, service: F) -> ExitCode
+where
+    C: ServiceConfig,
+    F: FnOnce(async_nats::Client, C, Shutdown) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: Display,
+{
+    let config: C = match crate::config::load(config_file) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("{err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    crate::telemetry::init(config.log());
+    let client = match crate::nats::connect(config.nats(), name).await {
+        Ok(client) => client,
+        Err(err) => {
+            tracing::error!(cause = %err, "cannot start");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = service(client.clone(), config, Box::pin(crate::shutdown::signal())).await;
+    let _ = client.drain().await;
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(cause = %err, "{name} failed");
+            ExitCode::FAILURE
+        }
+    }
+}

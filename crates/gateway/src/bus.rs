@@ -1,0 +1,119 @@
+//! Requests from the gateway to the moderator and history over NATS.
+
+use async_nats::RequestErrorKind;
+use schemas::client::Member;
+use schemas::event::{
+    self, Action, Backlog, BacklogReply, BacklogRequest, ModerationReply, ModerationRequest,
+    Verdict,
+};
+use schemas::id::{GatewayId, ModeratorId, RoomId, Seq};
+use schemas::subject;
+
+/// A request got no usable answer. Clients see `unavailable` for every kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BusError {
+    /// Nobody listens: the service is not running.
+    #[error("no service is listening")]
+    NoResponders,
+    /// The service did not answer within the request timeout, or NATS is down.
+    #[error("the service did not answer in time")]
+    TimedOut,
+    /// The service answered that it cannot serve the request now.
+    #[error("the service is unavailable")]
+    Unavailable,
+    /// The answer could not be decoded.
+    #[error("malformed answer")]
+    Malformed,
+}
+
+impl From<async_nats::RequestError> for BusError {
+    fn from(err: async_nats::RequestError) -> Self {
+        match err.kind() {
+            RequestErrorKind::NoResponders => BusError::NoResponders,
+            _ => BusError::TimedOut,
+        }
+    }
+}
+
+impl From<event::DecodeError> for BusError {
+    fn from(_: event::DecodeError) -> Self {
+        BusError::Malformed
+    }
+}
+
+/// The gateway's side of the bus.
+#[derive(Clone)]
+pub struct Bus {
+    client: async_nats::Client,
+    gateway: GatewayId,
+}
+
+impl Bus {
+    /// Requests go out on `client` in the name of `gateway`.
+    pub fn new(client: async_nats::Client, gateway: GatewayId) -> Self {
+        Self { client, gateway }
+    }
+
+    /// Asks a moderator to admit `action` from `from`.
+    ///
+    /// `moderator` is the connection's sticky moderator: `None` sends to the
+    /// queue group, and the answer sets it. If the sticky one is gone (no
+    /// responders), the request goes to the group instead; after a timeout
+    /// the next request does, since a timed-out chat may yet have been stored
+    /// and must not be sent twice here (the client's resend is idempotent).
+    pub async fn moderate(
+        &self,
+        moderator: &mut Option<ModeratorId>,
+        from: &Member,
+        action: Action,
+    ) -> Result<Verdict, BusError> {
+        let payload: bytes::Bytes = event::encode(&ModerationRequest {
+            from: from.clone(),
+            gateway: self.gateway.clone(),
+            action,
+        })
+        .into();
+        let subject = match moderator.as_ref() {
+            Some(id) => subject::moderate_direct(id),
+            None => subject::MODERATE.to_owned(),
+        };
+        let result = match self.client.request(subject, payload.clone()).await {
+            Err(err) if err.kind() == RequestErrorKind::NoResponders && moderator.is_some() => {
+                *moderator = None;
+                self.client.request(subject::MODERATE, payload).await
+            }
+            other => other,
+        };
+        let reply: ModerationReply = match result {
+            Ok(msg) => event::decode(&msg.payload)?,
+            Err(err) => {
+                *moderator = None;
+                return Err(err.into());
+            }
+        };
+        *moderator = Some(reply.moderator);
+        Ok(reply.verdict)
+    }
+
+    /// Asks history for `room`'s backlog.
+    pub async fn backlog(
+        &self,
+        room: &RoomId,
+        since: Option<Seq>,
+        limit: usize,
+    ) -> Result<Backlog, BusError> {
+        let request = BacklogRequest {
+            room: room.clone(),
+            since,
+            limit,
+        };
+        let msg = self
+            .client
+            .request(subject::HISTORY_BACKLOG, event::encode(&request).into())
+            .await?;
+        match event::decode(&msg.payload)? {
+            BacklogReply::Backlog(backlog) => Ok(backlog),
+            BacklogReply::Unavailable => Err(BusError::Unavailable),
+        }
+    }
+}

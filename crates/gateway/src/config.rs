@@ -1,0 +1,168 @@
+//! Gateway settings.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bootstrap::nats::NatsConfig;
+use bootstrap::service::ServiceConfig;
+use bootstrap::telemetry::LogConfig;
+use serde::{Deserialize, Serialize};
+
+/// Everything the gateway binary reads (see [`bootstrap::config`]).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// `[nats]`
+    pub nats: NatsConfig,
+    /// `[log]`
+    pub log: LogConfig,
+    /// `[gateway]`
+    pub gateway: GatewayConfig,
+}
+
+impl ServiceConfig for Config {
+    fn nats(&self) -> &NatsConfig {
+        &self.nats
+    }
+
+    fn log(&self) -> &LogConfig {
+        &self.log
+    }
+}
+
+/// The WebSocket endpoint (`[gateway]`, `CAVLO_GATEWAY__…`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GatewayConfig {
+    /// Address to listen on. Default `0.0.0.0:8080`.
+    pub listen: SocketAddr,
+    /// This gateway's id in `welcome` and logs. Default: a random id.
+    pub id: Option<String>,
+    /// Browser origins allowed to open a WebSocket, e.g.
+    /// `https://app.example.com`; `*` allows any. The gateway's own origin and
+    /// clients that send no `Origin` (non-browsers) are always allowed; any
+    /// other origin gets HTTP 403. Default: none.
+    pub allowed_origins: Vec<String>,
+    /// WebSockets open at once. Past it, a new socket is closed with code
+    /// 4102 (reconnect elsewhere). Default 10 000.
+    pub max_connections: usize,
+    /// Largest WebSocket message (and frame) accepted, in bytes; a larger one
+    /// closes the socket with code 1009. Default 128 KiB.
+    pub max_frame_bytes: usize,
+    /// Rooms one connection may be in; one more join gets `too_many_rooms`.
+    /// Default 16.
+    pub max_rooms_per_connection: usize,
+    /// Frames waiting to be written to one socket. A client that lets it fill
+    /// is closed with code 4100 (slow consumer) and resumes with `since`.
+    /// Default 256.
+    pub send_queue_capacity: usize,
+    /// Time a new socket has to send its `auth` frame; then it is closed with
+    /// 4001. Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub auth_timeout: Duration,
+    /// Time a client has to send its HTTP request headers. Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Time one frame may take to write; a socket that stays blocked longer is
+    /// dropped. Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// Time sockets get to close after shutdown starts. Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    /// Messages in `joined.history` when the join has no `since`. Default 50.
+    pub history_limit: usize,
+    /// Token verification.
+    pub auth: AuthConfig,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            id: None,
+            allowed_origins: Vec::new(),
+            max_connections: 10_000,
+            max_frame_bytes: 128 * 1024,
+            max_rooms_per_connection: 16,
+            send_queue_capacity: 256,
+            auth_timeout: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(10),
+            shutdown_timeout: Duration::from_secs(10),
+            history_limit: 50,
+            auth: AuthConfig::default(),
+        }
+    }
+}
+
+/// How tokens are verified (`[gateway.auth]`, `CAVLO_GATEWAY__AUTH__…`). Set
+/// `hs256_secret` (development, or a backend that signs its own tokens),
+/// `jwks_url` (an identity provider such as Auth0), or both.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AuthConfig {
+    /// Shared secret for HS256 tokens.
+    pub hs256_secret: Option<Secret>,
+    /// URL of a JSON Web Key Set for RS256/ES256 tokens, e.g.
+    /// `https://YOUR_DOMAIN/.well-known/jwks.json`.
+    pub jwks_url: Option<String>,
+    /// Required `iss` claim, if set.
+    pub issuer: Option<String>,
+    /// Required `aud` claim, if set.
+    pub audience: Option<String>,
+    /// Least time between two fetches of the key set when a token names an
+    /// unknown `kid`. Default 60 s.
+    #[serde(with = "humantime_serde")]
+    pub jwks_refetch_interval: Duration,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            hs256_secret: None,
+            jwks_url: None,
+            issuer: None,
+            audience: None,
+            jwks_refetch_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+impl fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("hs256_secret", &self.hs256_secret)
+            .field("jwks_url", &self.jwks_url)
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("jwks_refetch_interval", &self.jwks_refetch_interval)
+            .finish()
+    }
+}
+
+/// A secret that never appears in logs or `Debug` output.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("XXXXXXXX")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let config = AuthConfig {
+            hs256_secret: Some(Secret("hunter2".into())),
+            ..AuthConfig::default()
+        };
+        assert!(!format!("{config:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,261 @@
+//! HTTP: accepting sockets, routing, the connection limit and shutdown.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_tungstenite::tungstenite::protocol::WebSocketConfig;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use schemas::code::CloseCode;
+use schemas::id::GatewayId;
+use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::Shared;
+use crate::auth::{AuthSetupError, Authenticator};
+use crate::bus::Bus;
+use crate::config::GatewayConfig;
+use crate::hub::Hub;
+
+/// The gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Token verification is not configured properly.
+    #[error(transparent)]
+    Auth(#[from] AuthSetupError),
+}
+
+/// Serves WebSockets and `/health` on `listener` until `shutdown` resolves,
+/// then closes every socket with 4101 (reconnect) and waits for them, up to
+/// `shutdown_timeout`.
+pub async fn run(
+    listener: TcpListener,
+    client: async_nats::Client,
+    config: GatewayConfig,
+    shutdown: impl Future,
+) -> Result<(), RunError> {
+    let id = GatewayId(
+        config
+            .id
+            .clone()
+            .unwrap_or_else(|| format!("gw-{}", nuid::next())),
+    );
+    let server = Arc::new(Server {
+        connections: Arc::new(Semaphore::new(config.max_connections)),
+        tasks: TaskTracker::new(),
+        shared: Arc::new(Shared {
+            auth: Authenticator::new(&config.auth)?,
+            hub: Hub::new(client.clone()),
+            bus: Bus::new(client.clone(), id.clone()),
+            shutdown: CancellationToken::new(),
+            id,
+            config,
+        }),
+        client,
+    });
+    tracing::info!(gateway = %server.shared.id, addr = ?listener.local_addr().ok(), "gateway ready");
+
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    // Usually out of file descriptors; the loop goes on once
+                    // some are released.
+                    tracing::error!(cause = %err, "failed to accept");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let handshake_timeout = server.shared.config.handshake_timeout;
+        let server_for_conn = server.clone();
+        server.tasks.spawn(async move {
+            let service = service_fn(move |req| {
+                let server = server_for_conn.clone();
+                async move { Ok::<_, Infallible>(server.route(req)) }
+            });
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(handshake_timeout)
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            if let Err(err) = connection.await {
+                tracing::debug!(cause = %err, "http connection ended with an error");
+            }
+        });
+    }
+
+    tracing::info!("gateway shutting down");
+    drop(listener);
+    server.shared.shutdown.cancel();
+    server.tasks.close();
+    if tokio::time::timeout(server.shared.config.shutdown_timeout, server.tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some connections did not close in time");
+    }
+    server.shared.hub.shutdown().await;
+    Ok(())
+}
+
+struct Server {
+    shared: Arc<Shared>,
+    client: async_nats::Client,
+    connections: Arc<Semaphore>,
+    tasks: TaskTracker,
+}
+
+type HttpResponse = Response<Full<Bytes>>;
+
+impl Server {
+    fn route(&self, req: Request<Incoming>) -> HttpResponse {
+        match (req.method(), req.uri().path()) {
+            (&Method::GET, "/ws") => self.upgrade(req),
+            (&Method::GET, "/health") => self.health(),
+            _ => plain(StatusCode::NOT_FOUND, "not found"),
+        }
+    }
+
+    fn upgrade(&self, mut req: Request<Incoming>) -> HttpResponse {
+        if !hyper_tungstenite::is_upgrade_request(&req) {
+            return plain(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade");
+        }
+        if !origin_allowed(&req, &self.shared.config.allowed_origins) {
+            tracing::info!(origin = ?req.headers().get(header::ORIGIN), "origin refused");
+            return plain(StatusCode::FORBIDDEN, "origin not allowed");
+        }
+        let ws_config = WebSocketConfig::default()
+            .max_message_size(Some(self.shared.config.max_frame_bytes))
+            .max_frame_size(Some(self.shared.config.max_frame_bytes));
+        let (response, websocket) = match hyper_tungstenite::upgrade(&mut req, Some(ws_config)) {
+            Ok(upgrade) => upgrade,
+            Err(_) => return plain(StatusCode::BAD_REQUEST, "invalid WebSocket handshake"),
+        };
+        // Take the permit before the socket exists; it lives as long as the
+        // socket's task.
+        let permit = self.connections.clone().try_acquire_owned().ok();
+        let shared = self.shared.clone();
+        self.tasks.spawn(async move {
+            let mut socket = match websocket.await {
+                Ok(socket) => socket,
+                Err(err) => {
+                    tracing::debug!(cause = %err, "upgrade failed");
+                    return;
+                }
+            };
+            match permit {
+                Some(permit) => serve(socket, shared, permit).await,
+                None => {
+                    tracing::warn!("connection limit reached");
+                    crate::connection::close(&mut socket, CloseCode::GatewayFull, &shared).await;
+                }
+            }
+        });
+        response
+    }
+
+    fn health(&self) -> HttpResponse {
+        let config = &self.shared.config;
+        let body = serde_json::json!({
+            "status": "ok",
+            "gateway": self.shared.id,
+            "connections": config.max_connections - self.connections.available_permits(),
+            "rooms": self.shared.hub.room_count(),
+            "nats": self.client.connection_state().to_string(),
+        });
+        let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        response
+    }
+}
+
+async fn serve(
+    socket: hyper_tungstenite::HyperWebsocketStream,
+    shared: Arc<Shared>,
+    _permit: OwnedSemaphorePermit,
+) {
+    crate::connection::serve(socket, shared).await;
+}
+
+/// Whether a browser at this request's `Origin` may connect: no `Origin`
+/// (not a browser), the gateway's own origin, or one on the allow-list.
+fn origin_allowed<B>(req: &Request<B>, allowed: &[String]) -> bool {
+    let Some(origin) = req.headers().get(header::ORIGIN) else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    if allowed
+        .iter()
+        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+    {
+        return true;
+    }
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok());
+    let origin_host = origin.split_once("://").map(|(_, rest)| rest);
+    matches!((host, origin_host), (Some(host), Some(origin_host)) if host.eq_ignore_ascii_case(origin_host))
+}
+
+fn plain(status: StatusCode, body: &'static str) -> HttpResponse {
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *response.status_mut() = status;
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(origin: Option<&str>) -> Request<()> {
+        let mut builder = Request::builder()
+            .uri("/ws")
+            .header(header::HOST, "chat.example.com:8080");
+        if let Some(origin) = origin {
+            builder = builder.header(header::ORIGIN, origin);
+        }
+        builder.body(()).unwrap()
+    }
+
+    #[test]
+    fn origins() {
+        let allowed = vec!["https://app.example.com".to_owned()];
+        let cases: &[(Option<&str>, &[String], bool)] = &[
+            (None, &[], true),
+            (Some("http://chat.example.com:8080"), &[], true),
+            (Some("https://app.example.com"), &allowed, true),
+            (Some("https://APP.example.com"), &allowed, true),
+            (Some("https://evil.example.com"), &allowed, false),
+            (Some("https://app.example.com.evil.net"), &allowed, false),
+            (Some("http://chat.example.com:9999"), &[], false),
+            (Some("https://anything.net"), &["*".to_owned()], true),
+        ];
+        for (origin, allowed, expected) in cases {
+            assert_eq!(
+                origin_allowed(&request(*origin), allowed),
+                *expected,
+                "origin {origin:?}"
+            );
+        }
+    }
+}

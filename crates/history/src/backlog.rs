@@ -1,0 +1,245 @@
+//! Reading a room's backlog from the chat stream.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer};
+use futures_util::StreamExt;
+use schemas::client::ChatMessage;
+use schemas::event::{self, Backlog};
+use schemas::id::{RoomId, Seq};
+use schemas::subject;
+
+/// How long the server keeps a query's consumer if the query dies before
+/// deleting it.
+const CONSUMER_INACTIVE_THRESHOLD: Duration = Duration::from_secs(10);
+
+/// Reading the backlog failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The query's consumer could not be created.
+    #[error("cannot create consumer: {0}")]
+    Consumer(#[from] jetstream::stream::ConsumerError),
+    /// Fetching the messages failed.
+    #[error("cannot fetch messages: {0}")]
+    Fetch(#[from] consumer::pull::BatchError),
+    /// A stored message could not be read.
+    #[error("cannot read message: {0}")]
+    Message(String),
+}
+
+/// Every retained message of `room`, oldest first. A room holds at most
+/// `backlog_size` messages, so this is bounded.
+pub async fn read_room(
+    js: &jetstream::Context,
+    room: &RoomId,
+) -> Result<Vec<ChatMessage>, ReadError> {
+    let stream = js
+        .get_stream_no_info(subject::CHAT_STREAM)
+        .await
+        .map_err(|err| ReadError::Message(err.to_string()))?;
+    let consumer = stream
+        .create_consumer(consumer::pull::Config {
+            filter_subject: subject::chat_store(room),
+            deliver_policy: consumer::DeliverPolicy::All,
+            ack_policy: consumer::AckPolicy::None,
+            inactive_threshold: CONSUMER_INACTIVE_THRESHOLD,
+            memory_storage: true,
+            ..Default::default()
+        })
+        .await?;
+    let info = consumer.cached_info();
+    let (name, pending) = (info.name.clone(), info.num_pending as usize);
+    let mut messages = Vec::with_capacity(pending);
+    if pending > 0 {
+        let mut batch = consumer.fetch().max_messages(pending).messages().await?;
+        while let Some(msg) = batch.next().await {
+            let msg = msg.map_err(|err| ReadError::Message(err.to_string()))?;
+            match event::decode::<ChatMessage>(&msg.payload) {
+                Ok(chat) => messages.push(chat),
+                Err(err) => {
+                    tracing::warn!(cause = %err, %room, "skipping unreadable stored message")
+                }
+            }
+        }
+    }
+    if let Err(err) = stream.delete_consumer(&name).await {
+        tracing::debug!(cause = %err, "query consumer left to expire");
+    }
+    Ok(messages)
+}
+
+/// Picks what a client asked for from a room's retained messages.
+///
+/// Without `since`: the last `limit`. With `since`: every message after it,
+/// `truncated` when the first of them is not `since + 1`. A `since` beyond
+/// the room's last seq means the stream was reset: the client gets the last
+/// `limit` and `truncated`.
+pub fn select(mut retained: Vec<ChatMessage>, since: Option<Seq>, limit: usize) -> Backlog {
+    let last_seq = retained.last().map_or(Seq(0), |m| m.seq);
+    let keep_last = |mut messages: Vec<ChatMessage>, limit: usize| {
+        let skip = messages.len().saturating_sub(limit);
+        messages.drain(..skip);
+        messages
+    };
+    match since {
+        None => Backlog {
+            messages: keep_last(retained, limit),
+            last_seq,
+            truncated: false,
+        },
+        Some(since) if since > last_seq && last_seq > Seq(0) => Backlog {
+            messages: keep_last(retained, limit),
+            last_seq,
+            truncated: true,
+        },
+        Some(since) => {
+            retained.retain(|m| m.seq > since);
+            let truncated = retained.first().is_some_and(|m| m.seq > since.next());
+            Backlog {
+                messages: retained,
+                last_seq,
+                truncated,
+            }
+        }
+    }
+}
+
+/// Drops the oldest messages until the encoded backlog fits in `max_bytes`
+/// (NATS's payload limit), marking it truncated if any had to go.
+pub fn fit(mut backlog: Backlog, max_bytes: usize) -> Backlog {
+    while !backlog.messages.is_empty() && event::encode(&backlog).len() > max_bytes {
+        let drop = backlog.messages.len().div_ceil(10);
+        backlog.messages.drain(..drop);
+        backlog.truncated = true;
+    }
+    backlog
+}
+
+#[cfg(test)]
+mod tests {
+    use schemas::client::{Member, User};
+
+    use super::*;
+
+    fn messages(seqs: std::ops::RangeInclusive<u64>) -> Vec<ChatMessage> {
+        seqs.map(|seq| ChatMessage {
+            room: "r".into(),
+            seq: Seq(seq),
+            id: format!("m{seq}").as_str().into(),
+            from: Member {
+                conn_id: "c".into(),
+                user: User {
+                    id: "u".into(),
+                    name: "U".into(),
+                },
+            },
+            text: "x".repeat(100),
+            ts: 0,
+        })
+        .collect()
+    }
+
+    fn seqs(backlog: &Backlog) -> Vec<u64> {
+        backlog.messages.iter().map(|m| m.seq.0).collect()
+    }
+
+    #[test]
+    fn selection() {
+        struct Case {
+            name: &'static str,
+            retained: std::ops::RangeInclusive<u64>,
+            since: Option<u64>,
+            limit: usize,
+            expect: Vec<u64>,
+            truncated: bool,
+        }
+        let cases = [
+            Case {
+                name: "last n",
+                retained: 1..=10,
+                since: None,
+                limit: 3,
+                expect: vec![8, 9, 10],
+                truncated: false,
+            },
+            Case {
+                name: "fewer than n",
+                retained: 1..=2,
+                since: None,
+                limit: 5,
+                expect: vec![1, 2],
+                truncated: false,
+            },
+            Case {
+                name: "resume",
+                retained: 1..=10,
+                since: Some(7),
+                limit: 3,
+                expect: vec![8, 9, 10],
+                truncated: false,
+            },
+            Case {
+                name: "resume ignores limit",
+                retained: 1..=10,
+                since: Some(2),
+                limit: 3,
+                expect: (3..=10).collect(),
+                truncated: false,
+            },
+            Case {
+                name: "up to date",
+                retained: 1..=10,
+                since: Some(10),
+                limit: 3,
+                expect: vec![],
+                truncated: false,
+            },
+            Case {
+                name: "trimmed",
+                retained: 6..=10,
+                since: Some(2),
+                limit: 3,
+                expect: (6..=10).collect(),
+                truncated: true,
+            },
+            Case {
+                name: "just kept",
+                retained: 6..=10,
+                since: Some(5),
+                limit: 3,
+                expect: (6..=10).collect(),
+                truncated: false,
+            },
+            Case {
+                name: "stream reset",
+                retained: 1..=4,
+                since: Some(9),
+                limit: 3,
+                expect: vec![2, 3, 4],
+                truncated: true,
+            },
+        ];
+        for case in cases {
+            let backlog = select(messages(case.retained), case.since.map(Seq), case.limit);
+            assert_eq!(seqs(&backlog), case.expect, "{}", case.name);
+            assert_eq!(backlog.truncated, case.truncated, "{}", case.name);
+        }
+        let empty = select(vec![], Some(Seq(3)), 5);
+        assert_eq!((empty.last_seq, empty.truncated), (Seq(0), false));
+    }
+
+    #[test]
+    fn fitting_drops_oldest_first() {
+        let backlog = select(messages(1..=100), None, 100);
+        let full = event::encode(&backlog).len();
+        let fitted = fit(backlog.clone(), full / 2);
+        assert!(event::encode(&fitted).len() <= full / 2);
+        assert!(fitted.truncated);
+        assert_eq!(fitted.messages.last().unwrap().seq, Seq(100));
+        assert_eq!(
+            fit(backlog.clone(), full),
+            backlog,
+            "a backlog that fits is untouched"
+        );
+    }
+}

@@ -1,0 +1,135 @@
+//! Per-connection token buckets for chat.
+
+use schemas::id::ConnId;
+use std::collections::HashMap;
+use tokio::time::Instant;
+
+/// Fewest buckets kept before idle ones are swept.
+const SWEEP_FLOOR: usize = 1024;
+
+/// Counts each connection's chat messages against a rate with a burst.
+///
+/// A bucket refilled to its burst is the same as no bucket, so idle ones are
+/// dropped in a sweep whenever the map has doubled since the last one: memory
+/// follows the connections active within one refill period.
+#[derive(Debug)]
+pub struct RateLimiter {
+    burst: f64,
+    per_second: f64,
+    buckets: HashMap<ConnId, Bucket>,
+    next_sweep: usize,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    updated: Instant,
+}
+
+impl RateLimiter {
+    /// A limiter that admits `per_minute` messages per minute on average and
+    /// up to `burst` at once.
+    pub fn new(per_minute: u32, burst: u32) -> Self {
+        Self {
+            burst: f64::from(burst.max(1)),
+            per_second: f64::from(per_minute) / 60.0,
+            buckets: HashMap::new(),
+            next_sweep: SWEEP_FLOOR,
+        }
+    }
+
+    /// Takes one token for `conn`; `false` means the message is over the limit.
+    pub fn try_acquire(&mut self, conn: &ConnId, now: Instant) -> bool {
+        if self.buckets.len() >= self.next_sweep {
+            self.sweep(now);
+        }
+        let burst = self.burst;
+        let bucket = self.buckets.entry(conn.clone()).or_insert(Bucket {
+            tokens: burst,
+            updated: now,
+        });
+        bucket.refill(now, self.per_second, burst);
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// How many connections are tracked.
+    pub fn tracked(&self) -> usize {
+        self.buckets.len()
+    }
+
+    fn sweep(&mut self, now: Instant) {
+        let (per_second, burst) = (self.per_second, self.burst);
+        self.buckets.retain(|_, bucket| {
+            bucket.refill(now, per_second, burst);
+            bucket.tokens < burst
+        });
+        self.next_sweep = (self.buckets.len() * 2).max(SWEEP_FLOOR);
+    }
+}
+
+impl Bucket {
+    fn refill(&mut self, now: Instant, per_second: f64, burst: f64) {
+        let elapsed = now.saturating_duration_since(self.updated);
+        self.tokens = (self.tokens + elapsed.as_secs_f64() * per_second).min(burst);
+        self.updated = now;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn burst_then_steady_rate() {
+        let mut limiter = RateLimiter::new(60, 3);
+        let conn = ConnId::from("c");
+        let start = Instant::now();
+        let admitted = (0..10)
+            .filter(|_| limiter.try_acquire(&conn, start))
+            .count();
+        assert_eq!(admitted, 3, "the burst is admitted at once, nothing more");
+        assert!(!limiter.try_acquire(&conn, start + Duration::from_millis(500)));
+        assert!(limiter.try_acquire(&conn, start + Duration::from_millis(1001)));
+        assert!(!limiter.try_acquire(&conn, start + Duration::from_millis(1002)));
+    }
+
+    #[test]
+    fn sustained_flood_is_held_to_the_rate() {
+        // 10x the limit for one minute: burst + one minute's worth get through.
+        let mut limiter = RateLimiter::new(100, 10);
+        let conn = ConnId::from("c");
+        let start = Instant::now();
+        let admitted = (0..1000)
+            .filter(|i| limiter.try_acquire(&conn, start + Duration::from_millis(i * 60)))
+            .count();
+        assert!((105..=111).contains(&admitted), "admitted {admitted}");
+    }
+
+    #[test]
+    fn connections_are_counted_apart() {
+        let mut limiter = RateLimiter::new(60, 1);
+        let now = Instant::now();
+        assert!(limiter.try_acquire(&"a".into(), now));
+        assert!(limiter.try_acquire(&"b".into(), now));
+        assert!(!limiter.try_acquire(&"a".into(), now));
+    }
+
+    #[test]
+    fn idle_buckets_are_swept() {
+        let mut limiter = RateLimiter::new(60, 1);
+        let start = Instant::now();
+        for i in 0..SWEEP_FLOOR {
+            limiter.try_acquire(&ConnId(format!("c{i}")), start);
+        }
+        assert_eq!(limiter.tracked(), SWEEP_FLOOR);
+        limiter.try_acquire(&"late".into(), start + Duration::from_secs(1));
+        assert_eq!(limiter.tracked(), 1, "refilled buckets were dropped");
+    }
+}

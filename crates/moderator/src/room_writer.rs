@@ -1,0 +1,190 @@
+//! Storing a room's chat messages with gap-free per-room sequence numbers.
+//!
+//! JetStream numbers messages per stream, not per room, so the writer keeps
+//! the room's *tail* (the stream sequence and room seq of its last message)
+//! and publishes each message with `Nats-Expected-Last-Subject-Sequence` set
+//! to that tail. If another moderator wrote in between, JetStream refuses the
+//! publish, the writer re-reads the tail and tries again: seqs stay gap-free
+//! and ordered however many moderators run.
+//!
+//! A room with no retained message starts at the stream's last sequence + 1,
+//! not at 1: a room whose backlog expired must never hand out a seq a client
+//! has already seen.
+
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
+use async_nats::jetstream::{self, stream};
+use bytes::Bytes;
+use schemas::client::{ChatMessage, Member};
+use schemas::event;
+use schemas::id::{ClientMsgId, RoomId, Seq};
+use schemas::subject;
+
+/// How often a publish is retried after losing the race for the room's tail.
+const MAX_TAIL_RACES: usize = 16;
+
+/// Storing a chat message failed; the client gets `unavailable` and may resend.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// JetStream did not store the message.
+    #[error("publish to JetStream failed: {0}")]
+    Publish(#[from] jetstream::context::PublishError),
+    /// The room's tail could not be read.
+    #[error("reading the room's last message failed: {0}")]
+    Tail(String),
+    /// Other moderators kept winning the race for the tail.
+    #[error("lost the race for the room's tail {MAX_TAIL_RACES} times")]
+    Contended,
+}
+
+/// A message that passed moderation, ready to be stored.
+#[derive(Debug)]
+pub struct Accepted {
+    /// Who sent it.
+    pub from: Member,
+    /// The client's id for it.
+    pub id: ClientMsgId,
+    /// Sanitized text.
+    pub text: String,
+    /// Acceptance time, ms since the Unix epoch.
+    pub ts: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Tail {
+    /// Stream sequence of the room's last message, 0 when it has none.
+    stream_seq: u64,
+    /// That message's room seq (or the floor to start from).
+    seq: Seq,
+}
+
+/// Writes one room's messages, one at a time, in arrival order.
+pub struct RoomWriter {
+    js: jetstream::Context,
+    client: async_nats::Client,
+    room: RoomId,
+    store_subject: String,
+    deliver_subject: String,
+    tail: Option<Tail>,
+}
+
+impl RoomWriter {
+    /// A writer for `room`; it reads the tail on first use.
+    pub fn new(js: jetstream::Context, client: async_nats::Client, room: RoomId) -> Self {
+        Self {
+            js,
+            client,
+            store_subject: subject::chat_store(&room),
+            deliver_subject: subject::chat_deliver(&room),
+            room,
+            tail: None,
+        }
+    }
+
+    /// Stores `msg` and announces it to gateways. Returns its seq, or for a
+    /// resend of a message stored before, the original's seq (`None` if that
+    /// one has left the backlog already).
+    pub async fn store(&mut self, msg: Accepted) -> Result<Option<Seq>, StoreError> {
+        let dedupe_key = dedupe_key(&self.room, &msg);
+        let mut chat = ChatMessage {
+            room: self.room.clone(),
+            seq: Seq(0),
+            id: msg.id,
+            from: msg.from,
+            text: msg.text,
+            ts: msg.ts,
+        };
+        for _ in 0..MAX_TAIL_RACES {
+            let tail = match self.tail {
+                Some(tail) => tail,
+                None => self.read_tail().await?,
+            };
+            chat.seq = tail.seq.next();
+            let payload = Bytes::from(event::encode(&chat));
+            let publish = PublishMessage::build()
+                .payload(payload.clone())
+                .message_id(&dedupe_key)
+                .expected_last_subject_sequence(tail.stream_seq);
+            let result = match self
+                .js
+                .send_publish(self.store_subject.clone(), publish)
+                .await
+            {
+                Ok(ack) => ack.await,
+                Err(err) => Err(err),
+            };
+            match result {
+                Ok(ack) if ack.duplicate => return Ok(self.original_seq(ack.sequence).await),
+                Ok(ack) => {
+                    self.tail = Some(Tail {
+                        stream_seq: ack.sequence,
+                        seq: chat.seq,
+                    });
+                    // Stored: from here on the message is safe. If this announce
+                    // is lost, gateways and clients find it in the backlog.
+                    if let Err(err) = self
+                        .client
+                        .publish(self.deliver_subject.clone(), payload)
+                        .await
+                    {
+                        tracing::warn!(cause = %err, room = %self.room, "failed to announce stored chat");
+                    }
+                    return Ok(Some(chat.seq));
+                }
+                Err(err) if err.kind() == PublishErrorKind::WrongLastSequence => self.tail = None,
+                Err(err) => {
+                    self.tail = None;
+                    return Err(err.into());
+                }
+            }
+        }
+        Err(StoreError::Contended)
+    }
+
+    async fn read_tail(&mut self) -> Result<Tail, StoreError> {
+        let stream = self.stream().await?;
+        let tail = match stream
+            .get_last_raw_message_by_subject(&self.store_subject)
+            .await
+        {
+            Ok(last) => {
+                let chat: ChatMessage = event::decode(&last.payload)
+                    .map_err(|err| StoreError::Tail(err.to_string()))?;
+                Tail {
+                    stream_seq: last.sequence,
+                    seq: chat.seq,
+                }
+            }
+            Err(err) if err.kind() == LastRawMessageErrorKind::NoMessageFound => Tail {
+                stream_seq: 0,
+                seq: Seq(stream.cached_info().state.last_sequence),
+            },
+            Err(err) => return Err(StoreError::Tail(err.to_string())),
+        };
+        self.tail = Some(tail);
+        Ok(tail)
+    }
+
+    async fn original_seq(&self, stream_seq: u64) -> Option<Seq> {
+        let stream = self.stream().await.ok()?;
+        let original = stream.get_raw_message(stream_seq).await.ok()?;
+        event::decode::<ChatMessage>(&original.payload)
+            .ok()
+            .map(|chat| chat.seq)
+    }
+
+    async fn stream(&self) -> Result<stream::Stream<stream::Info>, StoreError> {
+        self.js
+            .get_stream(subject::CHAT_STREAM)
+            .await
+            .map_err(|err| StoreError::Tail(err.to_string()))
+    }
+}
+
+/// The JetStream deduplication id: one per user, room and client message id,
+/// encoded as a JSON array so no user id can make two keys collide.
+fn dedupe_key(room: &RoomId, msg: &Accepted) -> String {
+    // A tuple of strings always serializes.
+    serde_json::to_string(&(room, &msg.from.user.id, &msg.id)).expect("strings serialize")
+}
