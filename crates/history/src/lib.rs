@@ -33,45 +33,80 @@ pub enum RunError {
     /// Subscribing to the query subject failed.
     #[error("cannot subscribe: {0}")]
     Subscribe(#[from] async_nats::SubscribeError),
+    /// The server did not confirm the subscription.
+    #[error("cannot reach NATS: {0}")]
+    Flush(#[from] async_nats::client::FlushError),
 }
 
-/// Sets up the chat stream, then answers backlog queries until `shutdown`
-/// resolves and the queries in flight are answered.
+/// A history instance whose stream and subscription are in place.
+pub struct Running {
+    client: Client,
+    js: async_nats::jetstream::Context,
+    queries: async_nats::Subscriber,
+    max_concurrent_queries: usize,
+}
+
+/// Creates or updates the chat stream and subscribes to queries. When this
+/// returns, the stream exists and queries sent from now on are answered.
+pub async fn start(client: Client, config: HistoryConfig) -> Result<Running, RunError> {
+    let js = async_nats::jetstream::new(client.clone());
+    stream::ensure(&js, &config).await?;
+    let queries = client
+        .queue_subscribe(subject::HISTORY_BACKLOG, subject::HISTORY_QUEUE.into())
+        .await?;
+    client.flush().await?;
+    tracing::info!(backlog_size = config.backlog_size, "history ready");
+    Ok(Running {
+        client,
+        js,
+        queries,
+        max_concurrent_queries: config.max_concurrent_queries,
+    })
+}
+
+/// Starts history and runs it until `shutdown` resolves.
 pub async fn run(
     client: Client,
     config: HistoryConfig,
     shutdown: impl Future,
 ) -> Result<(), RunError> {
-    let js = async_nats::jetstream::new(client.clone());
-    stream::ensure(&js, &config).await?;
-    let mut queries = client
-        .queue_subscribe(subject::HISTORY_BACKLOG, subject::HISTORY_QUEUE.into())
-        .await?;
-    tracing::info!(backlog_size = config.backlog_size, "history ready");
-
-    let permits = Arc::new(Semaphore::new(config.max_concurrent_queries.max(1)));
-    let mut tasks = JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            Some(msg) = queries.next() => {
-                // Wait for a permit here, not in the task, so a burst of
-                // queries queues in NATS rather than in memory.
-                let permit = permits.clone().acquire_owned().await.expect("the semaphore is never closed");
-                let (client, js) = (client.clone(), js.clone());
-                tasks.spawn(async move {
-                    answer(&client, &js, msg).await;
-                    drop(permit);
-                });
-            }
-            Some(_) = tasks.join_next() => {}
-        }
-    }
-    tracing::info!("history shutting down");
-    let _ = queries.unsubscribe().await;
-    while tasks.join_next().await.is_some() {}
+    start(client, config).await?.run(shutdown).await;
     Ok(())
+}
+
+impl Running {
+    /// Answers backlog queries until `shutdown` resolves and the queries in
+    /// flight are answered.
+    pub async fn run(self, shutdown: impl Future) {
+        let Running {
+            client,
+            js,
+            mut queries,
+            max_concurrent_queries,
+        } = self;
+        let permits = Arc::new(Semaphore::new(max_concurrent_queries.max(1)));
+        let mut tasks = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                Some(msg) = queries.next() => {
+                    // Wait for a permit here, not in the task, so a burst of
+                    // queries queues in NATS rather than in memory.
+                    let permit = permits.clone().acquire_owned().await.expect("the semaphore is never closed");
+                    let (client, js) = (client.clone(), js.clone());
+                    tasks.spawn(async move {
+                        answer(&client, &js, msg).await;
+                        drop(permit);
+                    });
+                }
+                Some(_) = tasks.join_next() => {}
+            }
+        }
+        tracing::info!("history shutting down");
+        let _ = queries.unsubscribe().await;
+        while tasks.join_next().await.is_some() {}
+    }
 }
 
 async fn answer(client: &Client, js: &async_nats::jetstream::Context, msg: Message) {

@@ -50,6 +50,9 @@ pub enum RunError {
     /// Subscribing to the request subjects failed.
     #[error("cannot subscribe: {0}")]
     Subscribe(#[from] async_nats::SubscribeError),
+    /// The server did not confirm the subscriptions.
+    #[error("cannot reach NATS: {0}")]
+    Flush(#[from] async_nats::client::FlushError),
 }
 
 /// A chat message waiting for its room's writer.
@@ -59,15 +62,18 @@ struct Job {
     reply: Option<async_nats::Subject>,
 }
 
-/// Runs a moderator until `shutdown` resolves, then lets every room writer
-/// finish the messages it already accepted.
-pub async fn run(
-    client: Client,
-    config: ModeratorConfig,
-    shutdown: impl Future,
-) -> Result<(), RunError> {
-    let id = ModeratorId(nuid::next().to_string());
-    let mut moderator = Moderator {
+/// A moderator whose subscriptions are in place.
+pub struct Running {
+    moderator: Moderator,
+    any: Subscriber,
+    direct: Subscriber,
+}
+
+/// Subscribes to the request subjects. When this returns the server has the
+/// subscriptions, so requests sent from now on reach this moderator.
+pub async fn start(client: Client, config: ModeratorConfig) -> Result<Running, RunError> {
+    let moderator = Moderator {
+        id: ModeratorId(nuid::next().to_string()),
         rules: Rules::new(&config)?,
         limiter: RateLimiter::new(config.chat_rate_per_minute, config.chat_burst),
         js: async_nats::jetstream::new(client.clone()),
@@ -75,32 +81,56 @@ pub async fn run(
         writers: HashMap::new(),
         tasks: JoinSet::new(),
         config,
-        id,
     };
-    let mut any = client
+    let any = client
         .queue_subscribe(subject::MODERATE, subject::MODERATOR_QUEUE.into())
         .await?;
-    let mut direct: Subscriber = client
+    let direct = client
         .subscribe(subject::moderate_direct(&moderator.id))
         .await?;
+    client.flush().await?;
     tracing::info!(moderator = %moderator.id, "moderator ready");
+    Ok(Running {
+        moderator,
+        any,
+        direct,
+    })
+}
 
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            Some(msg) = any.next() => moderator.handle(msg).await,
-            Some(msg) = direct.next() => moderator.handle(msg).await,
-            Some(done) = moderator.tasks.join_next() => moderator.forget_writer(done),
-        }
-    }
-
-    tracing::info!("moderator shutting down");
-    let _ = any.unsubscribe().await;
-    let _ = direct.unsubscribe().await;
-    moderator.writers.clear();
-    while moderator.tasks.join_next().await.is_some() {}
+/// Starts a moderator and runs it until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    config: ModeratorConfig,
+    shutdown: impl Future,
+) -> Result<(), RunError> {
+    start(client, config).await?.run(shutdown).await;
     Ok(())
+}
+
+impl Running {
+    /// Answers requests until `shutdown` resolves, then lets every room
+    /// writer finish the messages it already accepted.
+    pub async fn run(self, shutdown: impl Future) {
+        let Running {
+            mut moderator,
+            mut any,
+            mut direct,
+        } = self;
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                Some(msg) = any.next() => moderator.handle(msg).await,
+                Some(msg) = direct.next() => moderator.handle(msg).await,
+                Some(done) = moderator.tasks.join_next() => moderator.forget_writer(done),
+            }
+        }
+        tracing::info!("moderator shutting down");
+        let _ = any.unsubscribe().await;
+        let _ = direct.unsubscribe().await;
+        moderator.writers.clear();
+        while moderator.tasks.join_next().await.is_some() {}
+    }
 }
 
 struct Moderator {

@@ -1,0 +1,264 @@
+//! Who may connect: tokens, the auth deadline, origins.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use gateway::config::GatewayConfig;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use schemas::client::{ClientFrame, ServerFrame};
+use schemas::code::{CloseCode, ErrorCode};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use crate::harness::{Client, Options, System, assert_code, now, token_with};
+
+const ISSUER: &str = "https://issuer.test/";
+const AUDIENCE: &str = "cavlo-tests";
+
+fn strict_gateway() -> GatewayConfig {
+    let mut gateway = Options::default().gateway;
+    gateway.auth.issuer = Some(ISSUER.into());
+    gateway.auth.audience = Some(AUDIENCE.into());
+    gateway
+}
+
+fn unsigned(claims: serde_json::Value) -> String {
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
+    let body = URL_SAFE_NO_PAD.encode(claims.to_string());
+    format!("{header}.{body}.")
+}
+
+/// Sends `first` as the first frame and expects `unauthorized` then close 4001.
+async fn expect_refused(addr: std::net::SocketAddr, first: &str, case: &str) {
+    let mut client = Client::from_socket(Client::open(addr).await);
+    client.send_raw(first).await;
+    match client.recv_or_close().await {
+        Ok(ServerFrame::Error(error)) => assert_code(&error, ErrorCode::Unauthorized, case),
+        other => panic!("{case}: expected unauthorized, got {other:?}"),
+    }
+    assert_eq!(
+        client.expect_close().await,
+        CloseCode::Unauthorized.code(),
+        "{case}"
+    );
+}
+
+fn auth_frame(token: &str) -> String {
+    serde_json::to_string(&ClientFrame::Auth {
+        token: token.into(),
+    })
+    .unwrap()
+}
+
+#[tokio::test]
+async fn bad_tokens_are_refused_with_4001() {
+    let system = System::start(Options {
+        gateways: 1,
+        gateway: strict_gateway(),
+        ..Options::default()
+    })
+    .await;
+    let g = system.gateways[0];
+    let good = json!({"iss": ISSUER, "aud": AUDIENCE});
+    let with = |extra: serde_json::Value| {
+        let mut claims = good.clone();
+        claims
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        claims
+    };
+    let wrong_key = jsonwebtoken::encode(
+        &Header::default(),
+        &json!({"sub": "eve", "exp": now() + 60, "iss": ISSUER, "aud": AUDIENCE}),
+        &EncodingKey::from_secret(b"some other secret"),
+    )
+    .unwrap();
+    let cases = [
+        ("bad signature", auth_frame(&wrong_key)),
+        (
+            "expired",
+            auth_frame(&token_with("eve", with(json!({"exp": now() - 3600})))),
+        ),
+        (
+            "wrong audience",
+            auth_frame(&token_with("eve", with(json!({"aud": "someone-else"})))),
+        ),
+        (
+            "wrong issuer",
+            auth_frame(&token_with(
+                "eve",
+                with(json!({"iss": "https://evil.test/"})),
+            )),
+        ),
+        (
+            "alg none",
+            auth_frame(&unsigned(
+                json!({"sub": "eve", "exp": now() + 60, "iss": ISSUER, "aud": AUDIENCE}),
+            )),
+        ),
+        ("garbage token", auth_frame("not.a.jwt")),
+        ("empty subject", auth_frame(&token_with("", good.clone()))),
+        ("no auth frame", r#"{"type":"ping"}"#.to_owned()),
+        ("not JSON", "hello".to_owned()),
+    ];
+    for (case, first) in &cases {
+        expect_refused(g, first, case).await;
+    }
+    // The same gateway accepts a good token.
+    Client::connect_with(g, &token_with("ann", good))
+        .await
+        .assert_alive()
+        .await;
+    system.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_socket_that_never_authenticates_is_closed() {
+    let gateway = GatewayConfig {
+        auth_timeout: Duration::from_millis(300),
+        ..Options::default().gateway
+    };
+    let system = System::start(Options {
+        gateways: 1,
+        gateway,
+        ..Options::default()
+    })
+    .await;
+    let mut silent = Client::from_socket(Client::open(system.gateways[0]).await);
+    match silent.recv_or_close().await {
+        Ok(ServerFrame::Error(error)) => {
+            assert_code(&error, ErrorCode::Unauthorized, "auth timeout")
+        }
+        other => panic!("expected unauthorized, got {other:?}"),
+    }
+    assert_eq!(silent.expect_close().await, CloseCode::Unauthorized.code());
+    system.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_disallowed_origin_is_refused_at_the_handshake() {
+    let gateway = GatewayConfig {
+        allowed_origins: vec!["https://app.example.com".into()],
+        ..Options::default().gateway
+    };
+    let system = System::start(Options {
+        gateways: 1,
+        gateway,
+        ..Options::default()
+    })
+    .await;
+    let g = system.gateways[0];
+    let handshake = |origin: &'static str| async move {
+        let mut request = format!("ws://{g}/ws").into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("Origin", origin.parse().unwrap());
+        tokio_tungstenite::connect_async(request).await
+    };
+    match handshake("https://evil.example.com").await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 403)
+        }
+        other => panic!("expected HTTP 403, got {other:?}"),
+    }
+    assert!(handshake("https://app.example.com").await.is_ok());
+    system.shutdown().await;
+}
+
+/// Serves `body` as JSON to every request on a loopback port and counts them.
+async fn serve_jwks(body: String) -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://{}/.well-known/jwks.json",
+        listener.local_addr().unwrap()
+    );
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf).await;
+            let response = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(response.as_bytes()).await;
+        }
+    });
+    (url, hits)
+}
+
+#[tokio::test]
+async fn es256_tokens_verify_against_a_jwks_and_unknown_kids_are_rate_limited() {
+    let (url, hits) = serve_jwks(include_str!("../fixtures/es256-test-jwks.json").to_owned()).await;
+    let mut gateway = Options::default().gateway;
+    gateway.auth.jwks_url = Some(url);
+    gateway.auth.jwks_refetch_interval = Duration::from_secs(3600);
+    let system = System::start(Options {
+        gateways: 1,
+        gateway,
+        ..Options::default()
+    })
+    .await;
+    let g = system.gateways[0];
+    let key = EncodingKey::from_ec_pem(include_bytes!("../fixtures/es256-test-key.pem")).unwrap();
+    let sign = |kid: &str| {
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(kid.into());
+        jsonwebtoken::encode(&header, &json!({"sub": "ann", "exp": now() + 60}), &key).unwrap()
+    };
+
+    Client::connect_with(g, &sign("test-key-1"))
+        .await
+        .assert_alive()
+        .await;
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "first use fetches the set");
+    Client::connect_with(g, &sign("test-key-1"))
+        .await
+        .assert_alive()
+        .await;
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        1,
+        "known keys come from the cache"
+    );
+
+    expect_refused(g, &auth_frame(&sign("rotated-key")), "unknown kid").await;
+    expect_refused(
+        g,
+        &auth_frame(&sign("another-unknown")),
+        "unknown kid again",
+    )
+    .await;
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "refetch is rate-limited");
+
+    // HS256 still works alongside the key set, and an HS256 token cannot pass
+    // as ES256 or the other way round.
+    Client::connect_with(g, &crate::harness::token("bob"))
+        .await
+        .assert_alive()
+        .await;
+    let hs_as_es = {
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some("test-key-1".into());
+        jsonwebtoken::encode(
+            &header,
+            &json!({"sub": "eve", "exp": now() + 60}),
+            &EncodingKey::from_secret(b"x"),
+        )
+        .unwrap()
+    };
+    expect_refused(
+        g,
+        &auth_frame(&hs_as_es),
+        "HS256 with a JWKS kid and a wrong secret",
+    )
+    .await;
+    system.shutdown().await;
+}

@@ -1,0 +1,219 @@
+//! The chat path: gateway → moderator → JetStream → gateways, and resume.
+
+use std::collections::HashMap;
+
+use history::config::HistoryConfig;
+use schemas::client::ServerFrame;
+use schemas::code::ErrorCode;
+use schemas::id::Seq;
+
+use crate::harness::{Client, Options, System, assert_code, room};
+
+#[tokio::test]
+async fn chat_reaches_every_other_member_once_across_gateways() {
+    let system = System::start(Options::default()).await;
+    let (g1, g2) = (system.gateways[0], system.gateways[1]);
+    let room = room("fanout");
+    let mut clients = vec![
+        Client::connect(g1, "ann").await,
+        Client::connect(g2, "bob").await,
+        Client::connect(g2, "cat").await,
+    ];
+    for client in &mut clients {
+        client.join(&room, None).await;
+    }
+
+    const PER_CLIENT: usize = 5;
+    let mut acked: HashMap<Seq, (usize, String)> = HashMap::new();
+    let mut last_ack = Seq(0);
+    for round in 0..PER_CLIENT {
+        for (sender, client) in clients.iter_mut().enumerate() {
+            let id = format!("m-{sender}-{round}");
+            let seq = client
+                .chat(&room, &id, &format!("hello {id}"))
+                .await
+                .expect("acked")
+                .expect("has seq");
+            assert!(seq > last_ack, "acks increase: {seq} after {last_ack}");
+            last_ack = seq;
+            acked.insert(seq, (sender, id));
+        }
+    }
+
+    // Each client gets exactly the others' messages, in seq order, once.
+    for (receiver, client) in clients.iter_mut().enumerate() {
+        let expected: Vec<Seq> = {
+            let mut seqs: Vec<Seq> = acked
+                .iter()
+                .filter(|(_, (s, _))| *s != receiver)
+                .map(|(seq, _)| *seq)
+                .collect();
+            seqs.sort();
+            seqs
+        };
+        let mut got = Vec::new();
+        for _ in 0..expected.len() {
+            let chat = client.next_chat().await;
+            let (sender, id) = &acked[&chat.seq];
+            assert_eq!(chat.id.as_str(), id);
+            assert_eq!(chat.text, format!("hello {id}"));
+            assert_ne!(*sender, receiver, "nobody receives their own message");
+            got.push(chat.seq);
+        }
+        assert_eq!(
+            got, expected,
+            "client {receiver} got each other message once, in order"
+        );
+        client.assert_alive().await; // and nothing else was queued before the pong
+    }
+    system.shutdown().await;
+}
+
+#[tokio::test]
+async fn reconnecting_to_the_other_gateway_resumes_exactly_the_missed_messages() {
+    let system = System::start(Options::default()).await;
+    let (g1, g2) = (system.gateways[0], system.gateways[1]);
+    let room = room("resume");
+    let mut ann = Client::connect(g1, "ann").await;
+    let mut bob = Client::connect(g1, "bob").await;
+    ann.join(&room, None).await;
+    bob.join(&room, None).await;
+
+    ann.chat(&room, "before", "seen by bob").await.unwrap();
+    let seen = bob.next_chat().await.seq;
+    bob.close().await;
+
+    let mut missed = Vec::new();
+    for i in 0..5 {
+        missed.push(
+            ann.chat(&room, &format!("missed-{i}"), "while bob was away")
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+
+    let mut bob = Client::connect(g2, "bob").await;
+    let (history, last_seq, truncated) = bob.join(&room, Some(seen)).await;
+    assert_eq!(history.iter().map(|m| m.seq).collect::<Vec<_>>(), missed);
+    assert_eq!(last_seq, *missed.last().unwrap());
+    assert!(!truncated);
+
+    let live = ann
+        .chat(&room, "after", "live again")
+        .await
+        .unwrap()
+        .unwrap();
+    let chat = bob.next_chat().await;
+    assert_eq!((chat.seq, chat.id.as_str()), (live, "after"));
+    bob.assert_alive().await;
+    system.shutdown().await;
+}
+
+#[tokio::test]
+async fn resending_a_message_id_is_idempotent() {
+    let system = System::start(Options::default()).await;
+    let (g1, g2) = (system.gateways[0], system.gateways[1]);
+    let room = room("resend");
+    let mut ann = Client::connect(g1, "ann").await;
+    let mut bob = Client::connect(g2, "bob").await;
+    ann.join(&room, None).await;
+    bob.join(&room, None).await;
+
+    let first = ann.chat(&room, "dup-1", "once").await.unwrap();
+    // The same user resends after a reconnect, through the other gateway.
+    ann.close().await;
+    let mut ann = Client::connect(g2, "ann").await;
+    ann.join(&room, None).await;
+    let again = ann.chat(&room, "dup-1", "once").await.unwrap();
+    assert_eq!(again, first, "a resend gets the original seq");
+    let marker = ann.chat(&room, "marker", "next").await.unwrap();
+
+    assert_eq!(bob.next_chat().await.id.as_str(), "dup-1");
+    let next = bob.next_chat().await;
+    assert_eq!(
+        (next.id.as_str(), Some(next.seq)),
+        ("marker", marker),
+        "no second delivery of dup-1"
+    );
+
+    // Another user's message with the same client id is a different message.
+    let mut cat = Client::connect(g1, "cat").await;
+    cat.join(&room, None).await;
+    let other = cat.chat(&room, "dup-1", "mine").await.unwrap();
+    assert!(other > marker);
+    system.shutdown().await;
+}
+
+#[tokio::test]
+async fn backlog_is_bounded_and_resume_past_it_is_truncated() {
+    let system = System::start(Options {
+        history: HistoryConfig {
+            backlog_size: 5,
+            ..HistoryConfig::default()
+        },
+        gateways: 1,
+        ..Options::default()
+    })
+    .await;
+    let g1 = system.gateways[0];
+    let room = room("bounded");
+    let mut ann = Client::connect(g1, "ann").await;
+    ann.join(&room, None).await;
+    let mut seqs = Vec::new();
+    for i in 0..8 {
+        seqs.push(
+            ann.chat(&room, &format!("b{i}"), "x")
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0].next()),
+        "seqs are gap-free: {seqs:?}"
+    );
+
+    let mut bob = Client::connect(g1, "bob").await;
+    let (history, last_seq, truncated) = bob.join(&room, None).await;
+    assert_eq!(history.iter().map(|m| m.seq).collect::<Vec<_>>(), seqs[3..]);
+    assert_eq!((last_seq, truncated), (seqs[7], false));
+
+    let (history, _, truncated) = bob.join(&room, Some(seqs[0])).await;
+    assert_eq!(history.len(), 5);
+    assert!(truncated, "seqs[1..3] were trimmed");
+
+    let (history, _, truncated) = bob.join(&room, Some(seqs[2])).await;
+    assert_eq!((history.len(), truncated), (5, false));
+    system.shutdown().await;
+}
+
+#[tokio::test]
+async fn chat_and_leave_outside_a_room_are_refused() {
+    let system = System::start(Options {
+        gateways: 1,
+        ..Options::default()
+    })
+    .await;
+    let room = room("outside");
+    let mut ann = Client::connect(system.gateways[0], "ann").await;
+    let error = ann.chat(&room, "m1", "hi").await.unwrap_err();
+    assert_code(&error, ErrorCode::NotInRoom, "chat before join");
+    assert_eq!(error.room.as_ref(), Some(&room));
+
+    ann.send(&schemas::client::ClientFrame::Leave { room: room.clone() })
+        .await;
+    assert_code(
+        &ann.next_error().await,
+        ErrorCode::NotInRoom,
+        "leave before join",
+    );
+
+    ann.join(&room, None).await;
+    ann.send(&schemas::client::ClientFrame::Leave { room: room.clone() })
+        .await;
+    assert_eq!(ann.recv().await, ServerFrame::Left { room: room.clone() });
+    let error = ann.chat(&room, "m2", "hi").await.unwrap_err();
+    assert_code(&error, ErrorCode::NotInRoom, "chat after leave");
+    system.shutdown().await;
+}

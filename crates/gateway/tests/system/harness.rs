@@ -1,0 +1,419 @@
+//! Starts a whole cavlo system for a test: a real nats-server with JetStream
+//! in a container, and history, moderators and gateways in-process, each
+//! with its own NATS connection as if it were its own process.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use gateway::config::{GatewayConfig, Secret};
+use history::config::HistoryConfig;
+use jsonwebtoken::{EncodingKey, Header};
+use moderator::config::ModeratorConfig;
+use schemas::client::{ChatMessage, ClientFrame, ErrorFrame, ServerFrame};
+use schemas::code::ErrorCode;
+use schemas::id::{RoomId, Seq};
+use serde_json::json;
+use testcontainers::core::{ContainerPort, WaitFor};
+use testcontainers::runners::AsyncRunner;
+use testcontainers::{ContainerAsync, GenericImage, ImageExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+/// The NATS image to test against: `CAVLO_TEST_NATS_IMAGE`, or the official one.
+pub const NATS_IMAGE_VAR: &str = "CAVLO_TEST_NATS_IMAGE";
+const DEFAULT_NATS_IMAGE: &str = "nats:2.14";
+
+/// HS256 secret the test gateways accept.
+pub const SECRET: &str = "test-secret-not-for-production";
+
+/// How long a test waits for an expected frame before failing.
+pub const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Services' request timeout in tests: short, so "unavailable" paths finish fast.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A nats-server container.
+pub struct Nats {
+    pub container: ContainerAsync<GenericImage>,
+    pub url: String,
+}
+
+impl Nats {
+    pub async fn start() -> Nats {
+        let image = std::env::var(NATS_IMAGE_VAR).unwrap_or_else(|_| DEFAULT_NATS_IMAGE.to_owned());
+        let (name, tag) = image.rsplit_once(':').unwrap_or((&image, "latest"));
+        let container = GenericImage::new(name, tag)
+            .with_exposed_port(ContainerPort::Tcp(4222))
+            .with_wait_for(WaitFor::message_on_stderr("Server is ready"))
+            .with_cmd(["--jetstream", "--store_dir", "/data"])
+            .start()
+            .await
+            .unwrap_or_else(|err| {
+                panic!("cannot start NATS image {image} (set {NATS_IMAGE_VAR}): {err}")
+            });
+        let port = container
+            .get_host_port_ipv4(4222)
+            .await
+            .expect("NATS port is mapped");
+        Nats {
+            container,
+            url: format!("nats://127.0.0.1:{port}"),
+        }
+    }
+
+    pub async fn connect(&self) -> async_nats::Client {
+        let config = bootstrap::nats::NatsConfig {
+            url: self.url.clone(),
+            request_timeout: REQUEST_TIMEOUT,
+            ..Default::default()
+        };
+        bootstrap::nats::connect(&config, "cavlo-test")
+            .await
+            .expect("connect to NATS")
+    }
+}
+
+/// What to start.
+pub struct Options {
+    pub gateways: usize,
+    pub moderators: usize,
+    pub gateway: GatewayConfig,
+    pub moderator: ModeratorConfig,
+    pub history: HistoryConfig,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        let mut gateway = GatewayConfig::default();
+        gateway.auth.hs256_secret = Some(Secret(SECRET.into()));
+        Self {
+            gateways: 2,
+            moderators: 1,
+            gateway,
+            moderator: ModeratorConfig::default(),
+            history: HistoryConfig::default(),
+        }
+    }
+}
+
+/// A running system; dropping it stops the services and the container.
+pub struct System {
+    pub nats: Nats,
+    pub gateways: Vec<SocketAddr>,
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl System {
+    pub async fn start(options: Options) -> System {
+        let nats = Nats::start().await;
+        let stop = CancellationToken::new();
+        let mut tasks = Vec::new();
+
+        let history = history::start(nats.connect().await, options.history)
+            .await
+            .expect("history starts");
+        tasks.push(tokio::spawn(history.run(stop.clone().cancelled_owned())));
+        for _ in 0..options.moderators {
+            let moderator = moderator::start(nats.connect().await, options.moderator.clone())
+                .await
+                .expect("moderator starts");
+            tasks.push(tokio::spawn(moderator.run(stop.clone().cancelled_owned())));
+        }
+        let mut gateways = Vec::new();
+        for _ in 0..options.gateways {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            gateways.push(listener.local_addr().unwrap());
+            let (client, config, stop) =
+                (nats.connect().await, options.gateway.clone(), stop.clone());
+            tasks.push(tokio::spawn(async move {
+                gateway::run(listener, client, config, stop.cancelled_owned())
+                    .await
+                    .expect("gateway runs");
+            }));
+        }
+        System {
+            nats,
+            gateways,
+            stop,
+            tasks,
+        }
+    }
+
+    /// Stops every service and waits for them to finish.
+    pub async fn shutdown(mut self) {
+        self.stop.cancel();
+        for task in self.tasks.drain(..) {
+            tokio::time::timeout(Duration::from_secs(15), task)
+                .await
+                .expect("service stops in time")
+                .expect("service task did not panic");
+        }
+    }
+}
+
+impl Drop for System {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// A signed HS256 token for `sub` with `claims` merged in.
+pub fn token_with(sub: &str, claims: serde_json::Value) -> String {
+    let mut body = json!({"sub": sub, "name": sub.to_uppercase(), "exp": now() + 3600});
+    body.as_object_mut()
+        .unwrap()
+        .extend(claims.as_object().cloned().unwrap_or_default());
+    jsonwebtoken::encode(
+        &Header::default(),
+        &body,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+pub fn token(sub: &str) -> String {
+    token_with(sub, json!({}))
+}
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A unique room name, so tests never see each other's messages.
+pub fn room(label: &str) -> RoomId {
+    RoomId(format!("{label}-{}", nuid::next()))
+}
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A WebSocket client speaking the cavlo protocol.
+pub struct Client {
+    ws: Socket,
+    pub conn_id: schemas::id::ConnId,
+    /// Frames read while looking for another one, returned by `recv` first.
+    pending: std::collections::VecDeque<ServerFrame>,
+}
+
+impl Client {
+    /// Opens a socket without authenticating.
+    pub async fn open(addr: SocketAddr) -> Socket {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+            .await
+            .expect("ws connects");
+        ws
+    }
+
+    /// Connects and authenticates as `user`.
+    pub async fn connect(addr: SocketAddr, user: &str) -> Client {
+        Self::connect_with(addr, &token(user)).await
+    }
+
+    pub async fn connect_with(addr: SocketAddr, token: &str) -> Client {
+        let mut client = Self::from_socket(Self::open(addr).await);
+        client
+            .send(&ClientFrame::Auth {
+                token: token.into(),
+            })
+            .await;
+        match client.recv().await {
+            ServerFrame::Welcome { conn_id, .. } => client.conn_id = conn_id,
+            other => panic!("expected welcome, got {other:?}"),
+        }
+        client
+    }
+
+    pub fn from_socket(ws: Socket) -> Client {
+        Client {
+            ws,
+            conn_id: "".into(),
+            pending: Default::default(),
+        }
+    }
+
+    pub async fn send(&mut self, frame: &ClientFrame) {
+        self.send_raw(&serde_json::to_string(frame).unwrap()).await;
+    }
+
+    pub async fn send_raw(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).await.expect("send");
+    }
+
+    pub async fn send_message(
+        &mut self,
+        message: Message,
+    ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+        self.ws.send(message).await
+    }
+
+    /// The next protocol frame, failing the test after [`FRAME_TIMEOUT`].
+    pub async fn recv(&mut self) -> ServerFrame {
+        if let Some(frame) = self.pending.pop_front() {
+            return frame;
+        }
+        loop {
+            let msg = tokio::time::timeout(FRAME_TIMEOUT, self.ws.next())
+                .await
+                .expect("timed out waiting for a frame")
+                .expect("socket closed while waiting for a frame")
+                .expect("socket error while waiting for a frame");
+            match msg {
+                Message::Text(text) => {
+                    return serde_json::from_str(&text).expect("server frames parse");
+                }
+                Message::Close(frame) => {
+                    panic!("socket closed while waiting for a frame: {frame:?}")
+                }
+                _ => continue,
+            }
+        }
+    }
+
+    /// Waits for the server to close the socket; returns the close code.
+    pub async fn expect_close(&mut self) -> u16 {
+        loop {
+            let msg = tokio::time::timeout(FRAME_TIMEOUT, self.ws.next())
+                .await
+                .expect("timed out waiting for close");
+            match msg {
+                Some(Ok(Message::Close(Some(frame)))) => return frame.code.into(),
+                Some(Ok(Message::Close(None))) | None => panic!("closed without a code"),
+                Some(Ok(Message::Text(text))) => panic!("expected close, got {text}"),
+                Some(Ok(_)) => continue,
+                Some(Err(err)) => panic!("socket error instead of close: {err}"),
+            }
+        }
+    }
+
+    /// Joins and returns the `joined` frame's backlog, last seq and truncated flag.
+    pub async fn join(
+        &mut self,
+        room: &RoomId,
+        since: Option<Seq>,
+    ) -> (Vec<ChatMessage>, Seq, bool) {
+        self.send(&ClientFrame::Join {
+            room: room.clone(),
+            since,
+        })
+        .await;
+        match self.recv().await {
+            ServerFrame::Joined {
+                room: joined,
+                history,
+                last_seq,
+                truncated,
+                ..
+            } if joined == *room => (history, last_seq, truncated),
+            other => panic!("expected joined {room}, got {other:?}"),
+        }
+    }
+
+    /// Sends a chat and waits for the reply to it (ack or error), collecting
+    /// any chat deliveries that arrive first.
+    pub async fn chat(
+        &mut self,
+        room: &RoomId,
+        id: &str,
+        text: &str,
+    ) -> Result<Option<Seq>, ErrorFrame> {
+        self.send(&ClientFrame::Chat {
+            room: room.clone(),
+            id: id.into(),
+            text: text.into(),
+        })
+        .await;
+        self.reply_to(id).await
+    }
+
+    /// Waits for the ack or error about client message `id`; deliveries that
+    /// arrive first are kept for later `recv`s.
+    pub async fn reply_to(&mut self, id: &str) -> Result<Option<Seq>, ErrorFrame> {
+        let mut skipped = Vec::new();
+        let reply = loop {
+            match self.recv().await {
+                ServerFrame::Ack { id: acked, seq, .. } if acked.as_str() == id => break Ok(seq),
+                ServerFrame::Error(error)
+                    if error.id.as_ref().is_some_and(|e| e.as_str() == id) =>
+                {
+                    break Err(error);
+                }
+                chat @ ServerFrame::Chat(_) => skipped.push(chat),
+                other => panic!("expected reply to {id}, got {other:?}"),
+            }
+        };
+        for frame in skipped.into_iter().rev() {
+            self.pending.push_front(frame);
+        }
+        reply
+    }
+
+    /// The next chat delivery, failing on any other frame.
+    pub async fn next_chat(&mut self) -> ChatMessage {
+        match self.recv().await {
+            ServerFrame::Chat(chat) => chat,
+            other => panic!("expected chat, got {other:?}"),
+        }
+    }
+
+    /// The next error frame, failing on any other frame.
+    pub async fn next_error(&mut self) -> ErrorFrame {
+        match self.recv().await {
+            ServerFrame::Error(error) => error,
+            other => panic!("expected error, got {other:?}"),
+        }
+    }
+
+    /// Checks the connection is still usable: ping gets pong.
+    pub async fn assert_alive(&mut self) {
+        self.send(&ClientFrame::Ping {}).await;
+        assert_eq!(self.recv().await, ServerFrame::Pong);
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}
+
+/// Asserts the error's code, naming the case on failure.
+pub fn assert_code(error: &ErrorFrame, code: ErrorCode, case: &str) {
+    assert_eq!(error.code, code, "{case}: {error:?}");
+}
+
+impl Client {
+    /// The next frame, or the close code if the server closes first.
+    pub async fn recv_or_close(&mut self) -> Result<ServerFrame, u16> {
+        loop {
+            let msg = tokio::time::timeout(FRAME_TIMEOUT, self.ws.next())
+                .await
+                .expect("timed out");
+            match msg {
+                Some(Ok(Message::Text(text))) => {
+                    return Ok(serde_json::from_str(&text).expect("server frames parse"));
+                }
+                Some(Ok(Message::Close(Some(frame)))) => return Err(frame.code.into()),
+                Some(Ok(_)) => continue,
+                other => panic!("socket ended without a close code: {other:?}"),
+            }
+        }
+    }
+}
+
+/// GETs `path` from a gateway and parses the JSON body.
+pub async fn get_json(addr: SocketAddr, path: &str) -> serde_json::Value {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    serde_json::from_str(body).expect("a JSON body")
+}

@@ -1,0 +1,188 @@
+//! Bad frames get a clear error and change nothing else.
+
+use gateway::config::GatewayConfig;
+use schemas::client::{ClientFrame, ServerFrame};
+use schemas::code::ErrorCode;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::harness::{Client, Options, System, assert_code, room};
+
+#[tokio::test]
+async fn malformed_frames_get_invalid_message_and_the_connection_stays_usable() {
+    let system = System::start(Options::default()).await;
+    let room = room("malformed");
+    let mut ann = Client::connect(system.gateways[0], "ann").await;
+    let mut bob = Client::connect(system.gateways[1], "bob").await;
+    ann.join(&room, None).await;
+    bob.join(&room, None).await;
+
+    let r = room.as_str();
+    let cases = [
+        ("not JSON", "{\"type\":".to_owned()),
+        ("JSON but not an object", "[1,2]".to_owned()),
+        (
+            "unknown type",
+            format!(r#"{{"type":"shout","room":"{r}"}}"#),
+        ),
+        (
+            "missing text",
+            format!(r#"{{"type":"chat","room":"{r}","id":"m1"}}"#),
+        ),
+        (
+            "wrong field type",
+            format!(r#"{{"type":"chat","room":"{r}","id":"m1","text":42}}"#),
+        ),
+        (
+            "spoofed sender",
+            format!(
+                r#"{{"type":"chat","room":"{r}","id":"m1","text":"x","from":{{"conn_id":"x"}}}}"#
+            ),
+        ),
+        ("missing type", r#"{"room":"lobby"}"#.to_owned()),
+    ];
+    for (case, text) in &cases {
+        ann.send_raw(text).await;
+        let error = ann.next_error().await;
+        assert_code(&error, ErrorCode::InvalidMessage, case);
+    }
+    ann.send_message(Message::binary(vec![1, 2, 3]))
+        .await
+        .unwrap();
+    assert_code(
+        &ann.next_error().await,
+        ErrorCode::InvalidMessage,
+        "binary frame",
+    );
+    ann.send(&ClientFrame::Auth {
+        token: "again".into(),
+    })
+    .await;
+    assert_code(
+        &ann.next_error().await,
+        ErrorCode::InvalidMessage,
+        "second auth",
+    );
+
+    // The chat with a spoofed sender named its id, and nothing was delivered.
+    let seq = ann.chat(&room, "real", "after the noise").await.unwrap();
+    let chat = bob.next_chat().await;
+    assert_eq!(
+        (chat.id.as_str(), Some(chat.seq)),
+        ("real", seq),
+        "bad frames delivered nothing"
+    );
+    assert_eq!(
+        chat.from.conn_id, ann.conn_id,
+        "sender is the authenticated connection"
+    );
+    assert_eq!(chat.from.user.id.as_str(), "ann");
+    system.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_oversized_frame_closes_with_1009() {
+    let mut gateway = Options::default().gateway;
+    gateway.max_frame_bytes = 4096;
+    let system = System::start(Options {
+        gateways: 1,
+        gateway,
+        ..Options::default()
+    })
+    .await;
+    let mut ann = Client::connect(system.gateways[0], "ann").await;
+    let mut bob = Client::connect(system.gateways[0], "bob").await;
+    let _ = ann.send_message(Message::text("x".repeat(8192))).await;
+    assert_eq!(ann.expect_close().await, 1009);
+    bob.assert_alive().await;
+    system.shutdown().await;
+}
+
+#[tokio::test]
+async fn rooms_per_connection_are_limited() {
+    let gateway = GatewayConfig {
+        max_rooms_per_connection: 2,
+        ..Options::default().gateway
+    };
+    let system = System::start(Options {
+        gateways: 1,
+        gateway,
+        ..Options::default()
+    })
+    .await;
+    let mut ann = Client::connect(system.gateways[0], "ann").await;
+    let (a, b, c) = (room("a"), room("b"), room("c"));
+    ann.join(&a, None).await;
+    ann.join(&b, None).await;
+    ann.join(&a, None).await; // a re-join is not a new room
+    ann.send(&ClientFrame::Join {
+        room: c.clone(),
+        since: None,
+    })
+    .await;
+    let error = ann.next_error().await;
+    assert_code(&error, ErrorCode::TooManyRooms, "third room");
+    ann.send(&ClientFrame::Leave { room: a.clone() }).await;
+    assert_eq!(ann.recv().await, ServerFrame::Left { room: a });
+    ann.join(&c, None).await;
+    system.shutdown().await;
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_are_closed_with_4102() {
+    let gateway = GatewayConfig {
+        max_connections: 2,
+        ..Options::default().gateway
+    };
+    let system = System::start(Options {
+        gateways: 1,
+        gateway,
+        ..Options::default()
+    })
+    .await;
+    let g = system.gateways[0];
+    let ann = Client::connect(g, "ann").await;
+    let _bob = Client::connect(g, "bob").await;
+    let mut third = Client::from_socket(Client::open(g).await);
+    assert_eq!(
+        third.expect_close().await,
+        schemas::code::CloseCode::GatewayFull.code()
+    );
+    ann.close().await;
+    // The slot is free again once a socket closes. The server notices the
+    // close asynchronously, so retry until it has.
+    let deadline = tokio::time::Instant::now() + crate::harness::FRAME_TIMEOUT;
+    loop {
+        let mut client = Client::from_socket(Client::open(g).await);
+        client
+            .send(&ClientFrame::Auth {
+                token: crate::harness::token("cat"),
+            })
+            .await;
+        match client.recv_or_close().await {
+            Ok(ServerFrame::Welcome { .. }) => break,
+            Err(code) if code == schemas::code::CloseCode::GatewayFull.code() => {
+                assert!(tokio::time::Instant::now() < deadline, "slot never freed");
+                tokio::task::yield_now().await;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    system.shutdown().await;
+}
+
+#[tokio::test]
+async fn health_reports_connections_and_rooms() {
+    let system = System::start(Options {
+        gateways: 1,
+        ..Options::default()
+    })
+    .await;
+    let g = system.gateways[0];
+    let mut ann = Client::connect(g, "ann").await;
+    ann.join(&room("health"), None).await;
+    let health = crate::harness::get_json(g, "/health").await;
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["connections"], 1);
+    assert_eq!(health["rooms"], 1);
+    system.shutdown().await;
+}
