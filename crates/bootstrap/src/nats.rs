@@ -50,15 +50,7 @@ pub async fn connect(config: &NatsConfig, name: &str) -> Result<async_nats::Clie
     let mut options = async_nats::ConnectOptions::new()
         .name(name)
         .connection_timeout(config.connect_timeout)
-        .request_timeout(Some(config.request_timeout))
-        .retry_on_initial_connect()
-        .event_callback(|event| async move {
-            match event {
-                async_nats::Event::Connected => tracing::info!("nats connected"),
-                async_nats::Event::Disconnected => tracing::warn!("nats disconnected"),
-                other => tracing::info!(event = %other, "nats event"),
-            }
-        });
+        .request_timeout(Some(config.request_timeout));
     if let Some(path) = &config.credentials_file {
         options = options
             .credentials_file(path)

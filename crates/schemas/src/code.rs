@@ -58,8 +58,6 @@ impl fmt::Display for ErrorCode {
 pub enum CloseCode {
     /// Authentication failed or did not happen within the auth timeout.
     Unauthorized,
-    /// The connection broke the protocol badly enough to be dropped.
-    PolicyViolation,
     /// The client did not read its frames fast enough and its send queue filled.
     SlowConsumer,
     /// The gateway is shutting down.
@@ -73,7 +71,6 @@ impl CloseCode {
     pub fn code(self) -> u16 {
         match self {
             CloseCode::Unauthorized => 4001,
-            CloseCode::PolicyViolation => 4008,
             CloseCode::SlowConsumer => 4100,
             CloseCode::ShuttingDown => 4101,
             CloseCode::GatewayFull => 4102,
@@ -84,7 +81,6 @@ impl CloseCode {
     pub fn reason(self) -> &'static str {
         match self {
             CloseCode::Unauthorized => "unauthorized",
-            CloseCode::PolicyViolation => "policy violation",
             CloseCode::SlowConsumer => "slow consumer: reconnect and resume",
             CloseCode::ShuttingDown => "gateway shutting down: reconnect",
             CloseCode::GatewayFull => "gateway full: reconnect elsewhere",
@@ -94,5 +90,40 @@ impl CloseCode {
     /// Whether the client should reconnect and resume.
     pub fn should_reconnect(self) -> bool {
         self.code() >= 4100
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_codes_sit_in_their_documented_ranges() {
+        const CASES: &[(CloseCode, u16, bool)] = &[
+            (CloseCode::Unauthorized, 4001, false),
+            (CloseCode::SlowConsumer, 4100, true),
+            (CloseCode::ShuttingDown, 4101, true),
+            (CloseCode::GatewayFull, 4102, true),
+        ];
+        for (code, number, reconnect) in CASES {
+            assert_eq!(code.code(), *number, "{code:?}");
+            assert_eq!(code.should_reconnect(), *reconnect, "{code:?}");
+            assert!(
+                code.reason().len() <= 123,
+                "{code:?}: a close reason fits in a control frame"
+            );
+        }
+    }
+
+    #[test]
+    fn error_codes_serialize_as_documented() {
+        for code in [
+            ErrorCode::Unauthorized,
+            ErrorCode::InvalidMessage,
+            ErrorCode::TooManyRooms,
+            ErrorCode::Unavailable,
+        ] {
+            assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
+        }
     }
 }

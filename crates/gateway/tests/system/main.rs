@@ -2,6 +2,7 @@
 
 mod auth;
 mod chat;
+mod env_example;
 mod failure;
 mod harness;
 mod moderation;

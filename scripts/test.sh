@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Runs every test. Integration tests start nats-server in Docker through
+# testcontainers; CAVLO_TEST_NATS_IMAGE names the image. Unless it is set,
+# the image is built locally (scripts/nats-image.sh), so no registry is needed.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+
+if [ -z "${CAVLO_TEST_NATS_IMAGE:-}" ]; then
+  CAVLO_TEST_NATS_IMAGE="$(scripts/nats-image.sh)"
+  export CAVLO_TEST_NATS_IMAGE
+fi
+echo "testing against NATS image $CAVLO_TEST_NATS_IMAGE"
+cargo test --workspace --locked "$@"
