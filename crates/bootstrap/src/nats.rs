@@ -44,6 +44,23 @@ pub enum ConnectError {
     Connect(#[from] async_nats::ConnectError),
 }
 
+/// The server did not confirm it has processed this client's earlier commands.
+#[derive(Debug, thiserror::Error)]
+#[error("NATS round trip failed: {0}")]
+pub struct RoundTripError(#[from] async_nats::RequestError);
+
+/// Waits until the server has processed everything `client` sent before,
+/// such as its subscriptions: after this, other connections' messages reach
+/// them. (`Client::flush` only waits for the bytes to leave the socket.)
+pub async fn round_trip(client: &async_nats::Client) -> Result<(), RoundTripError> {
+    let subject = schemas::subject::round_trip(&client.new_inbox().replace('.', "-"));
+    match client.request(subject, bytes::Bytes::new()).await {
+        Err(err) if err.kind() == async_nats::RequestErrorKind::NoResponders => Ok(()),
+        Err(err) => Err(err.into()),
+        Ok(_) => Ok(()),
+    }
+}
+
 /// Connects as `name` (shown in the server's connection list). After the first
 /// connection, the client reconnects by itself for as long as the process runs.
 pub async fn connect(config: &NatsConfig, name: &str) -> Result<async_nats::Client, ConnectError> {

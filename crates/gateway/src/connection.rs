@@ -142,21 +142,15 @@ impl Connection {
         let shutdown = self.shared.shutdown.clone();
         let slow = self.handle.slow.clone();
         let exit = loop {
+            // Shutdown and overflow interrupt whatever step is under way: a
+            // socket write blocked on a full TCP buffer, or a request. Both
+            // are safe to abandon: tungstenite keeps a partly written frame
+            // in its buffer, and an unacked chat is resent by the client.
             let step = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => Err(Exit::Close(CloseCode::ShuttingDown)),
                 _ = slow.cancelled() => Err(Exit::Close(CloseCode::SlowConsumer)),
-                Some(delivery) = deliveries.recv() => self.deliver(&mut socket, &delivery).await,
-                frame = socket.next() => match frame {
-                    Some(Ok(Message::Text(text))) => self.handle(&mut socket, &text).await,
-                    Some(Ok(Message::Binary(_))) => {
-                        let error = ErrorFrame::new(ErrorCode::InvalidMessage, "binary frames are not part of the protocol");
-                        self.reply(&mut socket, ServerFrame::Error(error)).await
-                    }
-                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(()),
-                    Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => Err(Exit::TooBig),
-                    Some(Ok(Message::Close(_)) | Err(_)) | None => Err(Exit::Gone),
-                },
+                step = self.step(&mut socket, &mut deliveries) => step,
             };
             if let Err(exit) = step {
                 break exit;
@@ -184,6 +178,27 @@ impl Connection {
             }
         }
         tracing::debug!("disconnected");
+    }
+
+    /// Handles the next delivery or client frame, whichever comes first.
+    async fn step(
+        &mut self,
+        socket: &mut HyperWebsocketStream,
+        deliveries: &mut mpsc::Receiver<Arc<Delivery>>,
+    ) -> Result<(), Exit> {
+        tokio::select! {
+            Some(delivery) = deliveries.recv() => self.deliver(socket, &delivery).await,
+            frame = socket.next() => match frame {
+                Some(Ok(Message::Text(text))) => self.handle(socket, &text).await,
+                Some(Ok(Message::Binary(_))) => {
+                    let error = ErrorFrame::new(ErrorCode::InvalidMessage, "binary frames are not part of the protocol");
+                    self.reply(socket, ServerFrame::Error(error)).await
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(()),
+                Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => Err(Exit::TooBig),
+                Some(Ok(Message::Close(_)) | Err(_)) | None => Err(Exit::Gone),
+            },
+        }
     }
 
     /// Writes a room delivery unless the client has it already.
@@ -261,6 +276,9 @@ impl Connection {
                 return Err(fail(ErrorCode::Unavailable, "moderator unavailable; retry"));
             }
         }
+        // Recorded before the hub knows the member, so that however this
+        // join ends (even abandoned mid-way), the room is left on disconnect.
+        self.rooms.entry(room.clone()).or_default();
         let hub = &self.shared.hub;
         if let Err(err) = hub
             .join(&room, self.member.conn_id.clone(), self.handle.clone())

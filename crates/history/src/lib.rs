@@ -34,8 +34,8 @@ pub enum RunError {
     #[error("cannot subscribe: {0}")]
     Subscribe(#[from] async_nats::SubscribeError),
     /// The server did not confirm the subscription.
-    #[error("cannot reach NATS: {0}")]
-    Flush(#[from] async_nats::client::FlushError),
+    #[error(transparent)]
+    RoundTrip(#[from] bootstrap::nats::RoundTripError),
 }
 
 /// A history instance whose stream and subscription are in place.
@@ -54,7 +54,7 @@ pub async fn start(client: Client, config: HistoryConfig) -> Result<Running, Run
     let queries = client
         .queue_subscribe(subject::HISTORY_BACKLOG, subject::HISTORY_QUEUE.into())
         .await?;
-    client.flush().await?;
+    bootstrap::nats::round_trip(&client).await?;
     tracing::info!(backlog_size = config.backlog_size, "history ready");
     Ok(Running {
         client,

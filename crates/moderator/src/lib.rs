@@ -51,8 +51,8 @@ pub enum RunError {
     #[error("cannot subscribe: {0}")]
     Subscribe(#[from] async_nats::SubscribeError),
     /// The server did not confirm the subscriptions.
-    #[error("cannot reach NATS: {0}")]
-    Flush(#[from] async_nats::client::FlushError),
+    #[error(transparent)]
+    RoundTrip(#[from] bootstrap::nats::RoundTripError),
 }
 
 /// A chat message waiting for its room's writer.
@@ -88,7 +88,7 @@ pub async fn start(client: Client, config: ModeratorConfig) -> Result<Running, R
     let direct = client
         .subscribe(subject::moderate_direct(&moderator.id))
         .await?;
-    client.flush().await?;
+    bootstrap::nats::round_trip(&client).await?;
     tracing::info!(moderator = %moderator.id, "moderator ready");
     Ok(Running {
         moderator,

@@ -52,6 +52,14 @@ pub const HISTORY_BACKLOG: &str = "cavlo.history.backlog";
 /// Queue group of the history instances on [`HISTORY_BACKLOG`].
 pub const HISTORY_QUEUE: &str = "history";
 
+/// A subject nobody subscribes to, unique per call. A request to it comes
+/// back from the server as "no responders" only after the server has
+/// processed everything sent before it on the same connection, which makes
+/// it a round trip that proves earlier subscriptions are in place.
+pub fn round_trip(token: &str) -> String {
+    format!("cavlo.roundtrip.{token}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

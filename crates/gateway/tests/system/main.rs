@@ -5,5 +5,6 @@ mod chat;
 mod env_example;
 mod failure;
 mod harness;
+mod hub;
 mod moderation;
 mod protocol;

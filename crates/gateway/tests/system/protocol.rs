@@ -186,3 +186,20 @@ async fn health_reports_connections_and_rooms() {
     assert_eq!(health["rooms"], 1);
     system.shutdown().await;
 }
+
+#[tokio::test]
+async fn shutdown_closes_sockets_with_the_reconnect_code() {
+    let system = System::start(Options {
+        gateways: 1,
+        ..Options::default()
+    })
+    .await;
+    let mut ann = Client::connect(system.gateways[0], "ann").await;
+    ann.join(&room("shutdown"), None).await;
+    let stopping = tokio::spawn(system.shutdown());
+    assert_eq!(
+        ann.expect_close().await,
+        schemas::code::CloseCode::ShuttingDown.code()
+    );
+    stopping.await.expect("services stop cleanly");
+}

@@ -1,0 +1,142 @@
+//! The hub subscribes a room only while it has local members, and closes a
+//! member whose queue overflows instead of waiting for it.
+
+use std::time::Duration;
+
+use async_nats::RequestErrorKind;
+use gateway::hub::{Hub, MemberHandle};
+use schemas::client::{ChatMessage, Member, User};
+use schemas::id::{ConnId, RoomId, Seq};
+use schemas::{event, subject};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::harness::{FRAME_TIMEOUT, Nats, room};
+
+/// Whether any NATS client is subscribed to `room`'s delivery subject: a
+/// request to it fails at once with "no responders" when nobody is.
+async fn has_interest(client: &async_nats::Client, room: &RoomId) -> bool {
+    match client.request(subject::chat_deliver(room), "".into()).await {
+        Err(err) if err.kind() == RequestErrorKind::NoResponders => false,
+        Err(err) if err.kind() == RequestErrorKind::TimedOut => true,
+        other => panic!("unexpected answer: {other:?}"),
+    }
+}
+
+fn chat(room: &RoomId, seq: u64) -> bytes::Bytes {
+    let from = Member {
+        conn_id: "sender".into(),
+        user: User {
+            id: "u".into(),
+            name: "U".into(),
+        },
+    };
+    event::encode(&ChatMessage {
+        room: room.clone(),
+        seq: Seq(seq),
+        id: "m".into(),
+        from,
+        text: "x".into(),
+        ts: 0,
+    })
+    .into()
+}
+
+#[tokio::test]
+async fn rooms_are_subscribed_only_while_they_have_local_members() {
+    let nats = Nats::start().await;
+    let client = nats.connect().await;
+    let hub = Hub::new(client.clone());
+    let observer = nats.connect().await;
+    let room = room("interest");
+    assert!(!has_interest(&observer, &room).await);
+
+    let (queue, mut deliveries) = mpsc::channel(8);
+    let handle = MemberHandle {
+        queue,
+        slow: CancellationToken::new(),
+    };
+    hub.join(&room, ConnId::from("a"), handle.clone())
+        .await
+        .unwrap();
+    hub.join(&room, ConnId::from("b"), handle).await.unwrap();
+    // The observer is another connection: make sure the server has the SUB.
+    bootstrap::nats::round_trip(&client).await.unwrap();
+    assert_eq!(hub.room_count(), 1);
+    assert!(has_interest(&observer, &room).await);
+
+    observer
+        .publish(subject::chat_deliver(&room), chat(&room, 1))
+        .await
+        .unwrap();
+    for member in ["a", "b"] {
+        let delivery = tokio::time::timeout(FRAME_TIMEOUT, deliveries.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(delivery.seq, Seq(1), "delivered to {member}");
+        assert!(delivery.frame.as_str().contains(r#""type":"chat""#));
+    }
+
+    hub.leave(&room, &ConnId::from("a"));
+    assert!(has_interest(&observer, &room).await, "one member is left");
+    hub.leave(&room, &ConnId::from("b"));
+    assert_eq!(hub.room_count(), 0);
+    // The unsubscribe travels to the server asynchronously; wait for it.
+    let deadline = tokio::time::Instant::now() + FRAME_TIMEOUT;
+    while has_interest(&observer, &room).await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "room still subscribed after the last member left"
+        );
+    }
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_member_whose_queue_overflows_is_flagged_slow_and_others_are_unaffected() {
+    let nats = Nats::start().await;
+    let client = nats.connect().await;
+    let hub = Hub::new(client.clone());
+    let publisher = nats.connect().await;
+    let room = room("slow");
+
+    let (slow_queue, _never_read) = mpsc::channel(2);
+    let slow = MemberHandle {
+        queue: slow_queue,
+        slow: CancellationToken::new(),
+    };
+    let (fast_queue, mut fast_deliveries) = mpsc::channel(16);
+    let fast = MemberHandle {
+        queue: fast_queue,
+        slow: CancellationToken::new(),
+    };
+    hub.join(&room, ConnId::from("slow"), slow.clone())
+        .await
+        .unwrap();
+    hub.join(&room, ConnId::from("fast"), fast.clone())
+        .await
+        .unwrap();
+    bootstrap::nats::round_trip(&client).await.unwrap();
+
+    for seq in 1..=3 {
+        publisher
+            .publish(subject::chat_deliver(&room), chat(&room, seq))
+            .await
+            .unwrap();
+    }
+    tokio::time::timeout(FRAME_TIMEOUT, slow.slow.cancelled())
+        .await
+        .expect("overflow flags the member");
+    for seq in 1..=3 {
+        let delivery = tokio::time::timeout(FRAME_TIMEOUT, fast_deliveries.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(delivery.seq, Seq(seq));
+    }
+    assert!(!fast.slow.is_cancelled());
+    tokio::time::timeout(Duration::from_secs(5), hub.shutdown())
+        .await
+        .expect("hub stops");
+}
