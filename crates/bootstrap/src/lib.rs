@@ -15,8 +15,9 @@ pub mod telemetry;
 
 use std::path::PathBuf;
 
-/// Flags every cavlo binary accepts. Each binary adds its own `about` text.
-#[derive(Debug, clap::Args)]
+/// Flags every cavlo binary accepts; [`service::main`] parses them.
+#[derive(Debug, clap::Parser)]
+#[command(version)]
 pub struct Cli {
     /// TOML file with settings; environment variables (`CAVLO_…`) override it.
     #[arg(long, short, env = "CAVLO_CONFIG")]

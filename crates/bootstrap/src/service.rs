@@ -2,10 +2,10 @@
 
 use std::fmt::Display;
 use std::future::Future;
-use std::path::Path;
 use std::pin::Pin;
 use std::process::ExitCode;
 
+use clap::{CommandFactory, FromArgMatches};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -23,17 +23,23 @@ pub trait ServiceConfig: Default + Serialize + DeserializeOwned {
 /// The shutdown future handed to a service.
 pub type Shutdown = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// Loads the configuration, sets up tracing, connects to NATS as `name`, runs
-/// the service until SIGTERM or Ctrl-C, then drains the NATS connection so
+/// Parses the command line (`--help` shows `about`), loads the
+/// configuration, sets up tracing, connects to NATS as `name`, runs the
+/// service until SIGTERM or Ctrl-C, then drains the NATS connection so
 /// replies and announcements in flight are sent.
-pub async fn main<C, F, Fut, E>(config_file: Option<&Path>, name: &str, service: F) -> ExitCode
+pub async fn main<C, F, Fut, E>(name: &'static str, about: &'static str, service: F) -> ExitCode
 where
     C: ServiceConfig,
     F: FnOnce(async_nats::Client, C, Shutdown) -> Fut,
     Fut: Future<Output = Result<(), E>>,
     E: Display,
 {
-    let config: C = match crate::config::load(config_file) {
+    let matches = crate::Cli::command().name(name).about(about).get_matches();
+    let cli = match crate::Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(err) => err.exit(),
+    };
+    let config: C = match crate::config::load(cli.config.as_deref()) {
         Ok(config) => config,
         Err(err) => {
             eprintln!("{err}");
