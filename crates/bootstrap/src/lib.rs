@@ -3,11 +3,13 @@
 //! * [`config`]: layered configuration (defaults < TOML file < `CAVLO_…` env).
 //! * [`telemetry`]: tracing, human-readable or JSON.
 //! * [`nats`]: the NATS connection settings and connect call.
+//! * [`liveness`]: which gateways are alive, from their heartbeats.
 //! * [`shutdown`]: the future that resolves on Ctrl-C or SIGTERM.
 //! * [`service`]: the body of every service's `main`.
 //! * [`Cli`]: the command-line flags every binary shares.
 
 pub mod config;
+pub mod liveness;
 pub mod nats;
 pub mod service;
 pub mod shutdown;

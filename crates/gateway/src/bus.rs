@@ -54,6 +54,11 @@ impl Bus {
         Self { client, gateway }
     }
 
+    /// The NATS client requests go out on.
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
     /// Asks a moderator to admit `action` from `from`.
     ///
     /// `moderator` is the connection's sticky moderator: `None` sends to the

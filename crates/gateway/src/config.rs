@@ -73,6 +73,14 @@ pub struct GatewayConfig {
     pub shutdown_timeout: Duration,
     /// Messages in `joined.history` when the join has no `since`. Default 50.
     pub history_limit: usize,
+    /// How often this gateway announces it is alive. Default 3 s.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// Silence after which another gateway counts as dead and this one asks
+    /// for its members to be removed from shared rooms. Keep it equal to the
+    /// moderator's `gateway_timeout`. Default 9 s.
+    #[serde(with = "humantime_serde")]
+    pub gateway_timeout: Duration,
     /// Token verification.
     pub auth: AuthConfig,
 }
@@ -92,6 +100,8 @@ impl Default for GatewayConfig {
             write_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(10),
             history_limit: 50,
+            heartbeat_interval: Duration::from_secs(3),
+            gateway_timeout: Duration::from_secs(9),
             auth: AuthConfig::default(),
         }
     }

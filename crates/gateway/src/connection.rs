@@ -15,7 +15,7 @@ use hyper_tungstenite::tungstenite::error::CapacityError;
 use hyper_tungstenite::tungstenite::protocol::CloseFrame;
 use hyper_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use hyper_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
-use schemas::client::{ClientFrame, ErrorFrame, Member, ServerFrame, User};
+use schemas::client::{ClientFrame, ErrorFrame, Member, ServerFrame, SignalKind, User};
 use schemas::code::{CloseCode, ErrorCode};
 use schemas::event::{Action, Verdict};
 use schemas::id::{ClientMsgId, ConnId, ModeratorId, RoomId, Seq};
@@ -24,7 +24,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::Shared;
-use crate::hub::{Delivery, MemberHandle};
+use crate::departures::Departure;
+use crate::hub::{Delivery, DeliveryKind, MemberHandle};
 
 /// How a failed request looks to the client.
 type Failure = ErrorFrame;
@@ -62,14 +63,16 @@ pub(crate) async fn serve(mut socket: HyperWebsocketStream, shared: Arc<Shared>)
         return;
     }
     let (queue, deliveries) = mpsc::channel(shared.config.send_queue_capacity.max(1));
+    let handle = MemberHandle {
+        queue,
+        slow: CancellationToken::new(),
+    };
+    shared.hub.connect(member.conn_id.clone(), handle.clone());
     let connection = Connection {
         member,
         rooms: HashMap::new(),
         moderator: None,
-        handle: MemberHandle {
-            queue,
-            slow: CancellationToken::new(),
-        },
+        handle,
         shared,
     };
     connection.run(socket, deliveries).instrument(span).await;
@@ -122,11 +125,20 @@ async fn next_text(socket: &mut HyperWebsocketStream) -> Result<Utf8Bytes, ()> {
     }
 }
 
+/// What a connection has seen of a room, to drop duplicates.
+#[derive(Clone, Copy, Debug, Default)]
+struct RoomView {
+    /// The highest chat seq sent to the client.
+    seen: Seq,
+    /// The membership revision its `joined` member list reflected.
+    members_revision: u64,
+}
+
 struct Connection {
     shared: Arc<Shared>,
     member: Member,
-    /// Joined rooms, each with the highest seq this client has been sent.
-    rooms: HashMap<RoomId, Seq>,
+    /// Joined rooms and what this client has seen of them.
+    rooms: HashMap<RoomId, RoomView>,
     /// The moderator this connection's requests stick to.
     moderator: Option<ModeratorId>,
     handle: MemberHandle,
@@ -156,8 +168,10 @@ impl Connection {
                 break exit;
             }
         };
-        for room in self.rooms.keys() {
-            self.shared.hub.leave(room, &self.member.conn_id);
+        self.shared.hub.disconnect(&self.member.conn_id);
+        let rooms: Vec<RoomId> = self.rooms.keys().cloned().collect();
+        for room in rooms {
+            self.depart(room).await;
         }
         match exit {
             Exit::Gone => {}
@@ -201,20 +215,23 @@ impl Connection {
         }
     }
 
-    /// Writes a room delivery unless the client has it already.
+    /// Writes a delivery unless the client has it already or it is about
+    /// the client itself.
     async fn deliver(
         &mut self,
         socket: &mut HyperWebsocketStream,
         delivery: &Delivery,
     ) -> Result<(), Exit> {
-        let Some(seen) = self.rooms.get_mut(&delivery.room) else {
+        let Some(view) = self.rooms.get_mut(&delivery.room) else {
             return Ok(());
         };
-        if delivery.seq <= *seen {
-            return Ok(());
+        match delivery.kind {
+            DeliveryKind::Chat(seq) if seq <= view.seen => return Ok(()),
+            DeliveryKind::Chat(seq) => view.seen = seq,
+            DeliveryKind::Presence(revision) if revision <= view.members_revision => return Ok(()),
+            DeliveryKind::Presence(_) | DeliveryKind::Signal => {}
         }
-        *seen = delivery.seq;
-        if delivery.from == self.member.conn_id {
+        if delivery.about.as_ref() == Some(&self.member.conn_id) {
             return Ok(());
         }
         send(socket, delivery.frame.clone(), &self.shared).await
@@ -240,7 +257,17 @@ impl Connection {
             )),
             ClientFrame::Ping {} => Ok(ServerFrame::Pong),
             ClientFrame::Join { room, since } => self.join(room, since).await,
-            ClientFrame::Leave { room } => self.leave(room),
+            ClientFrame::Leave { room } => self.leave(room).await,
+            ClientFrame::Signal {
+                room,
+                to,
+                kind,
+                data,
+                ..
+            } => match self.signal(room, to, kind, data).await {
+                Ok(()) => return Ok(()),
+                Err(error) => Err(error),
+            },
             ClientFrame::Chat { room, id, text } => self.chat(room, id, text).await,
         };
         self.reply(socket, reply.unwrap_or_else(ServerFrame::Error))
@@ -255,8 +282,9 @@ impl Connection {
         send(socket, frame.to_json().into(), &self.shared).await
     }
 
-    /// Joins: moderator approval, then subscribe, then the backlog, in that
-    /// order so that no message falls between backlog and live delivery.
+    /// Joins: subscribe, then the moderator's admission (capacity, members),
+    /// then the backlog, in that order so that no chat message or presence
+    /// change falls between what `joined` lists and what arrives live.
     async fn join(&mut self, room: RoomId, since: Option<Seq>) -> Result<ServerFrame, Failure> {
         let fail = |code, message: &str| ErrorFrame::new(code, message).in_room(&room);
         if !room.is_subject_safe() {
@@ -269,19 +297,14 @@ impl Connection {
                 "already in as many rooms as allowed",
             ));
         }
-        match self.moderate(Action::Join { room: room.clone() }).await {
-            Ok(Verdict::Admitted) => {}
-            Ok(Verdict::Rejected { code, message }) => return Err(fail(code, &message)),
-            Ok(Verdict::Stored { .. }) | Err(_) => {
-                return Err(fail(ErrorCode::Unavailable, "moderator unavailable; retry"));
-            }
-        }
         // Recorded before the hub knows the member, so that however this
         // join ends (even abandoned mid-way), the room is left on disconnect.
         self.rooms.entry(room.clone()).or_default();
-        let hub = &self.shared.hub;
-        if let Err(err) = hub
-            .join(&room, self.member.conn_id.clone(), self.handle.clone())
+        let conn_id = self.member.conn_id.clone();
+        if let Err(err) = self
+            .shared
+            .hub
+            .join(&room, conn_id, self.handle.clone())
             .await
         {
             tracing::warn!(cause = %err, %room, "join failed");
@@ -291,37 +314,98 @@ impl Connection {
                 "cannot subscribe to room; retry",
             ));
         }
+        let (members, revision) = match self.moderate(Action::Join { room: room.clone() }).await {
+            Ok(Verdict::Admitted { members, revision }) => (members, revision),
+            Ok(Verdict::Rejected { code, message }) => {
+                self.forget(&room);
+                return Err(fail(code, &message));
+            }
+            Ok(_) | Err(_) => {
+                // The join may have been admitted without our hearing of it.
+                self.depart(room.clone()).await;
+                return Err(fail(ErrorCode::Unavailable, "moderator unavailable; retry"));
+            }
+        };
+        self.shared.hub.admitted(&room, members.clone(), revision);
         let limit = self.shared.config.history_limit;
         let backlog = match self.shared.bus.backlog(&room, since, limit).await {
             Ok(backlog) => backlog,
             Err(err) => {
                 tracing::warn!(cause = %err, %room, "backlog unavailable");
-                self.forget(&room);
+                self.depart(room.clone()).await;
                 return Err(fail(ErrorCode::Unavailable, "history unavailable; retry"));
             }
         };
-        self.rooms.insert(room.clone(), backlog.last_seq);
+        self.rooms.insert(
+            room.clone(),
+            RoomView {
+                seen: backlog.last_seq,
+                members_revision: revision,
+            },
+        );
         Ok(ServerFrame::Joined {
             room,
-            members: Vec::new(),
+            members: members.into_iter().map(|m| m.member).collect(),
             history: backlog.messages,
             last_seq: backlog.last_seq,
             truncated: backlog.truncated,
         })
     }
 
-    fn leave(&mut self, room: RoomId) -> Result<ServerFrame, Failure> {
+    /// Leaves on the moderator first, so a rejoin right after cannot be
+    /// undone by a late leave; if the moderator cannot be reached, the
+    /// departure is retried in the background.
+    async fn leave(&mut self, room: RoomId) -> Result<ServerFrame, Failure> {
         if !self.rooms.contains_key(&room) {
             return Err(ErrorFrame::new(ErrorCode::NotInRoom, "not in this room").in_room(&room));
         }
-        self.forget(&room);
+        match self.moderate(Action::Leave { room: room.clone() }).await {
+            Ok(Verdict::Done) => self.forget(&room),
+            _ => self.depart(room.clone()).await,
+        }
         Ok(ServerFrame::Left { room })
+    }
+
+    /// Leaves `room` here and queues the moderator's side of it.
+    async fn depart(&mut self, room: RoomId) {
+        self.forget(&room);
+        let departure = Departure {
+            member: self.member.clone(),
+            room,
+            moderator: self.moderator.clone(),
+        };
+        self.shared.departures.send(departure).await;
     }
 
     /// Leaves `room` locally and in the hub.
     fn forget(&mut self, room: &RoomId) {
         self.rooms.remove(room);
         self.shared.hub.leave(room, &self.member.conn_id);
+    }
+
+    /// Relays a signal; success has no reply, the target simply gets it.
+    async fn signal(
+        &mut self,
+        room: RoomId,
+        to: ConnId,
+        kind: SignalKind,
+        data: serde_json::Value,
+    ) -> Result<(), Failure> {
+        let fail = |code, message: &str| ErrorFrame::new(code, message).in_room(&room);
+        if !self.rooms.contains_key(&room) {
+            return Err(fail(ErrorCode::NotInRoom, "join the room first"));
+        }
+        let action = Action::Signal {
+            room: room.clone(),
+            to,
+            signal: kind,
+            data,
+        };
+        match self.moderate(action).await {
+            Ok(Verdict::Relayed) => Ok(()),
+            Ok(Verdict::Rejected { code, message }) => Err(fail(code, &message)),
+            Ok(_) | Err(_) => Err(fail(ErrorCode::Unavailable, "moderator unavailable; retry")),
+        }
     }
 
     async fn chat(
@@ -346,9 +430,7 @@ impl Connection {
         match self.moderate(action).await {
             Ok(Verdict::Stored { seq }) => Ok(ServerFrame::Ack { id, room, seq }),
             Ok(Verdict::Rejected { code, message }) => Err(fail(code, &message)),
-            Ok(Verdict::Admitted) | Err(_) => {
-                Err(fail(ErrorCode::Unavailable, "moderator unavailable; retry"))
-            }
+            Ok(_) | Err(_) => Err(fail(ErrorCode::Unavailable, "moderator unavailable; retry")),
         }
     }
 

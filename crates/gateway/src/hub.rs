@@ -1,10 +1,12 @@
-//! The gateway's registry of rooms that have local members, and the NATS
-//! subscriptions that feed them.
+//! The gateway's registry of its connections and of the rooms that have
+//! local members, and the NATS subscriptions that feed them.
 //!
-//! A room is subscribed (`cavlo.deliver.<room>`) while at least one local
-//! connection is in it, and unsubscribed as soon as the last one leaves, so a
-//! gateway only receives traffic for rooms it serves. Each delivery is
-//! serialized to JSON once per room and shared by all its local members.
+//! A room is subscribed (`cavlo.deliver.<room>.*`: chat and presence) while
+//! at least one local connection is in it, and unsubscribed as soon as the
+//! last one leaves, so a gateway only receives traffic for rooms it serves.
+//! Each delivery is serialized to JSON once per room and shared by all its
+//! local members. Signals arrive on the gateway's own subject and go to one
+//! connection.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,24 +14,37 @@ use std::sync::{Arc, Mutex};
 use futures_util::StreamExt;
 use hyper_tungstenite::tungstenite::Utf8Bytes;
 use schemas::client::{ChatMessage, ServerFrame};
-use schemas::event;
-use schemas::id::{ConnId, RoomId, Seq};
+use schemas::event::{self, PresenceChange, RoomMember, SignalDelivery};
+use schemas::id::{ConnId, GatewayId, RoomId, Seq};
 use schemas::subject;
 use tokio::sync::{OnceCell, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// A chat message ready to write to any member's socket.
+/// A frame ready to write to a member's socket.
 #[derive(Debug)]
 pub struct Delivery {
-    /// The room.
+    /// The room it concerns.
     pub room: RoomId,
-    /// Its seq, for deduplication against the backlog.
-    pub seq: Seq,
-    /// The sending connection, which does not get its own message back.
-    pub from: ConnId,
-    /// The `chat` frame, serialized once.
+    /// What it is, with what orders it.
+    pub kind: DeliveryKind,
+    /// The connection it is about, which does not get it (its own chat
+    /// message, its own join).
+    pub about: Option<ConnId>,
+    /// The frame, serialized once.
     pub frame: Utf8Bytes,
+}
+
+/// What a delivery is, and what the connection uses to drop duplicates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeliveryKind {
+    /// A chat message; dropped if the connection has seen `seq`.
+    Chat(Seq),
+    /// A membership change; dropped if the `joined` member list already
+    /// included it (revision at or below the join's).
+    Presence(u64),
+    /// A signal for this connection.
+    Signal,
 }
 
 /// How the hub reaches one connection.
@@ -41,30 +56,54 @@ pub struct MemberHandle {
     pub slow: CancellationToken,
 }
 
+impl MemberHandle {
+    /// Queues `delivery`, never waiting: a full queue flags the connection
+    /// slow, and it closes and resumes from its last seq.
+    fn offer(&self, delivery: Arc<Delivery>) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.queue.try_send(delivery) {
+            self.slow.cancel();
+        }
+    }
+}
+
 /// Subscribing a room failed.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("cannot subscribe to room: {0}")]
 pub struct SubscribeError(String);
 
-/// The local room registry.
+/// The local registry.
 pub struct Hub {
     client: async_nats::Client,
     rooms: Rooms,
+    connections: Mutex<HashMap<ConnId, MemberHandle>>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 }
 
-/// Shared with each room's fan-out task, which reads the member list. A std
-/// mutex: every critical section is a few map operations and never awaits.
+/// Shared with each room's fan-out task. A std mutex: every critical
+/// section is a few map operations and never awaits.
 type Rooms = Arc<Mutex<HashMap<RoomId, LocalRoom>>>;
 
 struct LocalRoom {
-    members: HashMap<ConnId, MemberHandle>,
+    /// Local members and how to reach them.
+    locals: HashMap<ConnId, MemberHandle>,
+    /// Every member on every gateway, as of `revision`.
+    members: Vec<RoomMember>,
+    revision: u64,
     /// Set once the room's subscription is in place; concurrent joiners wait
     /// on it, so nobody reads the backlog before the subscription exists.
     subscribed: Arc<OnceCell<()>>,
     /// Stops the room's fan-out task (and so unsubscribes).
     stop: CancellationToken,
+}
+
+impl LocalRoom {
+    fn update(&mut self, members: Vec<RoomMember>, revision: u64) {
+        if revision >= self.revision {
+            self.members = members;
+            self.revision = revision;
+        }
+    }
 }
 
 impl Hub {
@@ -73,14 +112,32 @@ impl Hub {
         Self {
             client,
             rooms: Arc::new(Mutex::new(HashMap::new())),
+            connections: Mutex::new(HashMap::new()),
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
         }
     }
 
+    /// Makes `conn` reachable for signals.
+    pub fn connect(&self, conn: ConnId, handle: MemberHandle) {
+        self.connections
+            .lock()
+            .expect("hub lock poisoned")
+            .insert(conn, handle);
+    }
+
+    /// Forgets `conn` (it closed).
+    pub fn disconnect(&self, conn: &ConnId) {
+        self.connections
+            .lock()
+            .expect("hub lock poisoned")
+            .remove(conn);
+    }
+
     /// Adds `conn` to `room`, subscribing the room first if it is new here.
-    /// When this returns, every message announced from now on reaches the
-    /// member's queue, so the caller can safely read the backlog next.
+    /// When this returns, every chat and presence change announced from now
+    /// on reaches the member's queue, so the caller can safely ask the
+    /// moderator and read the backlog next.
     pub async fn join(
         &self,
         room: &RoomId,
@@ -90,11 +147,13 @@ impl Hub {
         let (subscribed, stop) = {
             let mut rooms = self.rooms.lock().expect("hub lock poisoned");
             let local = rooms.entry(room.clone()).or_insert_with(|| LocalRoom {
-                members: HashMap::new(),
+                locals: HashMap::new(),
+                members: Vec::new(),
+                revision: 0,
                 subscribed: Arc::new(OnceCell::new()),
                 stop: self.shutdown.child_token(),
             });
-            local.members.insert(conn.clone(), handle);
+            local.locals.insert(conn.clone(), handle);
             (local.subscribed.clone(), local.stop.clone())
         };
         let result = subscribed
@@ -107,12 +166,19 @@ impl Hub {
         Ok(())
     }
 
+    /// Records a member list the moderator returned for a join.
+    pub fn admitted(&self, room: &RoomId, members: Vec<RoomMember>, revision: u64) {
+        if let Some(local) = self.rooms.lock().expect("hub lock poisoned").get_mut(room) {
+            local.update(members, revision);
+        }
+    }
+
     /// Removes `conn` from `room`; the last one out unsubscribes the room.
     pub fn leave(&self, room: &RoomId, conn: &ConnId) {
         let mut rooms = self.rooms.lock().expect("hub lock poisoned");
         if let Some(local) = rooms.get_mut(room) {
-            local.members.remove(conn);
-            if local.members.is_empty() {
+            local.locals.remove(conn);
+            if local.locals.is_empty() {
                 local.stop.cancel();
                 rooms.remove(room);
             }
@@ -124,7 +190,43 @@ impl Hub {
         self.rooms.lock().expect("hub lock poisoned").len()
     }
 
-    /// Stops every room's fan-out and waits for them.
+    /// `(room, gateway)` pairs where this gateway's rooms list members of a
+    /// gateway that `is_dead`: someone must remove them and tell the others.
+    pub fn members_of_dead_gateways(
+        &self,
+        is_dead: impl Fn(&GatewayId) -> bool,
+    ) -> Vec<(RoomId, GatewayId)> {
+        let rooms = self.rooms.lock().expect("hub lock poisoned");
+        let mut found = Vec::new();
+        for (room, local) in rooms.iter() {
+            for member in &local.members {
+                let pair = (room.clone(), member.gateway.clone());
+                if is_dead(&member.gateway) && !found.contains(&pair) {
+                    found.push(pair);
+                }
+            }
+        }
+        found
+    }
+
+    /// Subscribes to the signals for this gateway's connections and routes
+    /// them until shutdown.
+    pub async fn route_signals(
+        self: &Arc<Self>,
+        gateway: &GatewayId,
+    ) -> Result<(), SubscribeError> {
+        let subscriber = self
+            .client
+            .subscribe(subject::signals(gateway))
+            .await
+            .map_err(|err| SubscribeError(err.to_string()))?;
+        let hub = self.clone();
+        self.tasks
+            .spawn(async move { hub.signal_loop(subscriber).await });
+        Ok(())
+    }
+
+    /// Stops every subscription and waits for the tasks.
     pub async fn shutdown(&self) {
         self.shutdown.cancel();
         self.tasks.close();
@@ -138,16 +240,59 @@ impl Hub {
     ) -> Result<(), SubscribeError> {
         let subscriber = self
             .client
-            .subscribe(subject::chat_deliver(room))
+            .subscribe(subject::room_deliveries(room))
             .await
             .map_err(|err| SubscribeError(err.to_string()))?;
         self.tasks
             .spawn(fan_out(room.clone(), subscriber, stop, self.rooms.clone()));
         Ok(())
     }
+
+    async fn signal_loop(&self, mut subscriber: async_nats::Subscriber) {
+        loop {
+            let msg = tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                msg = subscriber.next() => match msg {
+                    Some(msg) => msg,
+                    None => break,
+                },
+            };
+            let signal: SignalDelivery = match event::decode(&msg.payload) {
+                Ok(signal) => signal,
+                Err(err) => {
+                    tracing::warn!(cause = %err, "dropping malformed signal");
+                    continue;
+                }
+            };
+            let target = self
+                .connections
+                .lock()
+                .expect("hub lock poisoned")
+                .get(&signal.to)
+                .cloned();
+            let Some(target) = target else {
+                tracing::debug!(to = %signal.to, "signal for a connection that is gone");
+                continue;
+            };
+            let frame = ServerFrame::Signal {
+                room: signal.room.clone(),
+                from: signal.from.conn_id,
+                user: signal.from.user,
+                kind: signal.signal,
+                data: signal.data,
+            };
+            target.offer(Arc::new(Delivery {
+                room: signal.room,
+                kind: DeliveryKind::Signal,
+                about: None,
+                frame: frame.to_json().into(),
+            }));
+        }
+        let _ = subscriber.unsubscribe().await;
+    }
 }
 
-/// Forwards one room's announcements to its local members until `stop`.
+/// Forwards one room's chat and presence to its local members until `stop`.
 async fn fan_out(
     room: RoomId,
     mut subscriber: async_nats::Subscriber,
@@ -162,29 +307,59 @@ async fn fan_out(
                 None => break,
             },
         };
-        let chat: ChatMessage = match event::decode(&msg.payload) {
-            Ok(chat) => chat,
+        let is_chat = msg.subject.as_str().ends_with(subject::CHAT_TOKEN);
+        let decoded = if is_chat {
+            chat_delivery(&room, &msg.payload)
+        } else {
+            presence_delivery(&room, &msg.payload)
+        };
+        let (delivery, snapshot) = match decoded {
+            Ok(decoded) => decoded,
             Err(err) => {
                 tracing::warn!(cause = %err, %room, "dropping malformed delivery");
                 continue;
             }
         };
-        let delivery = Arc::new(Delivery {
-            room: room.clone(),
-            seq: chat.seq,
-            from: chat.from.conn_id.clone(),
-            frame: ServerFrame::Chat(chat).to_json().into(),
-        });
-        let rooms = rooms.lock().expect("hub lock poisoned");
-        let Some(local) = rooms.get(&room) else { break };
-        for member in local.members.values() {
-            // Never wait for a slow reader: a full queue closes that client,
-            // which resumes from its last seq on reconnect.
-            if let Err(mpsc::error::TrySendError::Full(_)) = member.queue.try_send(delivery.clone())
-            {
-                member.slow.cancel();
-            }
+        let delivery = Arc::new(delivery);
+        let mut rooms = rooms.lock().expect("hub lock poisoned");
+        let Some(local) = rooms.get_mut(&room) else {
+            break;
+        };
+        if let Some((members, revision)) = snapshot {
+            local.update(members, revision);
+        }
+        for member in local.locals.values() {
+            member.offer(delivery.clone());
         }
     }
     let _ = subscriber.unsubscribe().await;
+}
+
+type Decoded = (Delivery, Option<(Vec<RoomMember>, u64)>);
+
+fn chat_delivery(room: &RoomId, payload: &[u8]) -> Result<Decoded, event::DecodeError> {
+    let chat: ChatMessage = event::decode(payload)?;
+    let delivery = Delivery {
+        room: room.clone(),
+        kind: DeliveryKind::Chat(chat.seq),
+        about: Some(chat.from.conn_id.clone()),
+        frame: ServerFrame::Chat(chat).to_json().into(),
+    };
+    Ok((delivery, None))
+}
+
+fn presence_delivery(room: &RoomId, payload: &[u8]) -> Result<Decoded, event::DecodeError> {
+    let change: PresenceChange = event::decode(payload)?;
+    let frame = ServerFrame::Presence {
+        room: room.clone(),
+        event: change.event,
+        member: change.member.member.clone(),
+    };
+    let delivery = Delivery {
+        room: room.clone(),
+        kind: DeliveryKind::Presence(change.revision),
+        about: Some(change.member.member.conn_id),
+        frame: frame.to_json().into(),
+    };
+    Ok((delivery, Some((change.members, change.revision))))
 }

@@ -9,17 +9,23 @@
 //! * [`server`]: HTTP accept loop, routes (`/ws`, `/health`), origin check,
 //!   connection limit and shutdown.
 //! * [`connection`]: one socket's life: auth, then frames in and deliveries out.
-//! * [`hub`]: rooms with local members and their NATS subscriptions.
+//! * [`hub`]: connections, rooms with local members, their subscriptions.
 //! * [`bus`]: typed requests to the moderator and history.
+//! * [`departures`]: reliable "left the room" notices for closed connections.
+//! * [`cluster`]: heartbeats, and removing dead gateways' members.
 //! * [`auth`] and [`jwks`]: token verification.
 
 pub mod auth;
 pub mod bus;
+pub mod cluster;
 pub mod config;
 mod connection;
+pub mod departures;
 pub mod hub;
 pub mod jwks;
 pub mod server;
+
+use std::sync::Arc;
 
 use schemas::client::Limits;
 use schemas::id::GatewayId;
@@ -28,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::Authenticator;
 use crate::bus::Bus;
 use crate::config::GatewayConfig;
+use crate::departures::Departures;
 use crate::hub::Hub;
 pub use crate::server::{RunError, run};
 
@@ -35,8 +42,9 @@ pub use crate::server::{RunError, run};
 pub(crate) struct Shared {
     id: GatewayId,
     config: GatewayConfig,
-    hub: Hub,
+    hub: Arc<Hub>,
     bus: Bus,
+    departures: Departures,
     auth: Authenticator,
     /// Cancelled when the gateway starts shutting down.
     shutdown: CancellationToken,

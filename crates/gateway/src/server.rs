@@ -23,7 +23,9 @@ use tokio_util::task::TaskTracker;
 use crate::Shared;
 use crate::auth::{AuthSetupError, Authenticator};
 use crate::bus::Bus;
+use crate::cluster;
 use crate::config::GatewayConfig;
+use crate::departures::Departures;
 use crate::hub::Hub;
 
 /// The gateway could not start.
@@ -32,6 +34,9 @@ pub enum RunError {
     /// Token verification is not configured properly.
     #[error(transparent)]
     Auth(#[from] AuthSetupError),
+    /// The gateway's signal subject could not be subscribed.
+    #[error(transparent)]
+    Subscribe(#[from] crate::hub::SubscribeError),
 }
 
 /// Serves WebSockets and `/health` on `listener` until `shutdown` resolves,
@@ -49,13 +54,30 @@ pub async fn run(
             .clone()
             .unwrap_or_else(|| format!("gw-{}", nuid::next())),
     );
+    let bus = Bus::new(client.clone(), id.clone());
+    let hub = Arc::new(Hub::new(client.clone()));
+    hub.route_signals(&id).await?;
+    let closing = CancellationToken::new();
+    let (departures, departures_done) = Departures::start(bus.clone(), closing.clone());
+    let timing = cluster::Timing {
+        heartbeat_interval: config.heartbeat_interval,
+        gateway_timeout: config.gateway_timeout,
+    };
+    let cluster = tokio::spawn(cluster::run(
+        hub.clone(),
+        bus.clone(),
+        id.clone(),
+        timing,
+        closing.clone(),
+    ));
     let server = Arc::new(Server {
         connections: Arc::new(Semaphore::new(config.max_connections)),
         tasks: TaskTracker::new(),
         shared: Arc::new(Shared {
             auth: Authenticator::new(&config.auth)?,
-            hub: Hub::new(client.clone()),
-            bus: Bus::new(client.clone(), id.clone()),
+            hub,
+            bus,
+            departures,
             shutdown: CancellationToken::new(),
             id,
             config,
@@ -102,12 +124,19 @@ pub async fn run(
     drop(listener);
     server.shared.shutdown.cancel();
     server.tasks.close();
-    if tokio::time::timeout(server.shared.config.shutdown_timeout, server.tasks.wait())
+    let grace = server.shared.config.shutdown_timeout;
+    if tokio::time::timeout(grace, server.tasks.wait())
         .await
         .is_err()
     {
         tracing::warn!("some connections did not close in time");
     }
+    // Closed connections queued their departures; send them, then stop.
+    closing.cancel();
+    if tokio::time::timeout(grace, departures_done).await.is_err() {
+        tracing::warn!("some departures were not sent in time");
+    }
+    let _ = cluster.await;
     server.shared.hub.shutdown().await;
     Ok(())
 }

@@ -43,6 +43,30 @@ pub struct ModeratorConfig {
     /// its memory. Default 30 s.
     #[serde(with = "humantime_serde")]
     pub room_idle_timeout: Duration,
+    /// Members a room may have; the join past it gets `room_full`. Default 10.
+    pub room_capacity: usize,
+    /// JetStream replicas of the room-membership bucket. Default 1.
+    pub rooms_replicas: usize,
+    /// Largest signal `data`, in bytes, as JSON; larger gets `too_large`.
+    /// Default 64 KiB (an SDP offer fits).
+    pub max_signal_bytes: usize,
+    /// Signals one connection may send per minute on average; more get
+    /// `rate_limited`. Default 300 (50 per 10 s).
+    pub signal_rate_per_minute: u32,
+    /// Signals a connection may send at once, enough for an ICE burst.
+    /// Default 50.
+    pub signal_burst: u32,
+    /// ICE candidates one connection may send per room while it is in it;
+    /// more get `rate_limited`. Default 100.
+    pub max_candidates_per_room: u32,
+    /// A gateway silent this long is dead: its members are removed and the
+    /// others get `leave` events. Keep it at least 3 gateway heartbeat
+    /// intervals. Default 9 s.
+    #[serde(with = "humantime_serde")]
+    pub gateway_timeout: Duration,
+    /// Membership and signal requests handled at once; more wait in NATS.
+    /// Default 256.
+    pub max_concurrent_requests: usize,
 }
 
 impl Default for ModeratorConfig {
@@ -54,6 +78,14 @@ impl Default for ModeratorConfig {
             chat_burst: 10,
             room_queue_capacity: 256,
             room_idle_timeout: Duration::from_secs(30),
+            room_capacity: 10,
+            rooms_replicas: 1,
+            max_signal_bytes: 64 * 1024,
+            signal_rate_per_minute: 300,
+            signal_burst: 50,
+            max_candidates_per_room: 100,
+            gateway_timeout: Duration::from_secs(9),
+            max_concurrent_requests: 256,
         }
     }
 }

@@ -3,42 +3,55 @@
 //! Gateways send [`ModerationRequest`]s over NATS request/reply. The moderator
 //! checks rate limits, room names and sizes, sanitizes chat text, then stores
 //! chat in JetStream (see [`room_writer`]) and only then announces it to
-//! gateways and acknowledges the sender.
+//! gateways and acknowledges the sender. It also keeps room membership (see
+//! [`membership`]) and relays WebRTC signals between members.
 //!
 //! * [`config`]: the settings and their defaults.
-//! * [`rules`]: room-name and size checks.
-//! * [`rate_limit`]: per-connection token buckets.
+//! * [`rules`]: room-name, size and signal-shape checks.
+//! * [`rate_limit`]: per-connection token buckets and the candidate budget.
 //! * [`sanitize`]: HTML to plain text.
-//! * [`room_writer`]: gap-free per-room sequencing on top of JetStream.
+//! * [`chat`] and [`room_writer`]: gap-free per-room sequencing on JetStream.
+//! * [`membership`] and [`rooms`]: members per room, capacity, presence,
+//!   signal relay and removal of dead gateways' members.
 //!
 //! Many moderators can run: a connection's first request goes to any of them
 //! (queue group), the reply names the one that answered, and the gateway sends
-//! the connection's later requests to that one, so each connection's rate is
-//! counted in one place.
+//! the connection's later requests to that one, so each connection's rates
+//! and budgets are counted in one place.
 
+pub mod chat;
 pub mod config;
+pub mod membership;
 pub mod rate_limit;
 pub mod room_writer;
+pub mod rooms;
 pub mod rules;
 pub mod sanitize;
 
-use std::collections::HashMap;
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_nats::{Client, Message, Subscriber};
+use bootstrap::liveness::Liveness;
 use futures_util::StreamExt;
+use schemas::client::SignalKind;
 use schemas::code::ErrorCode;
-use schemas::event::{self, Action, ModerationReply, ModerationRequest, Verdict};
-use schemas::id::{ModeratorId, RoomId};
+use schemas::event::{
+    self, Action, Heartbeat, ModerationReply, ModerationRequest, RoomMember, Verdict,
+};
+use schemas::id::ModeratorId;
 use schemas::subject;
-use tokio::sync::mpsc;
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use crate::chat::{Job, Writers};
 use crate::config::ModeratorConfig;
-use crate::rate_limit::RateLimiter;
-use crate::room_writer::{Accepted, RoomWriter};
+use crate::membership::Membership;
+use crate::rate_limit::{CandidateBudget, RateLimiter};
+use crate::room_writer::Accepted;
+use crate::rooms::{Rooms, Signal};
 use crate::rules::{RuleError, Rules, Violation};
 
 /// The moderator could not start.
@@ -47,6 +60,9 @@ pub enum RunError {
     /// The configured rules are invalid.
     #[error(transparent)]
     Rules(#[from] RuleError),
+    /// The rooms bucket could not be opened.
+    #[error("cannot open the rooms bucket: {0}")]
+    Rooms(#[from] membership::OpenError),
     /// Subscribing to the request subjects failed.
     #[error("cannot subscribe: {0}")]
     Subscribe(#[from] async_nats::SubscribeError),
@@ -55,32 +71,43 @@ pub enum RunError {
     RoundTrip(#[from] bootstrap::nats::RoundTripError),
 }
 
-/// A chat message waiting for its room's writer.
-#[derive(Debug)]
-struct Job {
-    accepted: Accepted,
-    reply: Option<async_nats::Subject>,
-}
-
 /// A moderator whose subscriptions are in place.
 pub struct Running {
     moderator: Moderator,
     any: Subscriber,
     direct: Subscriber,
+    heartbeats: Subscriber,
 }
 
-/// Subscribes to the request subjects. When this returns the server has the
-/// subscriptions, so requests sent from now on reach this moderator.
+/// Opens the rooms bucket and subscribes to the request subjects. When this
+/// returns the server has the subscriptions, so requests sent from now on
+/// reach this moderator.
 pub async fn start(client: Client, config: ModeratorConfig) -> Result<Running, RunError> {
-    let moderator = Moderator {
-        id: ModeratorId(nuid::next().to_string()),
-        rules: Rules::new(&config)?,
-        limiter: RateLimiter::new(config.chat_rate_per_minute, config.chat_burst),
-        js: async_nats::jetstream::new(client.clone()),
+    let id = ModeratorId(nuid::next().to_string());
+    let js = async_nats::jetstream::new(client.clone());
+    let rooms = Arc::new(Rooms {
+        moderator: id.clone(),
         client: client.clone(),
-        writers: HashMap::new(),
-        tasks: JoinSet::new(),
+        membership: Membership::open(&js, config.room_capacity, config.rooms_replicas).await?,
+        liveness: Mutex::new(Liveness::new(config.gateway_timeout, Instant::now())),
+    });
+    let moderator = Moderator {
+        rules: Rules::new(&config)?,
+        chat_limiter: RateLimiter::new(config.chat_rate_per_minute, config.chat_burst),
+        signal_limiter: RateLimiter::new(config.signal_rate_per_minute, config.signal_burst),
+        candidates: CandidateBudget::new(config.max_candidates_per_room),
+        writers: Writers::new(
+            client.clone(),
+            id.clone(),
+            config.room_queue_capacity,
+            config.room_idle_timeout,
+        ),
+        requests: JoinSet::new(),
+        permits: Arc::new(Semaphore::new(config.max_concurrent_requests.max(1))),
+        client: client.clone(),
+        rooms,
         config,
+        id,
     };
     let any = client
         .queue_subscribe(subject::MODERATE, subject::MODERATOR_QUEUE.into())
@@ -88,12 +115,14 @@ pub async fn start(client: Client, config: ModeratorConfig) -> Result<Running, R
     let direct = client
         .subscribe(subject::moderate_direct(&moderator.id))
         .await?;
+    let heartbeats = client.subscribe(subject::GATEWAY_HEARTBEAT).await?;
     bootstrap::nats::round_trip(&client).await?;
     tracing::info!(moderator = %moderator.id, "moderator ready");
     Ok(Running {
         moderator,
         any,
         direct,
+        heartbeats,
     })
 }
 
@@ -108,46 +137,62 @@ pub async fn run(
 }
 
 impl Running {
-    /// Answers requests until `shutdown` resolves, then lets every room
-    /// writer finish the messages it already accepted.
+    /// Answers requests until `shutdown` resolves, then finishes the
+    /// requests under way and lets every room writer store what it accepted.
     pub async fn run(self, shutdown: impl Future) {
         let Running {
             mut moderator,
             mut any,
             mut direct,
+            mut heartbeats,
         } = self;
+        let mut forget = tokio::time::interval(moderator.config.gateway_timeout);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
                 Some(msg) = any.next() => moderator.handle(msg).await,
                 Some(msg) = direct.next() => moderator.handle(msg).await,
-                Some(done) = moderator.tasks.join_next() => moderator.forget_writer(done),
+                Some(msg) = heartbeats.next() => moderator.heard(&msg),
+                Some(_) = moderator.requests.join_next() => {}
+                () = moderator.writers.reap() => {}
+                _ = forget.tick() => moderator.rooms.liveness.lock().expect("liveness lock poisoned").forget_dead(Instant::now()),
             }
         }
         tracing::info!("moderator shutting down");
-        let _ = any.unsubscribe().await;
-        let _ = direct.unsubscribe().await;
-        moderator.writers.clear();
-        while moderator.tasks.join_next().await.is_some() {}
+        for subscriber in [&mut any, &mut direct, &mut heartbeats] {
+            let _ = subscriber.unsubscribe().await;
+        }
+        while moderator.requests.join_next().await.is_some() {}
+        moderator.writers.finish().await;
     }
 }
 
 struct Moderator {
     id: ModeratorId,
     client: Client,
-    js: async_nats::jetstream::Context,
     config: ModeratorConfig,
     rules: Rules,
-    limiter: RateLimiter,
-    /// One writer task per room with pending chat; it exits when idle.
-    writers: HashMap<RoomId, mpsc::Sender<Job>>,
-    tasks: JoinSet<RoomId>,
+    chat_limiter: RateLimiter,
+    signal_limiter: RateLimiter,
+    candidates: CandidateBudget,
+    writers: Writers,
+    rooms: Arc<Rooms>,
+    /// Membership and signal requests under way.
+    requests: JoinSet<()>,
+    permits: Arc<Semaphore>,
 }
 
 impl Moderator {
-    /// Decides on one request. Checks run here, in arrival order, so the rate
-    /// limiter sees a connection's messages in the order they were sent.
+    fn heard(&self, msg: &Message) {
+        if let Ok(heartbeat) = event::decode::<Heartbeat>(&msg.payload) {
+            let mut liveness = self.rooms.liveness.lock().expect("liveness lock poisoned");
+            liveness.heard(heartbeat.gateway, Instant::now());
+        }
+    }
+
+    /// Decides on one request. Checks run here, in arrival order, so rate
+    /// limits and budgets see a connection's events in the order it sent them.
     async fn handle(&mut self, msg: Message) {
         let request: ModerationRequest = match event::decode(&msg.payload) {
             Ok(request) => request,
@@ -156,142 +201,166 @@ impl Moderator {
                 return;
             }
         };
-        let verdict = match request.action {
-            Action::Join { room } => match self.rules.check_room(&room) {
-                Ok(()) => Verdict::Admitted,
-                Err(violation) => violation.into(),
-            },
+        // A gateway that sends requests is alive, heartbeat or not.
+        self.rooms
+            .liveness
+            .lock()
+            .expect("liveness lock poisoned")
+            .heard(request.gateway.clone(), Instant::now());
+        let ModerationRequest {
+            from,
+            gateway,
+            action,
+        } = request;
+        let rooms = self.rooms.clone();
+        let verdict = match action {
             Action::Chat { room, id, text } => {
-                if !self
-                    .limiter
-                    .try_acquire(&request.from.conn_id, Instant::now())
-                {
-                    Violation {
-                        code: ErrorCode::RateLimited,
-                        message: "too many chat messages; slow down".into(),
-                    }
-                    .into()
-                } else if let Err(violation) = self.rules.check_chat(&room, &id, &text) {
-                    violation.into()
-                } else {
-                    let text = sanitize::plain_text(&text);
-                    if text.trim().is_empty() {
-                        Violation {
-                            code: ErrorCode::InvalidMessage,
-                            message: "chat text is empty after removing markup".into(),
-                        }
-                        .into()
-                    } else {
+                match self.admit_chat(&from.conn_id, &room, &id, &text) {
+                    Ok(()) => {
                         let accepted = Accepted {
-                            from: request.from,
+                            from,
                             id,
-                            text,
+                            text: sanitize::plain_text(&text),
                             ts: now_ms(),
                         };
-                        match self.dispatch(
-                            room,
-                            Job {
-                                accepted,
-                                reply: msg.reply.clone(),
-                            },
-                        ) {
-                            // The room writer replies once the message is stored.
-                            Ok(()) => return,
-                            Err(violation) => violation.into(),
+                        if accepted.text.trim().is_empty() {
+                            Violation::new(
+                                ErrorCode::InvalidMessage,
+                                "chat text is empty after removing markup",
+                            )
+                            .into()
+                        } else {
+                            match self.writers.dispatch(
+                                room,
+                                Job {
+                                    accepted,
+                                    reply: msg.reply,
+                                },
+                            ) {
+                                // The room writer replies once the message is stored.
+                                Ok(()) => return,
+                                Err(violation) => {
+                                    return self.reply_now(None, violation.into()).await;
+                                }
+                            }
                         }
                     }
+                    Err(violation) => violation.into(),
                 }
             }
+            Action::Join { room } => match self.rules.check_room(&room) {
+                Ok(()) => {
+                    return self
+                        .spawn(
+                            msg.reply,
+                            rooms.join(
+                                room,
+                                RoomMember {
+                                    member: from,
+                                    gateway,
+                                },
+                            ),
+                        )
+                        .await;
+                }
+                Err(violation) => violation.into(),
+            },
+            Action::Leave { room } => {
+                self.candidates.clear(&from.conn_id, &room);
+                return self.spawn(msg.reply, rooms.leave(room, from.conn_id)).await;
+            }
+            Action::Reap { room, gateway } => {
+                return self.spawn(msg.reply, rooms.reap(room, gateway)).await;
+            }
+            Action::Signal {
+                room,
+                to,
+                signal,
+                data,
+            } => match self.admit_signal(&from.conn_id, &room, signal, &data) {
+                Ok(()) => {
+                    let signal = Signal {
+                        room,
+                        to,
+                        kind: signal,
+                        data,
+                    };
+                    return self.spawn(msg.reply, rooms.relay(from, signal)).await;
+                }
+                Err(violation) => violation.into(),
+            },
         };
-        reply(&self.client, &self.id, msg.reply, verdict).await;
+        self.reply_now(msg.reply, verdict).await;
     }
 
-    /// Hands a job to its room's writer, starting one if needed.
-    fn dispatch(&mut self, room: RoomId, job: Job) -> Result<(), Violation> {
-        let job = match self.writers.get(&room) {
-            Some(tx) => match tx.try_send(job) {
-                Ok(()) => return Ok(()),
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    return Err(Violation {
-                        code: ErrorCode::Unavailable,
-                        message: "room is busy; retry".into(),
-                    });
-                }
-                // The writer went idle and closed; start a new one.
-                Err(mpsc::error::TrySendError::Closed(job)) => job,
-            },
-            None => job,
-        };
-        let (tx, rx) = mpsc::channel(self.config.room_queue_capacity.max(1));
-        tx.try_send(job)
-            .expect("a fresh channel with capacity >= 1 has room for one job");
-        let writer = RoomWriter::new(self.js.clone(), self.client.clone(), room.clone());
-        let (client, id, idle) = (
-            self.client.clone(),
-            self.id.clone(),
-            self.config.room_idle_timeout,
-        );
-        self.tasks
-            .spawn(write_room(writer, rx, client, id, idle, room.clone()));
-        self.writers.insert(room, tx);
+    fn admit_chat(
+        &mut self,
+        conn: &schemas::id::ConnId,
+        room: &schemas::id::RoomId,
+        id: &schemas::id::ClientMsgId,
+        text: &str,
+    ) -> Result<(), Violation> {
+        if !self.chat_limiter.try_acquire(conn, Instant::now()) {
+            return Err(Violation::new(
+                ErrorCode::RateLimited,
+                "too many chat messages; slow down",
+            ));
+        }
+        self.rules.check_chat(room, id, text)
+    }
+
+    fn admit_signal(
+        &mut self,
+        conn: &schemas::id::ConnId,
+        room: &schemas::id::RoomId,
+        kind: SignalKind,
+        data: &serde_json::Value,
+    ) -> Result<(), Violation> {
+        if !self.signal_limiter.try_acquire(conn, Instant::now()) {
+            return Err(Violation::new(
+                ErrorCode::RateLimited,
+                "too many signals; slow down",
+            ));
+        }
+        self.rules.check_room(room)?;
+        self.rules.check_signal(kind, data)?;
+        if kind == SignalKind::Candidate && !self.candidates.try_take(conn, room) {
+            return Err(Violation::new(
+                ErrorCode::RateLimited,
+                "too many ICE candidates in this room",
+            ));
+        }
         Ok(())
     }
 
-    fn forget_writer(&mut self, done: Result<RoomId, tokio::task::JoinError>) {
-        match done {
-            Ok(room) => {
-                if self.writers.get(&room).is_some_and(|tx| tx.is_closed()) {
-                    self.writers.remove(&room);
-                }
-            }
-            Err(err) => tracing::error!(cause = %err, "room writer failed"),
-        }
+    /// Runs a membership or signal request as its own task. Waits for a
+    /// permit first, so a burst queues in NATS rather than in memory.
+    async fn spawn(
+        &mut self,
+        to: Option<async_nats::Subject>,
+        work: impl Future<Output = Verdict> + Send + 'static,
+    ) {
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        let (client, id) = (self.client.clone(), self.id.clone());
+        self.requests.spawn(async move {
+            let verdict = work.await;
+            reply(&client, &id, to, verdict).await;
+            drop(permit);
+        });
+    }
+
+    async fn reply_now(&self, to: Option<async_nats::Subject>, verdict: Verdict) {
+        reply(&self.client, &self.id, to, verdict).await;
     }
 }
 
-/// A room writer's task: stores jobs in order until idle for `idle`.
-async fn write_room(
-    mut writer: RoomWriter,
-    mut jobs: mpsc::Receiver<Job>,
-    client: Client,
-    moderator: ModeratorId,
-    idle: std::time::Duration,
-    room: RoomId,
-) -> RoomId {
-    loop {
-        let job = match tokio::time::timeout(idle, jobs.recv()).await {
-            Ok(Some(job)) => job,
-            Ok(None) => break,
-            Err(_) => {
-                // Close first, then drain: a job sent before the close is
-                // still stored, one sent after it is re-dispatched to a new writer.
-                jobs.close();
-                while let Ok(job) = jobs.try_recv() {
-                    store(&mut writer, job, &client, &moderator).await;
-                }
-                break;
-            }
-        };
-        store(&mut writer, job, &client, &moderator).await;
-    }
-    room
-}
-
-async fn store(writer: &mut RoomWriter, job: Job, client: &Client, moderator: &ModeratorId) {
-    let verdict = match writer.store(job.accepted).await {
-        Ok(seq) => Verdict::Stored { seq },
-        Err(err) => {
-            tracing::warn!(cause = %err, "chat not stored");
-            Verdict::Rejected {
-                code: ErrorCode::Unavailable,
-                message: "message could not be stored; retry".into(),
-            }
-        }
-    };
-    reply(client, moderator, job.reply, verdict).await;
-}
-
-async fn reply(
+/// Sends a verdict to the requesting gateway.
+pub(crate) async fn reply(
     client: &Client,
     moderator: &ModeratorId,
     to: Option<async_nats::Subject>,

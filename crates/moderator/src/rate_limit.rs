@@ -1,6 +1,6 @@
 //! Per-connection token buckets for chat.
 
-use schemas::id::ConnId;
+use schemas::id::{ConnId, RoomId};
 use std::collections::HashMap;
 use tokio::time::Instant;
 
@@ -80,6 +80,40 @@ impl Bucket {
     }
 }
 
+/// Counts the ICE candidates each connection sends per room, so a peer
+/// cannot flood another with them. Counts end when the connection leaves
+/// the room, so memory follows membership.
+#[derive(Debug)]
+pub struct CandidateBudget {
+    max: u32,
+    sent: HashMap<(ConnId, RoomId), u32>,
+}
+
+impl CandidateBudget {
+    /// A budget of `max` candidates per connection and room.
+    pub fn new(max: u32) -> Self {
+        Self {
+            max,
+            sent: HashMap::new(),
+        }
+    }
+
+    /// Takes one candidate from the budget; `false` once it is spent.
+    pub fn try_take(&mut self, conn: &ConnId, room: &RoomId) -> bool {
+        let sent = self.sent.entry((conn.clone(), room.clone())).or_default();
+        if *sent >= self.max {
+            return false;
+        }
+        *sent += 1;
+        true
+    }
+
+    /// Forgets the connection's count in the room (it left).
+    pub fn clear(&mut self, conn: &ConnId, room: &RoomId) {
+        self.sent.remove(&(conn.clone(), room.clone()));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -131,5 +165,23 @@ mod tests {
         assert_eq!(limiter.tracked(), SWEEP_FLOOR);
         limiter.try_acquire(&"late".into(), start + Duration::from_secs(1));
         assert_eq!(limiter.tracked(), 1, "refilled buckets were dropped");
+    }
+}
+
+#[cfg(test)]
+mod candidate_tests {
+    use super::*;
+
+    #[test]
+    fn budget_is_per_connection_and_room_and_resets_on_leave() {
+        let mut budget = CandidateBudget::new(2);
+        let (a, b) = (ConnId::from("a"), ConnId::from("b"));
+        let room = RoomId::from("r");
+        assert!(budget.try_take(&a, &room) && budget.try_take(&a, &room));
+        assert!(!budget.try_take(&a, &room));
+        assert!(budget.try_take(&b, &room));
+        assert!(budget.try_take(&a, &"other".into()));
+        budget.clear(&a, &room);
+        assert!(budget.try_take(&a, &room));
     }
 }

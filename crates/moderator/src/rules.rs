@@ -1,6 +1,7 @@
 //! The checks an event must pass before anything is stored or delivered.
 
 use regex::Regex;
+use schemas::client::SignalKind;
 use schemas::code::ErrorCode;
 use schemas::id::{ClientMsgId, RoomId};
 
@@ -16,6 +17,7 @@ pub struct RuleError(#[from] regex::Error);
 pub struct Rules {
     room_name: Regex,
     max_chat_bytes: usize,
+    max_signal_bytes: usize,
 }
 
 /// A failed check, as the client will see it.
@@ -28,7 +30,8 @@ pub struct Violation {
 }
 
 impl Violation {
-    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+    /// A violation with this code and message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             code,
             message: message.into(),
@@ -42,6 +45,7 @@ impl Rules {
         Ok(Self {
             room_name: Regex::new(&config.room_name_pattern)?,
             max_chat_bytes: config.max_chat_bytes,
+            max_signal_bytes: config.max_signal_bytes,
         })
     }
 
@@ -73,6 +77,51 @@ impl Rules {
             ));
         }
         Ok(())
+    }
+}
+
+impl Rules {
+    /// Whether a signal's payload is acceptable: a JSON object within the
+    /// size limit, holding what its kind needs (`sdp` for offers and
+    /// answers, `candidate` for candidates).
+    pub fn check_signal(
+        &self,
+        kind: SignalKind,
+        data: &serde_json::Value,
+    ) -> Result<(), Violation> {
+        let size = serde_json::to_vec(data)
+            .map(|v| v.len())
+            .unwrap_or(usize::MAX);
+        if size > self.max_signal_bytes {
+            return Err(Violation::new(
+                ErrorCode::TooLarge,
+                format!("signal data is over {} bytes", self.max_signal_bytes),
+            ));
+        }
+        let Some(object) = data.as_object() else {
+            return Err(Violation::new(
+                ErrorCode::InvalidMessage,
+                "signal data must be a JSON object",
+            ));
+        };
+        let well_formed = match kind {
+            SignalKind::Offer | SignalKind::Answer => {
+                object.get("sdp").is_some_and(|sdp| sdp.is_string())
+            }
+            // A null candidate marks the end of candidates.
+            SignalKind::Candidate => object
+                .get("candidate")
+                .is_some_and(|c| c.is_string() || c.is_null()),
+            SignalKind::Bye => true,
+        };
+        if well_formed {
+            Ok(())
+        } else {
+            Err(Violation::new(
+                ErrorCode::InvalidMessage,
+                "offer and answer need a string sdp, candidate needs candidate",
+            ))
+        }
     }
 }
 
@@ -116,6 +165,66 @@ mod tests {
         .unwrap();
         assert!(rules.check_room(&"a.b".into()).is_err());
         assert!(rules.check_room(&">".into()).is_err());
+    }
+
+    #[test]
+    fn signal_payloads() {
+        use serde_json::json;
+        let max = ModeratorConfig::default().max_signal_bytes;
+        let cases = [
+            (
+                SignalKind::Offer,
+                json!({"type": "offer", "sdp": "v=0"}),
+                None,
+            ),
+            (SignalKind::Answer, json!({"sdp": "v=0"}), None),
+            (
+                SignalKind::Candidate,
+                json!({"candidate": "candidate:1 1 udp 1 1.2.3.4 5 typ host", "sdpMid": "0"}),
+                None,
+            ),
+            (SignalKind::Candidate, json!({"candidate": null}), None),
+            (SignalKind::Bye, json!({}), None),
+            (
+                SignalKind::Offer,
+                json!({"sdp": 42}),
+                Some(ErrorCode::InvalidMessage),
+            ),
+            (
+                SignalKind::Offer,
+                json!({}),
+                Some(ErrorCode::InvalidMessage),
+            ),
+            (
+                SignalKind::Candidate,
+                json!({"sdp": "x"}),
+                Some(ErrorCode::InvalidMessage),
+            ),
+            (
+                SignalKind::Bye,
+                json!("not an object"),
+                Some(ErrorCode::InvalidMessage),
+            ),
+            (
+                SignalKind::Offer,
+                json!({"sdp": "x".repeat(max)}),
+                Some(ErrorCode::TooLarge),
+            ),
+            (
+                SignalKind::Offer,
+                json!({"sdp": "x".repeat(max - 20)}),
+                None,
+            ),
+        ];
+        for (kind, data, expected) in cases {
+            let got = rules().check_signal(kind, &data).err().map(|v| v.code);
+            assert_eq!(
+                got,
+                expected,
+                "{kind:?} {}",
+                &data.to_string()[..data.to_string().len().min(60)]
+            );
+        }
     }
 
     #[test]

@@ -39,9 +39,51 @@ pub enum ClientFrame {
         /// The message text; HTML is stripped.
         text: String,
     },
+    /// WebRTC signaling to one member of a room; never stored.
+    Signal {
+        /// The room both peers are in.
+        room: RoomId,
+        /// The target connection.
+        to: ConnId,
+        /// What the payload is.
+        kind: SignalKind,
+        /// The payload (an SDP description, an ICE candidate, …), a JSON object.
+        data: serde_json::Value,
+        /// Ignored: the gateway sets the sender. Accepted so that clients
+        /// which echo a received signal's fields are not refused.
+        #[serde(default, skip_serializing)]
+        from: Option<serde::de::IgnoredAny>,
+        /// Ignored, like `from`.
+        #[serde(default, skip_serializing)]
+        user: Option<serde::de::IgnoredAny>,
+    },
     /// Liveness check; answered with `pong`. A struct variant so that, like
     /// every other frame, it rejects unknown fields.
     Ping {},
+}
+
+/// The kind of a WebRTC signal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SignalKind {
+    /// An SDP offer; `data` holds `sdp`.
+    Offer,
+    /// An SDP answer; `data` holds `sdp`.
+    Answer,
+    /// An ICE candidate; `data` holds `candidate`.
+    Candidate,
+    /// The peer hangs up.
+    Bye,
+}
+
+/// Whether a member arrived or left.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PresenceEvent {
+    /// The member joined the room.
+    Join,
+    /// The member left the room, or its connection or gateway went away.
+    Leave,
 }
 
 /// A frame the gateway sends.
@@ -63,7 +105,7 @@ pub enum ServerFrame {
     Joined {
         /// The room.
         room: RoomId,
-        /// Members of the room.
+        /// Every member of the room, on every gateway, this connection included.
         members: Vec<Member>,
         /// Backlog: the last messages, or those after `since`, oldest first.
         history: Vec<ChatMessage>,
@@ -89,6 +131,28 @@ pub enum ServerFrame {
         /// original has already been trimmed from the backlog.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         seq: Option<Seq>,
+    },
+    /// A signal from another member of a room.
+    Signal {
+        /// The room.
+        room: RoomId,
+        /// The sending connection, set by the server.
+        from: ConnId,
+        /// The sending user, set by the server.
+        user: User,
+        /// What the payload is.
+        kind: SignalKind,
+        /// The payload as the sender gave it.
+        data: serde_json::Value,
+    },
+    /// Someone joined or left a room this connection is in.
+    Presence {
+        /// The room.
+        room: RoomId,
+        /// Join or leave.
+        event: PresenceEvent,
+        /// Who.
+        member: Member,
     },
     /// Answer to `ping`.
     Pong,
@@ -298,6 +362,50 @@ mod tests {
                 "encoding {frame:?}"
             );
         }
+    }
+
+    #[test]
+    fn signals_ignore_a_client_supplied_sender() {
+        let text = r#"{"type":"signal","room":"r","to":"c2","kind":"offer","data":{"sdp":"v=0"},
+                      "from":"c9","user":{"id":"mallory","name":"M"}}"#;
+        match ClientFrame::decode(text).unwrap() {
+            ClientFrame::Signal {
+                room,
+                to,
+                kind,
+                data,
+                ..
+            } => {
+                assert_eq!(
+                    (room.as_str(), to.as_str(), kind),
+                    ("r", "c2", SignalKind::Offer)
+                );
+                assert_eq!(data, json!({"sdp": "v=0"}));
+            }
+            other => panic!("decoded as {other:?}"),
+        }
+        let signal = ServerFrame::Signal {
+            room: "r".into(),
+            from: "c1".into(),
+            user: member().user,
+            kind: SignalKind::Candidate,
+            data: json!({"candidate": null}),
+        };
+        assert_eq!(
+            serde_json::to_value(&signal).unwrap(),
+            json!({"type": "signal", "room": "r", "from": "c1", "user": {"id": "u1", "name": "Ann"},
+                   "kind": "candidate", "data": {"candidate": null}})
+        );
+        let presence = ServerFrame::Presence {
+            room: "r".into(),
+            event: PresenceEvent::Leave,
+            member: member(),
+        };
+        assert_eq!(
+            serde_json::to_value(&presence).unwrap(),
+            json!({"type": "presence", "room": "r", "event": "leave",
+                   "member": {"conn_id": "c1", "user": {"id": "u1", "name": "Ann"}}})
+        );
     }
 
     #[test]

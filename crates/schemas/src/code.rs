@@ -23,6 +23,10 @@ pub enum ErrorCode {
     RateLimited,
     /// The connection already is in as many rooms as it may be.
     TooManyRooms,
+    /// The room has as many members as it may have.
+    RoomFull,
+    /// The signal's target is not a member of that room.
+    PeerNotFound,
     /// A service behind the gateway did not answer in time; retry later.
     Unavailable,
 }
@@ -38,6 +42,8 @@ impl ErrorCode {
             ErrorCode::TooLarge => "too_large",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::TooManyRooms => "too_many_rooms",
+            ErrorCode::RoomFull => "room_full",
+            ErrorCode::PeerNotFound => "peer_not_found",
             ErrorCode::Unavailable => "unavailable",
         }
     }
@@ -121,6 +127,8 @@ mod tests {
             ErrorCode::Unauthorized,
             ErrorCode::InvalidMessage,
             ErrorCode::TooManyRooms,
+            ErrorCode::RoomFull,
+            ErrorCode::PeerNotFound,
             ErrorCode::Unavailable,
         ] {
             assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());

@@ -4,9 +4,9 @@
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use crate::client::{ChatMessage, Member};
+use crate::client::{ChatMessage, Member, PresenceEvent, SignalKind};
 use crate::code::ErrorCode;
-use crate::id::{ClientMsgId, GatewayId, ModeratorId, RoomId, Seq};
+use crate::id::{ClientMsgId, ConnId, GatewayId, ModeratorId, RoomId, Seq};
 
 /// A gateway asks a moderator to admit a client event.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -23,10 +23,35 @@ pub struct ModerationRequest {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Action {
-    /// Enter a room.
+    /// Enter a room (counts against its capacity).
     Join {
         /// The room.
         room: RoomId,
+    },
+    /// Leave a room, by request or because the connection closed.
+    Leave {
+        /// The room.
+        room: RoomId,
+    },
+    /// Relay a WebRTC signal to another member.
+    Signal {
+        /// The room.
+        room: RoomId,
+        /// The target connection.
+        to: ConnId,
+        /// What the payload is.
+        signal: SignalKind,
+        /// The payload as the client gave it.
+        data: serde_json::Value,
+    },
+    /// Remove a dead gateway's members from a room. Sent by a gateway that
+    /// noticed the other stopped sending heartbeats; the moderator only
+    /// acts if it also considers that gateway dead.
+    Reap {
+        /// The room.
+        room: RoomId,
+        /// The gateway that stopped.
+        gateway: GatewayId,
     },
     /// Store and deliver a chat message.
     Chat {
@@ -53,8 +78,18 @@ pub struct ModerationReply {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Verdict {
-    /// The join is allowed.
-    Admitted,
+    /// The join is allowed; the room's members after it.
+    Admitted {
+        /// Every member, this connection included.
+        members: Vec<RoomMember>,
+        /// The room's membership revision after the join. Presence events
+        /// with a higher revision are newer than `members`.
+        revision: u64,
+    },
+    /// The leave or reap is done.
+    Done,
+    /// The signal was handed to the target's gateway.
+    Relayed,
     /// The chat message is stored under `seq` (see [`crate::client::ServerFrame::Ack`]).
     Stored {
         /// Its seq, if known.
@@ -67,6 +102,59 @@ pub enum Verdict {
         /// Why, for people.
         message: String,
     },
+}
+
+/// A member of a room, with the gateway that holds its connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomMember {
+    /// The member.
+    pub member: Member,
+    /// Where its connection lives.
+    pub gateway: GatewayId,
+}
+
+/// A room's membership as the moderators keep it in the rooms bucket.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomState {
+    /// Current members, in joining order.
+    pub members: Vec<RoomMember>,
+}
+
+/// A membership change, announced to the room's gateways.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PresenceChange {
+    /// The room.
+    pub room: RoomId,
+    /// Join or leave.
+    pub event: PresenceEvent,
+    /// Who joined or left.
+    pub member: RoomMember,
+    /// Every member after the change.
+    pub members: Vec<RoomMember>,
+    /// The membership revision after the change; changes are ordered by it.
+    pub revision: u64,
+}
+
+/// A signal on its way to the target's gateway.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SignalDelivery {
+    /// The room.
+    pub room: RoomId,
+    /// The target connection.
+    pub to: ConnId,
+    /// The sender, as authenticated by its gateway.
+    pub from: Member,
+    /// What the payload is.
+    pub signal: SignalKind,
+    /// The payload.
+    pub data: serde_json::Value,
+}
+
+/// A gateway's periodic sign of life.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// The gateway.
+    pub gateway: GatewayId,
 }
 
 /// A gateway asks history for a room's backlog.
@@ -154,8 +242,36 @@ mod tests {
                 room: "lobby".into(),
             },
         });
+        round_trip(ModerationRequest {
+            from: member(),
+            gateway: "g1".into(),
+            action: Action::Signal {
+                room: "lobby".into(),
+                to: "c2".into(),
+                signal: SignalKind::Offer,
+                data: serde_json::json!({"sdp": "v=0", "nested": {"n": [1, 2.5, null, true]}}),
+            },
+        });
+        round_trip(PresenceChange {
+            room: "lobby".into(),
+            event: PresenceEvent::Leave,
+            member: RoomMember {
+                member: member(),
+                gateway: "g1".into(),
+            },
+            members: vec![],
+            revision: 7,
+        });
         for verdict in [
-            Verdict::Admitted,
+            Verdict::Admitted {
+                members: vec![RoomMember {
+                    member: member(),
+                    gateway: "g1".into(),
+                }],
+                revision: 3,
+            },
+            Verdict::Done,
+            Verdict::Relayed,
             Verdict::Stored { seq: Some(Seq(3)) },
             Verdict::Stored { seq: None },
             Verdict::Rejected {

@@ -3,7 +3,7 @@
 //! Room names become subject tokens, so builders take a [`RoomId`] that the
 //! caller has checked with [`RoomId::is_subject_safe`].
 
-use crate::id::{ModeratorId, RoomId};
+use crate::id::{GatewayId, ModeratorId, RoomId};
 
 /// Gateways send [`ModerationRequest`](crate::event::ModerationRequest)s here
 /// (request/reply) for a connection not yet tied to a moderator. Every
@@ -37,11 +37,59 @@ pub fn chat_store(room: &RoomId) -> String {
 }
 
 /// Where the moderator announces a chat message once JetStream has stored it.
-/// Gateways subscribe while the room has local members. Not stored (core
-/// NATS, at most once); a gateway that misses one finds it in the backlog.
-/// Per room, messages arrive in seq order.
+/// Gateways subscribe (via [`room_deliveries`]) while the room has local
+/// members. Not stored (core NATS, at most once); a gateway that misses one
+/// finds it in the backlog. Per room, messages arrive in seq order.
 pub fn chat_deliver(room: &RoomId) -> String {
-    format!("cavlo.deliver.{room}")
+    format!("cavlo.deliver.{room}.chat")
+}
+
+/// Where the moderator announces a membership change
+/// ([`PresenceChange`](crate::event::PresenceChange)) after writing it to
+/// [`ROOMS_BUCKET`]. Not stored; ordered by the change's revision.
+pub fn presence(room: &RoomId) -> String {
+    format!("cavlo.deliver.{room}.presence")
+}
+
+/// Everything a gateway delivers for a room: [`chat_deliver`] and [`presence`].
+pub fn room_deliveries(room: &RoomId) -> String {
+    format!("cavlo.deliver.{room}.*")
+}
+
+/// The last token of a delivery subject, telling chat from presence.
+pub const CHAT_TOKEN: &str = "chat";
+
+/// Where the moderator hands a gateway the signals for its connections
+/// ([`SignalDelivery`](crate::event::SignalDelivery)). Each gateway subscribes
+/// to its own for its whole life. Never stored.
+pub fn signals(gateway: &GatewayId) -> String {
+    format!("cavlo.signal.{gateway}")
+}
+
+/// Gateways announce they are alive here ([`Heartbeat`](crate::event::Heartbeat));
+/// moderators and gateways listen, and consider a gateway gone after
+/// missing its heartbeats for a while. Not stored.
+pub const GATEWAY_HEARTBEAT: &str = "cavlo.gateway.heartbeat";
+
+/// The JetStream key-value bucket where moderators keep each room's members
+/// ([`RoomState`](crate::event::RoomState)), changed only by compare-and-set
+/// so a room's capacity holds under concurrent joins.
+pub const ROOMS_BUCKET: &str = "CAVLO_ROOMS";
+
+/// A room's key in [`ROOMS_BUCKET`]. Names made of `[A-Za-z0-9_-]` are used
+/// as they are; any other name is hex-encoded behind `=`, a character plain
+/// keys never contain, since bucket keys allow only a few characters.
+pub fn room_key(room: &RoomId) -> String {
+    let plain = room
+        .as_str()
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if plain {
+        room.as_str().to_owned()
+    } else {
+        let hex: String = room.as_str().bytes().map(|b| format!("{b:02x}")).collect();
+        format!("={hex}")
+    }
 }
 
 /// Gateways ask history for a room's backlog here (request/reply,
@@ -68,8 +116,24 @@ mod tests {
     fn room_subjects_keep_the_room_in_one_token() {
         let room = RoomId::from("lobby");
         assert_eq!(chat_store(&room), "cavlo.chat.lobby");
-        assert_eq!(chat_deliver(&room), "cavlo.deliver.lobby");
+        assert_eq!(chat_deliver(&room), "cavlo.deliver.lobby.chat");
+        assert_eq!(presence(&room), "cavlo.deliver.lobby.presence");
+        assert!(chat_deliver(&room).ends_with(CHAT_TOKEN));
         assert_eq!(moderate_direct(&"m1".into()), "cavlo.moderate.m1");
         assert!(CHAT_STORE_ALL.starts_with("cavlo.chat."));
+    }
+
+    #[test]
+    fn room_keys_are_valid_and_distinct() {
+        const CASES: &[(&str, &str)] = &[
+            ("lobby", "lobby"),
+            ("a-b_C9", "a-b_C9"),
+            ("ü", "=c3bc"),
+            ("a:b", "=613a62"),
+        ];
+        for (room, key) in CASES {
+            assert_eq!(room_key(&RoomId::from(*room)), *key);
+        }
+        assert_ne!(room_key(&"=61".into()), room_key(&"a".into()));
     }
 }

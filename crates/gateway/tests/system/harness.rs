@@ -104,33 +104,49 @@ impl Default for Options {
 pub struct System {
     pub nats: Nats,
     pub gateways: Vec<SocketAddr>,
-    stop: CancellationToken,
-    tasks: Vec<JoinHandle<()>>,
+    /// Stops the gateways, which tell the moderators about closed connections.
+    stop_gateways: CancellationToken,
+    gateway_tasks: Vec<JoinHandle<()>>,
+    /// Stops moderators and history, after the gateways.
+    stop_backend: CancellationToken,
+    backend_tasks: Vec<JoinHandle<()>>,
 }
 
 impl System {
     pub async fn start(options: Options) -> System {
+        // RUST_LOG=debug shows the services' logs for a failing test.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         let nats = Nats::start().await;
-        let stop = CancellationToken::new();
-        let mut tasks = Vec::new();
+        let (stop_gateways, stop_backend) = (CancellationToken::new(), CancellationToken::new());
+        let mut backend_tasks = Vec::new();
 
         let history = history::start(nats.connect().await, options.history)
             .await
             .expect("history starts");
-        tasks.push(tokio::spawn(history.run(stop.clone().cancelled_owned())));
+        backend_tasks.push(tokio::spawn(
+            history.run(stop_backend.clone().cancelled_owned()),
+        ));
         for _ in 0..options.moderators {
             let moderator = moderator::start(nats.connect().await, options.moderator.clone())
                 .await
                 .expect("moderator starts");
-            tasks.push(tokio::spawn(moderator.run(stop.clone().cancelled_owned())));
+            backend_tasks.push(tokio::spawn(
+                moderator.run(stop_backend.clone().cancelled_owned()),
+            ));
         }
-        let mut gateways = Vec::new();
+        let (mut gateways, mut gateway_tasks) = (Vec::new(), Vec::new());
         for _ in 0..options.gateways {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             gateways.push(listener.local_addr().unwrap());
-            let (client, config, stop) =
-                (nats.connect().await, options.gateway.clone(), stop.clone());
-            tasks.push(tokio::spawn(async move {
+            let (client, config, stop) = (
+                nats.connect().await,
+                options.gateway.clone(),
+                stop_gateways.clone(),
+            );
+            gateway_tasks.push(tokio::spawn(async move {
                 gateway::run(listener, client, config, stop.cancelled_owned())
                     .await
                     .expect("gateway runs");
@@ -139,26 +155,35 @@ impl System {
         System {
             nats,
             gateways,
-            stop,
-            tasks,
+            stop_gateways,
+            gateway_tasks,
+            stop_backend,
+            backend_tasks,
         }
     }
 
-    /// Stops every service and waits for them to finish.
+    /// Stops the gateways, then the other services, and waits for them all.
     pub async fn shutdown(mut self) {
-        self.stop.cancel();
-        for task in self.tasks.drain(..) {
-            tokio::time::timeout(Duration::from_secs(15), task)
-                .await
-                .expect("service stops in time")
-                .expect("service task did not panic");
-        }
+        self.stop_gateways.cancel();
+        join_all(&mut self.gateway_tasks).await;
+        self.stop_backend.cancel();
+        join_all(&mut self.backend_tasks).await;
+    }
+}
+
+async fn join_all(tasks: &mut Vec<JoinHandle<()>>) {
+    for task in tasks.drain(..) {
+        tokio::time::timeout(Duration::from_secs(15), task)
+            .await
+            .expect("service stops in time")
+            .expect("service task did not panic");
     }
 }
 
 impl Drop for System {
     fn drop(&mut self) {
-        self.stop.cancel();
+        self.stop_gateways.cancel();
+        self.stop_backend.cancel();
     }
 }
 
@@ -194,12 +219,24 @@ pub fn room(label: &str) -> RoomId {
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// A `joined` frame's contents.
+#[derive(Debug)]
+pub struct Joined {
+    pub members: Vec<schemas::client::Member>,
+    pub history: Vec<ChatMessage>,
+    pub last_seq: Seq,
+    pub truncated: bool,
+}
+
 /// A WebSocket client speaking the cavlo protocol.
 pub struct Client {
     ws: Socket,
     pub conn_id: schemas::id::ConnId,
     /// Frames read while looking for another one, returned by `recv` first.
     pending: std::collections::VecDeque<ServerFrame>,
+    /// Presence frames, kept apart so tests about other frames can ignore
+    /// them; read with `next_presence`.
+    presence: std::collections::VecDeque<ServerFrame>,
 }
 
 impl Client {
@@ -235,6 +272,7 @@ impl Client {
             ws,
             conn_id: "".into(),
             pending: Default::default(),
+            presence: Default::default(),
         }
     }
 
@@ -253,11 +291,40 @@ impl Client {
         self.ws.send(message).await
     }
 
-    /// The next protocol frame, failing the test after [`FRAME_TIMEOUT`].
+    /// The next frame other than presence, failing the test after [`FRAME_TIMEOUT`].
     pub async fn recv(&mut self) -> ServerFrame {
         if let Some(frame) = self.pending.pop_front() {
             return frame;
         }
+        loop {
+            match self.read().await {
+                frame @ ServerFrame::Presence { .. } => self.presence.push_back(frame),
+                frame => return frame,
+            }
+        }
+    }
+
+    /// The next presence frame.
+    pub async fn next_presence(&mut self) -> ServerFrame {
+        loop {
+            if let Some(frame) = self.presence.pop_front() {
+                return frame;
+            }
+            let frame = self.read().await;
+            match frame {
+                ServerFrame::Presence { .. } => return frame,
+                other => self.pending.push_back(other),
+            }
+        }
+    }
+
+    /// Presence frames received so far and not yet read.
+    pub fn unread_presence(&self) -> usize {
+        self.presence.len()
+    }
+
+    /// The next frame off the socket.
+    async fn read(&mut self) -> ServerFrame {
         loop {
             let msg = tokio::time::timeout(FRAME_TIMEOUT, self.ws.next())
                 .await
@@ -298,20 +365,43 @@ impl Client {
         room: &RoomId,
         since: Option<Seq>,
     ) -> (Vec<ChatMessage>, Seq, bool) {
+        match self.try_join(room, since).await {
+            Ok(joined) => (joined.history, joined.last_seq, joined.truncated),
+            Err(error) => panic!("expected joined {room}, got {error:?}"),
+        }
+    }
+
+    /// Joins and returns the `joined` frame, or the error.
+    pub async fn try_join(
+        &mut self,
+        room: &RoomId,
+        since: Option<Seq>,
+    ) -> Result<Joined, ErrorFrame> {
         self.send(&ClientFrame::Join {
             room: room.clone(),
             since,
         })
         .await;
+        self.join_reply(room).await
+    }
+
+    /// Waits for the answer to a join already sent.
+    pub async fn join_reply(&mut self, room: &RoomId) -> Result<Joined, ErrorFrame> {
         match self.recv().await {
             ServerFrame::Joined {
                 room: joined,
+                members,
                 history,
                 last_seq,
                 truncated,
-                ..
-            } if joined == *room => (history, last_seq, truncated),
-            other => panic!("expected joined {room}, got {other:?}"),
+            } if joined == *room => Ok(Joined {
+                members,
+                history,
+                last_seq,
+                truncated,
+            }),
+            ServerFrame::Error(error) if error.room.as_ref() == Some(room) => Err(error),
+            other => panic!("expected the answer to joining {room}, got {other:?}"),
         }
     }
 
@@ -344,8 +434,7 @@ impl Client {
                 {
                     break Err(error);
                 }
-                chat @ ServerFrame::Chat(_) => skipped.push(chat),
-                other => panic!("expected reply to {id}, got {other:?}"),
+                other => skipped.push(other),
             }
         };
         for frame in skipped.into_iter().rev() {

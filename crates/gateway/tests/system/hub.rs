@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use async_nats::RequestErrorKind;
-use gateway::hub::{Hub, MemberHandle};
+use gateway::hub::{DeliveryKind, Hub, MemberHandle};
 use schemas::client::{ChatMessage, Member, User};
 use schemas::id::{ConnId, RoomId, Seq};
 use schemas::{event, subject};
@@ -74,7 +74,11 @@ async fn rooms_are_subscribed_only_while_they_have_local_members() {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(delivery.seq, Seq(1), "delivered to {member}");
+        assert_eq!(
+            delivery.kind,
+            DeliveryKind::Chat(Seq(1)),
+            "delivered to {member}"
+        );
         assert!(delivery.frame.as_str().contains(r#""type":"chat""#));
     }
 
@@ -133,7 +137,7 @@ async fn a_member_whose_queue_overflows_is_flagged_slow_and_others_are_unaffecte
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(delivery.seq, Seq(seq));
+        assert_eq!(delivery.kind, DeliveryKind::Chat(Seq(seq)));
     }
     assert!(!fast.slow.is_cancelled());
     tokio::time::timeout(Duration::from_secs(5), hub.shutdown())

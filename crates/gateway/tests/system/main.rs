@@ -7,4 +7,6 @@ mod failure;
 mod harness;
 mod hub;
 mod moderation;
+mod presence;
 mod protocol;
+mod signaling;

@@ -1,0 +1,108 @@
+//! Telling the moderator that a connection left its rooms, reliably.
+//!
+//! A connection that closes cannot wait for the moderator, and the moderator
+//! may be briefly unreachable; a member left in the rooms bucket would be a
+//! ghost that holds a slot while its gateway lives on. So departures go
+//! through a queue whose worker retries each with backoff.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use schemas::client::Member;
+use schemas::event::{Action, Verdict};
+use schemas::id::{ModeratorId, RoomId};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::Bus;
+
+/// Departures waiting for the worker; past this, closing connections wait.
+const QUEUE_CAPACITY: usize = 4096;
+/// Departures sent at once.
+const CONCURRENCY: usize = 64;
+/// Attempts per departure, with backoff from 100 ms doubling to 5 s: about
+/// a minute in all.
+const ATTEMPTS: u32 = 16;
+
+/// A connection left a room.
+#[derive(Debug)]
+pub struct Departure {
+    /// Who.
+    pub member: Member,
+    /// Which room.
+    pub room: RoomId,
+    /// The connection's moderator, which also forgets its budgets there.
+    pub moderator: Option<ModeratorId>,
+}
+
+/// The sending side, held by connections.
+#[derive(Clone)]
+pub struct Departures {
+    queue: mpsc::Sender<Departure>,
+}
+
+impl Departures {
+    /// Starts the worker; it finishes what is queued once `closing` is
+    /// cancelled, then returns.
+    pub fn start(bus: Bus, closing: CancellationToken) -> (Self, tokio::task::JoinHandle<()>) {
+        let (queue, rx) = mpsc::channel(QUEUE_CAPACITY);
+        (Self { queue }, tokio::spawn(work(bus, rx, closing)))
+    }
+
+    /// Queues a departure, waiting for room in the queue if it is full.
+    pub async fn send(&self, departure: Departure) {
+        if self.queue.send(departure).await.is_err() {
+            tracing::warn!("departure dropped: the gateway is stopping");
+        }
+    }
+}
+
+async fn work(bus: Bus, mut rx: mpsc::Receiver<Departure>, closing: CancellationToken) {
+    let permits = Arc::new(Semaphore::new(CONCURRENCY));
+    let mut sending = JoinSet::new();
+    loop {
+        let departure = tokio::select! {
+            Some(departure) = rx.recv() => departure,
+            _ = closing.cancelled() => {
+                rx.close();
+                match rx.recv().await {
+                    Some(departure) => departure,
+                    None => break,
+                }
+            }
+            Some(_) = sending.join_next() => continue,
+        };
+        let permit = permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        let bus = bus.clone();
+        sending.spawn(async move {
+            leave(&bus, departure).await;
+            drop(permit);
+        });
+    }
+    while sending.join_next().await.is_some() {}
+}
+
+async fn leave(bus: &Bus, departure: Departure) {
+    let Departure {
+        member,
+        room,
+        mut moderator,
+    } = departure;
+    let mut backoff = Duration::from_millis(100);
+    for _ in 0..ATTEMPTS {
+        let action = Action::Leave { room: room.clone() };
+        match bus.moderate(&mut moderator, &member, action).await {
+            Ok(Verdict::Rejected { .. }) | Err(_) => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Ok(_) => return,
+        }
+    }
+    tracing::error!(%room, conn_id = %member.conn_id, "gave up telling the moderator a member left");
+}

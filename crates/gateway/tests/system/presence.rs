@@ -1,0 +1,272 @@
+//! Who is in a room, across gateways: member lists, presence events,
+//! capacity under concurrent joins, and no ghosts when a gateway dies.
+
+use std::collections::BTreeSet;
+use std::process::Stdio;
+use std::time::Duration;
+
+use moderator::config::ModeratorConfig;
+use schemas::client::{ClientFrame, PresenceEvent, ServerFrame};
+use schemas::code::ErrorCode;
+use schemas::id::{ConnId, RoomId};
+use tokio::time::Instant;
+
+use crate::harness::{Client, FRAME_TIMEOUT, Nats, Options, SECRET, System, assert_code, room};
+
+fn ids(members: &[schemas::client::Member]) -> BTreeSet<ConnId> {
+    members.iter().map(|m| m.conn_id.clone()).collect()
+}
+
+/// The next presence event as (event, conn id).
+async fn next_presence(client: &mut Client) -> (PresenceEvent, ConnId) {
+    match client.next_presence().await {
+        ServerFrame::Presence { event, member, .. } => (event, member.conn_id),
+        other => panic!("expected presence, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn members_and_presence_span_gateways() {
+    let system = System::start(Options::default()).await;
+    let (g1, g2) = (system.gateways[0], system.gateways[1]);
+    let room = room("presence");
+    let mut ann = Client::connect(g1, "ann").await;
+    let mut bob = Client::connect(g2, "bob").await;
+    let mut cat = Client::connect(g1, "cat").await;
+
+    let joined = ann.try_join(&room, None).await.unwrap();
+    assert_eq!(ids(&joined.members), [ann.conn_id.clone()].into());
+    let joined = bob.try_join(&room, None).await.unwrap();
+    assert_eq!(
+        ids(&joined.members),
+        [ann.conn_id.clone(), bob.conn_id.clone()].into()
+    );
+    assert_eq!(
+        joined
+            .members
+            .iter()
+            .find(|m| m.conn_id == ann.conn_id)
+            .unwrap()
+            .user
+            .id
+            .as_str(),
+        "ann"
+    );
+    assert_eq!(
+        next_presence(&mut ann).await,
+        (PresenceEvent::Join, bob.conn_id.clone())
+    );
+
+    let joined = cat.try_join(&room, None).await.unwrap();
+    assert_eq!(joined.members.len(), 3);
+    for client in [&mut ann, &mut bob] {
+        assert_eq!(
+            next_presence(client).await,
+            (PresenceEvent::Join, cat.conn_id.clone())
+        );
+    }
+
+    bob.send(&ClientFrame::Leave { room: room.clone() }).await;
+    assert_eq!(bob.recv().await, ServerFrame::Left { room: room.clone() });
+    for client in [&mut ann, &mut cat] {
+        assert_eq!(
+            next_presence(client).await,
+            (PresenceEvent::Leave, bob.conn_id.clone())
+        );
+    }
+
+    let cat_id = cat.conn_id.clone();
+    cat.close().await;
+    assert_eq!(
+        next_presence(&mut ann).await,
+        (PresenceEvent::Leave, cat_id),
+        "leaving by disconnect"
+    );
+    assert_eq!(
+        ann.unread_presence(),
+        0,
+        "no one hears of their own presence"
+    );
+    assert_eq!(bob.unread_presence(), 0);
+    system.shutdown().await;
+}
+
+#[tokio::test]
+async fn capacity_is_exact_under_concurrent_joins_through_two_gateways() {
+    const CAPACITY: usize = 10;
+    let moderator = ModeratorConfig {
+        room_capacity: CAPACITY,
+        ..ModeratorConfig::default()
+    };
+    let system = System::start(Options {
+        moderators: 2,
+        moderator,
+        ..Options::default()
+    })
+    .await;
+    let room = room("capacity");
+    let mut clients = Vec::new();
+    for i in 0..2 * CAPACITY {
+        clients.push(Client::connect(system.gateways[i % 2], &format!("user{i}")).await);
+    }
+    for client in &mut clients {
+        client
+            .send(&ClientFrame::Join {
+                room: room.clone(),
+                since: None,
+            })
+            .await;
+    }
+    let (mut admitted, mut refused) = (Vec::new(), Vec::new());
+    for client in clients {
+        let mut client = client;
+        match client.join_reply(&room).await {
+            Ok(joined) => admitted.push((client, joined.members)),
+            Err(error) => {
+                assert_code(&error, ErrorCode::RoomFull, "join past capacity");
+                refused.push(client);
+            }
+        }
+    }
+    assert_eq!((admitted.len(), refused.len()), (CAPACITY, CAPACITY));
+
+    // Every admitted client's view (its joined list plus later presence)
+    // converges on the same ten members.
+    let expected: BTreeSet<ConnId> = admitted.iter().map(|(c, _)| c.conn_id.clone()).collect();
+    for (client, members) in &mut admitted {
+        let mut view = ids(members);
+        while view != expected {
+            match next_presence(client).await {
+                (PresenceEvent::Join, id) => {
+                    assert!(view.insert(id), "join of a member already listed")
+                }
+                (PresenceEvent::Leave, id) => panic!("unexpected leave of {id}"),
+            }
+        }
+    }
+
+    for (client, _) in admitted.drain(..3) {
+        client.close().await;
+    }
+    let (mut second, mut third) = (0, 0);
+    for client in &mut refused {
+        // Departures reach the moderator asynchronously; a refused client
+        // retries until three got in, as a real client would.
+        let deadline = Instant::now() + FRAME_TIMEOUT;
+        loop {
+            match client.try_join(&room, None).await {
+                Ok(joined) => {
+                    assert!(joined.members.len() <= CAPACITY);
+                    second += 1;
+                    break;
+                }
+                Err(error) if second < 3 && Instant::now() < deadline => {
+                    assert_code(&error, ErrorCode::RoomFull, "retry")
+                }
+                Err(error) => {
+                    assert_code(&error, ErrorCode::RoomFull, "full again");
+                    third += 1;
+                    break;
+                }
+            }
+        }
+    }
+    assert_eq!(
+        (second, third),
+        (3, CAPACITY - 3),
+        "exactly the three freed slots were taken"
+    );
+    system.shutdown().await;
+}
+
+/// Starts the gateway binary as its own process, for a test that kills it.
+async fn gateway_process(nats: &Nats) -> (tokio::process::Child, std::net::SocketAddr) {
+    let addr = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap()
+    };
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .env("CAVLO_NATS__URL", &nats.url)
+        .env("CAVLO_GATEWAY__LISTEN", addr.to_string())
+        .env("CAVLO_GATEWAY__AUTH__HS256_SECRET", SECRET)
+        .env("CAVLO_GATEWAY__HEARTBEAT_INTERVAL", "500ms")
+        .env("CAVLO_GATEWAY__GATEWAY_TIMEOUT", "2s")
+        .env("CAVLO_LOG__FILTER", "warn")
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("gateway binary starts");
+    // Wait until it accepts connections (a new process has no other signal).
+    let deadline = Instant::now() + FRAME_TIMEOUT;
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(Instant::now() < deadline, "gateway process never listened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (child, addr)
+}
+
+#[tokio::test]
+async fn a_killed_gateway_leaves_no_ghosts() {
+    const TIMEOUT: Duration = Duration::from_secs(2);
+    let moderator = ModeratorConfig {
+        room_capacity: 3,
+        gateway_timeout: TIMEOUT,
+        ..ModeratorConfig::default()
+    };
+    let mut gateway = Options::default().gateway;
+    gateway.heartbeat_interval = Duration::from_millis(500);
+    gateway.gateway_timeout = TIMEOUT;
+    let system = System::start(Options {
+        gateways: 1,
+        moderator,
+        gateway,
+        ..Options::default()
+    })
+    .await;
+    let (mut doomed, doomed_addr) = gateway_process(&system.nats).await;
+    let room: RoomId = room("ghosts");
+
+    let mut ann = Client::connect(system.gateways[0], "ann").await;
+    ann.join(&room, None).await;
+    let mut bob = Client::connect(doomed_addr, "bob").await;
+    let mut cat = Client::connect(doomed_addr, "cat").await;
+    bob.join(&room, None).await;
+    cat.join(&room, None).await;
+    let on_doomed: BTreeSet<ConnId> = [bob.conn_id.clone(), cat.conn_id.clone()].into();
+    for _ in 0..2 {
+        assert_eq!(next_presence(&mut ann).await.0, PresenceEvent::Join);
+    }
+    let mut dan = Client::connect(system.gateways[0], "dan").await;
+    assert_code(
+        &dan.try_join(&room, None).await.unwrap_err(),
+        ErrorCode::RoomFull,
+        "room of three is full",
+    );
+
+    doomed.kill().await.expect("SIGKILL the gateway");
+    let killed = Instant::now();
+    let mut gone = BTreeSet::new();
+    while gone.len() < 2 {
+        let (event, id) = next_presence(&mut ann).await;
+        assert_eq!(event, PresenceEvent::Leave);
+        gone.insert(id);
+    }
+    let took = killed.elapsed();
+    assert_eq!(gone, on_doomed);
+    // The bound is the timeout plus a scan and a request; allow slack for CI.
+    assert!(
+        took < TIMEOUT + Duration::from_secs(5),
+        "leave events took {took:?}"
+    );
+
+    let joined = dan
+        .try_join(&room, None)
+        .await
+        .expect("the slots are free again");
+    assert_eq!(
+        ids(&joined.members),
+        [ann.conn_id.clone(), dan.conn_id.clone()].into()
+    );
+    drop((bob, cat));
+    system.shutdown().await;
+}
