@@ -3,12 +3,14 @@
 //! * [`config`]: layered configuration (defaults < TOML file < `CAVLO_…` env).
 //! * [`telemetry`]: tracing, human-readable or JSON.
 //! * [`nats`]: the NATS connection settings and connect call.
+//! * [`health`]: `/health` and `/ready` endpoints.
 //! * [`liveness`]: which gateways are alive, from their heartbeats.
 //! * [`shutdown`]: the future that resolves on Ctrl-C or SIGTERM.
 //! * [`service`]: the body of every service's `main`.
 //! * [`Cli`]: the command-line flags every binary shares.
 
 pub mod config;
+pub mod health;
 pub mod liveness;
 pub mod nats;
 pub mod service;

@@ -9,6 +9,7 @@ use clap::{CommandFactory, FromArgMatches};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::health::{Check, HealthConfig};
 use crate::nats::NatsConfig;
 use crate::telemetry::LogConfig;
 
@@ -18,6 +19,8 @@ pub trait ServiceConfig: Default + Serialize + DeserializeOwned {
     fn nats(&self) -> &NatsConfig;
     /// The `[log]` section.
     fn log(&self) -> &LogConfig;
+    /// The `[health]` section.
+    fn health(&self) -> &HealthConfig;
 }
 
 /// The shutdown future handed to a service.
@@ -27,7 +30,15 @@ pub type Shutdown = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// configuration, sets up tracing, connects to NATS as `name`, runs the
 /// service until SIGTERM or Ctrl-C, then drains the NATS connection so
 /// replies and announcements in flight are sent.
-pub async fn main<C, F, Fut, E>(name: &'static str, about: &'static str, service: F) -> ExitCode
+///
+/// If `[health] listen` is set, `/health` and `/ready` are served there, with
+/// `ready` deciding readiness.
+pub async fn main<C, F, Fut, E>(
+    name: &'static str,
+    about: &'static str,
+    ready: impl FnOnce(&async_nats::Client) -> Check,
+    service: F,
+) -> ExitCode
 where
     C: ServiceConfig,
     F: FnOnce(async_nats::Client, C, Shutdown) -> Fut,
@@ -54,6 +65,15 @@ where
             return ExitCode::FAILURE;
         }
     };
+    if let Some(addr) = config.health().listen {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => drop(tokio::spawn(crate::health::serve(listener, ready(&client)))),
+            Err(err) => {
+                tracing::error!(cause = %err, %addr, "cannot listen for health checks");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let result = service(client.clone(), config, Box::pin(crate::shutdown::signal())).await;
     let _ = client.drain().await;
     match result {

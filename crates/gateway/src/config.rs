@@ -4,6 +4,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use bootstrap::health::HealthConfig;
 use bootstrap::nats::NatsConfig;
 use bootstrap::service::ServiceConfig;
 use bootstrap::telemetry::LogConfig;
@@ -17,6 +18,8 @@ pub struct Config {
     pub nats: NatsConfig,
     /// `[log]`
     pub log: LogConfig,
+    /// `[health]`
+    pub health: HealthConfig,
     /// `[gateway]`
     pub gateway: GatewayConfig,
 }
@@ -28,6 +31,10 @@ impl ServiceConfig for Config {
 
     fn log(&self) -> &LogConfig {
         &self.log
+    }
+
+    fn health(&self) -> &HealthConfig {
+        &self.health
     }
 }
 

@@ -38,6 +38,15 @@ use crate::departures::Departures;
 use crate::hub::Hub;
 pub use crate::server::{RunError, run};
 
+/// Ready when NATS is connected (also served at `/ready` on the gateway's port).
+pub fn readiness(client: &async_nats::Client) -> bootstrap::health::Check {
+    let client = client.clone();
+    Arc::new(move || {
+        let result = bootstrap::health::nats_connected(&client);
+        Box::pin(async move { result })
+    })
+}
+
 /// What every connection task shares.
 pub(crate) struct Shared {
     id: GatewayId,

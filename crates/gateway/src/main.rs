@@ -9,6 +9,7 @@ async fn main() -> ExitCode {
     bootstrap::service::main(
         "gateway",
         "cavlo gateway: the WebSocket endpoint browsers connect to",
+        gateway::readiness,
         |client, config: Config, shutdown| async move {
             let listener = tokio::net::TcpListener::bind(config.gateway.listen).await?;
             gateway::run(listener, client, config.gateway, shutdown).await?;

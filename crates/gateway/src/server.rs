@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{self, HeaderValue};
+use hyper::header;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -19,6 +19,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use bootstrap::health::{json, nats_connected, readiness_response};
 
 use crate::Shared;
 use crate::auth::{AuthSetupError, Authenticator};
@@ -155,6 +157,7 @@ impl Server {
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/ws") => self.upgrade(req),
             (&Method::GET, "/health") => self.health(),
+            (&Method::GET, "/ready") => readiness_response(nats_connected(&self.client)),
             _ => plain(StatusCode::NOT_FOUND, "not found"),
         }
     }
@@ -206,12 +209,7 @@ impl Server {
             "rooms": self.shared.hub.room_count(),
             "nats": self.client.connection_state().to_string(),
         });
-        let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        response
+        json(StatusCode::OK, body)
     }
 }
 

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use bootstrap::health::HealthConfig;
 use bootstrap::nats::NatsConfig;
 use bootstrap::service::ServiceConfig;
 use bootstrap::telemetry::LogConfig;
@@ -15,6 +16,8 @@ pub struct Config {
     pub nats: NatsConfig,
     /// `[log]`
     pub log: LogConfig,
+    /// `[health]`
+    pub health: HealthConfig,
     /// `[moderator]`
     pub moderator: ModeratorConfig,
 }
@@ -97,5 +100,9 @@ impl ServiceConfig for Config {
 
     fn log(&self) -> &LogConfig {
         &self.log
+    }
+
+    fn health(&self) -> &HealthConfig {
+        &self.health
     }
 }

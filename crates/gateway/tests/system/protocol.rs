@@ -184,6 +184,10 @@ async fn health_reports_connections_and_rooms() {
     assert_eq!(health["status"], "ok");
     assert_eq!(health["connections"], 1);
     assert_eq!(health["rooms"], 1);
+    assert_eq!(
+        crate::harness::get_json(g, "/ready").await["status"],
+        "ready"
+    );
     system.shutdown().await;
 }
 

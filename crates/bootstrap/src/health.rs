@@ -1,0 +1,136 @@
+//! `/health` and `/ready` over HTTP, for container orchestrators.
+//!
+//! `/health` answers 200 while the process runs. `/ready` answers 200 only
+//! when the service can do its work (NATS connected, its stream or bucket
+//! present) and 503 with the reason otherwise.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode, header};
+use hyper_util::rt::TokioIo;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+
+/// Health endpoint settings (`[health]`, `CAVLO_HEALTH__…`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HealthConfig {
+    /// Address for `/health` and `/ready` (moderator and history; the
+    /// gateway serves them on its own port). Unset: no endpoint. Default unset.
+    pub listen: Option<SocketAddr>,
+}
+
+/// A readiness check: `Err` carries the reason the service is not ready.
+pub type Check =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+
+/// The HTTP response for a readiness result.
+pub fn readiness_response(result: Result<(), String>) -> Response<Full<Bytes>> {
+    let (status, body) = match result {
+        Ok(()) => (StatusCode::OK, serde_json::json!({"status": "ready"})),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"status": "not ready", "reason": reason}),
+        ),
+    };
+    json(status, body)
+}
+
+/// A JSON response.
+pub fn json(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// Whether the client is connected, as a readiness result.
+pub fn nats_connected(client: &async_nats::Client) -> Result<(), String> {
+    match client.connection_state() {
+        async_nats::connection::State::Connected => Ok(()),
+        state => Err(format!("nats {state}")),
+    }
+}
+
+/// Serves `/health` and `/ready` on `listener` for the life of the process.
+pub async fn serve(listener: TcpListener, ready: Check) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let ready = ready.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                let ready = ready.clone();
+                async move {
+                    let response = match req.uri().path() {
+                        "/health" => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
+                        "/ready" => readiness_response(ready().await),
+                        _ => json(
+                            StatusCode::NOT_FOUND,
+                            serde_json::json!({"status": "not found"}),
+                        ),
+                    };
+                    Ok::<_, Infallible>(response)
+                }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        response
+    }
+
+    #[tokio::test]
+    async fn ready_reflects_the_check_and_health_does_not() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = ready.clone();
+        let check: Check = Arc::new(move || {
+            let ok = flag.load(std::sync::atomic::Ordering::SeqCst);
+            Box::pin(async move {
+                if ok {
+                    Ok(())
+                } else {
+                    Err("stream missing".to_owned())
+                }
+            })
+        });
+        tokio::spawn(serve(listener, check));
+
+        assert!(get(addr, "/health").await.starts_with("HTTP/1.1 200"));
+        let response = get(addr, "/ready").await;
+        assert!(response.starts_with("HTTP/1.1 503"), "{response}");
+        assert!(response.contains("stream missing"));
+        ready.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(get(addr, "/ready").await.starts_with("HTTP/1.1 200"));
+        assert!(get(addr, "/other").await.starts_with("HTTP/1.1 404"));
+    }
+}
