@@ -16,6 +16,17 @@ use serde::de::DeserializeOwned;
 /// Prefix of every environment variable cavlo reads.
 pub const ENV_PREFIX: &str = "CAVLO_";
 
+/// A secret that never appears in logs or `Debug` output.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("XXXXXXXX")
+    }
+}
+
 /// The configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {0}")]

@@ -5,12 +5,18 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// NATS settings (`[nats]`, `CAVLO_NATS__…`).
+use crate::config::Secret;
+
+/// NATS settings (`[nats]`, `CAVLO_NATS__…`). `Debug` never shows the password.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default)]
 pub struct NatsConfig {
     /// Server URL(s), comma-separated. Default `nats://127.0.0.1:4222`.
     pub url: String,
+    /// User name, if the server requires one (with `password`).
+    pub user: Option<String>,
+    /// Password for `user`.
+    pub password: Option<Secret>,
     /// A `.creds` file for this service's NATS user, if the server requires one.
     pub credentials_file: Option<PathBuf>,
     /// How long to wait for the first connection before giving up. Default 5 s.
@@ -26,6 +32,8 @@ impl Default for NatsConfig {
     fn default() -> Self {
         Self {
             url: "nats://127.0.0.1:4222".into(),
+            user: None,
+            password: None,
             credentials_file: None,
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(5),
@@ -68,6 +76,14 @@ pub async fn connect(config: &NatsConfig, name: &str) -> Result<async_nats::Clie
         .name(name)
         .connection_timeout(config.connect_timeout)
         .request_timeout(Some(config.request_timeout));
+    if let Some(user) = &config.user {
+        let password = config
+            .password
+            .as_ref()
+            .map(|p| p.0.clone())
+            .unwrap_or_default();
+        options = options.user_and_password(user.clone(), password);
+    }
     if let Some(path) = &config.credentials_file {
         options = options
             .credentials_file(path)

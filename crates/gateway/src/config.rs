@@ -4,6 +4,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use bootstrap::config::Secret;
 use bootstrap::health::HealthConfig;
 use bootstrap::nats::NatsConfig;
 use bootstrap::service::ServiceConfig;
@@ -156,17 +157,6 @@ impl fmt::Debug for AuthConfig {
             .field("audience", &self.audience)
             .field("jwks_refetch_interval", &self.jwks_refetch_interval)
             .finish()
-    }
-}
-
-/// A secret that never appears in logs or `Debug` output.
-#[derive(Clone, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(pub String);
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("XXXXXXXX")
     }
 }
 
