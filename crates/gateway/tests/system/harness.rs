@@ -5,8 +5,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use bootstrap::config::Secret;
 use futures_util::{SinkExt, StreamExt};
-use gateway::config::{GatewayConfig, Secret};
+use gateway::config::GatewayConfig;
 use history::config::HistoryConfig;
 use jsonwebtoken::{EncodingKey, Header};
 use moderator::config::ModeratorConfig;
