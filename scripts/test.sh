@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs every test. Integration tests start nats-server in Docker through
-# testcontainers; CAVLO_TEST_NATS_IMAGE names the image. Unless it is set,
-# the image is built locally (scripts/nats-image.sh), so no registry is needed.
+# Runs every test: unit and integration tests (nats-server in Docker through
+# testcontainers), then the compose smoke test. CAVLO_TEST_NATS_IMAGE names
+# the NATS image; unless it is set, the image is built locally
+# (scripts/nats-image.sh), so no registry is needed.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -11,4 +12,5 @@ if [ -z "${CAVLO_TEST_NATS_IMAGE:-}" ]; then
   export CAVLO_TEST_NATS_IMAGE
 fi
 echo "testing against NATS image $CAVLO_TEST_NATS_IMAGE"
-cargo test --workspace --locked "$@"
+cargo test --workspace --locked
+scripts/compose-smoke.sh

@@ -1,0 +1,100 @@
+//! A cavlo client over a real WebSocket, for smoke checks and load.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use schemas::client::{ClientFrame, ServerFrame};
+use schemas::id::ConnId;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long to wait for one expected frame.
+pub const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Something went wrong talking to a gateway.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The socket failed or closed.
+    #[error("websocket: {0}")]
+    Socket(#[from] tokio_tungstenite::tungstenite::Error),
+    /// The gateway closed the socket.
+    #[error("closed by the gateway")]
+    Closed,
+    /// No frame came in time.
+    #[error("no frame within {FRAME_TIMEOUT:?}")]
+    TimedOut,
+    /// The gateway sent something unexpected.
+    #[error("unexpected frame: {0}")]
+    Unexpected(String),
+}
+
+/// One authenticated connection.
+pub struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// The id the gateway gave this connection.
+    pub conn_id: ConnId,
+}
+
+impl Client {
+    /// Connects to `url` (e.g. `ws://127.0.0.1:8080/ws`) and authenticates.
+    pub async fn connect(url: &str, token: &str) -> Result<Client, ClientError> {
+        let (ws, _) = tokio_tungstenite::connect_async(url).await?;
+        let mut client = Client {
+            ws,
+            conn_id: ConnId::from(""),
+        };
+        client
+            .send(&ClientFrame::Auth {
+                token: token.to_owned(),
+            })
+            .await?;
+        match client.recv().await? {
+            ServerFrame::Welcome { conn_id, .. } => client.conn_id = conn_id,
+            other => return Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+        Ok(client)
+    }
+
+    /// Sends one frame.
+    pub async fn send(&mut self, frame: &ClientFrame) -> Result<(), ClientError> {
+        let text = serde_json::to_string(frame).expect("client frames serialize");
+        self.ws.send(Message::text(text)).await?;
+        Ok(())
+    }
+
+    /// The next frame, within [`FRAME_TIMEOUT`].
+    pub async fn recv(&mut self) -> Result<ServerFrame, ClientError> {
+        loop {
+            let msg = tokio::time::timeout(FRAME_TIMEOUT, self.ws.next())
+                .await
+                .map_err(|_| ClientError::TimedOut)?
+                .ok_or(ClientError::Closed)??;
+            match msg {
+                Message::Text(text) => {
+                    return serde_json::from_str(&text)
+                        .map_err(|_| ClientError::Unexpected(text.to_string()));
+                }
+                Message::Close(_) => return Err(ClientError::Closed),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Waits for a frame `pick` accepts, skipping others.
+    pub async fn expect<T>(
+        &mut self,
+        mut pick: impl FnMut(ServerFrame) -> Option<T>,
+    ) -> Result<T, ClientError> {
+        loop {
+            if let Some(found) = pick(self.recv().await?) {
+                return Ok(found);
+            }
+        }
+    }
+
+    /// Closes the socket.
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}
