@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Smoke test of the compose deployment: brings compose.yaml up with locally
 # built images (scripts/up.sh), runs `loadgen smoke` through each gateway,
-# including the NATS permission check, and always takes everything down
-# again (volumes included).
+# including the NATS permission check, then short runs of the load modes
+# (which fail on any lost, duplicated or reordered message), and always
+# takes everything down again (volumes included).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -22,3 +23,9 @@ target/release/loadgen smoke \
   --gateway "ws://127.0.0.1:${CAVLO_GATEWAY_1_PORT:-8080}/ws" \
   --gateway "ws://127.0.0.1:${CAVLO_GATEWAY_2_PORT:-8081}/ws" \
   --nats-url "nats://127.0.0.1:${CAVLO_NATS_PORT:-4222}"
+# Within the default chat limit (100/min per connection): 6 clients, 5/s in all.
+target/release/loadgen fanout --rooms 2 --clients 3 --rate 5 --duration 3 \
+  --gateway "ws://127.0.0.1:${CAVLO_GATEWAY_1_PORT:-8080}/ws" \
+  --gateway "ws://127.0.0.1:${CAVLO_GATEWAY_2_PORT:-8081}/ws"
+target/release/loadgen connections --count 200 --hold 1 \
+  --gateway "ws://127.0.0.1:${CAVLO_GATEWAY_1_PORT:-8080}/ws"

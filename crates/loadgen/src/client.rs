@@ -1,12 +1,15 @@
 //! A cavlo client over a real WebSocket, for smoke checks and load.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use schemas::client::{ClientFrame, ServerFrame};
 use schemas::id::ConnId;
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// How long to wait for one expected frame.
@@ -17,7 +20,10 @@ pub const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum ClientError {
     /// The socket failed or closed.
     #[error("websocket: {0}")]
-    Socket(#[from] tokio_tungstenite::tungstenite::Error),
+    Socket(#[from] tungstenite::Error),
+    /// Opening the TCP connection failed.
+    #[error("connect: {0}")]
+    Io(#[from] std::io::Error),
     /// The gateway closed the socket.
     #[error("closed by the gateway")]
     Closed,
@@ -40,6 +46,39 @@ impl Client {
     /// Connects to `url` (e.g. `ws://127.0.0.1:8080/ws`) and authenticates.
     pub async fn connect(url: &str, token: &str) -> Result<Client, ClientError> {
         let (ws, _) = tokio_tungstenite::connect_async(url).await?;
+        Self::authenticate(ws, token).await
+    }
+
+    /// Connects from the local address `source`, so that many connections
+    /// can spread over several loopback addresses and their ephemeral ports.
+    pub async fn connect_from(
+        url: &str,
+        token: &str,
+        source: IpAddr,
+    ) -> Result<Client, ClientError> {
+        let request = url.into_client_request()?;
+        let host = request.uri().host().unwrap_or("127.0.0.1").to_owned();
+        let port = request.uri().port_u16().unwrap_or(80);
+        let target = tokio::net::lookup_host((host.as_str(), port))
+            .await?
+            .next()
+            .ok_or(ClientError::Closed)?;
+        let socket = if source.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.bind((source, 0).into())?;
+        let stream = socket.connect(target).await?;
+        let (ws, _) =
+            tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream)).await?;
+        Self::authenticate(ws, token).await
+    }
+
+    async fn authenticate(
+        ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+        token: &str,
+    ) -> Result<Client, ClientError> {
         let mut client = Client {
             ws,
             conn_id: ConnId::from(""),
@@ -65,19 +104,19 @@ impl Client {
 
     /// The next frame, within [`FRAME_TIMEOUT`].
     pub async fn recv(&mut self) -> Result<ServerFrame, ClientError> {
-        loop {
-            let msg = tokio::time::timeout(FRAME_TIMEOUT, self.ws.next())
-                .await
-                .map_err(|_| ClientError::TimedOut)?
-                .ok_or(ClientError::Closed)??;
-            match msg {
-                Message::Text(text) => {
-                    return serde_json::from_str(&text)
-                        .map_err(|_| ClientError::Unexpected(text.to_string()));
-                }
-                Message::Close(_) => return Err(ClientError::Closed),
-                _ => continue,
-            }
+        tokio::time::timeout(FRAME_TIMEOUT, self.next_frame())
+            .await
+            .map_err(|_| ClientError::TimedOut)?
+    }
+
+    /// The next frame, or `None` once `deadline` passes first.
+    pub async fn recv_until(
+        &mut self,
+        deadline: Instant,
+    ) -> Result<Option<ServerFrame>, ClientError> {
+        match tokio::time::timeout_at(deadline, self.next_frame()).await {
+            Ok(frame) => frame.map(Some),
+            Err(_) => Ok(None),
         }
     }
 
@@ -96,5 +135,18 @@ impl Client {
     /// Closes the socket.
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
+    }
+
+    async fn next_frame(&mut self) -> Result<ServerFrame, ClientError> {
+        loop {
+            match self.ws.next().await.ok_or(ClientError::Closed)?? {
+                Message::Text(text) => {
+                    return serde_json::from_str(&text)
+                        .map_err(|_| ClientError::Unexpected(text.to_string()));
+                }
+                Message::Close(_) => return Err(ClientError::Closed),
+                _ => continue,
+            }
+        }
     }
 }

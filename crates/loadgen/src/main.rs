@@ -1,13 +1,23 @@
-//! `loadgen`: speaks the cavlo protocol against running gateways.
+//! `loadgen`: speaks the cavlo protocol over real WebSockets against running
+//! gateways. Bounded in time and count, and meant for loopback only.
 //!
-//! * `smoke`: an end-to-end check through each gateway; exits non-zero on
-//!   the first failed step.
+//! * `smoke`: an end-to-end check through each gateway ([`smoke`]).
+//! * `fanout`: rooms of clients sending chat; throughput, latency and
+//!   correctness ([`fanout`], accounting in [`ledger`] and [`latency`]).
+//! * `connections`: many idle connections; what they cost ([`connections`]).
 
 mod client;
+mod connections;
+mod fanout;
+mod latency;
+mod ledger;
 mod smoke;
 mod token;
 
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -22,6 +32,9 @@ struct Cli {
         hide_env_values = true
     )]
     secret: String,
+    /// Print the report as JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -44,13 +57,59 @@ enum Command {
         #[arg(long, env = "CAVLO_NATS_GATEWAY_PASSWORD", hide_env_values = true)]
         nats_password: Option<String>,
     },
+    /// Rooms of clients all sending chat; fails if anything is lost,
+    /// duplicated or reordered.
+    Fanout {
+        /// Gateway WebSocket URLs; clients are spread over them.
+        #[arg(long = "gateway", required = true)]
+        gateways: Vec<String>,
+        /// Number of rooms.
+        #[arg(long, default_value_t = 10)]
+        rooms: usize,
+        /// Clients per room.
+        #[arg(long, default_value_t = 10)]
+        clients: usize,
+        /// Total chat messages per second; 0 sends as fast as acks allow.
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
+        /// Bytes of text per message.
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+        /// Seconds of sending (at most 600).
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
+        duration: u64,
+        /// Seconds to keep receiving after sending stops.
+        #[arg(long, default_value_t = 2)]
+        drain: u64,
+    },
+    /// Many idle authenticated connections to one gateway.
+    Connections {
+        /// The gateway's WebSocket URL.
+        #[arg(long)]
+        gateway: String,
+        /// Connections to open (at most 200 000).
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=200_000))]
+        count: u64,
+        /// Connections opened per second at most.
+        #[arg(long, default_value_t = 2000.0)]
+        ramp: f64,
+        /// Source addresses 127.0.0.1..=127.0.0.N, each with its own ephemeral ports.
+        #[arg(long, default_value_t = 4)]
+        sources: u8,
+        /// Seconds to hold the connections open (at most 600).
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=600))]
+        hold: u64,
+        /// The gateway's process id, to report its memory per connection.
+        #[arg(long)]
+        gateway_pid: Option<u32>,
+    },
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let minter = token::Minter::new(&cli.secret);
-    let result = match cli.command {
+    match cli.command {
         Command::Smoke {
             gateways,
             nats_url,
@@ -64,14 +123,157 @@ async fn main() -> ExitCode {
                     user: nats_user,
                     password,
                 });
-            smoke::run(&gateways, &minter, nats).await
+            match smoke::run(&gateways, &minter, nats).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("smoke: FAILED at {err}");
+                    ExitCode::FAILURE
+                }
+            }
         }
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("smoke: FAILED at {err}");
-            ExitCode::FAILURE
+        Command::Fanout {
+            gateways,
+            rooms,
+            clients,
+            rate,
+            size,
+            duration,
+            drain,
+        } => {
+            let plan = fanout::Plan {
+                gateways,
+                rooms,
+                clients_per_room: clients,
+                rate,
+                size,
+                duration: Duration::from_secs(duration),
+                drain: Duration::from_secs(drain),
+            };
+            let progress = Arc::new(fanout::Progress::default());
+            let ticker = tokio::spawn(show_progress(progress.clone(), |p: &fanout::Progress| {
+                format!(
+                    "sent {} acked {} delivered {}",
+                    p.sent.load(Ordering::Relaxed),
+                    p.acked.load(Ordering::Relaxed),
+                    p.delivered.load(Ordering::Relaxed)
+                )
+            }));
+            let result = fanout::run(&plan, &minter, progress).await;
+            ticker.abort();
+            match result {
+                Ok(report) => {
+                    print_report(cli.json, &report, || {
+                        let d = &report.delivery_latency;
+                        let a = &report.ack_latency;
+                        format!(
+                            "sent {} acked {} delivered {} in {:.1}s\n\
+                             deliveries/s {:.0}  acks/s {:.0}\n\
+                             delivery latency µs: p50 {} p90 {} p99 {} p99.9 {} max {}\n\
+                             ack latency µs:      p50 {} p90 {} p99 {} p99.9 {} max {}\n\
+                             errors {:?}\n\
+                             lost {} duplicated {} reordered {}",
+                            report.sent,
+                            report.acked,
+                            report.deliveries,
+                            report.seconds,
+                            report.deliveries_per_second,
+                            report.acks_per_second,
+                            d.p50,
+                            d.p90,
+                            d.p99,
+                            d.p999,
+                            d.max,
+                            a.p50,
+                            a.p90,
+                            a.p99,
+                            a.p999,
+                            a.max,
+                            report.errors,
+                            report.correctness.lost,
+                            report.correctness.duplicated,
+                            report.correctness.reordered
+                        )
+                    });
+                    if report.correctness.is_clean() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(err) => {
+                    eprintln!("fanout: {err}");
+                    ExitCode::FAILURE
+                }
+            }
         }
+        Command::Connections {
+            gateway,
+            count,
+            ramp,
+            sources,
+            hold,
+            gateway_pid,
+        } => {
+            let plan = connections::Plan {
+                gateway,
+                count: count as usize,
+                ramp,
+                sources,
+                hold: Duration::from_secs(hold),
+                gateway_pid,
+            };
+            let progress = Arc::new(connections::Progress::default());
+            let ticker = tokio::spawn(show_progress(
+                progress.clone(),
+                |p: &connections::Progress| {
+                    format!(
+                        "opened {} failed {}",
+                        p.opened.load(Ordering::Relaxed),
+                        p.failed.load(Ordering::Relaxed)
+                    )
+                },
+            ));
+            let report = connections::run(&plan, &minter, progress).await;
+            ticker.abort();
+            print_report(cli.json, &report, || {
+                format!(
+                    "opened {} in {:.1}s ({:.0}/s), failed {:?}\n\
+                     gateway RSS before {:?} KiB, held {:?} KiB, per connection {:?} bytes",
+                    report.opened,
+                    report.ramp_seconds,
+                    report.ramp_rate,
+                    report.failed,
+                    report.rss_before_kib,
+                    report.rss_held_kib,
+                    report.rss_per_connection_bytes
+                )
+            });
+            if report.failed.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+/// Prints a progress line to stderr every second.
+async fn show_progress<P>(progress: Arc<P>, line: impl Fn(&P) -> String) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        eprint!("\r{}   ", line(&progress));
+    }
+}
+
+fn print_report<R: serde::Serialize>(json: bool, report: &R, text: impl FnOnce() -> String) {
+    eprintln!();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(report).expect("reports serialize")
+        );
+    } else {
+        println!("{}", text());
     }
 }
