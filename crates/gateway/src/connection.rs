@@ -201,9 +201,11 @@ impl Connection {
         deliveries: &mut mpsc::Receiver<Arc<Delivery>>,
     ) -> Result<(), Exit> {
         tokio::select! {
-            Some(delivery) = deliveries.recv() => self.deliver(socket, &delivery).await,
+            Some(delivery) = deliveries.recv() => self.deliver_queued(socket, delivery, deliveries).await,
             frame = socket.next() => match frame {
-                Some(Ok(Message::Text(text))) => self.handle(socket, &text).await,
+                // Boxed: request handling is a large future, and inlining it would make
+                // every idle connection carry its size.
+                Some(Ok(Message::Text(text))) => Box::pin(self.handle(socket, &text)).await,
                 Some(Ok(Message::Binary(_))) => {
                     let error = ErrorFrame::new(ErrorCode::InvalidMessage, "binary frames are not part of the protocol");
                     self.reply(socket, ServerFrame::Error(error)).await
@@ -215,7 +217,22 @@ impl Connection {
         }
     }
 
-    /// Writes a delivery unless the client has it already or it is about
+    /// Writes `first` and whatever else is already queued, then flushes
+    /// once: under load one write carries many frames instead of one each.
+    async fn deliver_queued(
+        &mut self,
+        socket: &mut HyperWebsocketStream,
+        first: Arc<Delivery>,
+        deliveries: &mut mpsc::Receiver<Arc<Delivery>>,
+    ) -> Result<(), Exit> {
+        self.deliver(socket, &first).await?;
+        while let Ok(next) = deliveries.try_recv() {
+            self.deliver(socket, &next).await?;
+        }
+        write(socket.flush(), &self.shared).await
+    }
+
+    /// Buffers a delivery unless the client has it already or it is about
     /// the client itself.
     async fn deliver(
         &mut self,
@@ -234,7 +251,11 @@ impl Connection {
         if delivery.about.as_ref() == Some(&self.member.conn_id) {
             return Ok(());
         }
-        send(socket, delivery.frame.clone(), &self.shared).await
+        write(
+            socket.feed(Message::Text(delivery.frame.clone())),
+            &self.shared,
+        )
+        .await
     }
 
     async fn handle(&mut self, socket: &mut HyperWebsocketStream, text: &str) -> Result<(), Exit> {
@@ -447,18 +468,21 @@ impl Connection {
     }
 }
 
-/// Writes one text frame, giving up on a socket blocked past the write timeout.
+/// Writes one text frame and flushes it.
 async fn send(
     socket: &mut HyperWebsocketStream,
     text: Utf8Bytes,
     shared: &Shared,
 ) -> Result<(), Exit> {
-    match tokio::time::timeout(
-        shared.config.write_timeout,
-        socket.send(Message::Text(text)),
-    )
-    .await
-    {
+    write(socket.send(Message::Text(text)), shared).await
+}
+
+/// Runs a socket write, giving up on a socket blocked past the write timeout.
+async fn write(
+    op: impl std::future::Future<Output = Result<(), WsError>>,
+    shared: &Shared,
+) -> Result<(), Exit> {
+    match tokio::time::timeout(shared.config.write_timeout, op).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) | Err(_) => Err(Exit::Gone),
     }

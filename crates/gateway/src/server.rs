@@ -172,7 +172,8 @@ impl Server {
         }
         let ws_config = WebSocketConfig::default()
             .max_message_size(Some(self.shared.config.max_frame_bytes))
-            .max_frame_size(Some(self.shared.config.max_frame_bytes));
+            .max_frame_size(Some(self.shared.config.max_frame_bytes))
+            .read_buffer_size(self.shared.config.socket_read_buffer_bytes);
         let (response, websocket) = match hyper_tungstenite::upgrade(&mut req, Some(ws_config)) {
             Ok(upgrade) => upgrade,
             Err(_) => return plain(StatusCode::BAD_REQUEST, "invalid WebSocket handshake"),
