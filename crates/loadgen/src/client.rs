@@ -1,6 +1,6 @@
 //! A cavlo client over a real WebSocket, for smoke checks and load.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -33,6 +33,32 @@ pub enum ClientError {
     /// The gateway sent something unexpected.
     #[error("unexpected frame: {0}")]
     Unexpected(String),
+    /// The URL does not point at this machine.
+    #[error("{0} is not a loopback address; loadgen only targets this machine")]
+    NotLoopback(String),
+}
+
+/// Where `request` goes, if that is a loopback address: loadgen loads this
+/// machine's own test systems and nothing else.
+async fn loopback_target(
+    request: &tungstenite::handshake::client::Request,
+) -> Result<SocketAddr, ClientError> {
+    let host = request
+        .uri()
+        .host()
+        .unwrap_or_default()
+        .trim_matches(['[', ']'])
+        .to_owned();
+    let port = request.uri().port_u16().unwrap_or(80);
+    let target = tokio::net::lookup_host((host.as_str(), port))
+        .await?
+        .next()
+        .ok_or(ClientError::Closed)?;
+    if target.ip().is_loopback() {
+        Ok(target)
+    } else {
+        Err(ClientError::NotLoopback(host))
+    }
 }
 
 /// One authenticated connection.
@@ -45,30 +71,27 @@ pub struct Client {
 impl Client {
     /// Connects to `url` (e.g. `ws://127.0.0.1:8080/ws`) and authenticates.
     pub async fn connect(url: &str, token: &str) -> Result<Client, ClientError> {
-        let (ws, _) = tokio_tungstenite::connect_async(url).await?;
-        Self::authenticate(ws, token).await
+        Self::connect_from(url, token, None).await
     }
 
-    /// Connects from the local address `source`, so that many connections
-    /// can spread over several loopback addresses and their ephemeral ports.
+    /// Like [`Client::connect`], from the local address `source` if given, so
+    /// that many connections can spread over several loopback addresses and
+    /// their ephemeral ports.
     pub async fn connect_from(
         url: &str,
         token: &str,
-        source: IpAddr,
+        source: Option<IpAddr>,
     ) -> Result<Client, ClientError> {
         let request = url.into_client_request()?;
-        let host = request.uri().host().unwrap_or("127.0.0.1").to_owned();
-        let port = request.uri().port_u16().unwrap_or(80);
-        let target = tokio::net::lookup_host((host.as_str(), port))
-            .await?
-            .next()
-            .ok_or(ClientError::Closed)?;
-        let socket = if source.is_ipv4() {
+        let target = loopback_target(&request).await?;
+        let socket = if target.is_ipv4() {
             TcpSocket::new_v4()?
         } else {
             TcpSocket::new_v6()?
         };
-        socket.bind((source, 0).into())?;
+        if let Some(source) = source {
+            socket.bind((source, 0).into())?;
+        }
         let stream = socket.connect(target).await?;
         let (ws, _) =
             tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream)).await?;
@@ -147,6 +170,28 @@ impl Client {
                 Message::Close(_) => return Err(ClientError::Closed),
                 _ => continue,
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn only_loopback_targets_are_accepted() {
+        const CASES: &[(&str, bool)] = &[
+            ("ws://127.0.0.1:8080/ws", true),
+            ("ws://127.0.0.7:8080/ws", true),
+            ("ws://[::1]:8080/ws", true),
+            ("ws://10.1.2.3:8080/ws", false),
+            ("ws://192.168.0.10/ws", false),
+            ("ws://8.8.8.8/ws", false),
+        ];
+        for (url, ok) in CASES {
+            let request = url.into_client_request().unwrap();
+            let result = loopback_target(&request).await;
+            assert_eq!(result.is_ok(), *ok, "{url}: {result:?}");
         }
     }
 }

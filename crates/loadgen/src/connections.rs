@@ -89,7 +89,7 @@ pub async fn run(plan: &Plan, minter: &Minter, progress: Arc<Progress>) -> Repor
             progress.clone(),
         );
         tasks.spawn(async move {
-            match Client::connect_from(&url, &token, source).await {
+            match Client::connect_from(&url, &token, Some(source)).await {
                 Ok(client) => {
                     held.lock().await.push(client);
                     progress.opened.fetch_add(1, Ordering::Relaxed);
