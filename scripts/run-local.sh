@@ -14,6 +14,7 @@ mkdir -p "$state"
 
 export CAVLO_NATS__URL="${CAVLO_NATS__URL:-nats://127.0.0.1:4222}"
 export CAVLO_GATEWAY__AUTH__HS256_SECRET="${CAVLO_GATEWAY__AUTH__HS256_SECRET:-local-dev-secret-change-me}"
+export CAVLO_GATEWAY__DEV_TOKENS="${CAVLO_GATEWAY__DEV_TOKENS:-true}"
 
 pids=()
 stop() {
@@ -37,7 +38,8 @@ CAVLO_GATEWAY__LISTEN=127.0.0.1:8081 CAVLO_GATEWAY__ID=gw-2 target/release/gatew
 
 cat <<MSG
 
-cavlo is running: ws://127.0.0.1:8080/ws and ws://127.0.0.1:8081/ws
+cavlo is running: open http://localhost:8080/ in two browser windows
+(gateways: ws://127.0.0.1:8080/ws and ws://127.0.0.1:8081/ws)
 health:            http://127.0.0.1:8080/health
 a token for alice: $(scripts/dev-token.sh alice)
 Ctrl-C stops everything.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test: unit and integration tests (nats-server in Docker through
-# testcontainers), then the compose smoke test. CAVLO_TEST_NATS_IMAGE names
+# testcontainers), the compose smoke test, then the demo in a real browser. CAVLO_TEST_NATS_IMAGE names
 # the NATS image; unless it is set, the image is built locally
 # (scripts/nats-image.sh), so no registry is needed.
 set -euo pipefail
@@ -14,3 +14,4 @@ fi
 echo "testing against NATS image $CAVLO_TEST_NATS_IMAGE"
 cargo test --workspace --locked
 scripts/compose-smoke.sh
+scripts/browser-test.sh

@@ -19,6 +19,8 @@ if [ ! -f .env ]; then
     echo "CAVLO_NATS_MODERATOR_PASSWORD=$(secret)"
     echo "CAVLO_NATS_HISTORY_PASSWORD=$(secret)"
     echo "CAVLO_GATEWAY__AUTH__HS256_SECRET=$(secret)"
+    echo "# The demo's development tokens: anyone who can reach a gateway gets in."
+    echo "CAVLO_GATEWAY__DEV_TOKENS=true"
     echo "CAVLO_NATS_IMAGE=cavlo-local/nats:2.14.0"
     echo "CAVLO_IMAGE_PREFIX=cavlo-local"
   } > .env
@@ -35,4 +37,5 @@ for port in "${CAVLO_GATEWAY_1_PORT:-8080}" "${CAVLO_GATEWAY_2_PORT:-8081}"; do
   done
 done
 echo "cavlo is up: ws://127.0.0.1:${CAVLO_GATEWAY_1_PORT:-8080}/ws and ws://127.0.0.1:${CAVLO_GATEWAY_2_PORT:-8081}/ws"
+echo "open http://localhost:${CAVLO_GATEWAY_1_PORT:-8080}/ in two browser windows"
 echo "a token for alice: $(scripts/dev-token.sh alice "$CAVLO_GATEWAY__AUTH__HS256_SECRET")"

@@ -145,7 +145,7 @@ fn classify(err: jsonwebtoken::errors::Error) -> AuthError {
 
 /// A display name fit for other users' screens: no control characters, at
 /// most [`MAX_NAME_CHARS`] characters.
-fn display_name(raw: &str) -> String {
+pub(crate) fn display_name(raw: &str) -> String {
     raw.chars()
         .filter(|c| !c.is_control())
         .take(MAX_NAME_CHARS)

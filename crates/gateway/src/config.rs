@@ -93,6 +93,13 @@ pub struct GatewayConfig {
     /// moderator's `gateway_timeout`. Default 9 s.
     #[serde(with = "humantime_serde")]
     pub gateway_timeout: Duration,
+    /// Serve `POST /auth/dev-token`, which hands anyone a short-lived HS256
+    /// token for a display name. For local development and demos only: it
+    /// lets anybody in. Needs `auth.hs256_secret`. Default off.
+    pub dev_tokens: bool,
+    /// How long a development token is valid. Default 1 h.
+    #[serde(with = "humantime_serde")]
+    pub dev_token_ttl: Duration,
     /// Token verification.
     pub auth: AuthConfig,
 }
@@ -115,6 +122,8 @@ impl Default for GatewayConfig {
             history_limit: 50,
             heartbeat_interval: Duration::from_secs(3),
             gateway_timeout: Duration::from_secs(9),
+            dev_tokens: false,
+            dev_token_ttl: Duration::from_secs(3600),
             auth: AuthConfig::default(),
         }
     }

@@ -14,6 +14,7 @@
 //! * [`departures`]: reliable "left the room" notices for closed connections.
 //! * [`cluster`]: heartbeats, and removing dead gateways' members.
 //! * [`auth`] and [`jwks`]: token verification.
+//! * `web`: the embedded demo app and SDK, and development tokens.
 
 pub mod auth;
 pub mod bus;
@@ -24,6 +25,7 @@ pub mod departures;
 pub mod hub;
 pub mod jwks;
 pub mod server;
+mod web;
 
 use std::sync::Arc;
 

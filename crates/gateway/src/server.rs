@@ -87,6 +87,11 @@ pub async fn run(
         client,
     });
     tracing::info!(gateway = %server.shared.id, addr = ?listener.local_addr().ok(), "gateway ready");
+    if server.shared.config.dev_tokens {
+        tracing::warn!(
+            "dev tokens are on: anyone can get a token at POST /auth/dev-token; never in production"
+        );
+    }
 
     tokio::pin!(shutdown);
     loop {
@@ -109,7 +114,7 @@ pub async fn run(
         server.tasks.spawn(async move {
             let service = service_fn(move |req| {
                 let server = server_for_conn.clone();
-                async move { Ok::<_, Infallible>(server.route(req)) }
+                async move { Ok::<_, Infallible>(server.route(req).await) }
             });
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -153,11 +158,15 @@ struct Server {
 type HttpResponse = Response<Full<Bytes>>;
 
 impl Server {
-    fn route(&self, req: Request<Incoming>) -> HttpResponse {
+    async fn route(&self, req: Request<Incoming>) -> HttpResponse {
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/ws") => self.upgrade(req),
             (&Method::GET, "/health") => self.health(),
             (&Method::GET, "/ready") => readiness_response(nats_connected(&self.client)),
+            (&Method::POST, "/auth/dev-token") => crate::web::dev_token(&self.shared, req).await,
+            (&Method::GET, path) => {
+                crate::web::file(path).unwrap_or_else(|| plain(StatusCode::NOT_FOUND, "not found"))
+            }
             _ => plain(StatusCode::NOT_FOUND, "not found"),
         }
     }

@@ -1,0 +1,128 @@
+//! What the gateway serves over plain HTTP besides the WebSocket: the demo
+//! app and client SDK (embedded in the binary, so a gateway is all a demo
+//! needs) and, when enabled, development tokens.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode, header};
+use jsonwebtoken::{EncodingKey, Header};
+use serde::Deserialize;
+
+use crate::Shared;
+
+/// The demo app and the SDK, by path.
+const FILES: &[(&str, &str, &str)] = &[
+    (
+        "/",
+        "text/html; charset=utf-8",
+        include_str!("../../../web/index.html"),
+    ),
+    (
+        "/index.html",
+        "text/html; charset=utf-8",
+        include_str!("../../../web/index.html"),
+    ),
+    (
+        "/app.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../../web/app.js"),
+    ),
+    (
+        "/cavlo.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../../web/cavlo.js"),
+    ),
+    (
+        "/style.css",
+        "text/css; charset=utf-8",
+        include_str!("../../../web/style.css"),
+    ),
+];
+
+/// Largest dev-token request body; it only carries a name.
+const MAX_DEV_TOKEN_BODY: usize = 1024;
+
+/// A static file, if `path` names one.
+pub fn file(path: &str) -> Option<Response<Full<Bytes>>> {
+    let (_, content_type, body) = FILES.iter().find(|(p, _, _)| *p == path)?;
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    // Rendered chat is text, never HTML; this forbids inline script besides.
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        header::HeaderValue::from_static(
+            "default-src 'self'; connect-src 'self' ws: wss:; media-src 'self' blob:",
+        ),
+    );
+    Some(response)
+}
+
+#[derive(Deserialize)]
+struct DevTokenRequest {
+    name: String,
+}
+
+/// `POST /auth/dev-token` with `{"name": "…"}` → `{"token": "…"}`.
+pub async fn dev_token(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let json = bootstrap::health::json;
+    let secret = match (&shared.config.auth.hs256_secret, shared.config.dev_tokens) {
+        (Some(secret), true) => secret,
+        _ => {
+            return json(
+                StatusCode::NOT_FOUND,
+                serde_json::json!({"error": "dev tokens are disabled"}),
+            );
+        }
+    };
+    let body = match Limited::new(req.into_body(), MAX_DEV_TOKEN_BODY)
+        .collect()
+        .await
+    {
+        Ok(body) => body.to_bytes(),
+        Err(_) => {
+            return json(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                serde_json::json!({"error": "body too large"}),
+            );
+        }
+    };
+    let name = match serde_json::from_slice::<DevTokenRequest>(&body) {
+        Ok(request) => crate::auth::display_name(&request.name),
+        Err(_) => {
+            return json(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({"error": "expected {\"name\": \"…\"}"}),
+            );
+        }
+    };
+    if name.is_empty() {
+        return json(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({"error": "name is empty"}),
+        );
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    let claims = serde_json::json!({
+        "sub": format!("dev-{}", nuid::next()),
+        "name": name,
+        "exp": now + shared.config.dev_token_ttl.as_secs(),
+    });
+    // HS256 with a byte key cannot fail to sign.
+    let token = jsonwebtoken::encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(secret.0.as_bytes()),
+    )
+    .expect("HS256 signing cannot fail");
+    json(StatusCode::OK, serde_json::json!({"token": token}))
+}

@@ -1,0 +1,137 @@
+"""A whole cavlo system of real processes, and a real Chromium, for the demo tests.
+
+The system is nats-server (the binary scripts/nats-server.sh provides) and
+the release binaries of history, moderator and two gateways, on free
+loopback ports, with development tokens on. Each test gets a fresh one.
+"""
+
+import os
+import pathlib
+import socket
+import subprocess
+import time
+import urllib.request
+
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+BIN = ROOT / "target" / "release"
+CHROMIUM = os.environ.get("CAVLO_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+]
+OUT = ROOT / "target" / "browser-tests"
+STARTUP_SECONDS = 30
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(url):
+    """Polls url until it answers 200: a new process has no other way to say it is ready."""
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} never became ready")
+        time.sleep(0.1)
+
+
+class System:
+    def __init__(self, tmp):
+        self.tmp = tmp
+        self.procs = {}
+        self.gateway_ports = [free_port(), free_port()]
+        nats_port, monitor_port = free_port(), free_port()
+        origins = ",".join(f"http://127.0.0.1:{p}" for p in self.gateway_ports)
+        self.env = {
+            **os.environ,
+            "CAVLO_NATS__URL": f"nats://127.0.0.1:{nats_port}",
+            "CAVLO_GATEWAY__AUTH__HS256_SECRET": "browser-test-secret",
+            "CAVLO_GATEWAY__DEV_TOKENS": "true",
+            "CAVLO_GATEWAY__ALLOWED_ORIGINS": f"[{origins}]",
+            "CAVLO_LOG__FILTER": "warn",
+        }
+        nats = subprocess.check_output([ROOT / "scripts" / "nats-server.sh"], text=True).strip()
+        self.start("nats", [nats, "--jetstream", "--store_dir", str(tmp / "js"), "--addr", "127.0.0.1",
+                            "--port", str(nats_port), "--http_port", str(monitor_port)])
+        wait_for(f"http://127.0.0.1:{monitor_port}/healthz")
+        self.start("history", [BIN / "history"])
+        self.start("moderator", [BIN / "moderator"])
+        for i, port in enumerate(self.gateway_ports):
+            self.start(f"gateway{i + 1}", [BIN / "gateway"], CAVLO_GATEWAY__LISTEN=f"127.0.0.1:{port}",
+                       CAVLO_GATEWAY__ID=f"gateway-{i + 1}")
+        for port in self.gateway_ports:
+            wait_for(f"http://127.0.0.1:{port}/ready")
+
+    def start(self, name, argv, **env):
+        log = open(self.tmp / f"{name}.log", "w")
+        self.procs[name] = subprocess.Popen([str(a) for a in argv], env={**self.env, **env}, stdout=log, stderr=log)
+
+    def kill(self, name):
+        self.procs[name].kill()
+        self.procs[name].wait()
+
+    def stop(self):
+        for proc in reversed(list(self.procs.values())):
+            proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    def page_url(self, own, other):
+        """The demo on gateway `own`, failing over to gateway `other`."""
+        return (f"http://127.0.0.1:{self.gateway_ports[own]}/"
+                f"?gateways=ws://127.0.0.1:{self.gateway_ports[other]}/ws")
+
+
+@pytest.fixture
+def system(tmp_path):
+    system = System(tmp_path)
+    yield system
+    system.stop()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    OUT.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def open_demo(browser):
+    """Opens the demo at `url` and enters `room` as `name`."""
+    contexts = []
+
+    def open_demo(url, name, room):
+        context = browser.new_context(viewport={"width": 1100, "height": 760})
+        contexts.append(context)
+        page = context.new_page()
+        page.goto(url)
+        page.fill("#name", name)
+        page.fill("#room", room)
+        page.click("#login button")
+        expect(page.locator("#status")).to_have_text("open")
+        expect(page.locator("#login")).to_be_hidden()
+        return page
+
+    yield open_demo
+    for context in contexts:
+        context.close()

@@ -1,0 +1,106 @@
+"""The demo app in a real browser, two pages on two different gateways."""
+
+import time
+import uuid
+
+from playwright.sync_api import expect
+
+from conftest import OUT
+
+TIMEOUT_MS = 20_000
+
+
+def room():
+    return f"room-{uuid.uuid4().hex[:12]}"
+
+
+def say(page, text):
+    page.fill("#text", text)
+    page.press("#text", "Enter")
+
+
+def messages(page, text):
+    return page.locator("#messages li", has_text=text)
+
+
+def test_pages_on_different_gateways_see_each_other_and_chat(system, open_demo):
+    r = room()
+    ann = open_demo(system.page_url(0, 1), "Ann", r)
+    bob = open_demo(system.page_url(1, 0), "Bob", r)
+    expect(ann.locator("#members li", has_text="Bob")).to_have_count(1, timeout=TIMEOUT_MS)
+    expect(bob.locator("#members li", has_text="Ann")).to_have_count(1, timeout=TIMEOUT_MS)
+
+    say(ann, "hello from gateway one")
+    expect(messages(bob, "hello from gateway one")).to_have_count(1, timeout=TIMEOUT_MS)
+    say(bob, "and back from gateway two")
+    expect(messages(ann, "and back from gateway two")).to_have_count(1, timeout=TIMEOUT_MS)
+
+
+def test_markup_is_shown_as_text_and_runs_nothing(system, open_demo):
+    r = room()
+    ann = open_demo(system.page_url(0, 1), "Ann", r)
+    bob = open_demo(system.page_url(1, 0), "Bob", r)
+    say(ann, 'look <img src=x onerror="window.__xss=1"> here <script>window.__xss=2</script> now')
+    say(ann, "1 < 2 && 3 > 2")
+    for page in (ann, bob):
+        expect(messages(page, "look")).to_have_count(1, timeout=TIMEOUT_MS)
+        expect(messages(page, "1 < 2 && 3 > 2")).to_have_count(1, timeout=TIMEOUT_MS)
+        assert page.locator("#messages img, #messages script").count() == 0
+        assert page.evaluate("window.__xss") is None
+
+
+VIDEO_STATE = """[...document.querySelectorAll('#videos video')]
+                 .map(v => ({title: v.title, peer: v.dataset.peerState || null,
+                             width: v.videoWidth, time: v.currentTime}))"""
+
+
+def playing_remote_video(page):
+    """A remote <video> whose peer connection is connected and whose frames advance."""
+    def remote_time():
+        times = [v["time"] for v in page.evaluate(VIDEO_STATE) if v["peer"] == "connected" and v["width"] > 0]
+        return max(times, default=None)
+
+    deadline = time.monotonic() + TIMEOUT_MS / 1000
+    first = None
+    while time.monotonic() < deadline:
+        now = remote_time()
+        if first is None and now:
+            first = now
+        elif first is not None and now is not None and now > first + 0.5:
+            return
+        page.wait_for_timeout(100)
+    raise AssertionError(f"no remote video playing: {page.evaluate(VIDEO_STATE)}")
+
+
+def test_video_call_connects_and_plays(system, open_demo):
+    r = room()
+    ann = open_demo(system.page_url(0, 1), "Ann", r)
+    bob = open_demo(system.page_url(1, 0), "Bob", r)
+    expect(ann.locator("#members li", has_text="Bob")).to_have_count(1, timeout=TIMEOUT_MS)
+    ann.click("#call")
+    bob.click("#call")
+    playing_remote_video(ann)
+    playing_remote_video(bob)
+    ann.screenshot(path=str(OUT / "call.png"))
+
+
+def test_a_page_fails_over_when_its_gateway_dies(system, open_demo):
+    r = room()
+    ann = open_demo(system.page_url(0, 1), "Ann", r)
+    bob = open_demo(system.page_url(1, 0), "Bob", r)
+    expect(ann.locator("#members li", has_text="Bob")).to_have_count(1, timeout=TIMEOUT_MS)
+
+    system.kill("gateway1")
+    expect(ann.locator("#status")).not_to_have_text("open", timeout=TIMEOUT_MS)
+    say(ann, "typed while disconnected")
+    say(bob, "sent while ann was away")
+    expect(ann.locator("#status")).to_have_text("open", timeout=TIMEOUT_MS)
+
+    expect(messages(ann, "sent while ann was away")).to_have_count(1, timeout=TIMEOUT_MS)
+    expect(messages(bob, "typed while disconnected")).to_have_count(1, timeout=TIMEOUT_MS)
+    # Nothing arrives twice later either: one more round trip, then count again.
+    say(bob, "marker")
+    expect(messages(ann, "marker")).to_have_count(1, timeout=TIMEOUT_MS)
+    expect(messages(ann, "sent while ann was away")).to_have_count(1)
+    expect(messages(bob, "typed while disconnected")).to_have_count(1)
+    expect(ann.locator("#messages li.pending")).to_have_count(0)
