@@ -262,3 +262,72 @@ async fn es256_tokens_verify_against_a_jwks_and_unknown_kids_are_rate_limited() 
     .await;
     system.shutdown().await;
 }
+
+#[tokio::test]
+async fn dev_tokens_are_off_by_default_and_authenticate_when_on() {
+    use crate::harness::http;
+    let off = System::start(Options {
+        gateways: 1,
+        ..Options::default()
+    })
+    .await;
+    let (status, _) = http(
+        off.gateways[0],
+        "POST",
+        "/auth/dev-token",
+        r#"{"name":"Ann"}"#,
+    )
+    .await;
+    assert_eq!(status, 404, "off unless configured");
+    off.shutdown().await;
+
+    let gateway = GatewayConfig {
+        dev_tokens: true,
+        ..Options::default().gateway
+    };
+    let on = System::start(Options {
+        gateways: 1,
+        gateway,
+        ..Options::default()
+    })
+    .await;
+    let g = on.gateways[0];
+    let (status, body) = http(g, "POST", "/auth/dev-token", r#"{"name":"  Ann\u0000 "}"#).await;
+    assert_eq!(status, 200, "{body}");
+    let token = serde_json::from_str::<serde_json::Value>(&body).unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut ann = Client::from_socket(Client::open(g).await);
+    ann.send(&ClientFrame::Auth { token }).await;
+    match ann.recv().await {
+        ServerFrame::Welcome { user, .. } => {
+            assert_eq!(user.name, "Ann", "the name is cleaned");
+            assert!(user.id.as_str().starts_with("dev-"));
+        }
+        other => panic!("expected welcome, got {other:?}"),
+    }
+    for (case, body) in [
+        ("not JSON", "name=Ann"),
+        ("empty name", r#"{"name":"   "}"#),
+        ("no name", "{}"),
+    ] {
+        let (status, _) = http(g, "POST", "/auth/dev-token", body).await;
+        assert_eq!(status, 400, "{case}");
+    }
+    let (status, _) = http(
+        g,
+        "POST",
+        "/auth/dev-token",
+        &format!(r#"{{"name":"{}"}}"#, "x".repeat(2000)),
+    )
+    .await;
+    assert_eq!(status, 413, "oversized body");
+    let (status, page) = http(g, "GET", "/", "").await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("<title>cavlo demo</title>"),
+        "the demo is served at /"
+    );
+    on.shutdown().await;
+}
