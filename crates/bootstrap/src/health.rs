@@ -63,6 +63,25 @@ pub fn nats_connected(client: &async_nats::Client) -> Result<(), String> {
     }
 }
 
+/// A readiness check: NATS connected and every JetStream stream in
+/// `streams` present.
+pub fn streams_ready(client: &async_nats::Client, streams: &'static [&'static str]) -> Check {
+    let client = client.clone();
+    Arc::new(move || {
+        let client = client.clone();
+        Box::pin(async move {
+            nats_connected(&client)?;
+            let js = async_nats::jetstream::new(client);
+            for stream in streams {
+                js.get_stream(*stream)
+                    .await
+                    .map_err(|err| format!("stream {stream}: {err}"))?;
+            }
+            Ok(())
+        })
+    })
+}
+
 /// Serves `/health` and `/ready` on `listener` for the life of the process.
 pub async fn serve(listener: TcpListener, ready: Check) {
     loop {

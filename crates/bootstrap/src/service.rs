@@ -13,14 +13,23 @@ use crate::health::{Check, HealthConfig};
 use crate::nats::NatsConfig;
 use crate::telemetry::LogConfig;
 
-/// A service's whole configuration: its own section plus the shared ones.
+/// A service's whole configuration: its own section plus [`Common`].
 pub trait ServiceConfig: Default + Serialize + DeserializeOwned {
-    /// The `[nats]` section.
-    fn nats(&self) -> &NatsConfig;
-    /// The `[log]` section.
-    fn log(&self) -> &LogConfig;
-    /// The `[health]` section.
-    fn health(&self) -> &HealthConfig;
+    /// The sections every service has.
+    fn common(&self) -> &Common;
+}
+
+/// The sections every service reads: `[nats]`, `[log]` and `[health]`.
+/// Services flatten it into their `Config`, so the keys stay top-level.
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct Common {
+    /// `[nats]`
+    pub nats: NatsConfig,
+    /// `[log]`
+    pub log: LogConfig,
+    /// `[health]`
+    pub health: HealthConfig,
 }
 
 /// The shutdown future handed to a service.
@@ -57,15 +66,15 @@ where
             return ExitCode::FAILURE;
         }
     };
-    crate::telemetry::init(config.log());
-    let client = match crate::nats::connect(config.nats(), name).await {
+    crate::telemetry::init(&config.common().log);
+    let client = match crate::nats::connect(&config.common().nats, name).await {
         Ok(client) => client,
         Err(err) => {
             tracing::error!(cause = %err, "cannot start");
             return ExitCode::FAILURE;
         }
     };
-    if let Some(addr) = config.health().listen {
+    if let Some(addr) = config.common().health.listen {
         match tokio::net::TcpListener::bind(addr).await {
             Ok(listener) => drop(tokio::spawn(crate::health::serve(listener, ready(&client)))),
             Err(err) => {

@@ -5,37 +5,23 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bootstrap::config::Secret;
-use bootstrap::health::HealthConfig;
-use bootstrap::nats::NatsConfig;
-use bootstrap::service::ServiceConfig;
-use bootstrap::telemetry::LogConfig;
+use bootstrap::service::{Common, ServiceConfig};
 use serde::{Deserialize, Serialize};
 
 /// Everything the gateway binary reads (see [`bootstrap::config`]).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Config {
-    /// `[nats]`
-    pub nats: NatsConfig,
-    /// `[log]`
-    pub log: LogConfig,
-    /// `[health]`
-    pub health: HealthConfig,
+    /// `[nats]`, `[log]`, `[health]`
+    #[serde(flatten)]
+    pub common: Common,
     /// `[gateway]`
     pub gateway: GatewayConfig,
 }
 
 impl ServiceConfig for Config {
-    fn nats(&self) -> &NatsConfig {
-        &self.nats
-    }
-
-    fn log(&self) -> &LogConfig {
-        &self.log
-    }
-
-    fn health(&self) -> &HealthConfig {
-        &self.health
+    fn common(&self) -> &Common {
+        &self.common
     }
 }
 

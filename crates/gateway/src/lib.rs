@@ -42,11 +42,7 @@ pub use crate::server::{RunError, run};
 
 /// Ready when NATS is connected (also served at `/ready` on the gateway's port).
 pub fn readiness(client: &async_nats::Client) -> bootstrap::health::Check {
-    let client = client.clone();
-    Arc::new(move || {
-        let result = bootstrap::health::nats_connected(&client);
-        Box::pin(async move { result })
-    })
+    bootstrap::health::streams_ready(client, &[])
 }
 
 /// What every connection task shares.

@@ -66,18 +66,7 @@ pub async fn start(client: Client, config: HistoryConfig) -> Result<Running, Run
 
 /// Ready when NATS is connected and the chat stream exists.
 pub fn readiness(client: &Client) -> bootstrap::health::Check {
-    let client = client.clone();
-    std::sync::Arc::new(move || {
-        let client = client.clone();
-        Box::pin(async move {
-            bootstrap::health::nats_connected(&client)?;
-            let js = async_nats::jetstream::new(client);
-            js.get_stream(subject::CHAT_STREAM)
-                .await
-                .map_err(|err| format!("chat stream: {err}"))?;
-            Ok(())
-        })
-    })
+    bootstrap::health::streams_ready(client, &[subject::CHAT_STREAM])
 }
 
 /// Starts history and runs it until `shutdown` resolves.

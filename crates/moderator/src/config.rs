@@ -2,22 +2,16 @@
 
 use std::time::Duration;
 
-use bootstrap::health::HealthConfig;
-use bootstrap::nats::NatsConfig;
-use bootstrap::service::ServiceConfig;
-use bootstrap::telemetry::LogConfig;
+use bootstrap::service::{Common, ServiceConfig};
 use serde::{Deserialize, Serialize};
 
 /// Everything the moderator binary reads (see [`bootstrap::config`]).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Config {
-    /// `[nats]`
-    pub nats: NatsConfig,
-    /// `[log]`
-    pub log: LogConfig,
-    /// `[health]`
-    pub health: HealthConfig,
+    /// `[nats]`, `[log]`, `[health]`
+    #[serde(flatten)]
+    pub common: Common,
     /// `[moderator]`
     pub moderator: ModeratorConfig,
 }
@@ -94,15 +88,7 @@ impl Default for ModeratorConfig {
 }
 
 impl ServiceConfig for Config {
-    fn nats(&self) -> &NatsConfig {
-        &self.nats
-    }
-
-    fn log(&self) -> &LogConfig {
-        &self.log
-    }
-
-    fn health(&self) -> &HealthConfig {
-        &self.health
+    fn common(&self) -> &Common {
+        &self.common
     }
 }

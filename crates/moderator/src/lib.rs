@@ -128,21 +128,7 @@ pub async fn start(client: Client, config: ModeratorConfig) -> Result<Running, R
 
 /// Ready when NATS is connected and the chat stream and rooms bucket exist.
 pub fn readiness(client: &Client) -> bootstrap::health::Check {
-    let client = client.clone();
-    std::sync::Arc::new(move || {
-        let client = client.clone();
-        Box::pin(async move {
-            bootstrap::health::nats_connected(&client)?;
-            let js = async_nats::jetstream::new(client);
-            js.get_stream(subject::CHAT_STREAM)
-                .await
-                .map_err(|err| format!("chat stream: {err}"))?;
-            js.get_key_value(subject::ROOMS_BUCKET)
-                .await
-                .map_err(|err| format!("rooms bucket: {err}"))?;
-            Ok(())
-        })
-    })
+    bootstrap::health::streams_ready(client, &[subject::CHAT_STREAM, subject::ROOMS_STREAM])
 }
 
 /// Starts a moderator and runs it until `shutdown` resolves.

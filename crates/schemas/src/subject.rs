@@ -76,6 +76,10 @@ pub const GATEWAY_HEARTBEAT: &str = "cavlo.gateway.heartbeat";
 /// so a room's capacity holds under concurrent joins.
 pub const ROOMS_BUCKET: &str = "CAVLO_ROOMS";
 
+/// The JetStream stream behind [`ROOMS_BUCKET`] (key-value buckets are
+/// streams named `KV_<bucket>`).
+pub const ROOMS_STREAM: &str = "KV_CAVLO_ROOMS";
+
 /// A room's key in [`ROOMS_BUCKET`]. Names made of `[A-Za-z0-9_-]` are used
 /// as they are; any other name is hex-encoded behind `=`, a character plain
 /// keys never contain, since bucket keys allow only a few characters.
@@ -121,6 +125,11 @@ mod tests {
         assert!(chat_deliver(&room).ends_with(CHAT_TOKEN));
         assert_eq!(moderate_direct(&"m1".into()), "cavlo.moderate.m1");
         assert!(CHAT_STORE_ALL.starts_with("cavlo.chat."));
+    }
+
+    #[test]
+    fn the_rooms_stream_is_the_buckets() {
+        assert_eq!(ROOMS_STREAM, format!("KV_{ROOMS_BUCKET}"));
     }
 
     #[test]
