@@ -268,6 +268,9 @@ export class MeshCall extends EventTarget {
     this.localStream = localStream;
     this.iceServers = iceServers;
     this.peers = new Map();
+    // Signals are applied one at a time, in arrival order: a candidate must
+    // not race the description it belongs to.
+    this.applying = Promise.resolve();
     this.onSignal = (e) => this.handleSignal(e.detail);
     this.onPresence = (e) => {
       const p = e.detail;
@@ -328,7 +331,13 @@ export class MeshCall extends EventTarget {
     return peer;
   }
 
-  async handleSignal(signal) {
+  /** Applies a signal after those before it; returns when it is applied. */
+  handleSignal(signal) {
+    this.applying = this.applying.then(() => this.applySignal(signal));
+    return this.applying;
+  }
+
+  async applySignal(signal) {
     if (signal.room !== this.room) return;
     const connId = signal.from;
     if (signal.kind === "bye") return this.drop(connId);
