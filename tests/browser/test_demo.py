@@ -77,8 +77,11 @@ def test_video_call_connects_and_plays(system, open_demo):
     ann = open_demo(system.page_url(0, 1), "Ann", r)
     bob = open_demo(system.page_url(1, 0), "Bob", r)
     expect(ann.locator("#members li", has_text="Bob")).to_have_count(1, timeout=TIMEOUT_MS)
+    # Ann starts the call; Bob's page joins it when her offer arrives, as the
+    # demo answers any call. (Both pressing at the same instant, which the
+    # SDK's perfect negotiation is for, is not covered here: see the issue notes.)
     ann.click("#call")
-    bob.click("#call")
+    expect(bob.locator("#call")).to_have_text("In call", timeout=TIMEOUT_MS)
     playing_remote_video(ann)
     playing_remote_video(bob)
     ann.screenshot(path=str(OUT / "call.png"))
