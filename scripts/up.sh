@@ -10,7 +10,9 @@ cd "$root"
 scripts/offline-images.sh
 
 if [ ! -f .env ]; then
-  secret() { python3 -c 'import secrets; print(secrets.token_urlsafe(24))'; }
+  # nats-server parses $VAR references as config values, so a password
+  # must read as a plain string: a letter first, then letters and digits.
+  secret() { python3 -c 'import secrets; print("k" + secrets.token_hex(24))'; }
   {
     cat .env.example
     echo
