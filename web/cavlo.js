@@ -16,6 +16,9 @@
 /** Close codes after which reconnecting cannot help (see docs/protocol.md). */
 const TERMINAL_CLOSE = new Set([4001]);
 
+/** How long the polite side of a call waits before offering (see MeshCall). */
+const POLITE_OFFER_DELAY_MS = 400;
+
 /** Error codes that mean "try the same message again later". */
 const RETRYABLE = new Set(["unavailable", "rate_limited"]);
 
@@ -304,11 +307,20 @@ export class MeshCall extends EventTarget {
     if (peer) return peer;
     const pc = new RTCPeerConnection({ iceServers: this.iceServers });
     // The peer with the larger connection id yields in a collision.
-    peer = { pc, polite: this.client.connId > connId, makingOffer: false, ignoreOffer: false };
+    peer = { pc, polite: this.client.connId > connId, makingOffer: false, ignoreOffer: false, answered: 0 };
     this.peers.set(connId, peer);
     for (const track of this.localStream.getTracks()) pc.addTrack(track, this.localStream);
     pc.onnegotiationneeded = async () => {
       try {
+        // The polite side lets a crossing offer arrive first: when both
+        // start at once, the rollback a collision needs sometimes left
+        // Chromium gathering no ICE candidates. If it answered an offer
+        // meanwhile, that negotiation already carried its tracks.
+        if (peer.polite) {
+          const answered = peer.answered;
+          await new Promise((resolve) => setTimeout(resolve, POLITE_OFFER_DELAY_MS));
+          if (peer.answered !== answered || pc.signalingState !== "stable") return;
+        }
         peer.makingOffer = true;
         await pc.setLocalDescription();
         this.client.signal(this.room, connId, pc.localDescription.type, {
@@ -350,6 +362,7 @@ export class MeshCall extends EventTarget {
         if (peer.ignoreOffer) return;
         await pc.setRemoteDescription({ type: signal.kind, sdp: signal.data.sdp });
         if (signal.kind === "offer") {
+          peer.answered += 1;
           await pc.setLocalDescription();
           this.client.signal(this.room, connId, "answer", { type: "answer", sdp: pc.localDescription.sdp });
         }
