@@ -3,6 +3,8 @@
 //! with its own NATS connection as if it were its own process.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use bootstrap::config::Secret;
@@ -36,6 +38,36 @@ pub const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Services' request timeout in tests: short, so "unavailable" paths finish fast.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The path of a service binary (`gateway`, `moderator`, `history`) of this
+/// workspace, for tests that kill or stop a real process. Cargo builds a
+/// package's binaries only for that package's own integration tests, so the
+/// first call builds them, with the profile this test was built with.
+pub fn service_binary(name: &str) -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        // The test binary sits in <target>/<profile>/deps/.
+        let exe = std::env::current_exe().expect("the test binary has a path");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("the test binary sits in <target>/<profile>/deps")
+            .to_owned();
+        let profile = match profile_dir.file_name().and_then(|name| name.to_str()) {
+            Some("debug") | None => "dev".to_owned(),
+            Some(other) => other.to_owned(),
+        };
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "--bins", "--profile", &profile])
+            .args(["-p", "gateway", "-p", "moderator", "-p", "history"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building the service binaries failed");
+        profile_dir
+    });
+    dir.join(name)
+}
 
 /// A nats-server container.
 pub struct Nats {

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-const ENV_EXAMPLE: &str = include_str!("../../../../.env.example");
+const ENV_EXAMPLE: &str = include_str!("../../.env.example");
 
 /// `CAVLO_…` variable name → default, as the services' `Default` impls say.
 fn settings() -> BTreeMap<String, String> {

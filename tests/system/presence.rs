@@ -11,7 +11,9 @@ use schemas::code::ErrorCode;
 use schemas::id::{ConnId, RoomId};
 use tokio::time::Instant;
 
-use crate::harness::{Client, FRAME_TIMEOUT, Nats, Options, SECRET, System, assert_code, room};
+use crate::harness::{
+    Client, FRAME_TIMEOUT, Nats, Options, SECRET, System, assert_code, room, service_binary,
+};
 
 fn ids(members: &[schemas::client::Member]) -> BTreeSet<ConnId> {
     members.iter().map(|m| m.conn_id.clone()).collect()
@@ -185,7 +187,7 @@ async fn gateway_process(nats: &Nats) -> (tokio::process::Child, std::net::Socke
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         probe.local_addr().unwrap()
     };
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+    let child = tokio::process::Command::new(service_binary("gateway"))
         .env("CAVLO_NATS__URL", &nats.url)
         .env("CAVLO_GATEWAY__LISTEN", addr.to_string())
         .env("CAVLO_GATEWAY__AUTH__HS256_SECRET", SECRET)

@@ -196,7 +196,7 @@ async fn serve_jwks(body: String) -> (String, Arc<AtomicUsize>) {
 
 #[tokio::test]
 async fn es256_tokens_verify_against_a_jwks_and_unknown_kids_are_rate_limited() {
-    let (url, hits) = serve_jwks(include_str!("../fixtures/es256-test-jwks.json").to_owned()).await;
+    let (url, hits) = serve_jwks(include_str!("fixtures/es256-test-jwks.json").to_owned()).await;
     let mut gateway = Options::default().gateway;
     gateway.auth.jwks_url = Some(url);
     gateway.auth.jwks_refetch_interval = Duration::from_secs(3600);
@@ -207,7 +207,7 @@ async fn es256_tokens_verify_against_a_jwks_and_unknown_kids_are_rate_limited() 
     })
     .await;
     let g = system.gateways[0];
-    let key = EncodingKey::from_ec_pem(include_bytes!("../fixtures/es256-test-key.pem")).unwrap();
+    let key = EncodingKey::from_ec_pem(include_bytes!("fixtures/es256-test-key.pem")).unwrap();
     let sign = |kid: &str| {
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(kid.into());

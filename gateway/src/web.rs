@@ -18,27 +18,27 @@ const FILES: &[(&str, &str, &str)] = &[
     (
         "/",
         "text/html; charset=utf-8",
-        include_str!("../../../web/index.html"),
+        include_str!("../../web/index.html"),
     ),
     (
         "/index.html",
         "text/html; charset=utf-8",
-        include_str!("../../../web/index.html"),
+        include_str!("../../web/index.html"),
     ),
     (
         "/app.js",
         "text/javascript; charset=utf-8",
-        include_str!("../../../web/app.js"),
+        include_str!("../../web/app.js"),
     ),
     (
         "/cavlo.js",
         "text/javascript; charset=utf-8",
-        include_str!("../../../web/cavlo.js"),
+        include_str!("../../web/cavlo.js"),
     ),
     (
         "/style.css",
         "text/css; charset=utf-8",
-        include_str!("../../../web/style.css"),
+        include_str!("../../web/style.css"),
     ),
 ];
 
