@@ -449,7 +449,12 @@ impl Connection {
             text,
         };
         match self.moderate(action).await {
-            Ok(Verdict::Stored { seq }) => Ok(ServerFrame::Ack { id, room, seq }),
+            Ok(Verdict::Stored { seq, text }) => Ok(ServerFrame::Ack {
+                id,
+                room,
+                seq,
+                text,
+            }),
             Ok(Verdict::Rejected { code, message }) => Err(fail(code, &message)),
             Ok(_) | Err(_) => Err(fail(ErrorCode::Unavailable, "moderator unavailable; retry")),
         }

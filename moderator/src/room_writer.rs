@@ -32,10 +32,24 @@ pub enum StoreError {
     Publish(#[from] jetstream::context::PublishError),
     /// The room's tail could not be read.
     #[error("reading the room's last message failed: {0}")]
-    Tail(String),
+    Tail(#[from] TailError),
     /// Other moderators kept winning the race for the tail.
     #[error("lost the race for the room's tail {MAX_TAIL_RACES} times")]
     Contended,
+}
+
+/// Reading a room's last stored message failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TailError {
+    /// The chat stream's info could not be read.
+    #[error("cannot read the chat stream: {0}")]
+    Stream(#[from] jetstream::context::GetStreamError),
+    /// The last message could not be fetched.
+    #[error("cannot fetch the last message: {0}")]
+    Last(#[from] stream::LastRawMessageError),
+    /// The last message is not a chat message.
+    #[error("the last message is malformed: {0}")]
+    Malformed(#[from] event::DecodeError),
 }
 
 /// A message that passed moderation, ready to be stored.
@@ -149,8 +163,7 @@ impl RoomWriter {
             .await
         {
             Ok(last) => {
-                let chat: ChatMessage = event::decode(&last.payload)
-                    .map_err(|err| StoreError::Tail(err.to_string()))?;
+                let chat: ChatMessage = event::decode(&last.payload).map_err(TailError::from)?;
                 Tail {
                     stream_seq: last.sequence,
                     seq: chat.seq,
@@ -160,7 +173,7 @@ impl RoomWriter {
                 stream_seq: 0,
                 seq: Seq(stream.cached_info().state.last_sequence),
             },
-            Err(err) => return Err(StoreError::Tail(err.to_string())),
+            Err(err) => return Err(TailError::from(err).into()),
         };
         self.tail = Some(tail);
         Ok(tail)
@@ -174,11 +187,8 @@ impl RoomWriter {
             .map(|chat| chat.seq)
     }
 
-    async fn stream(&self) -> Result<stream::Stream<stream::Info>, StoreError> {
-        self.js
-            .get_stream(subject::CHAT_STREAM)
-            .await
-            .map_err(|err| StoreError::Tail(err.to_string()))
+    async fn stream(&self) -> Result<stream::Stream<stream::Info>, TailError> {
+        Ok(self.js.get_stream(subject::CHAT_STREAM).await?)
     }
 }
 

@@ -131,6 +131,10 @@ pub enum ServerFrame {
         /// original has already been trimmed from the backlog.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         seq: Option<Seq>,
+        /// The text as stored, present only when sanitizing changed what the
+        /// client sent: the sender shows this, as everyone else sees it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        text: Option<String>,
     },
     /// A signal from another member of a room.
     Signal {
@@ -465,8 +469,18 @@ mod tests {
                     id: "m1".into(),
                     room: "lobby".into(),
                     seq: Some(Seq(58)),
+                    text: None,
                 },
                 json!({"type": "ack", "id": "m1", "room": "lobby", "seq": 58}),
+            ),
+            (
+                ServerFrame::Ack {
+                    id: "m2".into(),
+                    room: "lobby".into(),
+                    seq: Some(Seq(59)),
+                    text: Some("hello bob".into()),
+                },
+                json!({"type": "ack", "id": "m2", "room": "lobby", "seq": 59, "text": "hello bob"}),
             ),
             (
                 ServerFrame::Joined {

@@ -94,6 +94,9 @@ pub enum Verdict {
     Stored {
         /// Its seq, if known.
         seq: Option<Seq>,
+        /// The stored text, when sanitizing changed what the client sent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        text: Option<String>,
     },
     /// The event was refused.
     Rejected {
@@ -102,6 +105,17 @@ pub enum Verdict {
         /// Why, for people.
         message: String,
     },
+}
+
+impl Verdict {
+    /// The one `unavailable` verdict: the moderator could not do it now and
+    /// the client may retry. `what` says what failed, for people.
+    pub fn unavailable(what: &str) -> Self {
+        Verdict::Rejected {
+            code: ErrorCode::Unavailable,
+            message: format!("{what}; retry"),
+        }
+    }
 }
 
 /// A member of a room, with the gateway that holds its connection.
@@ -272,8 +286,14 @@ mod tests {
             },
             Verdict::Done,
             Verdict::Relayed,
-            Verdict::Stored { seq: Some(Seq(3)) },
-            Verdict::Stored { seq: None },
+            Verdict::Stored {
+                seq: Some(Seq(3)),
+                text: None,
+            },
+            Verdict::Stored {
+                seq: None,
+                text: Some("hello bob".into()),
+            },
             Verdict::Rejected {
                 code: ErrorCode::RateLimited,
                 message: "slow down".into(),

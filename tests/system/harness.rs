@@ -26,9 +26,35 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
-/// The NATS image to test against: `CAVLO_TEST_NATS_IMAGE`, or the official one.
+/// Names the NATS image to test against; unset, the local image is used.
 pub const NATS_IMAGE_VAR: &str = "CAVLO_TEST_NATS_IMAGE";
-const DEFAULT_NATS_IMAGE: &str = "nats:2.14";
+
+/// The NATS image: `CAVLO_TEST_NATS_IMAGE`, or else the one
+/// `scripts/nats-image.sh` builds from the PyPI wheel (or finds already
+/// built), so a plain `cargo test` needs no registry.
+fn nats_image() -> &'static str {
+    static IMAGE: OnceLock<String> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        if let Ok(image) = std::env::var(NATS_IMAGE_VAR) {
+            return image;
+        }
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/nats-image.sh");
+        let output = std::process::Command::new("bash")
+            .arg(&script)
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .expect("bash runs");
+        assert!(
+            output.status.success(),
+            "{} failed; set {NATS_IMAGE_VAR} to use another image",
+            script.display()
+        );
+        String::from_utf8(output.stdout)
+            .expect("an image name is text")
+            .trim()
+            .to_owned()
+    })
+}
 
 /// HS256 secret the test gateways accept.
 pub const SECRET: &str = "test-secret-not-for-production";
@@ -69,6 +95,14 @@ pub fn service_binary(name: &str) -> PathBuf {
     dir.join(name)
 }
 
+/// What an `ack` says.
+#[derive(Debug, PartialEq)]
+pub struct Ack {
+    pub seq: Option<Seq>,
+    /// The stored text, present when sanitizing changed it.
+    pub text: Option<String>,
+}
+
 /// A nats-server container.
 pub struct Nats {
     pub container: ContainerAsync<GenericImage>,
@@ -77,8 +111,8 @@ pub struct Nats {
 
 impl Nats {
     pub async fn start() -> Nats {
-        let image = std::env::var(NATS_IMAGE_VAR).unwrap_or_else(|_| DEFAULT_NATS_IMAGE.to_owned());
-        let (name, tag) = image.rsplit_once(':').unwrap_or((&image, "latest"));
+        let image = nats_image();
+        let (name, tag) = image.rsplit_once(':').unwrap_or((image, "latest"));
         let container = GenericImage::new(name, tag)
             .with_exposed_port(ContainerPort::Tcp(4222))
             .with_wait_for(WaitFor::message_on_stderr("Server is ready"))
@@ -446,22 +480,41 @@ impl Client {
         id: &str,
         text: &str,
     ) -> Result<Option<Seq>, ErrorFrame> {
+        self.chat_acked(room, id, text).await.map(|ack| ack.seq)
+    }
+
+    /// Like [`Client::chat`], returning the whole ack.
+    pub async fn chat_acked(
+        &mut self,
+        room: &RoomId,
+        id: &str,
+        text: &str,
+    ) -> Result<Ack, ErrorFrame> {
         self.send(&ClientFrame::Chat {
             room: room.clone(),
             id: id.into(),
             text: text.into(),
         })
         .await;
-        self.reply_to(id).await
+        self.ack_of(id).await
     }
 
     /// Waits for the ack or error about client message `id`; deliveries that
     /// arrive first are kept for later `recv`s.
     pub async fn reply_to(&mut self, id: &str) -> Result<Option<Seq>, ErrorFrame> {
+        self.ack_of(id).await.map(|ack| ack.seq)
+    }
+
+    async fn ack_of(&mut self, id: &str) -> Result<Ack, ErrorFrame> {
         let mut skipped = Vec::new();
         let reply = loop {
             match self.recv().await {
-                ServerFrame::Ack { id: acked, seq, .. } if acked.as_str() == id => break Ok(seq),
+                ServerFrame::Ack {
+                    id: acked,
+                    seq,
+                    text,
+                    ..
+                } if acked.as_str() == id => break Ok(Ack { seq, text }),
                 ServerFrame::Error(error)
                     if error.id.as_ref().is_some_and(|e| e.as_str() == id) =>
                 {

@@ -3,9 +3,11 @@
 use std::time::Duration;
 
 use moderator::config::ModeratorConfig;
-use schemas::client::ClientFrame;
+use schemas::client::{ClientFrame, Member, User};
 use schemas::code::ErrorCode;
-use schemas::id::RoomId;
+use schemas::event::{self, Action, ModerationReply, ModerationRequest, Verdict};
+use schemas::id::{ClientMsgId, ConnId, GatewayId, RoomId, UserId};
+use schemas::subject;
 use tokio::time::Instant;
 
 use crate::harness::{Client, Options, System, assert_code, room};
@@ -68,9 +70,17 @@ async fn markup_is_stripped_before_anyone_sees_it() {
         ("a < b && c > d", "a < b && c > d"),
     ];
     for (i, (input, expected)) in CASES.iter().enumerate() {
-        ann.chat(&room, &format!("s{i}"), input)
+        let ack = ann
+            .chat_acked(&room, &format!("s{i}"), input)
             .await
             .expect("accepted");
+        // The sender is told the stored text when it differs from what it sent.
+        let changed = input != expected;
+        assert_eq!(
+            ack.text.as_deref(),
+            changed.then_some(*expected),
+            "ack text of {input:?}"
+        );
         assert_eq!(
             bob.next_chat().await.text,
             *expected,
@@ -148,5 +158,61 @@ async fn rate_limit_holds_with_two_moderators() {
         (f64::from(admitted) - allowed).abs() <= allowed * 0.2,
         "admitted {admitted} of {sent} ({limited} limited), allowed {allowed:.1} over {elapsed:.2}s"
     );
+    system.shutdown().await;
+}
+
+/// A room writer whose queue is full answers at once ("room is busy",
+/// `unavailable`) instead of leaving the request to time out. The burst goes
+/// straight to the moderator's subject, so it arrives faster than one
+/// writer stores and overflows a one-job queue.
+#[tokio::test]
+async fn a_full_room_queue_answers_at_once() {
+    const BURST: usize = 50;
+    let system = System::start(Options {
+        gateways: 1,
+        moderator: ModeratorConfig {
+            room_queue_capacity: 1,
+            ..ModeratorConfig::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let room = room("busy");
+    let client = system.nats.connect().await;
+    let requests = (0..BURST).map(|i| {
+        let request = ModerationRequest {
+            from: Member {
+                conn_id: ConnId(format!("conn-{i}")),
+                user: User {
+                    id: UserId(format!("user-{i}")),
+                    name: format!("user {i}"),
+                },
+            },
+            gateway: GatewayId::from("test-gateway"),
+            action: Action::Chat {
+                room: room.clone(),
+                id: ClientMsgId::from("m"),
+                text: "hello".into(),
+            },
+        };
+        client.request(subject::MODERATE, event::encode(&request).into())
+    });
+    let replies = futures_util::future::join_all(requests).await;
+    let (mut stored, mut busy) = (0, 0);
+    for (i, reply) in replies.into_iter().enumerate() {
+        let reply = reply.unwrap_or_else(|err| panic!("request {i} got no answer: {err}"));
+        let reply: ModerationReply = event::decode(&reply.payload).unwrap();
+        match reply.verdict {
+            Verdict::Stored { seq: Some(_), .. } => stored += 1,
+            Verdict::Rejected {
+                code: ErrorCode::Unavailable,
+                message,
+            } if message.contains("busy") => busy += 1,
+            other => panic!("request {i}: unexpected verdict {other:?}"),
+        }
+    }
+    assert!(stored >= 1, "the first message is stored");
+    assert!(busy >= 1, "a burst of {BURST} overflows a one-job queue");
+    assert_eq!(stored + busy, BURST);
     system.shutdown().await;
 }

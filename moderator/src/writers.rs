@@ -1,33 +1,39 @@
-//! Handing accepted chat to per-room writer tasks, which store it in order.
+//! One writer task per room with chat waiting to be stored, so rooms are
+//! stored in parallel while each room's messages keep their order.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use async_nats::Client;
-use schemas::code::ErrorCode;
 use schemas::event::Verdict;
-use schemas::id::{ModeratorId, RoomId};
+use schemas::id::RoomId;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use crate::reply;
+use crate::command::Reply;
 use crate::room_writer::{Accepted, RoomWriter};
-use crate::rules::Violation;
 
 /// A chat message waiting for its room's writer.
 #[derive(Debug)]
 pub struct Job {
     /// The message.
     pub accepted: Accepted,
+    /// Whether sanitizing changed the text; the ack then carries the stored
+    /// text, so the sender shows what everyone else sees.
+    pub sanitized: bool,
     /// Where the verdict goes.
-    pub reply: Option<async_nats::Subject>,
+    pub reply: Reply,
 }
 
-/// One writer task per room with pending chat; each exits when idle.
+/// The room's queue is full; the job comes back so it can still be answered
+/// (boxed: this is the rare path, and a `Result` is as large as its error).
+#[derive(Debug)]
+pub struct Busy(pub Box<Job>);
+
+/// The running room writers.
 pub struct Writers {
     js: async_nats::jetstream::Context,
     client: Client,
-    moderator: ModeratorId,
     queue_capacity: usize,
     idle_timeout: Duration,
     senders: HashMap<RoomId, mpsc::Sender<Job>>,
@@ -35,17 +41,12 @@ pub struct Writers {
 }
 
 impl Writers {
-    /// No writers yet.
-    pub fn new(
-        client: Client,
-        moderator: ModeratorId,
-        queue_capacity: usize,
-        idle_timeout: Duration,
-    ) -> Self {
+    /// No writers yet. Each room's queue holds `queue_capacity` jobs; a
+    /// writer exits after `idle_timeout` without any.
+    pub fn new(client: Client, queue_capacity: usize, idle_timeout: Duration) -> Self {
         Self {
             js: async_nats::jetstream::new(client.clone()),
             client,
-            moderator,
             queue_capacity: queue_capacity.max(1),
             idle_timeout,
             senders: HashMap::new(),
@@ -53,17 +54,13 @@ impl Writers {
         }
     }
 
-    /// Hands a job to its room's writer, starting one if needed.
-    pub fn dispatch(&mut self, room: RoomId, job: Job) -> Result<(), Violation> {
+    /// Hands a job to its room's writer, starting one if needed. A full
+    /// queue gives the job back: the moderator never waits for a room.
+    pub fn dispatch(&mut self, room: RoomId, job: Job) -> Result<(), Busy> {
         let job = match self.senders.get(&room) {
             Some(tx) => match tx.try_send(job) {
                 Ok(()) => return Ok(()),
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    return Err(Violation {
-                        code: ErrorCode::Unavailable,
-                        message: "room is busy; retry".into(),
-                    });
-                }
+                Err(mpsc::error::TrySendError::Full(job)) => return Err(Busy(Box::new(job))),
                 // The writer went idle and closed; start a new one.
                 Err(mpsc::error::TrySendError::Closed(job)) => job,
             },
@@ -73,13 +70,8 @@ impl Writers {
         tx.try_send(job)
             .expect("a fresh channel with capacity >= 1 has room for one job");
         let writer = RoomWriter::new(self.js.clone(), self.client.clone(), room.clone());
-        let (client, id, idle) = (
-            self.client.clone(),
-            self.moderator.clone(),
-            self.idle_timeout,
-        );
         self.tasks
-            .spawn(write_room(writer, rx, client, id, idle, room.clone()));
+            .spawn(write_room(writer, rx, self.idle_timeout, room.clone()));
         self.senders.insert(room, tx);
         Ok(())
     }
@@ -108,8 +100,6 @@ impl Writers {
 async fn write_room(
     mut writer: RoomWriter,
     mut jobs: mpsc::Receiver<Job>,
-    client: Client,
-    moderator: ModeratorId,
     idle: Duration,
     room: RoomId,
 ) -> RoomId {
@@ -122,26 +112,24 @@ async fn write_room(
                 // still stored, one sent after it is re-dispatched to a new writer.
                 jobs.close();
                 while let Ok(job) = jobs.try_recv() {
-                    store(&mut writer, job, &client, &moderator).await;
+                    store(&mut writer, job).await;
                 }
                 break;
             }
         };
-        store(&mut writer, job, &client, &moderator).await;
+        store(&mut writer, job).await;
     }
     room
 }
 
-async fn store(writer: &mut RoomWriter, job: Job, client: &Client, moderator: &ModeratorId) {
+async fn store(writer: &mut RoomWriter, job: Job) {
+    let text = job.sanitized.then(|| job.accepted.text.clone());
     let verdict = match writer.store(job.accepted).await {
-        Ok(seq) => Verdict::Stored { seq },
+        Ok(seq) => Verdict::Stored { seq, text },
         Err(err) => {
             tracing::warn!(cause = %err, "chat not stored");
-            Verdict::Rejected {
-                code: ErrorCode::Unavailable,
-                message: "message could not be stored; retry".into(),
-            }
+            Verdict::unavailable("message could not be stored")
         }
     };
-    reply(client, moderator, job.reply, verdict).await;
+    job.reply.send(verdict).await;
 }

@@ -1,0 +1,337 @@
+//! A request parsed into one typed command, applied by the method for its
+//! action.
+//!
+//! Every command ends by sending its [`Reply`]: at once, from the room
+//! writer once the message is stored, or from the task that changes the
+//! room. A path that forgets to answer leaves the client waiting for its
+//! request timeout and then shows it the wrong error, so the reply is a
+//! value each path moves on to whoever answers.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_nats::{Client, Subject};
+use schemas::client::{Member, SignalKind};
+use schemas::code::ErrorCode;
+use schemas::event::{self, Action, ModerationReply, ModerationRequest, RoomMember, Verdict};
+use schemas::id::{ClientMsgId, ConnId, GatewayId, ModeratorId, RoomId};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::rate_limit::{CandidateBudget, RateLimiter};
+use crate::relay::{self, Signal};
+use crate::room_writer::Accepted;
+use crate::roster::Roster;
+use crate::rules::{Rules, Violation};
+use crate::sanitize;
+use crate::writers::{Busy, Job, Writers};
+
+/// One moderation request, parsed.
+#[derive(Debug)]
+pub enum Command {
+    /// Store a chat message in a room.
+    Chat {
+        /// The sender.
+        from: Member,
+        /// The room.
+        room: RoomId,
+        /// The client's id for the message.
+        id: ClientMsgId,
+        /// The text as the client sent it.
+        text: String,
+    },
+    /// Admit a member to a room.
+    Join {
+        /// The room.
+        room: RoomId,
+        /// The member and its gateway.
+        member: RoomMember,
+    },
+    /// Remove a connection from a room.
+    Leave {
+        /// The room.
+        room: RoomId,
+        /// The connection.
+        conn: ConnId,
+    },
+    /// Remove a dead gateway's members from a room.
+    Reap {
+        /// The room.
+        room: RoomId,
+        /// The gateway believed dead.
+        gateway: GatewayId,
+    },
+    /// Relay a WebRTC signal to another member.
+    Signal {
+        /// The sender.
+        from: Member,
+        /// The signal.
+        signal: Signal,
+    },
+}
+
+impl From<ModerationRequest> for Command {
+    fn from(request: ModerationRequest) -> Self {
+        let ModerationRequest {
+            from,
+            gateway,
+            action,
+        } = request;
+        match action {
+            Action::Chat { room, id, text } => Command::Chat {
+                from,
+                room,
+                id,
+                text,
+            },
+            Action::Join { room } => Command::Join {
+                room,
+                member: RoomMember {
+                    member: from,
+                    gateway,
+                },
+            },
+            Action::Leave { room } => Command::Leave {
+                room,
+                conn: from.conn_id,
+            },
+            Action::Reap { room, gateway } => Command::Reap { room, gateway },
+            Action::Signal {
+                room,
+                to,
+                signal,
+                data,
+            } => Command::Signal {
+                from,
+                signal: Signal {
+                    room,
+                    to,
+                    kind: signal,
+                    data,
+                },
+            },
+        }
+    }
+}
+
+/// Where a request's verdict goes. Sending consumes it.
+#[must_use = "every request must be answered"]
+#[derive(Debug)]
+pub struct Reply {
+    client: Client,
+    moderator: ModeratorId,
+    to: Option<Subject>,
+}
+
+impl Reply {
+    /// Sends `verdict` to the requesting gateway.
+    pub async fn send(self, verdict: Verdict) {
+        let Some(to) = self.to else { return };
+        let reply = ModerationReply {
+            moderator: self.moderator,
+            verdict,
+        };
+        if let Err(err) = self.client.publish(to, event::encode(&reply).into()).await {
+            tracing::warn!(cause = %err, "failed to send moderation reply");
+        }
+    }
+}
+
+/// The moderator's state: checks, budgets, room writers and the roster.
+pub(crate) struct Moderator {
+    pub(crate) id: ModeratorId,
+    pub(crate) client: Client,
+    pub(crate) rules: Rules,
+    pub(crate) chat_limiter: RateLimiter,
+    pub(crate) signal_limiter: RateLimiter,
+    pub(crate) candidates: CandidateBudget,
+    pub(crate) writers: Writers,
+    pub(crate) roster: Arc<Roster>,
+    /// Membership and signal requests under way.
+    pub(crate) requests: JoinSet<()>,
+    /// Bounds `requests`.
+    pub(crate) permits: Arc<Semaphore>,
+}
+
+impl Moderator {
+    /// Parses one request and applies it. Checks run here, in arrival
+    /// order, so rate limits and budgets see a connection's events in the
+    /// order it sent them.
+    pub(crate) async fn handle(&mut self, msg: async_nats::Message) {
+        let request: ModerationRequest = match event::decode(&msg.payload) {
+            Ok(request) => request,
+            Err(err) => {
+                tracing::warn!(cause = %err, "dropping malformed moderation request");
+                return;
+            }
+        };
+        // A gateway that sends requests is alive, heartbeat or not.
+        self.roster.heard(request.gateway.clone());
+        let reply = Reply {
+            client: self.client.clone(),
+            moderator: self.id.clone(),
+            to: msg.reply,
+        };
+        self.apply(Command::from(request), reply).await;
+    }
+
+    /// Runs the method for the command's action.
+    pub(crate) async fn apply(&mut self, command: Command, reply: Reply) {
+        match command {
+            Command::Chat {
+                from,
+                room,
+                id,
+                text,
+            } => self.chat(from, room, id, text, reply).await,
+            Command::Join { room, member } => self.join(room, member, reply).await,
+            Command::Leave { room, conn } => self.leave(room, conn, reply).await,
+            Command::Reap { room, gateway } => self.reap(room, gateway, reply).await,
+            Command::Signal { from, signal } => self.signal(from, signal, reply).await,
+        }
+    }
+
+    /// Checks, sanitizes and queues a chat message for its room's writer,
+    /// which answers once the message is stored.
+    async fn chat(
+        &mut self,
+        from: Member,
+        room: RoomId,
+        id: ClientMsgId,
+        text: String,
+        reply: Reply,
+    ) {
+        if !self.chat_limiter.try_acquire(&from.conn_id, Instant::now()) {
+            let violation =
+                Violation::new(ErrorCode::RateLimited, "too many chat messages; slow down");
+            return reply.send(violation.into()).await;
+        }
+        if let Err(violation) = self.rules.check_chat(&room, &id, &text) {
+            return reply.send(violation.into()).await;
+        }
+        let clean = sanitize::plain_text(&text);
+        if clean.trim().is_empty() {
+            let violation = Violation::new(
+                ErrorCode::InvalidMessage,
+                "chat text is empty after removing markup",
+            );
+            return reply.send(violation.into()).await;
+        }
+        let job = Job {
+            sanitized: clean != text,
+            accepted: Accepted {
+                from,
+                id,
+                text: clean,
+                ts: now_ms(),
+            },
+            reply,
+        };
+        if let Err(Busy(job)) = self.writers.dispatch(room, job) {
+            job.reply.send(Verdict::unavailable("room is busy")).await;
+        }
+    }
+
+    /// Admits a member if the room name is allowed and the room has space.
+    async fn join(&mut self, room: RoomId, member: RoomMember, reply: Reply) {
+        if let Err(violation) = self.rules.check_room(&room) {
+            return reply.send(violation.into()).await;
+        }
+        let roster = self.roster.clone();
+        self.spawn(reply, roster.join(room, member)).await;
+    }
+
+    /// Removes a connection from a room; its candidate budget there ends.
+    async fn leave(&mut self, room: RoomId, conn: ConnId, reply: Reply) {
+        self.candidates.clear(&conn, &room);
+        let roster = self.roster.clone();
+        self.spawn(reply, roster.leave(room, conn)).await;
+    }
+
+    /// Removes a dead gateway's members, if this moderator agrees it is dead.
+    async fn reap(&mut self, room: RoomId, gateway: GatewayId, reply: Reply) {
+        let roster = self.roster.clone();
+        self.spawn(reply, roster.reap(room, gateway)).await;
+    }
+
+    /// Checks a signal against the rate limit, its shape and the candidate
+    /// budget, then relays it if both peers are in the room.
+    async fn signal(&mut self, from: Member, signal: Signal, reply: Reply) {
+        if let Err(violation) =
+            self.admit_signal(&from.conn_id, &signal.room, signal.kind, &signal.data)
+        {
+            return reply.send(violation.into()).await;
+        }
+        let roster = self.roster.clone();
+        self.spawn(
+            reply,
+            async move { relay::relay(&roster, from, signal).await },
+        )
+        .await;
+    }
+
+    fn admit_signal(
+        &mut self,
+        conn: &ConnId,
+        room: &RoomId,
+        kind: SignalKind,
+        data: &serde_json::Value,
+    ) -> Result<(), Violation> {
+        if !self.signal_limiter.try_acquire(conn, Instant::now()) {
+            return Err(Violation::new(
+                ErrorCode::RateLimited,
+                "too many signals; slow down",
+            ));
+        }
+        self.rules.check_room(room)?;
+        self.rules.check_signal(kind, data)?;
+        if kind == SignalKind::Candidate && !self.candidates.try_take(conn, room) {
+            return Err(Violation::new(
+                ErrorCode::RateLimited,
+                "too many ICE candidates in this room",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Runs a membership or signal request as its own task, which answers
+    /// when done. Waits for a permit first, so a burst queues in NATS rather
+    /// than in memory.
+    async fn spawn(&mut self, reply: Reply, work: impl Future<Output = Verdict> + Send + 'static) {
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        self.requests.spawn(async move {
+            reply.send(work.await).await;
+            drop(permit);
+        });
+    }
+
+    /// Waits for the requests under way, then lets every room writer store
+    /// what it accepted.
+    pub(crate) async fn finish(mut self) {
+        while self.requests.join_next().await.is_some() {}
+        self.writers.finish().await;
+    }
+}
+
+impl From<Violation> for Verdict {
+    fn from(violation: Violation) -> Self {
+        Verdict::Rejected {
+            code: violation.code,
+            message: violation.message,
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}

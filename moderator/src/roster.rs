@@ -1,0 +1,130 @@
+//! Who is in each room: joins, leaves and the removal of dead gateways'
+//! members. Each change is made in the rooms bucket ([`Membership`]) and
+//! then announced to every gateway as presence.
+//!
+//! These run as their own tasks, so one slow bucket write does not hold up
+//! other rooms. A connection sends its next request only after the answer
+//! to the last, so running them concurrently keeps each connection's order.
+
+use std::sync::Mutex;
+
+use async_nats::Client;
+use bootstrap::liveness::Liveness;
+use schemas::client::PresenceEvent;
+use schemas::code::ErrorCode;
+use schemas::event::{self, PresenceChange, RoomMember, Verdict};
+use schemas::id::{ConnId, GatewayId, RoomId};
+use schemas::subject;
+use tokio::time::Instant;
+
+use crate::membership::{Change, Membership, MembershipError, RoomFull};
+
+/// What membership tasks share.
+pub struct Roster {
+    /// For publishing presence and signals.
+    pub client: Client,
+    /// The rooms bucket.
+    pub membership: Membership,
+    /// Which gateways are alive, from their heartbeats and requests.
+    pub liveness: Mutex<Liveness>,
+}
+
+impl Roster {
+    /// Notes that `gateway` is alive.
+    pub fn heard(&self, gateway: GatewayId) {
+        self.liveness().heard(gateway, Instant::now());
+    }
+
+    /// Forgets gateways dead for long enough that none of their members can
+    /// be left anywhere, so the table does not grow with every restart.
+    pub fn forget_dead(&self) {
+        self.liveness().forget_dead(Instant::now());
+    }
+
+    fn is_dead(&self, gateway: &GatewayId) -> bool {
+        self.liveness().is_dead(gateway, Instant::now())
+    }
+
+    fn liveness(&self) -> std::sync::MutexGuard<'_, Liveness> {
+        self.liveness.lock().expect("liveness lock poisoned")
+    }
+
+    /// Admits `member` to `room` if it has space, removing dead gateways'
+    /// members first, and announces the changes.
+    pub async fn join(self: std::sync::Arc<Self>, room: RoomId, member: RoomMember) -> Verdict {
+        match self
+            .membership
+            .join(&room, member, |gateway| self.is_dead(gateway))
+            .await
+        {
+            Ok(Ok(change)) => {
+                self.announce(&room, &change).await;
+                Verdict::Admitted {
+                    members: change.members,
+                    revision: change.revision,
+                }
+            }
+            Ok(Err(RoomFull)) => Verdict::Rejected {
+                code: ErrorCode::RoomFull,
+                message: "the room is full".into(),
+            },
+            Err(err) => unavailable(&room, err),
+        }
+    }
+
+    /// Removes a connection from `room` and announces it.
+    pub async fn leave(self: std::sync::Arc<Self>, room: RoomId, conn: ConnId) -> Verdict {
+        match self.membership.leave(&room, &conn).await {
+            Ok(change) => {
+                self.announce(&room, &change).await;
+                Verdict::Done
+            }
+            Err(err) => unavailable(&room, err),
+        }
+    }
+
+    /// Removes a dead gateway's members from `room`, if this moderator also
+    /// considers it dead; a live gateway's members stay.
+    pub async fn reap(self: std::sync::Arc<Self>, room: RoomId, gateway: GatewayId) -> Verdict {
+        if !self.is_dead(&gateway) {
+            return Verdict::Done;
+        }
+        match self.membership.reap(&room, &gateway).await {
+            Ok(change) => {
+                if !change.left.is_empty() {
+                    tracing::info!(%room, %gateway, removed = change.left.len(), "removed a dead gateway's members");
+                }
+                self.announce(&room, &change).await;
+                Verdict::Done
+            }
+            Err(err) => unavailable(&room, err),
+        }
+    }
+
+    /// Publishes one presence change per member who left or joined.
+    async fn announce(&self, room: &RoomId, change: &Change) {
+        let left = change.left.iter().map(|m| (PresenceEvent::Leave, m));
+        let joined = change.joined.iter().map(|m| (PresenceEvent::Join, m));
+        for (event, member) in left.chain(joined) {
+            let presence = PresenceChange {
+                room: room.clone(),
+                event,
+                member: member.clone(),
+                members: change.members.clone(),
+                revision: change.revision,
+            };
+            if let Err(err) = self
+                .client
+                .publish(subject::presence(room), event::encode(&presence).into())
+                .await
+            {
+                tracing::warn!(cause = %err, %room, "presence change not announced");
+            }
+        }
+    }
+}
+
+fn unavailable(room: &RoomId, err: MembershipError) -> Verdict {
+    tracing::warn!(cause = %err, %room, "membership change failed");
+    Verdict::unavailable("room membership unavailable")
+}
