@@ -82,14 +82,22 @@ pub fn streams_ready(client: &async_nats::Client, streams: &'static [&'static st
     })
 }
 
-/// Serves `/health` and `/ready` on `listener` for the life of the process.
-pub async fn serve(listener: TcpListener, ready: Check) {
+/// Serves `/health` and `/ready` on `listener` until `shutdown` resolves;
+/// requests under way then end with it.
+pub async fn serve(listener: TcpListener, ready: Check, shutdown: impl Future) {
+    tokio::pin!(shutdown);
+    let mut connections = tokio::task::JoinSet::new();
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = tokio::select! {
+            _ = &mut shutdown => break,
+            Some(_) = connections.join_next() => continue,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(_) => continue,
+            },
         };
         let ready = ready.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                 let ready = ready.clone();
                 async move {
@@ -142,7 +150,8 @@ mod tests {
                 }
             })
         });
-        tokio::spawn(serve(listener, check));
+        let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(serve(listener, check, stopped));
 
         assert!(get(addr, "/health").await.starts_with("HTTP/1.1 200"));
         let response = get(addr, "/ready").await;

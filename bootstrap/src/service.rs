@@ -74,16 +74,28 @@ where
             return ExitCode::FAILURE;
         }
     };
-    if let Some(addr) = config.common().health.listen {
-        match tokio::net::TcpListener::bind(addr).await {
-            Ok(listener) => drop(tokio::spawn(crate::health::serve(listener, ready(&client)))),
+    // The health server lives exactly as long as the service: dropping
+    // `stop_health` ends it, and it is awaited before the process exits.
+    let (stop_health, health_stopped) = tokio::sync::oneshot::channel::<()>();
+    let health = match config.common().health.listen {
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => Some(tokio::spawn(crate::health::serve(
+                listener,
+                ready(&client),
+                health_stopped,
+            ))),
             Err(err) => {
                 tracing::error!(cause = %err, %addr, "cannot listen for health checks");
                 return ExitCode::FAILURE;
             }
-        }
-    }
+        },
+        None => None,
+    };
     let result = service(client.clone(), config, Box::pin(crate::shutdown::signal())).await;
+    drop(stop_health);
+    if let Some(health) = health {
+        let _ = health.await;
+    }
     let _ = client.drain().await;
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use hyper_tungstenite::HyperWebsocketStream;
@@ -24,8 +25,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::Shared;
+use crate::auth::AuthError;
 use crate::departures::Departure;
 use crate::hub::{Delivery, DeliveryKind, MemberHandle};
+
+/// What a client is told when the moderator gave no usable answer.
+const MODERATOR_UNAVAILABLE: &str = "moderator unavailable; retry";
+
+/// What a client is told when history gave no usable answer.
+const HISTORY_UNAVAILABLE: &str = "history unavailable; retry";
 
 /// How a failed request looks to the client.
 type Failure = ErrorFrame;
@@ -56,9 +64,13 @@ pub(crate) async fn serve(mut socket: HyperWebsocketStream, shared: Arc<Shared>)
         gateway: shared.id.clone(),
         limits: shared.limits(),
     };
-    if send(&mut socket, welcome.to_json().into(), &shared)
-        .await
-        .is_err()
+    if send(
+        &mut socket,
+        welcome.to_json().into(),
+        shared.config.write_timeout,
+    )
+    .await
+    .is_err()
     {
         return;
     }
@@ -78,24 +90,34 @@ pub(crate) async fn serve(mut socket: HyperWebsocketStream, shared: Arc<Shared>)
     connection.run(socket, deliveries).instrument(span).await;
 }
 
+/// Why a socket did not authenticate.
+#[derive(Debug, thiserror::Error)]
+enum AuthFailure {
+    /// The first frame was something other than `auth`.
+    #[error("first frame is not auth")]
+    NotAuth,
+    /// No frame came within the auth timeout.
+    #[error("auth timeout")]
+    TimedOut,
+    /// The token was refused.
+    #[error(transparent)]
+    Token(#[from] AuthError),
+}
+
 /// Waits for the `auth` frame and verifies it; on failure sends an
 /// `unauthorized` error and closes with 4001.
 async fn authenticate(socket: &mut HyperWebsocketStream, shared: &Shared) -> Option<User> {
     let token = match tokio::time::timeout(shared.config.auth_timeout, next_text(socket)).await {
         Ok(Ok(text)) => match ClientFrame::decode(&text) {
             Ok(ClientFrame::Auth { token }) => Ok(token),
-            _ => Err("first frame is not auth".to_owned()),
+            _ => Err(AuthFailure::NotAuth),
         },
         Ok(Err(())) => return None,
-        Err(_) => Err("auth timeout".to_owned()),
+        Err(_) => Err(AuthFailure::TimedOut),
     };
     let user = match token {
-        Ok(token) => shared
-            .auth
-            .verify(&token)
-            .await
-            .map_err(|err| err.to_string()),
-        Err(reason) => Err(reason),
+        Ok(token) => shared.auth.verify(&token).await.map_err(AuthFailure::from),
+        Err(failure) => Err(failure),
     };
     match user {
         Ok(user) => Some(user),
@@ -105,8 +127,11 @@ async fn authenticate(socket: &mut HyperWebsocketStream, shared: &Shared) -> Opt
                 ErrorCode::Unauthorized,
                 "authentication failed",
             ));
-            if send(socket, error.to_json().into(), shared).await.is_ok() {
-                close(socket, CloseCode::Unauthorized, shared).await;
+            if send(socket, error.to_json().into(), shared.config.write_timeout)
+                .await
+                .is_ok()
+            {
+                close(socket, CloseCode::Unauthorized, shared.config.write_timeout).await;
             }
             None
         }
@@ -177,7 +202,7 @@ impl Connection {
             Exit::Gone => {}
             Exit::Close(code) => {
                 tracing::info!(code = code.code(), "closing");
-                close(&mut socket, code, &self.shared).await;
+                close(&mut socket, code, self.shared.config.write_timeout).await;
             }
             Exit::TooBig => {
                 let frame = CloseFrame {
@@ -229,7 +254,7 @@ impl Connection {
         while let Ok(next) = deliveries.try_recv() {
             self.deliver(socket, &next).await?;
         }
-        write(socket.flush(), &self.shared).await
+        write(socket.flush(), self.shared.config.write_timeout).await
     }
 
     /// Buffers a delivery unless the client has it already or it is about
@@ -253,7 +278,7 @@ impl Connection {
         }
         write(
             socket.feed(Message::Text(delivery.frame.clone())),
-            &self.shared,
+            self.shared.config.write_timeout,
         )
         .await
     }
@@ -300,7 +325,12 @@ impl Connection {
         socket: &mut HyperWebsocketStream,
         frame: ServerFrame,
     ) -> Result<(), Exit> {
-        send(socket, frame.to_json().into(), &self.shared).await
+        send(
+            socket,
+            frame.to_json().into(),
+            self.shared.config.write_timeout,
+        )
+        .await
     }
 
     /// Joins: subscribe, then the moderator's admission (capacity, members),
@@ -344,7 +374,7 @@ impl Connection {
             Ok(_) | Err(_) => {
                 // The join may have been admitted without our hearing of it.
                 self.depart(room.clone()).await;
-                return Err(fail(ErrorCode::Unavailable, "moderator unavailable; retry"));
+                return Err(fail(ErrorCode::Unavailable, MODERATOR_UNAVAILABLE));
             }
         };
         self.shared.hub.admitted(&room, members.clone(), revision);
@@ -354,7 +384,7 @@ impl Connection {
             Err(err) => {
                 tracing::warn!(cause = %err, %room, "backlog unavailable");
                 self.depart(room.clone()).await;
-                return Err(fail(ErrorCode::Unavailable, "history unavailable; retry"));
+                return Err(fail(ErrorCode::Unavailable, HISTORY_UNAVAILABLE));
             }
         };
         self.rooms.insert(
@@ -425,7 +455,7 @@ impl Connection {
         match self.moderate(action).await {
             Ok(Verdict::Relayed) => Ok(()),
             Ok(Verdict::Rejected { code, message }) => Err(fail(code, &message)),
-            Ok(_) | Err(_) => Err(fail(ErrorCode::Unavailable, "moderator unavailable; retry")),
+            Ok(_) | Err(_) => Err(fail(ErrorCode::Unavailable, MODERATOR_UNAVAILABLE)),
         }
     }
 
@@ -456,7 +486,7 @@ impl Connection {
                 text,
             }),
             Ok(Verdict::Rejected { code, message }) => Err(fail(code, &message)),
-            Ok(_) | Err(_) => Err(fail(ErrorCode::Unavailable, "moderator unavailable; retry")),
+            Ok(_) | Err(_) => Err(fail(ErrorCode::Unavailable, MODERATOR_UNAVAILABLE)),
         }
     }
 
@@ -477,27 +507,27 @@ impl Connection {
 async fn send(
     socket: &mut HyperWebsocketStream,
     text: Utf8Bytes,
-    shared: &Shared,
+    timeout: Duration,
 ) -> Result<(), Exit> {
-    write(socket.send(Message::Text(text)), shared).await
+    write(socket.send(Message::Text(text)), timeout).await
 }
 
-/// Runs a socket write, giving up on a socket blocked past the write timeout.
+/// Runs a socket write, giving up on a socket blocked past `timeout`.
 async fn write(
     op: impl std::future::Future<Output = Result<(), WsError>>,
-    shared: &Shared,
+    timeout: Duration,
 ) -> Result<(), Exit> {
-    match tokio::time::timeout(shared.config.write_timeout, op).await {
+    match tokio::time::timeout(timeout, op).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) | Err(_) => Err(Exit::Gone),
     }
 }
 
-/// Sends a close frame with `code`, bounded by the write timeout.
-pub(crate) async fn close(socket: &mut HyperWebsocketStream, code: CloseCode, shared: &Shared) {
+/// Sends a close frame with `code`, giving up after `timeout`.
+pub(crate) async fn close(socket: &mut HyperWebsocketStream, code: CloseCode, timeout: Duration) {
     let frame = CloseFrame {
         code: WsCloseCode::from(code.code()),
         reason: code.reason().into(),
     };
-    let _ = tokio::time::timeout(shared.config.write_timeout, socket.close(Some(frame))).await;
+    let _ = tokio::time::timeout(timeout, socket.close(Some(frame))).await;
 }

@@ -66,10 +66,10 @@ impl MemberHandle {
     }
 }
 
-/// Subscribing a room failed.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("cannot subscribe to room: {0}")]
-pub struct SubscribeError(String);
+/// Subscribing to a room's or the gateway's subject failed.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot subscribe: {0}")]
+pub struct SubscribeError(#[from] async_nats::SubscribeError);
 
 /// The local registry.
 pub struct Hub {
@@ -161,7 +161,7 @@ impl Hub {
             .await;
         if let Err(err) = result {
             self.leave(room, &conn);
-            return Err(err.clone());
+            return Err(err);
         }
         Ok(())
     }
@@ -215,11 +215,7 @@ impl Hub {
         self: &Arc<Self>,
         gateway: &GatewayId,
     ) -> Result<(), SubscribeError> {
-        let subscriber = self
-            .client
-            .subscribe(subject::signals(gateway))
-            .await
-            .map_err(|err| SubscribeError(err.to_string()))?;
+        let subscriber = self.client.subscribe(subject::signals(gateway)).await?;
         let hub = self.clone();
         self.tasks
             .spawn(async move { hub.signal_loop(subscriber).await });
@@ -241,8 +237,7 @@ impl Hub {
         let subscriber = self
             .client
             .subscribe(subject::room_deliveries(room))
-            .await
-            .map_err(|err| SubscribeError(err.to_string()))?;
+            .await?;
         self.tasks
             .spawn(fan_out(room.clone(), subscriber, stop, self.rooms.clone()));
         Ok(())

@@ -24,7 +24,7 @@ pub enum JwksError {
     UnknownKey,
     /// The set could not be fetched or parsed.
     #[error("cannot fetch key set: {0}")]
-    Fetch(String),
+    Fetch(#[from] reqwest::Error),
 }
 
 /// A cached, lazily refreshed key set.
@@ -99,17 +99,14 @@ impl Jwks {
     }
 
     async fn fetch(&self) -> Result<HashMap<String, (Algorithm, DecodingKey)>, JwksError> {
-        let fail = |err: reqwest::Error| JwksError::Fetch(err.to_string());
         let set: JwkSet = self
             .http
             .get(&self.url)
             .send()
             .await
-            .and_then(|r| r.error_for_status())
-            .map_err(fail)?
+            .and_then(|r| r.error_for_status())?
             .json()
-            .await
-            .map_err(fail)?;
+            .await?;
         let keys: HashMap<_, _> = set
             .keys
             .iter()

@@ -203,7 +203,12 @@ impl Server {
                 Some(permit) => serve(socket, shared, permit).await,
                 None => {
                     tracing::warn!("connection limit reached");
-                    crate::connection::close(&mut socket, CloseCode::GatewayFull, &shared).await;
+                    crate::connection::close(
+                        &mut socket,
+                        CloseCode::GatewayFull,
+                        shared.config.write_timeout,
+                    )
+                    .await;
                 }
             }
         });

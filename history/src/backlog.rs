@@ -19,12 +19,15 @@ pub enum ReadError {
     /// The query's consumer could not be created.
     #[error("cannot create consumer: {0}")]
     Consumer(#[from] jetstream::stream::ConsumerError),
+    /// The chat stream could not be found.
+    #[error("cannot open the chat stream: {0}")]
+    Stream(#[from] jetstream::context::GetStreamError),
     /// Fetching the messages failed.
     #[error("cannot fetch messages: {0}")]
     Fetch(#[from] consumer::pull::BatchError),
-    /// A stored message could not be read.
+    /// A message of the batch did not arrive.
     #[error("cannot read message: {0}")]
-    Message(String),
+    Message(#[source] async_nats::Error),
 }
 
 /// Every retained message of `room`, oldest first. A room holds at most
@@ -33,10 +36,7 @@ pub async fn read_room(
     js: &jetstream::Context,
     room: &RoomId,
 ) -> Result<Vec<ChatMessage>, ReadError> {
-    let stream = js
-        .get_stream_no_info(subject::CHAT_STREAM)
-        .await
-        .map_err(|err| ReadError::Message(err.to_string()))?;
+    let stream = js.get_stream_no_info(subject::CHAT_STREAM).await?;
     let consumer = stream
         .create_consumer(consumer::pull::Config {
             filter_subject: subject::chat_store(room),
@@ -53,7 +53,7 @@ pub async fn read_room(
     if pending > 0 {
         let mut batch = consumer.fetch().max_messages(pending).messages().await?;
         while let Some(msg) = batch.next().await {
-            let msg = msg.map_err(|err| ReadError::Message(err.to_string()))?;
+            let msg = msg.map_err(ReadError::Message)?;
             match event::decode::<ChatMessage>(&msg.payload) {
                 Ok(chat) => messages.push(chat),
                 Err(err) => {

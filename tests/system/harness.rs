@@ -501,10 +501,6 @@ impl Client {
 
     /// Waits for the ack or error about client message `id`; deliveries that
     /// arrive first are kept for later `recv`s.
-    pub async fn reply_to(&mut self, id: &str) -> Result<Option<Seq>, ErrorFrame> {
-        self.ack_of(id).await.map(|ack| ack.seq)
-    }
-
     async fn ack_of(&mut self, id: &str) -> Result<Ack, ErrorFrame> {
         let mut skipped = Vec::new();
         let reply = loop {
