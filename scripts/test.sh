@@ -12,6 +12,7 @@ if [ -z "${CAVLO_TEST_NATS_IMAGE:-}" ]; then
   export CAVLO_TEST_NATS_IMAGE
 fi
 echo "testing against NATS image $CAVLO_TEST_NATS_IMAGE"
+node --test tests/sdk/
 cargo test --workspace --locked
 scripts/compose-smoke.sh
 scripts/browser-test.sh

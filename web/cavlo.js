@@ -1,5 +1,6 @@
 // cavlo browser SDK: a client for the cavlo protocol (docs/protocol.md) and
-// a mesh-call helper. Plain ES module, no dependencies, no build step.
+// a mesh-call helper. Plain ES module, no dependencies, no build step; it
+// touches no DOM and no network until `connect` or `start` is called.
 //
 //   import { CavloClient, MeshCall } from "/cavlo.js";
 //   const client = new CavloClient({ urls: ["ws://host:8080/ws"], token: () => fetchToken() });
@@ -12,15 +13,40 @@
 // (unbounded by default), fails over across gateway URLs, rejoins every
 // room with `since` so nothing is missed or repeated, and keeps chat that
 // was not acknowledged in an outbox that is resent after reconnecting.
+// docs/client.md is the reference.
 
-/** Close codes after which reconnecting cannot help (see docs/protocol.md). */
-const TERMINAL_CLOSE = new Set([4001]);
+/** `WebSocket.OPEN`, the same number in every implementation. */
+const WS_OPEN = 1;
 
-/** How long the polite side of a call waits before offering (see MeshCall). */
+/**
+ * Close codes 4000–4099 are terminal: reconnecting with the same credentials
+ * fails again. 4100–4199 ask for a reconnect and resume; every other code
+ * (1006 when a gateway dies, 1001 when it goes away, …) is retried too,
+ * unless the client closed the socket itself. See "Close codes" in
+ * docs/protocol.md and `CloseCode` in schemas/src/code.rs.
+ */
+function isTerminalClose(code) {
+  return code >= 4000 && code <= 4099;
+}
+
+/** Error codes after which the same chat message is resent later. */
+const RETRYABLE_ERRORS = new Set(["unavailable", "rate_limited"]);
+
+/**
+ * A chat message refused with a retryable error is resent after this long
+ * plus up to RESEND_JITTER_MS, so that clients throttled together do not
+ * come back together.
+ */
+const RESEND_DELAY_MS = 1000;
+const RESEND_JITTER_MS = 2000;
+
+/**
+ * How long the polite side of a call waits before offering. When both peers
+ * offered at once, rolling back an offer Chromium 156 was still setting
+ * sometimes left the connection gathering no ICE candidates (about 1 run in
+ * 7); waiting lets the crossing offer arrive first.
+ */
 const POLITE_OFFER_DELAY_MS = 400;
-
-/** Error codes that mean "try the same message again later". */
-const RETRYABLE = new Set(["unavailable", "rate_limited"]);
 
 /**
  * A connection to cavlo gateways. Events (all `CustomEvent`, data in
@@ -28,65 +54,140 @@ const RETRYABLE = new Set(["unavailable", "rate_limited"]);
  * `welcome`, `joined`, `left`, `chat`, `ack`, `presence`, `signal`, `error`.
  */
 export class CavloClient extends EventTarget {
+  #urls;
+  #token;
+  #baseDelay;
+  #maxDelay;
+  #maxAttempts;
+  #WebSocket;
+  #random;
+  #timers;
+
+  #state = "closed";
+  #connId = null;
+  #user = null;
+  /** room → highest seq seen in `history` or `chat`, or null before any. */
+  #rooms = new Map();
+  /** client message id → {room, text}, in sending order, until acked. */
+  #outbox = new Map();
+  /** room → Map conn_id → member. */
+  #members = new Map();
+  #ws = null;
+  #urlIndex = 0;
+  #attempt = 0;
+  #stopped = true;
+  /**
+   * Bumped by `connect` and `close`: an attempt whose token arrives after
+   * either belongs to an old session and opens nothing.
+   */
+  #session = 0;
+  #retryTimer = null;
+  /** Timers of chat messages waiting to be resent after a retryable error. */
+  #resendTimers = new Set();
+  #counter = 0;
+
   /**
    * @param {object} options
    * @param {string[]} options.urls gateway WebSocket URLs, tried in turn
-   * @param {string | (() => Promise<string>)} options.token a token, or a
-   *   function returning a fresh one, called before every (re)connect
+   * @param {string | (() => string | Promise<string>)} options.token a token,
+   *   or a function returning a fresh one, called before every (re)connect
    * @param {number} [options.baseDelay=500] first backoff ceiling, ms
    * @param {number} [options.maxDelay=30000] largest backoff ceiling, ms
    * @param {number} [options.maxAttempts=Infinity] reconnect attempts before giving up
+   * @param {typeof WebSocket} [options.WebSocket=globalThis.WebSocket] the
+   *   WebSocket class to use (tests pass a fake)
+   * @param {() => number} [options.random=Math.random] jitter source, in [0, 1)
+   * @param {{setTimeout: Function, clearTimeout: Function}} [options.timers=globalThis]
    */
-  constructor({ urls, token, baseDelay = 500, maxDelay = 30000, maxAttempts = Infinity }) {
+  constructor({
+    urls,
+    token,
+    baseDelay = 500,
+    maxDelay = 30000,
+    maxAttempts = Infinity,
+    WebSocket = globalThis.WebSocket,
+    random = Math.random,
+    timers = globalThis,
+  }) {
     super();
     if (!urls || urls.length === 0) throw new Error("cavlo: at least one gateway URL");
-    this.urls = urls;
-    this.token = token;
-    this.baseDelay = baseDelay;
-    this.maxDelay = maxDelay;
-    this.maxAttempts = maxAttempts;
-    this.state = "closed";
-    this.connId = null;
-    this.user = null;
-    /** room → highest seq seen (or null before any message) */
-    this.rooms = new Map();
-    /** client message id → {room, text}, in sending order */
-    this.outbox = new Map();
-    this.members = new Map();
-    this.ws = null;
-    this.urlIndex = 0;
-    this.attempt = 0;
-    this.stopped = true;
-    this.retryTimer = null;
-    this.counter = 0;
+    if (typeof WebSocket !== "function") throw new Error("cavlo: no WebSocket here; pass options.WebSocket");
+    this.#urls = [...urls];
+    this.#token = token;
+    this.#baseDelay = baseDelay;
+    this.#maxDelay = maxDelay;
+    this.#maxAttempts = maxAttempts;
+    this.#WebSocket = WebSocket;
+    this.#random = random;
+    this.#timers = timers;
   }
 
-  /** Starts connecting (and keeps reconnecting until `close`). */
+  /** "connecting", "open" (welcomed, frames flow) or "closed". */
+  get state() {
+    return this.#state;
+  }
+
+  /** This connection's id, from the last `welcome` (null before the first). */
+  get connId() {
+    return this.#connId;
+  }
+
+  /** The user the token names, {id, name}, from the last `welcome`. */
+  get user() {
+    return this.#user;
+  }
+
+  /** A copy: room → highest seq seen (null before any), for every joined room. */
+  get rooms() {
+    return new Map(this.#rooms);
+  }
+
+  /** A copy: client message id → {room, text}, for chat not yet acked. */
+  get outbox() {
+    return new Map([...this.#outbox].map(([id, pending]) => [id, { ...pending }]));
+  }
+
+  /** A copy of a room's members, Map conn_id → member. */
+  membersOf(room) {
+    return new Map(this.#members.get(room));
+  }
+
+  /** Starts connecting, and keeps reconnecting until `close`. */
   connect() {
-    this.stopped = false;
-    this.open();
+    if (!this.#stopped) return;
+    this.#stopped = false;
+    this.#session += 1;
+    this.#attempt = 0;
+    this.#open();
   }
 
-  /** Closes for good. */
+  /** Closes for good and cancels every timer; `connect` starts over. */
   close() {
-    this.stopped = true;
-    clearTimeout(this.retryTimer);
-    if (this.ws) this.ws.close(1000);
-    this.setState("closed");
+    this.#stopped = true;
+    this.#session += 1;
+    this.#timers.clearTimeout(this.#retryTimer);
+    this.#retryTimer = null;
+    for (const timer of this.#resendTimers) this.#timers.clearTimeout(timer);
+    this.#resendTimers.clear();
+    const ws = this.#ws;
+    // Cleared first, so that this socket's close event is not taken for a drop.
+    this.#ws = null;
+    if (ws) ws.close(1000);
+    this.#setState("closed");
   }
 
   /** Joins a room; after a reconnect the SDK rejoins it by itself. */
   join(room) {
-    if (!this.rooms.has(room)) this.rooms.set(room, null);
-    this.sendFrame({ type: "join", room });
+    if (!this.#rooms.has(room)) this.#rooms.set(room, null);
+    this.#send({ type: "join", room });
   }
 
-  /** Leaves a room. */
+  /** Leaves a room and forgets its unsent chat. */
   leave(room) {
-    this.rooms.delete(room);
-    this.members.delete(room);
-    for (const [id, pending] of this.outbox) if (pending.room === room) this.outbox.delete(id);
-    this.sendFrame({ type: "leave", room });
+    this.#rooms.delete(room);
+    this.#members.delete(room);
+    for (const [id, pending] of this.#outbox) if (pending.room === room) this.#outbox.delete(id);
+    this.#send({ type: "leave", room });
   }
 
   /**
@@ -94,160 +195,214 @@ export class CavloClient extends EventTarget {
    * after reconnects, until the server acknowledges it.
    */
   send(room, text) {
-    const id = `${Date.now().toString(36)}-${(this.counter++).toString(36)}-${Math.random().toString(36).slice(2, 8)}`;
-    this.outbox.set(id, { room, text });
-    this.sendFrame({ type: "chat", room, id, text });
+    const id = `${Date.now().toString(36)}-${(this.#counter++).toString(36)}-${this.#random().toString(36).slice(2, 8)}`;
+    this.#outbox.set(id, { room, text });
+    this.#send({ type: "chat", room, id, text });
     return id;
   }
 
-  /** Sends a WebRTC signal to one member of a room. */
+  /** Sends a WebRTC signal to one member of a room; dropped while disconnected. */
   signal(room, to, kind, data) {
-    this.sendFrame({ type: "signal", room, to, kind, data });
-  }
-
-  /** Current members of a room, as a Map conn_id → member. */
-  membersOf(room) {
-    return this.members.get(room) || new Map();
+    this.#send({ type: "signal", room, to, kind, data });
   }
 
   // --- internals -----------------------------------------------------------
 
-  setState(state) {
-    if (this.state === state) return;
-    this.state = state;
-    this.emit("state", { state });
+  #setState(state) {
+    if (this.#state === state) return;
+    this.#state = state;
+    this.#emit("state", { state });
   }
 
-  emit(type, detail) {
+  #emit(type, detail) {
     this.dispatchEvent(new CustomEvent(type, { detail }));
   }
 
-  sendFrame(frame) {
-    if (this.ws && this.ws.readyState === WebSocket.OPEN && this.state === "open") {
-      this.ws.send(JSON.stringify(frame));
-    }
-    // Otherwise the frame is covered on (re)connect: rooms are rejoined and
-    // the outbox resent; signals are dropped, as peers renegotiate anyway.
+  /**
+   * Sends while welcomed. Otherwise the frame is covered on (re)connect:
+   * rooms are rejoined and the outbox resent; signals are dropped, as peers
+   * renegotiate anyway.
+   */
+  #send(frame) {
+    if (this.#state === "open") this.#write(frame);
   }
 
-  async open() {
-    if (this.stopped) return;
-    this.setState("connecting");
+  #write(frame) {
+    if (this.#ws && this.#ws.readyState === WS_OPEN) this.#ws.send(JSON.stringify(frame));
+  }
+
+  async #open() {
+    const session = this.#session;
+    this.#setState("connecting");
     let token;
     try {
-      token = typeof this.token === "function" ? await this.token() : this.token;
+      token = typeof this.#token === "function" ? await this.#token() : this.#token;
     } catch (err) {
-      this.emit("error", { code: "unauthorized", message: `token: ${err}` });
-      return this.retry();
+      if (session !== this.#session) return;
+      this.#emit("error", { code: "token_failed", message: `cannot get a token: ${err?.message ?? err}` });
+      return this.#retry();
     }
-    const url = this.urls[this.urlIndex % this.urls.length];
-    const ws = new WebSocket(url);
-    this.ws = ws;
+    if (session !== this.#session) return;
+    const url = this.#urls[this.#urlIndex % this.#urls.length];
+    let ws;
+    try {
+      ws = new this.#WebSocket(url);
+    } catch (err) {
+      console.warn("cavlo: cannot open a WebSocket", url, err);
+      return this.#retry();
+    }
+    this.#ws = ws;
     ws.onopen = () => ws.send(JSON.stringify({ type: "auth", token }));
-    ws.onmessage = (event) => this.onFrame(JSON.parse(event.data));
-    ws.onclose = (event) => {
-      if (this.ws !== ws) return;
-      this.ws = null;
-      this.setState("closed");
-      if (this.stopped) return;
-      if (TERMINAL_CLOSE.has(event.code) && typeof this.token !== "function") {
-        this.stopped = true;
-        this.emit("error", { code: "unauthorized", message: "token refused" });
-        return;
-      }
-      this.retry();
+    ws.onmessage = (event) => {
+      if (this.#ws === ws) this.#receive(event.data);
     };
+    ws.onclose = (event) => this.#closed(ws, event);
+  }
+
+  #closed(ws, { code, reason }) {
+    if (this.#ws !== ws) return;
+    this.#ws = null;
+    this.#setState("closed");
+    if (isTerminalClose(code)) {
+      this.close();
+      this.#emit("error", {
+        code: "closed",
+        message: `the gateway closed the connection for good (${code}${reason ? ` ${reason}` : ""})`,
+        closeCode: code,
+        reason,
+      });
+      return;
+    }
+    this.#retry();
   }
 
   /** Schedules the next attempt on the next gateway, with full jitter. */
-  retry() {
-    if (this.stopped) return;
-    if (this.attempt >= this.maxAttempts) {
-      this.stopped = true;
+  #retry() {
+    if (this.#stopped) return;
+    if (this.#attempt >= this.#maxAttempts) {
+      this.close();
+      this.#emit("error", { code: "closed", message: `gave up after ${this.#attempt} reconnect attempts` });
       return;
     }
-    const ceiling = Math.min(this.maxDelay, this.baseDelay * 2 ** this.attempt);
-    this.attempt += 1;
-    this.urlIndex += 1;
-    clearTimeout(this.retryTimer);
-    this.retryTimer = setTimeout(() => this.open(), Math.random() * ceiling);
+    const ceiling = Math.min(this.#maxDelay, this.#baseDelay * 2 ** this.#attempt);
+    this.#attempt += 1;
+    this.#urlIndex += 1;
+    this.#timers.clearTimeout(this.#retryTimer);
+    this.#retryTimer = this.#timers.setTimeout(() => {
+      this.#retryTimer = null;
+      this.#open();
+    }, this.#random() * ceiling);
   }
 
-  onFrame(frame) {
+  /** Rejoins every room after `since` and resends the outbox, in that order. */
+  #resume() {
+    for (const [room, since] of this.#rooms) {
+      this.#write(since === null ? { type: "join", room } : { type: "join", room, since });
+    }
+    for (const [id, { room, text }] of this.#outbox) this.#write({ type: "chat", room, id, text });
+  }
+
+  /** One frame from the server; a malformed one is logged and skipped. */
+  #receive(data) {
+    let frame;
+    try {
+      frame = JSON.parse(data);
+    } catch {
+      console.warn("cavlo: ignoring a frame that is not JSON", data);
+      return;
+    }
+    if (frame === null || typeof frame !== "object") {
+      console.warn("cavlo: ignoring a frame that is not an object", data);
+      return;
+    }
+    try {
+      this.#handle(frame);
+    } catch (err) {
+      console.warn("cavlo: ignoring a malformed frame", data, err);
+    }
+  }
+
+  #handle(frame) {
     switch (frame.type) {
       case "welcome":
-        this.connId = frame.conn_id;
-        this.user = frame.user;
-        this.attempt = 0;
-        this.setState("open");
-        this.emit("welcome", frame);
-        for (const [room, since] of this.rooms) {
-          const join = { type: "join", room };
-          if (since !== null) join.since = since;
-          this.ws.send(JSON.stringify(join));
-        }
-        for (const [id, pending] of this.outbox) {
-          this.ws.send(JSON.stringify({ type: "chat", room: pending.room, id, text: pending.text }));
-        }
+        this.#connId = frame.conn_id;
+        this.#user = frame.user;
+        this.#attempt = 0;
+        // Before anyone hears of it, so frames sent from a listener come
+        // after the rejoins.
+        this.#resume();
+        this.#setState("open");
+        this.#emit("welcome", frame);
         break;
-      case "joined": {
-        if (!this.rooms.has(frame.room)) break;
-        this.members.set(frame.room, new Map(frame.members.map((m) => [m.conn_id, m])));
-        for (const chat of frame.history) this.deliver(chat);
-        if (frame.history.length === 0) this.seen(frame.room, frame.last_seq);
-        this.emit("joined", frame);
+      case "joined":
+        if (!this.#rooms.has(frame.room)) break;
+        this.#members.set(frame.room, new Map(frame.members.map((m) => [m.conn_id, m])));
+        for (const chat of frame.history) this.#deliver(chat);
+        // Only when there was no history: a live message may already carry
+        // a seq between the last one in `history` and `last_seq`.
+        if (frame.history.length === 0) this.#seen(frame.room, frame.last_seq);
+        this.#emit("joined", frame);
         break;
-      }
       case "left":
-        this.emit("left", frame);
+        this.#emit("left", frame);
         break;
       case "chat":
-        this.deliver(frame);
+        this.#deliver(frame);
         break;
-      case "ack":
+      case "ack": {
         // The watermark is not moved here: other members' messages with
         // lower seqs may still be on their way.
-        this.outbox.delete(frame.id);
-        this.emit("ack", frame);
+        const pending = this.#outbox.get(frame.id);
+        if (!pending) break; // a second ack, for a message sent twice
+        this.#outbox.delete(frame.id);
+        // `text` is on the ack only when sanitizing changed what was sent.
+        this.#emit("ack", { ...frame, text: frame.text ?? pending.text });
         break;
+      }
       case "presence": {
-        const members = this.members.get(frame.room) || new Map();
+        const members = this.#members.get(frame.room);
+        if (!members) break;
         if (frame.event === "join") members.set(frame.member.conn_id, frame.member);
         else members.delete(frame.member.conn_id);
-        this.members.set(frame.room, members);
-        this.emit("presence", frame);
+        this.#emit("presence", frame);
         break;
       }
       case "signal":
-        this.emit("signal", frame);
+        this.#emit("signal", frame);
+        break;
+      case "pong":
         break;
       case "error":
-        if (frame.id && !RETRYABLE.has(frame.code)) this.outbox.delete(frame.id);
-        if (frame.id && RETRYABLE.has(frame.code)) this.retryLater(frame.id);
-        this.emit("error", frame);
+        if (frame.id && RETRYABLE_ERRORS.has(frame.code)) this.#resendLater(frame.id);
+        else if (frame.id) this.#outbox.delete(frame.id);
+        this.#emit("error", frame);
         break;
+      default:
+        console.warn("cavlo: ignoring a frame of unknown type", frame.type);
     }
   }
 
   /** Emits a chat message once, in seq order, and remembers its seq. */
-  deliver(chat) {
-    const since = this.rooms.get(chat.room);
+  #deliver(chat) {
+    const since = this.#rooms.get(chat.room);
     if (since === undefined || (since !== null && chat.seq <= since)) return;
-    this.rooms.set(chat.room, chat.seq);
-    this.emit("chat", chat);
+    this.#rooms.set(chat.room, chat.seq);
+    this.#emit("chat", chat);
   }
 
-  seen(room, seq) {
-    const since = this.rooms.get(room);
+  #seen(room, seq) {
+    const since = this.#rooms.get(room);
     if (since === undefined) return;
-    if (since === null || seq > since) this.rooms.set(room, seq);
+    if (since === null || seq > since) this.#rooms.set(room, seq);
   }
 
-  retryLater(id) {
-    setTimeout(() => {
-      const pending = this.outbox.get(id);
-      if (pending) this.sendFrame({ type: "chat", room: pending.room, id, text: pending.text });
-    }, 1000 + Math.random() * 2000);
+  #resendLater(id) {
+    const timer = this.#timers.setTimeout(() => {
+      this.#resendTimers.delete(timer);
+      const pending = this.#outbox.get(id);
+      if (pending) this.#send({ type: "chat", room: pending.room, id, text: pending.text });
+    }, RESEND_DELAY_MS + this.#random() * RESEND_JITTER_MS);
+    this.#resendTimers.add(timer);
   }
 }
 

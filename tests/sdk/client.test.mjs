@@ -1,0 +1,490 @@
+// CavloClient against a fake gateway: the test plays the server's side of a
+// FakeWebSocket and moves a FakeClock by hand, so nothing here sleeps.
+import assert from "node:assert/strict";
+import { describe, test } from "node:test";
+
+import { CavloClient } from "../../web/cavlo.js";
+import { FakeClock, fakeWebSocket, settle } from "./fakes.mjs";
+
+const USER = { id: "u1", name: "Ann" };
+
+function welcome(connId = "c1") {
+  return {
+    type: "welcome",
+    conn_id: connId,
+    user: USER,
+    gateway: "gw-1",
+    limits: { max_frame_bytes: 131072, max_rooms: 16, history_limit: 50 },
+  };
+}
+
+function chat(room, seq, text = `message ${seq}`) {
+  return {
+    type: "chat",
+    room,
+    seq,
+    id: `other-${seq}`,
+    from: { conn_id: "c9", user: { id: "u9", name: "Bob" } },
+    text,
+    ts: 1764115200000 + seq,
+  };
+}
+
+function joined(room, { history = [], lastSeq = 0, members = [] } = {}) {
+  return { type: "joined", room, members, history, last_seq: lastSeq, truncated: false };
+}
+
+/** A client with fakes injected, not yet connected. */
+function makeClient(options = {}) {
+  const { FakeWebSocket, sockets } = fakeWebSocket();
+  const clock = new FakeClock();
+  const client = new CavloClient({
+    urls: ["ws://gw1/ws", "ws://gw2/ws"],
+    token: "t0",
+    WebSocket: FakeWebSocket,
+    timers: clock,
+    ...options,
+  });
+  const events = [];
+  for (const type of ["state", "welcome", "joined", "left", "chat", "ack", "presence", "signal", "error"]) {
+    client.addEventListener(type, ({ detail }) => events.push({ type, detail }));
+  }
+  const of = (type) => events.filter((e) => e.type === type).map((e) => e.detail);
+  return { client, sockets, clock, events, of };
+}
+
+/** Lets the client open its next socket, and welcomes it. */
+async function welcomeNext(sockets, connId) {
+  await settle();
+  const socket = sockets.at(-1);
+  socket.accept();
+  socket.receive(welcome(connId));
+  return socket;
+}
+
+/** A client that is connected and welcomed. */
+async function connected(options) {
+  const made = makeClient(options);
+  made.client.connect();
+  const socket = await welcomeNext(made.sockets, "c1");
+  return { ...made, socket };
+}
+
+describe("connecting", () => {
+  test("authenticates first, is open after welcome, and exposes who it is", async () => {
+    const { client, socket, of } = await connected();
+    assert.deepEqual(socket.sent[0], { type: "auth", token: "t0" });
+    assert.equal(socket.url, "ws://gw1/ws");
+    assert.equal(client.state, "open");
+    assert.equal(client.connId, "c1");
+    assert.deepEqual(client.user, USER);
+    assert.deepEqual(of("state").map((d) => d.state), ["connecting", "open"]);
+    assert.equal(of("welcome").length, 1);
+  });
+
+  test("asks a token function before every connect", async () => {
+    let calls = 0;
+    const { client, sockets, clock } = makeClient({ token: async () => `t${++calls}`, random: () => 0 });
+    client.connect();
+    const first = await welcomeNext(sockets, "c1");
+    first.drop(1006);
+    clock.advance(0);
+    const second = await welcomeNext(sockets, "c2");
+    assert.equal(first.sent[0].token, "t1");
+    assert.equal(second.sent[0].token, "t2");
+  });
+
+  test("keeps its state private: only getters, and they hand out copies", async () => {
+    const { client, socket } = await connected();
+    client.join("lobby");
+    socket.receive(joined("lobby", { members: [{ conn_id: "c1", user: USER }] }));
+    client.send("lobby", "hi");
+    assert.deepEqual(Object.keys(client), []);
+    client.outbox.clear();
+    client.rooms.clear();
+    client.membersOf("lobby").clear();
+    assert.equal(client.outbox.size, 1);
+    assert.deepEqual([...client.rooms.keys()], ["lobby"]);
+    assert.equal(client.membersOf("lobby").size, 1);
+    assert.throws(() => {
+      client.state = "open";
+    }, TypeError);
+  });
+});
+
+describe("reconnecting", () => {
+  const BASE = 100;
+  const MAX = 1000;
+
+  /** Fails `attempts` connects in a row and returns the backoff delays asked for. */
+  async function failRepeatedly(random, attempts) {
+    const { client, sockets, clock } = makeClient({ baseDelay: BASE, maxDelay: MAX, random });
+    client.connect();
+    for (let i = 0; i < attempts; i++) {
+      await settle();
+      assert.equal(sockets.length, i + 1, `attempt ${i} opened a socket`);
+      sockets[i].drop(1006);
+      assert.equal(clock.pending, 1, `attempt ${i} scheduled one retry`);
+      clock.advance(clock.delays.at(-1));
+    }
+    await settle();
+    client.close();
+    return { delays: clock.delays, urls: sockets.map((s) => s.url) };
+  }
+
+  const ceiling = (attempt) => Math.min(MAX, BASE * 2 ** attempt);
+
+  for (const r of [0, 0.5, 0.999999]) {
+    test(`backoff is random × min(maxDelay, baseDelay·2ⁿ), random = ${r}`, async () => {
+      const { delays } = await failRepeatedly(() => r, 8);
+      assert.deepEqual(
+        delays,
+        Array.from({ length: 8 }, (_, n) => r * ceiling(n)),
+      );
+    });
+  }
+
+  test("with Math.random every delay stays within its jittered bounds", async () => {
+    const { delays } = await failRepeatedly(Math.random, 12);
+    delays.forEach((delay, n) => {
+      assert.ok(delay >= 0 && delay < ceiling(n), `attempt ${n}: ${delay} not in [0, ${ceiling(n)})`);
+    });
+    assert.ok(delays.slice(4).every((delay) => delay < MAX), "capped at maxDelay");
+  });
+
+  test("fails over to the next gateway on every attempt", async () => {
+    const { urls } = await failRepeatedly(() => 0, 4);
+    assert.deepEqual(urls, ["ws://gw1/ws", "ws://gw2/ws", "ws://gw1/ws", "ws://gw2/ws", "ws://gw1/ws"]);
+  });
+
+  test("a welcome resets the backoff", async () => {
+    const { client, sockets, clock } = makeClient({ baseDelay: BASE, maxDelay: MAX, random: () => 0.999999 });
+    client.connect();
+    await settle();
+    sockets[0].drop(1006);
+    clock.advance(clock.delays.at(-1));
+    await settle();
+    sockets[1].drop(1006);
+    clock.advance(clock.delays.at(-1));
+    const third = await welcomeNext(sockets, "c3");
+    third.drop(1006);
+    assert.deepEqual(clock.delays, [0.999999 * 100, 0.999999 * 200, 0.999999 * 100]);
+  });
+
+  test("maxAttempts gives up with an error", async () => {
+    const { client, sockets, clock, of } = makeClient({ maxAttempts: 2, random: () => 0 });
+    client.connect();
+    for (let i = 0; i < 3; i++) {
+      await settle();
+      sockets[i].drop(1006);
+      clock.advance(0);
+    }
+    await settle();
+    assert.equal(sockets.length, 3);
+    assert.equal(clock.pending, 0);
+    assert.equal(client.state, "closed");
+    assert.equal(of("error").at(-1).code, "closed");
+  });
+
+  test("a failing token function is reported and retried", async () => {
+    let fail = true;
+    const { client, sockets, clock, of } = makeClient({
+      token: async () => {
+        if (fail) throw new Error("no token today");
+        return "t1";
+      },
+      random: () => 0,
+    });
+    client.connect();
+    await settle();
+    assert.equal(sockets.length, 0);
+    assert.equal(of("error")[0].code, "token_failed");
+    assert.match(of("error")[0].message, /no token today/);
+    fail = false;
+    clock.advance(0);
+    await welcomeNext(sockets, "c1");
+    assert.equal(client.state, "open");
+  });
+});
+
+describe("close codes", () => {
+  const CASES = [
+    { code: 4001, reconnects: false },
+    { code: 4000, reconnects: false },
+    { code: 4042, reconnects: false },
+    { code: 4099, reconnects: false },
+    { code: 4100, reconnects: true },
+    { code: 4101, reconnects: true },
+    { code: 4102, reconnects: true },
+    { code: 4150, reconnects: true },
+    { code: 4199, reconnects: true },
+    { code: 1000, reconnects: true },
+    { code: 1001, reconnects: true },
+    { code: 1006, reconnects: true },
+    { code: 1009, reconnects: true },
+    { code: 1011, reconnects: true },
+  ];
+
+  for (const { code, reconnects } of CASES) {
+    for (const tokenKind of ["string", "function"]) {
+      test(`${code} from the gateway ${reconnects ? "reconnects" : "is terminal"} (token ${tokenKind})`, async () => {
+        const token = tokenKind === "string" ? "t0" : () => "t0";
+        const { client, sockets, clock, of } = await connected({ token, random: () => 0.5 });
+        sockets[0].drop(code, "bye");
+        assert.equal(client.state, "closed");
+        clock.advance(60_000);
+        await settle();
+        if (reconnects) {
+          assert.equal(sockets.length, 2, `${code}: a new socket`);
+          assert.equal(client.state, "connecting");
+          assert.deepEqual(of("error"), []);
+        } else {
+          assert.equal(sockets.length, 1, `${code}: no new socket`);
+          assert.equal(clock.pending, 0, `${code}: no timer left`);
+          const [error] = of("error");
+          assert.equal(error.code, "closed");
+          assert.equal(error.closeCode, code);
+          assert.equal(error.reason, "bye");
+        }
+      });
+    }
+  }
+
+  test("the client's own close does not reconnect", async () => {
+    const { client, sockets, clock } = await connected();
+    client.close();
+    assert.equal(sockets[0].closedWith, 1000);
+    await settle(); // the close event arrives
+    clock.advance(60_000);
+    await settle();
+    assert.equal(sockets.length, 1);
+    assert.equal(client.state, "closed");
+  });
+
+  test("connect after a terminal close starts over", async () => {
+    const { client, sockets } = await connected();
+    sockets[0].drop(4001);
+    client.connect();
+    await welcomeNext(sockets, "c2");
+    assert.equal(client.state, "open");
+    assert.equal(client.connId, "c2");
+  });
+});
+
+describe("resuming", () => {
+  test("rejoins each room with since = the highest seq seen, then resends the outbox", async () => {
+    const { client, socket, sockets, clock } = await connected({ random: () => 0 });
+    client.join("a");
+    client.join("b");
+    client.join("c");
+    socket.receive(joined("a", { history: [chat("a", 3), chat("a", 4)], lastSeq: 4 }));
+    socket.receive(chat("a", 7));
+    socket.receive(chat("a", 6)); // older than what was seen: not a new watermark
+    socket.receive(joined("b", { lastSeq: 9 }));
+    // "c" is never answered: it has no seq yet.
+    const id = client.send("a", "unacked");
+    // Our own ack does not move the watermark: others' lower seqs may be in flight.
+    const acked = client.send("a", "acked");
+    socket.receive({ type: "ack", id: acked, room: "a", seq: 12 });
+
+    socket.drop(1006);
+    clock.advance(0);
+    const next = await welcomeNext(sockets, "c2");
+    assert.deepEqual(next.sent, [
+      { type: "auth", token: "t0" },
+      { type: "join", room: "a", since: 7 },
+      { type: "join", room: "b", since: 9 },
+      { type: "join", room: "c" },
+      { type: "chat", room: "a", id, text: "unacked" },
+    ]);
+    assert.deepEqual(client.rooms, new Map([["a", 7], ["b", 9], ["c", null]]));
+  });
+
+  test("after resuming, history seen before is not delivered again", async () => {
+    const { client, socket, sockets, clock, of } = await connected({ random: () => 0 });
+    client.join("a");
+    socket.receive(joined("a", { history: [chat("a", 1), chat("a", 2)], lastSeq: 2 }));
+    socket.drop(1006);
+    clock.advance(0);
+    const next = await welcomeNext(sockets, "c2");
+    next.receive(joined("a", { history: [chat("a", 2), chat("a", 3)], lastSeq: 3 }));
+    next.receive(chat("a", 3));
+    next.receive(chat("a", 4));
+    assert.deepEqual(of("chat").map((c) => c.seq), [1, 2, 3, 4]);
+  });
+
+  test("a left room is not rejoined and its unsent chat is dropped", async () => {
+    const { client, socket, sockets, clock } = await connected({ random: () => 0 });
+    client.join("a");
+    client.join("b");
+    client.send("a", "to a");
+    const kept = client.send("b", "to b");
+    client.leave("a");
+    socket.drop(1006);
+    clock.advance(0);
+    const next = await welcomeNext(sockets, "c2");
+    assert.deepEqual(next.sent.slice(1), [
+      { type: "join", room: "b" },
+      { type: "chat", room: "b", id: kept, text: "to b" },
+    ]);
+  });
+
+  test("frames sent before the first welcome are sent after it, once", async () => {
+    const { client, sockets } = makeClient();
+    client.connect();
+    client.join("a");
+    const id = client.send("a", "early");
+    const socket = await welcomeNext(sockets, "c1");
+    assert.deepEqual(socket.sent.slice(1), [
+      { type: "join", room: "a" },
+      { type: "chat", room: "a", id, text: "early" },
+    ]);
+  });
+
+  test("frames sent from a welcome listener follow the rejoins", async () => {
+    const { client, sockets } = makeClient();
+    client.join("a");
+    client.addEventListener("welcome", () => client.join("b"));
+    client.connect();
+    const socket = await welcomeNext(sockets, "c1");
+    assert.deepEqual(socket.sent.slice(1).map((f) => f.room), ["a", "b"]);
+  });
+});
+
+describe("chat", () => {
+  test("the ack carries the stored text when sanitizing changed it", async () => {
+    const { client, socket, of } = await connected();
+    client.join("a");
+    const changed = client.send("a", "hello <b>bob</b>");
+    const same = client.send("a", "plain");
+    socket.receive({ type: "ack", id: changed, room: "a", seq: 12, text: "hello bob" });
+    socket.receive({ type: "ack", id: same, room: "a", seq: 13 });
+    assert.deepEqual(of("ack"), [
+      { type: "ack", id: changed, room: "a", seq: 12, text: "hello bob" },
+      { type: "ack", id: same, room: "a", seq: 13, text: "plain" },
+    ]);
+    assert.equal(client.outbox.size, 0);
+  });
+
+  test("a second ack for the same message is not emitted", async () => {
+    const { client, socket, of } = await connected();
+    client.join("a");
+    const id = client.send("a", "once");
+    socket.receive({ type: "ack", id, room: "a", seq: 1 });
+    socket.receive({ type: "ack", id, room: "a", seq: 1 });
+    assert.equal(of("ack").length, 1);
+  });
+
+  test("unavailable and rate_limited are resent after 1–3 s; other errors drop the message", async () => {
+    const { client, socket, clock, of } = await connected({ random: () => 0.5 });
+    client.join("a");
+    const limited = client.send("a", "slow down");
+    const invalid = client.send("a", "bad");
+    socket.receive({ type: "error", code: "rate_limited", message: "slow down", id: limited, room: "a" });
+    socket.receive({ type: "error", code: "invalid_message", message: "bad", id: invalid, room: "a" });
+    assert.deepEqual([...client.outbox.keys()], [limited]);
+    assert.deepEqual(of("error").map((e) => e.code), ["rate_limited", "invalid_message"]);
+    const before = socket.frames("chat").length;
+    clock.advance(1999);
+    assert.equal(socket.frames("chat").length, before);
+    clock.advance(1);
+    assert.deepEqual(socket.frames("chat").at(-1), { type: "chat", room: "a", id: limited, text: "slow down" });
+  });
+
+  test("members follow joined and presence", async () => {
+    const { client, socket } = await connected();
+    const bob = { conn_id: "c2", user: { id: "u2", name: "Bob" } };
+    const cid = { conn_id: "c3", user: { id: "u3", name: "Cid" } };
+    client.join("a");
+    socket.receive(joined("a", { members: [{ conn_id: "c1", user: USER }, bob] }));
+    socket.receive({ type: "presence", room: "a", event: "join", member: cid });
+    socket.receive({ type: "presence", room: "a", event: "leave", member: bob });
+    assert.deepEqual([...client.membersOf("a").keys()], ["c1", "c3"]);
+    assert.deepEqual(client.membersOf("nowhere"), new Map());
+  });
+});
+
+describe("malformed frames", () => {
+  const CASES = [
+    { name: "not JSON", data: "{nope" },
+    { name: "a number", data: "42" },
+    { name: "null", data: "null" },
+    { name: "an unknown type", data: JSON.stringify({ type: "teleport", room: "a" }) },
+    { name: "no type", data: JSON.stringify({ room: "a" }) },
+    { name: "joined without members", data: JSON.stringify({ type: "joined", room: "a", history: [] }) },
+  ];
+
+  for (const { name, data } of CASES) {
+    test(`${name} is logged and skipped`, async (t) => {
+      const warn = t.mock.method(console, "warn", () => {});
+      const { client, socket, of } = await connected();
+      client.join("a");
+      assert.doesNotThrow(() => socket.receive(data));
+      assert.equal(warn.mock.callCount(), 1, name);
+      // The connection carries on.
+      assert.equal(client.state, "open");
+      socket.receive(joined("a", { history: [chat("a", 1)], lastSeq: 1 }));
+      assert.deepEqual(of("chat").map((c) => c.seq), [1]);
+    });
+  }
+
+  test("pong is understood and not logged", async (t) => {
+    const warn = t.mock.method(console, "warn", () => {});
+    const { socket } = await connected();
+    socket.receive({ type: "pong" });
+    assert.equal(warn.mock.callCount(), 0);
+  });
+});
+
+describe("close()", () => {
+  test("cancels a pending reconnect", async () => {
+    const { client, sockets, clock } = await connected();
+    sockets[0].drop(1006);
+    assert.equal(clock.pending, 1);
+    client.close();
+    assert.equal(clock.pending, 0);
+  });
+
+  test("cancels pending resends", async () => {
+    const { client, socket, clock } = await connected();
+    client.join("a");
+    for (const text of ["one", "two"]) {
+      const id = client.send("a", text);
+      socket.receive({ type: "error", code: "unavailable", message: "later", id, room: "a" });
+    }
+    assert.equal(clock.pending, 2);
+    client.close();
+    assert.equal(clock.pending, 0);
+  });
+
+  test("while a token is being fetched, no socket opens afterwards", async () => {
+    let resolve;
+    const { client, sockets, clock } = makeClient({ token: () => new Promise((r) => (resolve = r)) });
+    client.connect();
+    await settle();
+    client.close();
+    resolve("late");
+    await settle();
+    assert.equal(sockets.length, 0);
+    assert.equal(clock.pending, 0);
+    assert.equal(client.state, "closed");
+  });
+
+  test("with real timers, leaves no timer behind", async () => {
+    const timeouts = () => process.getActiveResourcesInfo().filter((r) => r === "Timeout").length;
+    const before = timeouts();
+    const { FakeWebSocket, sockets } = fakeWebSocket();
+    const client = new CavloClient({ urls: ["ws://gw1/ws"], token: "t0", WebSocket: FakeWebSocket });
+    client.connect();
+    await settle();
+    sockets[0].accept();
+    sockets[0].receive(welcome());
+    client.join("a");
+    const id = client.send("a", "x");
+    sockets[0].receive({ type: "error", code: "rate_limited", message: "later", id, room: "a" });
+    sockets[0].drop(1006);
+    assert.equal(timeouts(), before + 2);
+    client.close();
+    assert.equal(timeouts(), before);
+  });
+});
