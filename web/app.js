@@ -10,11 +10,6 @@ const gateways = [ownGateway, ...(params.get("gateways") || "").split(",").filte
 
 let client = null;
 let call = null;
-/** The call being started, so that a click and an incoming offer start one call. */
-let calling = null;
-/** Signals that arrived before the call existed, replayed into it. */
-const early = [];
-const MAX_EARLY_SIGNALS = 200;
 let room = null;
 let token = null;
 
@@ -69,31 +64,30 @@ function videoFor(connId, label) {
   return video;
 }
 
-function startCall() {
-  calling ??= (async () => {
-    const local = await navigator.mediaDevices.getUserMedia({ video: true, audio: true });
+/** The room's call: it starts on a click or on the first incoming offer. */
+function prepareCall() {
+  call = new MeshCall(client, room, {
+    media: () => navigator.mediaDevices.getUserMedia({ video: true, audio: true }),
+  });
+  call.addEventListener("start", ({ detail }) => {
     const mine = videoFor(client.connId, "you");
     mine.muted = true;
-    mine.srcObject = local;
-    call = new MeshCall(client, room, local);
-    call.addEventListener("stream", ({ detail }) => {
-      const video = videoFor(detail.connId, client.membersOf(room).get(detail.connId)?.user.name || "peer");
-      video.srcObject = detail.stream;
-      video.play().catch(() => {});
-    });
-    call.addEventListener("peerstate", ({ detail }) => {
-      videoFor(detail.connId, "peer").dataset.peerState = detail.state;
-    });
-    call.addEventListener("hangup", ({ detail }) => {
-      document.querySelector(`video[data-conn-id="${CSS.escape(detail.connId)}"]`)?.remove();
-    });
+    mine.srcObject = detail.stream;
     $("call").textContent = "In call";
     $("call").disabled = true;
-    call.start();
-    for (const signal of early.splice(0)) call.handleSignal(signal);
-    return call;
-  })();
-  return calling;
+  });
+  call.addEventListener("stream", ({ detail }) => {
+    const video = videoFor(detail.connId, client.membersOf(room).get(detail.connId)?.user.name || "peer");
+    video.srcObject = detail.stream;
+    video.play().catch(() => {});
+  });
+  call.addEventListener("peerstate", ({ detail }) => {
+    videoFor(detail.connId, "peer").dataset.peerState = detail.state;
+  });
+  call.addEventListener("hangup", ({ detail }) => {
+    document.querySelector(`video[data-conn-id="${CSS.escape(detail.connId)}"]`)?.remove();
+  });
+  call.addEventListener("error", ({ detail }) => console.warn("cannot join the call", detail.error));
 }
 
 function enter(name, roomName) {
@@ -118,13 +112,7 @@ function enter(name, roomName) {
   client.addEventListener("error", ({ detail }) => {
     if (detail.code === "room_full") $("status").textContent = "room is full";
   });
-  // Before our call exists its signals wait here; an offer means someone
-  // started a call, so join it.
-  client.addEventListener("signal", ({ detail }) => {
-    if (call) return;
-    if (early.length < MAX_EARLY_SIGNALS) early.push(detail);
-    if (detail.kind === "offer") startCall().catch((err) => console.warn("cannot join the call", err));
-  });
+  prepareCall();
   client.connect();
   client.join(room);
 
@@ -148,7 +136,7 @@ $("composer").addEventListener("submit", (event) => {
   $("text").value = "";
 });
 
-$("call").addEventListener("click", () => startCall().catch((err) => alert(`Cannot start the call: ${err}`)));
+$("call").addEventListener("click", () => call.start().catch((err) => alert(`Cannot start the call: ${err}`)));
 
 $("leave").addEventListener("click", () => {
   call?.stop();

@@ -49,6 +49,13 @@ const RESEND_JITTER_MS = 2000;
 const POLITE_OFFER_DELAY_MS = 400;
 
 /**
+ * Signals a call keeps from before it started. Past this, newer ones are
+ * dropped: a peer sends at most one description and, per room, 100
+ * candidates (docs/protocol.md), so only a crowd of callers can reach it.
+ */
+const MAX_EARLY_SIGNALS = 200;
+
+/**
  * A connection to cavlo gateways. Events (all `CustomEvent`, data in
  * `detail`): `state` ({state}: "connecting" | "open" | "closed"),
  * `welcome`, `joined`, `left`, `chat`, `ack`, `presence`, `signal`, `error`.
@@ -409,106 +416,204 @@ export class CavloClient extends EventTarget {
 /**
  * A mesh video call in one room: one RTCPeerConnection per other member,
  * negotiated with the "perfect negotiation" pattern so that two peers
- * starting at once do not collide. Events: `stream` ({connId, stream}),
- * `peerstate` ({connId, state}), `hangup` ({connId}).
+ * starting at once do not collide.
+ *
+ * Create it when you join the room, before any call: until it starts it
+ * keeps the room's call signals, and an incoming offer starts it (the call
+ * answers by itself). Events: `start` ({stream}, the local stream), `stream`
+ * ({connId, stream}), `peerstate` ({connId, state}), `hangup` ({connId}),
+ * `error` ({error}, when answering could not get the local media).
  */
 export class MeshCall extends EventTarget {
+  #client;
+  #room;
+  #media;
+  #iceServers;
+  #RTCPeerConnection;
+  #timers;
+
+  /** "idle", "starting" (waiting for media), "active" or "stopped". */
+  #state = "idle";
+  #starting = null;
+  #localStream = null;
+  /** remote conn_id → {pc, polite, makingOffer, ignoreOffer, answered, offerTimer}. */
+  #peers = new Map();
+  /** This room's signals from before the call started, oldest first. */
+  #early = [];
   /**
-   * @param {CavloClient} client a connected client that has joined `room`
-   * @param {string} room
-   * @param {MediaStream} localStream
-   * @param {RTCIceServer[]} [iceServers=[]]
+   * Signals are applied one at a time, in arrival order: a candidate must
+   * not race the description it belongs to.
    */
-  constructor(client, room, localStream, iceServers = []) {
+  #applying = Promise.resolve();
+  #onSignal;
+  #onPresence;
+
+  /**
+   * @param {CavloClient} client
+   * @param {string} room a room the client has joined or is joining
+   * @param {object} options
+   * @param {MediaStream | (() => MediaStream | Promise<MediaStream>)} options.media
+   *   the local stream, or a function getting it, called once, when the call
+   *   starts; it is the place to ask the user, and throwing declines
+   * @param {RTCIceServer[]} [options.iceServers=[]]
+   * @param {typeof RTCPeerConnection} [options.RTCPeerConnection=globalThis.RTCPeerConnection]
+   * @param {{setTimeout: Function, clearTimeout: Function}} [options.timers=globalThis]
+   */
+  constructor(
+    client,
+    room,
+    { media, iceServers = [], RTCPeerConnection = globalThis.RTCPeerConnection, timers = globalThis } = {},
+  ) {
     super();
-    this.client = client;
-    this.room = room;
-    this.localStream = localStream;
-    this.iceServers = iceServers;
-    this.peers = new Map();
-    // Signals are applied one at a time, in arrival order: a candidate must
-    // not race the description it belongs to.
-    this.applying = Promise.resolve();
-    this.onSignal = (e) => this.handleSignal(e.detail);
-    this.onPresence = (e) => {
-      const p = e.detail;
-      if (p.room !== this.room) return;
-      if (p.event === "leave") this.drop(p.member.conn_id);
+    if (!media) throw new Error("cavlo: a MeshCall needs `media`, a MediaStream or a function returning one");
+    this.#client = client;
+    this.#room = room;
+    this.#media = media;
+    this.#iceServers = iceServers;
+    this.#RTCPeerConnection = RTCPeerConnection;
+    this.#timers = timers;
+    this.#onSignal = ({ detail }) => this.#receive(detail);
+    this.#onPresence = ({ detail }) => {
+      if (detail.room === this.#room && detail.event === "leave") this.#forget(detail.member.conn_id);
     };
-    client.addEventListener("signal", this.onSignal);
-    client.addEventListener("presence", this.onPresence);
+    client.addEventListener("signal", this.#onSignal);
+    client.addEventListener("presence", this.#onPresence);
   }
 
-  /** Calls every current member of the room. */
+  /** "idle", "starting", "active" or "stopped". */
+  get state() {
+    return this.#state;
+  }
+
+  /** The local stream once the call started, else null. */
+  get localStream() {
+    return this.#localStream;
+  }
+
+  /**
+   * Gets the local media and calls every current member of the room.
+   * Resolves once the call is active; calling it again returns the same
+   * promise. If getting the media fails, it rejects and the call is idle again.
+   */
   start() {
-    for (const connId of this.client.membersOf(this.room).keys()) {
-      if (connId !== this.client.connId) this.peer(connId);
+    if (this.#state === "stopped") return Promise.reject(new Error("cavlo: this call was stopped"));
+    this.#starting ??= this.#begin().catch((err) => {
+      this.#starting = null;
+      if (this.#state === "starting") this.#state = "idle";
+      throw err;
+    });
+    return this.#starting;
+  }
+
+  /** Hangs up on everyone; a stopped call cannot start again. */
+  stop() {
+    if (this.#state === "stopped") return;
+    this.#state = "stopped";
+    for (const connId of [...this.#peers.keys()]) {
+      this.#client.signal(this.#room, connId, "bye", {});
+      this.#drop(connId);
+    }
+    this.#early = [];
+    this.#client.removeEventListener("signal", this.#onSignal);
+    this.#client.removeEventListener("presence", this.#onPresence);
+  }
+
+  // --- internals -----------------------------------------------------------
+
+  async #begin() {
+    this.#state = "starting";
+    const stream = typeof this.#media === "function" ? await this.#media() : this.#media;
+    if (this.#state === "stopped") {
+      // Nobody else was handed this stream: release the camera.
+      if (typeof this.#media === "function") for (const track of stream.getTracks()) track.stop();
+      return;
+    }
+    this.#localStream = stream;
+    this.#state = "active";
+    this.#emit("start", { stream });
+    for (const connId of this.#client.membersOf(this.#room).keys()) {
+      if (connId !== this.#client.connId) this.#peer(connId);
+    }
+    for (const signal of this.#early.splice(0)) this.#enqueue(signal);
+  }
+
+  #receive(signal) {
+    if (signal.room !== this.#room) return;
+    if (this.#state === "active") return this.#enqueue(signal);
+    if (this.#state === "stopped") return;
+    if (signal.kind === "bye") {
+      this.#early = this.#early.filter((early) => early.from !== signal.from);
+      return;
+    }
+    if (this.#early.length < MAX_EARLY_SIGNALS) this.#early.push(signal);
+    if (signal.kind === "offer" && this.#state === "idle") {
+      this.start().catch((error) => this.#emit("error", { error }));
     }
   }
 
-  /** Hangs up on everyone. */
-  stop() {
-    for (const connId of [...this.peers.keys()]) {
-      this.client.signal(this.room, connId, "bye", {});
-      this.drop(connId);
-    }
-    this.client.removeEventListener("signal", this.onSignal);
-    this.client.removeEventListener("presence", this.onPresence);
+  /** A member left the room: hang up on it, or forget what it sent. */
+  #forget(connId) {
+    this.#early = this.#early.filter((early) => early.from !== connId);
+    this.#drop(connId);
+  }
+
+  #enqueue(signal) {
+    this.#applying = this.#applying.then(() => this.#apply(signal));
   }
 
   /** The connection to `connId`, created on first use. */
-  peer(connId) {
-    let peer = this.peers.get(connId);
+  #peer(connId) {
+    let peer = this.#peers.get(connId);
     if (peer) return peer;
-    const pc = new RTCPeerConnection({ iceServers: this.iceServers });
+    const pc = new this.#RTCPeerConnection({ iceServers: this.#iceServers });
     // The peer with the larger connection id yields in a collision.
-    peer = { pc, polite: this.client.connId > connId, makingOffer: false, ignoreOffer: false, answered: 0 };
-    this.peers.set(connId, peer);
-    for (const track of this.localStream.getTracks()) pc.addTrack(track, this.localStream);
+    peer = { pc, polite: this.#client.connId > connId, makingOffer: false, ignoreOffer: false, answered: 0, offerTimer: null };
+    this.#peers.set(connId, peer);
+    for (const track of this.#localStream.getTracks()) pc.addTrack(track, this.#localStream);
     pc.onnegotiationneeded = async () => {
       try {
-        // The polite side lets a crossing offer arrive first: when both
-        // start at once, the rollback a collision needs sometimes left
-        // Chromium gathering no ICE candidates. If it answered an offer
-        // meanwhile, that negotiation already carried its tracks.
+        // The polite side lets a crossing offer arrive first (see
+        // POLITE_OFFER_DELAY_MS). If it answered one meanwhile, that
+        // negotiation already carried its tracks.
         if (peer.polite) {
           const answered = peer.answered;
-          await new Promise((resolve) => setTimeout(resolve, POLITE_OFFER_DELAY_MS));
+          await new Promise((resolve) => {
+            peer.offerTimer = this.#timers.setTimeout(resolve, POLITE_OFFER_DELAY_MS);
+          });
+          peer.offerTimer = null;
           if (peer.answered !== answered || pc.signalingState !== "stable") return;
         }
         peer.makingOffer = true;
         await pc.setLocalDescription();
-        this.client.signal(this.room, connId, pc.localDescription.type, {
+        this.#client.signal(this.#room, connId, pc.localDescription.type, {
           type: pc.localDescription.type,
           sdp: pc.localDescription.sdp,
         });
+      } catch (err) {
+        console.warn("cavlo: offering failed", err);
       } finally {
         peer.makingOffer = false;
       }
     };
     pc.onicecandidate = ({ candidate }) => {
-      this.client.signal(this.room, connId, "candidate", {
+      this.#client.signal(this.#room, connId, "candidate", {
         candidate: candidate ? candidate.candidate : null,
         sdpMid: candidate ? candidate.sdpMid : null,
         sdpMLineIndex: candidate ? candidate.sdpMLineIndex : null,
       });
     };
-    pc.ontrack = ({ streams }) => this.emit("stream", { connId, stream: streams[0] });
-    pc.onconnectionstatechange = () => this.emit("peerstate", { connId, state: pc.connectionState });
+    pc.ontrack = ({ streams }) => this.#emit("stream", { connId, stream: streams[0] });
+    pc.onconnectionstatechange = () => this.#emit("peerstate", { connId, state: pc.connectionState });
     return peer;
   }
 
-  /** Applies a signal after those before it; returns when it is applied. */
-  handleSignal(signal) {
-    this.applying = this.applying.then(() => this.applySignal(signal));
-    return this.applying;
-  }
-
-  async applySignal(signal) {
-    if (signal.room !== this.room) return;
+  async #apply(signal) {
+    if (this.#state !== "active") return;
     const connId = signal.from;
-    if (signal.kind === "bye") return this.drop(connId);
-    const peer = this.peer(connId);
+    if (signal.kind === "bye") return this.#drop(connId);
+    // Only an offer opens a connection; an answer or candidate without one is stale.
+    const peer = signal.kind === "offer" ? this.#peer(connId) : this.#peers.get(connId);
+    if (!peer) return;
     const { pc } = peer;
     try {
       if (signal.kind === "offer" || signal.kind === "answer") {
@@ -519,7 +624,7 @@ export class MeshCall extends EventTarget {
         if (signal.kind === "offer") {
           peer.answered += 1;
           await pc.setLocalDescription();
-          this.client.signal(this.room, connId, "answer", { type: "answer", sdp: pc.localDescription.sdp });
+          this.#client.signal(this.#room, connId, "answer", { type: "answer", sdp: pc.localDescription.sdp });
         }
       } else if (signal.kind === "candidate") {
         const c = signal.data;
@@ -530,15 +635,16 @@ export class MeshCall extends EventTarget {
     }
   }
 
-  drop(connId) {
-    const peer = this.peers.get(connId);
+  #drop(connId) {
+    const peer = this.#peers.get(connId);
     if (!peer) return;
+    this.#timers.clearTimeout(peer.offerTimer);
     peer.pc.close();
-    this.peers.delete(connId);
-    this.emit("hangup", { connId });
+    this.#peers.delete(connId);
+    this.#emit("hangup", { connId });
   }
 
-  emit(type, detail) {
+  #emit(type, detail) {
     this.dispatchEvent(new CustomEvent(type, { detail }));
   }
 }
