@@ -620,9 +620,13 @@ export class MeshCall extends EventTarget {
         const collision = signal.kind === "offer" && (peer.makingOffer || pc.signalingState !== "stable");
         peer.ignoreOffer = !peer.polite && collision;
         if (peer.ignoreOffer) return;
+        // Counted before it is set: a polite offer whose delay ends while
+        // this offer is being set must stand down too, or its
+        // setLocalDescription would take this answer and ours would become
+        // a new offer.
+        if (signal.kind === "offer") peer.answered += 1;
         await pc.setRemoteDescription({ type: signal.kind, sdp: signal.data.sdp });
         if (signal.kind === "offer") {
-          peer.answered += 1;
           await pc.setLocalDescription();
           this.#client.signal(this.#room, connId, "answer", { type: "answer", sdp: pc.localDescription.sdp });
         }

@@ -112,8 +112,10 @@ describe("perfect negotiation", () => {
     assert.deepEqual(side.connections[0].log, ["remote offer offer-from-a", "answer"]);
   });
 
-  for (const politeOffersFirst of [true]) {
-    test(`two peers starting at once settle on the impolite offer (offers cross)`, async (t) => {
+  // Whether the polite delay ends before the impolite offer reaches the
+  // polite peer (offers cross), or while that offer is being set.
+  for (const politeOffersFirst of [true, false]) {
+    test(`two peers starting at once settle on the impolite offer (${politeOffersFirst ? "offers cross" : "delay ends while answering"})`, async (t) => {
       const warn = t.mock.method(console, "warn", () => {});
       const ann = await callIn("a", ["b"]);
       const bob = await callIn("b", ["a"]);
