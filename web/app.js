@@ -8,24 +8,37 @@ const params = new URLSearchParams(location.search);
 const ownGateway = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
 const gateways = [ownGateway, ...(params.get("gateways") || "").split(",").filter(Boolean)];
 
+/** Errors that mean the room cannot be entered at all: back to the login form. */
+const JOIN_ERRORS = new Set(["room_full", "invalid_room", "too_many_rooms"]);
+
 let client = null;
 let call = null;
 let room = null;
+/** {name, value, expires}: the last development token, reused while it is valid. */
 let token = null;
 
-/** A development token from this gateway, reused while it is valid. */
+/** A development token from this gateway for `name`. */
 async function devToken(name) {
-  if (token && token.expires > Date.now() + 60_000) return token.value;
+  if (token && token.name === name && token.expires > Date.now() + 60_000) return token.value;
   const response = await fetch("/auth/dev-token", {
     method: "POST",
     headers: { "content-type": "application/json" },
     body: JSON.stringify({ name }),
   });
-  if (!response.ok) throw new Error(`the gateway gave no token (${response.status})`);
+  if (!response.ok) throw new Error(`the gateway gave no token (HTTP ${response.status})`);
   const value = (await response.json()).token;
   const claims = JSON.parse(atob(value.split(".")[1].replace(/-/g, "+").replace(/_/g, "/")));
-  token = { value, expires: claims.exp * 1000 };
+  token = { name, value, expires: claims.exp * 1000 };
   return value;
+}
+
+/** Shows a problem that does not end the session; empty text clears it. */
+function showError(text) {
+  $("app-error").textContent = text;
+}
+
+function messageLine(id) {
+  return document.querySelector(`#messages li[data-id="${CSS.escape(id)}"]`);
 }
 
 function addMessage(who, text, { id, pending = false } = {}) {
@@ -35,9 +48,18 @@ function addMessage(who, text, { id, pending = false } = {}) {
   const name = document.createElement("span");
   name.className = "who";
   name.textContent = who;
-  li.append(name, document.createTextNode(text));
+  const body = document.createElement("span");
+  body.className = "text";
+  body.textContent = text;
+  li.append(name, body);
   $("messages").append(li);
   li.scrollIntoView({ block: "end" });
+}
+
+/** Our own line, now stored: it shows the text as stored, which is what everyone else sees. */
+function markStored(li, text) {
+  li.classList.remove("pending");
+  li.querySelector(".text").textContent = text;
 }
 
 function renderMembers() {
@@ -87,7 +109,7 @@ function prepareCall() {
   call.addEventListener("hangup", ({ detail }) => {
     document.querySelector(`video[data-conn-id="${CSS.escape(detail.connId)}"]`)?.remove();
   });
-  call.addEventListener("error", ({ detail }) => console.warn("cannot join the call", detail.error));
+  call.addEventListener("error", ({ detail }) => showError(`Cannot join the call: ${detail.error.message}`));
 }
 
 function enter(name, roomName) {
@@ -97,20 +119,34 @@ function enter(name, roomName) {
     $("status").textContent = detail.state;
     $("status").dataset.state = detail.state;
   });
+  client.addEventListener("welcome", () => showError(""));
   client.addEventListener("joined", renderMembers);
   client.addEventListener("presence", renderMembers);
   client.addEventListener("chat", ({ detail }) => {
     if (detail.room !== room) return;
     // Our own message, back from the backlog after a reconnect: already shown.
-    const shown = document.querySelector(`#messages li[data-id="${CSS.escape(detail.id)}"]`);
-    if (shown) return shown.classList.remove("pending");
+    const shown = messageLine(detail.id);
+    if (shown) return markStored(shown, detail.text);
     addMessage(detail.from.user.name, detail.text, { id: detail.id });
   });
   client.addEventListener("ack", ({ detail }) => {
-    document.querySelector(`#messages li[data-id="${CSS.escape(detail.id)}"]`)?.classList.remove("pending");
+    const line = messageLine(detail.id);
+    if (line) markStored(line, detail.text);
   });
   client.addEventListener("error", ({ detail }) => {
-    if (detail.code === "room_full") $("status").textContent = "room is full";
+    if (detail.code === "closed") {
+      // Terminal: a refused token is not worth keeping.
+      token = null;
+      return exit(`Disconnected: ${detail.message}.`);
+    }
+    if (JOIN_ERRORS.has(detail.code) && detail.room === room) return exit(`Cannot enter ${room}: ${detail.message}.`);
+    // A message the SDK will not resend stays on screen, marked as not sent.
+    if (detail.id && !client.outbox.has(detail.id)) {
+      const line = messageLine(detail.id);
+      line?.classList.replace("pending", "failed");
+      if (line) line.title = detail.message;
+    }
+    showError(detail.message);
   });
   prepareCall();
   client.connect();
@@ -122,9 +158,39 @@ function enter(name, roomName) {
   $("text").focus();
 }
 
-$("login").addEventListener("submit", (event) => {
+/** Ends the session and shows the login form again, with `reason` if there is one. */
+function exit(reason = "") {
+  for (const track of call?.localStream?.getTracks() ?? []) track.stop();
+  call?.stop();
+  client?.close();
+  call = null;
+  client = null;
+  for (const id of ["messages", "members", "videos"]) $(id).replaceChildren();
+  showError("");
+  $("call").textContent = "Start call";
+  $("call").disabled = false;
+  $("app").hidden = true;
+  $("login").hidden = false;
+  $("login-error").textContent = reason;
+}
+
+$("login").addEventListener("submit", async (event) => {
   event.preventDefault();
-  enter($("name").value.trim(), $("room").value.trim());
+  const name = $("name").value.trim();
+  const roomName = $("room").value.trim();
+  const button = $("login").querySelector("button");
+  $("login-error").textContent = "";
+  button.disabled = true;
+  try {
+    // Fetched here, so that a gateway that gives no token is said on this form.
+    await devToken(name);
+  } catch (err) {
+    $("login-error").textContent = `Cannot get a token: ${err.message}.`;
+    return;
+  } finally {
+    button.disabled = false;
+  }
+  enter(name, roomName);
 });
 
 $("composer").addEventListener("submit", (event) => {
@@ -136,10 +202,8 @@ $("composer").addEventListener("submit", (event) => {
   $("text").value = "";
 });
 
-$("call").addEventListener("click", () => call.start().catch((err) => alert(`Cannot start the call: ${err}`)));
-
-$("leave").addEventListener("click", () => {
-  call?.stop();
-  client.close();
-  location.reload();
+$("call").addEventListener("click", () => {
+  call.start().catch((err) => showError(`Cannot start the call: ${err.message}`));
 });
+
+$("leave").addEventListener("click", () => exit());
