@@ -57,9 +57,8 @@ fn auth_frame(token: &str) -> String {
 #[tokio::test]
 async fn bad_tokens_are_refused_with_4001() {
     let system = System::start(Options {
-        gateways: 1,
         gateway: strict_gateway(),
-        ..Options::default()
+        ..Options::one_gateway()
     })
     .await;
     let g = system.gateways[0];
@@ -114,7 +113,7 @@ async fn bad_tokens_are_refused_with_4001() {
         .await
         .assert_alive()
         .await;
-    system.shutdown().await;
+    system.finish().await;
 }
 
 #[tokio::test]
@@ -124,9 +123,8 @@ async fn a_socket_that_never_authenticates_is_closed() {
         ..Options::default().gateway
     };
     let system = System::start(Options {
-        gateways: 1,
         gateway,
-        ..Options::default()
+        ..Options::one_gateway()
     })
     .await;
     let mut silent = Client::from_socket(Client::open(system.gateways[0]).await);
@@ -137,7 +135,8 @@ async fn a_socket_that_never_authenticates_is_closed() {
         other => panic!("expected unauthorized, got {other:?}"),
     }
     assert_eq!(silent.expect_close().await, CloseCode::Unauthorized.code());
-    system.shutdown().await;
+    drop(silent);
+    system.finish().await;
 }
 
 #[tokio::test]
@@ -147,9 +146,8 @@ async fn a_disallowed_origin_is_refused_at_the_handshake() {
         ..Options::default().gateway
     };
     let system = System::start(Options {
-        gateways: 1,
         gateway,
-        ..Options::default()
+        ..Options::one_gateway()
     })
     .await;
     let g = system.gateways[0];
@@ -167,7 +165,7 @@ async fn a_disallowed_origin_is_refused_at_the_handshake() {
         other => panic!("expected HTTP 403, got {other:?}"),
     }
     assert!(handshake("https://app.example.com").await.is_ok());
-    system.shutdown().await;
+    system.finish().await;
 }
 
 /// Serves `body` as JSON to every request on a loopback port and counts them.
@@ -201,9 +199,8 @@ async fn es256_tokens_verify_against_a_jwks_and_unknown_kids_are_rate_limited() 
     gateway.auth.jwks_url = Some(url);
     gateway.auth.jwks_refetch_interval = Duration::from_secs(3600);
     let system = System::start(Options {
-        gateways: 1,
         gateway,
-        ..Options::default()
+        ..Options::one_gateway()
     })
     .await;
     let g = system.gateways[0];
@@ -260,17 +257,13 @@ async fn es256_tokens_verify_against_a_jwks_and_unknown_kids_are_rate_limited() 
         "HS256 with a JWKS kid and a wrong secret",
     )
     .await;
-    system.shutdown().await;
+    system.finish().await;
 }
 
 #[tokio::test]
 async fn dev_tokens_are_off_by_default_and_authenticate_when_on() {
     use crate::harness::http;
-    let off = System::start(Options {
-        gateways: 1,
-        ..Options::default()
-    })
-    .await;
+    let off = System::one_gateway().await;
     let (status, _) = http(
         off.gateways[0],
         "POST",
@@ -286,9 +279,8 @@ async fn dev_tokens_are_off_by_default_and_authenticate_when_on() {
         ..Options::default().gateway
     };
     let on = System::start(Options {
-        gateways: 1,
         gateway,
-        ..Options::default()
+        ..Options::one_gateway()
     })
     .await;
     let g = on.gateways[0];

@@ -66,7 +66,8 @@ async fn chat_reaches_every_other_member_once_across_gateways() {
         );
         client.assert_alive().await; // and nothing else was queued before the pong
     }
-    system.shutdown().await;
+    drop(clients);
+    system.finish().await;
 }
 
 #[tokio::test]
@@ -107,7 +108,8 @@ async fn reconnecting_to_the_other_gateway_resumes_exactly_the_missed_messages()
     let chat = bob.next_chat().await;
     assert_eq!((chat.seq, chat.id.as_str()), (live, "after"));
     bob.assert_alive().await;
-    system.shutdown().await;
+    drop((ann, bob));
+    system.finish().await;
 }
 
 #[tokio::test]
@@ -142,7 +144,8 @@ async fn resending_a_message_id_is_idempotent() {
     cat.join(&room, None).await;
     let other = cat.chat(&room, "dup-1", "mine").await.unwrap();
     assert!(other > marker);
-    system.shutdown().await;
+    drop((ann, bob, cat));
+    system.finish().await;
 }
 
 #[tokio::test]
@@ -152,8 +155,7 @@ async fn backlog_is_bounded_and_resume_past_it_is_truncated() {
             backlog_size: 5,
             ..HistoryConfig::default()
         },
-        gateways: 1,
-        ..Options::default()
+        ..Options::one_gateway()
     })
     .await;
     let g1 = system.gateways[0];
@@ -185,16 +187,13 @@ async fn backlog_is_bounded_and_resume_past_it_is_truncated() {
 
     let (history, _, truncated) = bob.join(&room, Some(seqs[2])).await;
     assert_eq!((history.len(), truncated), (5, false));
-    system.shutdown().await;
+    drop((ann, bob));
+    system.finish().await;
 }
 
 #[tokio::test]
 async fn chat_and_leave_outside_a_room_are_refused() {
-    let system = System::start(Options {
-        gateways: 1,
-        ..Options::default()
-    })
-    .await;
+    let system = System::one_gateway().await;
     let room = room("outside");
     let mut ann = Client::connect(system.gateways[0], "ann").await;
     let error = ann.chat(&room, "m1", "hi").await.unwrap_err();
@@ -215,5 +214,6 @@ async fn chat_and_leave_outside_a_room_are_refused() {
     assert_eq!(ann.recv().await, ServerFrame::Left { room: room.clone() });
     let error = ann.chat(&room, "m2", "hi").await.unwrap_err();
     assert_code(&error, ErrorCode::NotInRoom, "chat after leave");
-    system.shutdown().await;
+    drop(ann);
+    system.finish().await;
 }

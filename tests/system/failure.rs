@@ -3,15 +3,11 @@
 use schemas::client::ClientFrame;
 use schemas::code::ErrorCode;
 
-use crate::harness::{Client, Options, System, assert_code, room};
+use crate::harness::{Client, System, assert_code, room};
 
 #[tokio::test]
 async fn with_nats_down_requests_fail_with_unavailable_and_recover() {
-    let system = System::start(Options {
-        gateways: 1,
-        ..Options::default()
-    })
-    .await;
+    let system = System::one_gateway().await;
     let room = room("outage");
     let mut ann = Client::connect(system.gateways[0], "ann").await;
     ann.join(&room, None).await;
@@ -49,5 +45,11 @@ async fn with_nats_down_requests_fail_with_unavailable_and_recover() {
     let ids: Vec<&str> = history.iter().map(|m| m.id.as_str()).collect();
     assert_eq!(ids, ["before", "during"]);
     assert_eq!(history.last().map(|m| m.seq), seq);
+    // Not `finish()`: the join sent while NATS was paused reaches the
+    // moderator after the gateway gave up on it and queued its departure,
+    // and the two can be applied in either order, so the room may keep a
+    // member nobody holds. A late request overtaking its undo is the
+    // reliability work's to fix (issue #10); the leak check found it.
+    drop(ann);
     system.shutdown().await;
 }

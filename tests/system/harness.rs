@@ -15,7 +15,9 @@ use jsonwebtoken::{EncodingKey, Header};
 use moderator::config::ModeratorConfig;
 use schemas::client::{ChatMessage, ClientFrame, ErrorFrame, ServerFrame};
 use schemas::code::ErrorCode;
+use schemas::event::RoomState;
 use schemas::id::{RoomId, Seq};
+use schemas::subject;
 use serde_json::json;
 use testcontainers::core::{ContainerPort, WaitFor};
 use testcontainers::runners::AsyncRunner;
@@ -107,7 +109,18 @@ pub struct Ack {
 pub struct Nats {
     pub container: ContainerAsync<GenericImage>,
     pub url: String,
+    /// The HTTP monitoring endpoint (`/subsz`, `/connz`, …).
+    pub monitor: SocketAddr,
 }
+
+/// The in-container port of the NATS monitoring endpoint.
+const MONITOR_PORT: u16 = 8222;
+
+/// What every room's delivery subject starts with (see `subject::room_deliveries`).
+const ROOM_DELIVERY_PREFIX: &str = "cavlo.deliver.";
+
+/// How long [`System::finish`] waits for everything to be released.
+const LEAK_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Nats {
     pub async fn start() -> Nats {
@@ -115,8 +128,9 @@ impl Nats {
         let (name, tag) = image.rsplit_once(':').unwrap_or((image, "latest"));
         let container = GenericImage::new(name, tag)
             .with_exposed_port(ContainerPort::Tcp(4222))
+            .with_exposed_port(ContainerPort::Tcp(MONITOR_PORT))
             .with_wait_for(WaitFor::message_on_stderr("Server is ready"))
-            .with_cmd(["--jetstream", "--store_dir", "/data"])
+            .with_cmd(["--jetstream", "--store_dir", "/data", "-m", "8222"])
             .start()
             .await
             .unwrap_or_else(|err| {
@@ -126,10 +140,30 @@ impl Nats {
             .get_host_port_ipv4(4222)
             .await
             .expect("NATS port is mapped");
+        let monitor = container
+            .get_host_port_ipv4(MONITOR_PORT)
+            .await
+            .expect("NATS monitoring port is mapped");
         Nats {
             container,
             url: format!("nats://127.0.0.1:{port}"),
+            monitor: SocketAddr::from(([127, 0, 0, 1], monitor)),
         }
+    }
+
+    /// Subjects of the server's subscriptions that deliver a room
+    /// (`cavlo.deliver.…`), from its monitoring endpoint.
+    pub async fn room_subscriptions(&self) -> Vec<String> {
+        let subsz = get_json(self.monitor, "/subsz?subs=1&limit=100000").await;
+        let list = subsz["subscriptions_list"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        list.iter()
+            .filter_map(|sub| sub["subject"].as_str())
+            .filter(|subject| subject.starts_with(ROOM_DELIVERY_PREFIX))
+            .map(str::to_owned)
+            .collect()
     }
 
     pub async fn connect(&self) -> async_nats::Client {
@@ -163,6 +197,16 @@ impl Default for Options {
             gateway,
             moderator: ModeratorConfig::default(),
             history: HistoryConfig::default(),
+        }
+    }
+}
+
+impl Options {
+    /// One gateway, otherwise the defaults: the common test system.
+    pub fn one_gateway() -> Self {
+        Self {
+            gateways: 1,
+            ..Self::default()
         }
     }
 }
@@ -227,6 +271,64 @@ impl System {
             stop_backend,
             backend_tasks,
         }
+    }
+
+    /// A system with one gateway and otherwise default settings.
+    pub async fn one_gateway() -> System {
+        System::start(Options::one_gateway()).await
+    }
+
+    /// Ends a scenario whose clients are closed or dropped: waits until
+    /// nothing is left behind, then shuts down. Left behind would be a
+    /// connection or room on a gateway (each connection is one task, so
+    /// this counts tasks too), a room subscription in NATS, or a member in
+    /// the rooms bucket. Fails naming what is left after `LEAK_TIMEOUT`;
+    /// departures are asynchronous, hence the wait.
+    pub async fn finish(self) {
+        let deadline = tokio::time::Instant::now() + LEAK_TIMEOUT;
+        loop {
+            let leaks = self.leaks().await;
+            if leaks.is_empty() {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "left behind after {LEAK_TIMEOUT:?}: {leaks:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.shutdown().await;
+    }
+
+    /// What is still held, as readable lines; empty when nothing is.
+    async fn leaks(&self) -> Vec<String> {
+        let mut leaks = Vec::new();
+        for gateway in &self.gateways {
+            let health = get_json(*gateway, "/health").await;
+            for what in ["connections", "rooms"] {
+                if health[what] != 0 {
+                    leaks.push(format!("gateway {gateway}: {what} = {}", health[what]));
+                }
+            }
+        }
+        for subject in self.nats.room_subscriptions().await {
+            leaks.push(format!("NATS subscription {subject}"));
+        }
+        let js = async_nats::jetstream::new(self.nats.connect().await);
+        if let Ok(rooms) = js.get_key_value(subject::ROOMS_BUCKET).await {
+            let mut keys = rooms.keys().await.expect("list room keys");
+            while let Some(key) = keys.next().await {
+                let key = key.expect("room key");
+                let Some(entry) = rooms.get(&key).await.expect("read room") else {
+                    continue;
+                };
+                let state: RoomState = schemas::event::decode(&entry).expect("room state");
+                if !state.members.is_empty() {
+                    leaks.push(format!("room {key}: {} members", state.members.len()));
+                }
+            }
+        }
+        leaks
     }
 
     /// Stops the gateways, then the other services, and waits for them all.
@@ -587,8 +689,9 @@ pub async fn get_json(addr: SocketAddr, path: &str) -> serde_json::Value {
 pub async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = TcpStream::connect(addr).await.unwrap();
+    // HTTP/1.0, so that no server answers with a chunked body.
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(request.as_bytes()).await.unwrap();

@@ -14,11 +14,7 @@ use crate::harness::{Client, Options, System, assert_code, room};
 
 #[tokio::test]
 async fn oversize_chat_and_bad_room_names_are_refused() {
-    let system = System::start(Options {
-        gateways: 1,
-        ..Options::default()
-    })
-    .await;
+    let system = System::one_gateway().await;
     let room = room("limits");
     let mut ann = Client::connect(system.gateways[0], "ann").await;
     ann.join(&room, None).await;
@@ -50,7 +46,8 @@ async fn oversize_chat_and_bad_room_names_are_refused() {
         assert_eq!(error.room.as_ref().map(|r| r.as_str()), Some(bad));
     }
     ann.assert_alive().await;
-    system.shutdown().await;
+    drop(ann);
+    system.finish().await;
 }
 
 #[tokio::test]
@@ -104,7 +101,8 @@ async fn markup_is_stripped_before_anyone_sees_it() {
         ErrorCode::InvalidMessage,
         "nothing left after sanitizing",
     );
-    system.shutdown().await;
+    drop((ann, bob));
+    system.finish().await;
 }
 
 /// A sustained flood at 10x the rate, with two moderators sharing the load:
@@ -116,14 +114,13 @@ async fn rate_limit_holds_with_two_moderators() {
     const BURST: u32 = 5;
     const FLOOD: Duration = Duration::from_secs(4);
     let system = System::start(Options {
-        gateways: 1,
         moderators: 2,
         moderator: ModeratorConfig {
             chat_rate_per_minute: PER_MINUTE,
             chat_burst: BURST,
             ..ModeratorConfig::default()
         },
-        ..Options::default()
+        ..Options::one_gateway()
     })
     .await;
     let room = room("flood");
@@ -158,7 +155,8 @@ async fn rate_limit_holds_with_two_moderators() {
         (f64::from(admitted) - allowed).abs() <= allowed * 0.2,
         "admitted {admitted} of {sent} ({limited} limited), allowed {allowed:.1} over {elapsed:.2}s"
     );
-    system.shutdown().await;
+    drop(ann);
+    system.finish().await;
 }
 
 /// A room writer whose queue is full answers at once ("room is busy",
@@ -169,12 +167,11 @@ async fn rate_limit_holds_with_two_moderators() {
 async fn a_full_room_queue_answers_at_once() {
     const BURST: usize = 50;
     let system = System::start(Options {
-        gateways: 1,
         moderator: ModeratorConfig {
             room_queue_capacity: 1,
             ..ModeratorConfig::default()
         },
-        ..Options::default()
+        ..Options::one_gateway()
     })
     .await;
     let room = room("busy");
@@ -214,5 +211,5 @@ async fn a_full_room_queue_answers_at_once() {
     assert!(stored >= 1, "the first message is stored");
     assert!(busy >= 1, "a burst of {BURST} overflows a one-job queue");
     assert_eq!(stored + busy, BURST);
-    system.shutdown().await;
+    system.finish().await;
 }

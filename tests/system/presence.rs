@@ -90,7 +90,8 @@ async fn members_and_presence_span_gateways() {
         "no one hears of their own presence"
     );
     assert_eq!(bob.unread_presence(), 0);
-    system.shutdown().await;
+    drop((ann, bob));
+    system.finish().await;
 }
 
 #[tokio::test]
@@ -178,7 +179,8 @@ async fn capacity_is_exact_under_concurrent_joins_through_two_gateways() {
         (3, CAPACITY - 3),
         "exactly the three freed slots were taken"
     );
-    system.shutdown().await;
+    drop((admitted, refused));
+    system.finish().await;
 }
 
 /// Starts the gateway binary as its own process, for a test that kills it.
@@ -219,10 +221,9 @@ async fn a_killed_gateway_leaves_no_ghosts() {
     gateway.heartbeat_interval = Duration::from_millis(500);
     gateway.gateway_timeout = TIMEOUT;
     let system = System::start(Options {
-        gateways: 1,
         moderator,
         gateway,
-        ..Options::default()
+        ..Options::one_gateway()
     })
     .await;
     let (mut doomed, doomed_addr) = gateway_process(&system.nats).await;
@@ -270,5 +271,6 @@ async fn a_killed_gateway_leaves_no_ghosts() {
         [ann.conn_id.clone(), dan.conn_id.clone()].into()
     );
     drop((bob, cat));
-    system.shutdown().await;
+    drop((ann, dan));
+    system.finish().await;
 }

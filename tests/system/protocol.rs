@@ -76,7 +76,8 @@ async fn malformed_frames_get_invalid_message_and_the_connection_stays_usable() 
         "sender is the authenticated connection"
     );
     assert_eq!(chat.from.user.id.as_str(), "ann");
-    system.shutdown().await;
+    drop((ann, bob));
+    system.finish().await;
 }
 
 #[tokio::test]
@@ -84,9 +85,8 @@ async fn an_oversized_frame_closes_with_1009() {
     let mut gateway = Options::default().gateway;
     gateway.max_frame_bytes = 4096;
     let system = System::start(Options {
-        gateways: 1,
         gateway,
-        ..Options::default()
+        ..Options::one_gateway()
     })
     .await;
     let mut ann = Client::connect(system.gateways[0], "ann").await;
@@ -94,7 +94,8 @@ async fn an_oversized_frame_closes_with_1009() {
     let _ = ann.send_message(Message::text("x".repeat(8192))).await;
     assert_eq!(ann.expect_close().await, 1009);
     bob.assert_alive().await;
-    system.shutdown().await;
+    drop((ann, bob));
+    system.finish().await;
 }
 
 #[tokio::test]
@@ -104,9 +105,8 @@ async fn rooms_per_connection_are_limited() {
         ..Options::default().gateway
     };
     let system = System::start(Options {
-        gateways: 1,
         gateway,
-        ..Options::default()
+        ..Options::one_gateway()
     })
     .await;
     let mut ann = Client::connect(system.gateways[0], "ann").await;
@@ -124,7 +124,8 @@ async fn rooms_per_connection_are_limited() {
     ann.send(&ClientFrame::Leave { room: a.clone() }).await;
     assert_eq!(ann.recv().await, ServerFrame::Left { room: a });
     ann.join(&c, None).await;
-    system.shutdown().await;
+    drop(ann);
+    system.finish().await;
 }
 
 #[tokio::test]
@@ -134,9 +135,8 @@ async fn connections_over_the_limit_are_closed_with_4102() {
         ..Options::default().gateway
     };
     let system = System::start(Options {
-        gateways: 1,
         gateway,
-        ..Options::default()
+        ..Options::one_gateway()
     })
     .await;
     let g = system.gateways[0];
@@ -167,16 +167,13 @@ async fn connections_over_the_limit_are_closed_with_4102() {
             other => panic!("unexpected {other:?}"),
         }
     }
-    system.shutdown().await;
+    drop((_bob, third));
+    system.finish().await;
 }
 
 #[tokio::test]
 async fn health_reports_connections_and_rooms() {
-    let system = System::start(Options {
-        gateways: 1,
-        ..Options::default()
-    })
-    .await;
+    let system = System::one_gateway().await;
     let g = system.gateways[0];
     let mut ann = Client::connect(g, "ann").await;
     ann.join(&room("health"), None).await;
@@ -188,16 +185,13 @@ async fn health_reports_connections_and_rooms() {
         crate::harness::get_json(g, "/ready").await["status"],
         "ready"
     );
-    system.shutdown().await;
+    drop(ann);
+    system.finish().await;
 }
 
 #[tokio::test]
 async fn shutdown_closes_sockets_with_the_reconnect_code() {
-    let system = System::start(Options {
-        gateways: 1,
-        ..Options::default()
-    })
-    .await;
+    let system = System::one_gateway().await;
     let mut ann = Client::connect(system.gateways[0], "ann").await;
     ann.join(&room("shutdown"), None).await;
     let stopping = tokio::spawn(system.shutdown());

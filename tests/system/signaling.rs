@@ -81,7 +81,8 @@ async fn offer_and_answer_cross_gateways_with_the_server_stamped_sender() {
     ))
     .await;
     assert_eq!(next_signal(&mut ann).await.3, SignalKind::Candidate);
-    system.shutdown().await;
+    drop((ann, bob));
+    system.finish().await;
 }
 
 #[tokio::test]
@@ -159,7 +160,8 @@ async fn signals_reach_only_members_of_the_same_room() {
     .await;
     assert_eq!(next_signal(&mut bob).await.4, json!({"marker": 1}));
     cat.assert_alive().await;
-    system.shutdown().await;
+    drop((ann, bob, cat));
+    system.finish().await;
 }
 
 #[tokio::test]
@@ -171,9 +173,8 @@ async fn candidates_per_room_are_capped() {
         ..ModeratorConfig::default()
     };
     let system = System::start(Options {
-        gateways: 1,
         moderator,
-        ..Options::default()
+        ..Options::one_gateway()
     })
     .await;
     let room = room("flood");
@@ -212,16 +213,13 @@ async fn candidates_per_room_are_capped() {
             "candidate past the cap",
         );
     }
-    system.shutdown().await;
+    drop((ann, bob));
+    system.finish().await;
 }
 
 #[tokio::test]
 async fn signaling_is_never_stored() {
-    let system = System::start(Options {
-        gateways: 1,
-        ..Options::default()
-    })
-    .await;
+    let system = System::one_gateway().await;
     let room = room("nostore");
     let mut ann = Client::connect(system.gateways[0], "ann").await;
     let mut bob = Client::connect(system.gateways[0], "bob").await;
@@ -252,5 +250,6 @@ async fn signaling_is_never_stored() {
         history.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
         ["c1"]
     );
-    system.shutdown().await;
+    drop((ann, bob));
+    system.finish().await;
 }
