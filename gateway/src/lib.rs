@@ -6,8 +6,8 @@
 //! reconnect to any of them.
 //!
 //! * [`config`]: settings and defaults.
-//! * [`server`]: HTTP accept loop, routes (`/ws`, `/health`), origin check,
-//!   connection limit and shutdown.
+//! * [`server`]: HTTP accept loop, routes (`/ws`, `/health`, `/ready`, static
+//!   files, `/auth/dev-token`), origin check, connection limit and shutdown.
 //! * [`connection`]: one socket's life: auth, then frames in and deliveries out.
 //! * [`hub`]: connections, rooms with local members, their subscriptions.
 //! * [`bus`]: typed requests to the moderator and history.

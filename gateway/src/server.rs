@@ -1,4 +1,8 @@
 //! HTTP: accepting sockets, routing, the connection limit and shutdown.
+//!
+//! One port serves everything: `GET /ws` (the WebSocket), `/health`,
+//! `/ready`, the demo app and SDK as static files, and, when development
+//! tokens are on, `POST /auth/dev-token` (see `web`).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -41,9 +45,9 @@ pub enum RunError {
     Subscribe(#[from] crate::hub::SubscribeError),
 }
 
-/// Serves WebSockets and `/health` on `listener` until `shutdown` resolves,
-/// then closes every socket with 4101 (reconnect) and waits for them, up to
-/// `shutdown_timeout`.
+/// Serves WebSockets and the other routes on `listener` until `shutdown`
+/// resolves, then closes every socket with 4101 (reconnect) and waits for
+/// them, up to `shutdown_timeout`.
 pub async fn run(
     listener: TcpListener,
     client: async_nats::Client,

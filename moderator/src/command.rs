@@ -3,9 +3,9 @@
 //!
 //! Every command ends by sending its [`Reply`]: at once, from the room
 //! writer once the message is stored, or from the task that changes the
-//! room. A path that forgets to answer leaves the client waiting for its
-//! request timeout and then shows it the wrong error, so the reply is a
-//! value each path moves on to whoever answers.
+//! room or relays the signal. A path that forgets to answer leaves the
+//! client waiting for its request timeout and then shows it the wrong
+//! error, so the reply is a value each path moves on to whoever answers.
 
 use std::future::Future;
 use std::sync::Arc;

@@ -1,4 +1,5 @@
-//! Per-connection token buckets for chat.
+//! Per-connection token buckets (the moderator keeps one limiter for chat
+//! and one for signals) and the ICE-candidate budget.
 
 use schemas::id::{ConnId, RoomId};
 use std::collections::HashMap;
@@ -7,7 +8,7 @@ use tokio::time::Instant;
 /// Fewest buckets kept before idle ones are swept.
 const SWEEP_FLOOR: usize = 1024;
 
-/// Counts each connection's chat messages against a rate with a burst.
+/// Counts each connection's events of one kind against a rate with a burst.
 ///
 /// A bucket refilled to its burst is the same as no bucket, so idle ones are
 /// dropped in a sweep whenever the map has doubled since the last one: memory
@@ -27,7 +28,7 @@ struct Bucket {
 }
 
 impl RateLimiter {
-    /// A limiter that admits `per_minute` messages per minute on average and
+    /// A limiter that admits `per_minute` events per minute on average and
     /// up to `burst` at once.
     pub fn new(per_minute: u32, burst: u32) -> Self {
         Self {
@@ -38,7 +39,7 @@ impl RateLimiter {
         }
     }
 
-    /// Takes one token for `conn`; `false` means the message is over the limit.
+    /// Takes one token for `conn`; `false` means the event is over the limit.
     pub fn try_acquire(&mut self, conn: &ConnId, now: Instant) -> bool {
         if self.buckets.len() >= self.next_sweep {
             self.sweep(now);

@@ -9,7 +9,7 @@ use schemas::subject;
 
 use crate::roster::Roster;
 
-/// A signal that passed the checks, on its way to the target.
+/// A signal from one member of a room to another, as the gateway sent it.
 #[derive(Debug)]
 pub struct Signal {
     /// The room.

@@ -12,7 +12,7 @@ use crate::config::ModeratorConfig;
 #[error("invalid room_name_pattern: {0}")]
 pub struct RuleError(#[from] regex::Error);
 
-/// Static checks on rooms and chat messages.
+/// Static checks on room names, chat messages and signals.
 #[derive(Clone, Debug)]
 pub struct Rules {
     room_name: Regex,

@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 pub enum ErrorCode {
     /// The token is missing, malformed, expired or not for this service.
     Unauthorized,
-    /// The frame is not valid JSON, has an unknown `type` or lacks a field.
+    /// The frame is malformed: not JSON, binary, an unknown `type`, a missing
+    /// or unknown field, a bad message id, chat text empty once markup is
+    /// removed, or signal data without what its kind needs.
     InvalidMessage,
     /// The room name breaks the room-name rule.
     InvalidRoom,

@@ -39,7 +39,8 @@ pub fn chat_store(room: &RoomId) -> String {
 /// Where the moderator announces a chat message once JetStream has stored it.
 /// Gateways subscribe (via [`room_deliveries`]) while the room has local
 /// members. Not stored (core NATS, at most once); a gateway that misses one
-/// finds it in the backlog. Per room, messages arrive in seq order.
+/// finds it in the backlog. Not ordered: each writer announces when its own
+/// store finishes, so with several moderators a higher seq can come first.
 pub fn chat_deliver(room: &RoomId) -> String {
     format!("cavlo.deliver.{room}.chat")
 }

@@ -48,8 +48,8 @@ fn check(ok: bool, what: &str) -> Result<(), SmokeError> {
     }
 }
 
-/// Runs the check against every pair of `gateways` (each gateway is used
-/// both to send and to receive).
+/// Runs the check from each of `gateways` to the next (the last to the
+/// first), so each is used both to send and to receive.
 pub async fn run(
     gateways: &[String],
     minter: &Minter,
