@@ -55,6 +55,13 @@ pub struct GatewayConfig {
     /// is closed with code 4100 (slow consumer) and resumes with `since`.
     /// Default 256.
     pub send_queue_capacity: usize,
+    /// How long a room's chat waits for a missing seq before it is fetched
+    /// from history. Several moderators can announce a room's messages out of
+    /// order; a connection delivers them in seq order and holds later ones
+    /// (at most `send_queue_capacity` per room, else it closes with 4103 and
+    /// the client resumes). Default 300 ms.
+    #[serde(with = "humantime_serde")]
+    pub reorder_timeout: Duration,
     /// Time a new socket has to send its `auth` frame; then it is closed with
     /// 4001. Default 5 s.
     #[serde(with = "humantime_serde")]
@@ -101,6 +108,7 @@ impl Default for GatewayConfig {
             socket_read_buffer_bytes: 2 * 1024,
             max_rooms_per_connection: 16,
             send_queue_capacity: 256,
+            reorder_timeout: Duration::from_millis(300),
             auth_timeout: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),

@@ -21,6 +21,7 @@ use schemas::code::{CloseCode, ErrorCode};
 use schemas::event::{Action, Verdict};
 use schemas::id::{ClientMsgId, ConnId, ModeratorId, RoomId, Seq};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -28,6 +29,7 @@ use crate::Shared;
 use crate::auth::AuthError;
 use crate::departures::Departure;
 use crate::hub::{Delivery, DeliveryKind, MemberHandle};
+use crate::reorder::{Overflow, Reorder};
 
 /// What a client is told when the moderator gave no usable answer.
 const MODERATOR_UNAVAILABLE: &str = "moderator unavailable; retry";
@@ -150,13 +152,23 @@ async fn next_text(socket: &mut HyperWebsocketStream) -> Result<Utf8Bytes, ()> {
     }
 }
 
-/// What a connection has seen of a room, to drop duplicates.
-#[derive(Clone, Copy, Debug, Default)]
+/// What a connection has seen of a room, to deliver its chat in order and
+/// drop duplicates.
+#[derive(Debug)]
 struct RoomView {
-    /// The highest chat seq sent to the client.
-    seen: Seq,
+    /// Chat released in seq order; its `last` is the highest seq the client has.
+    chat: Reorder<Arc<Delivery>>,
     /// The membership revision its `joined` member list reflected.
     members_revision: u64,
+}
+
+impl Default for RoomView {
+    fn default() -> Self {
+        Self {
+            chat: Reorder::new(Seq(0)),
+            members_revision: 0,
+        }
+    }
 }
 
 struct Connection {
@@ -225,8 +237,12 @@ impl Connection {
         socket: &mut HyperWebsocketStream,
         deliveries: &mut mpsc::Receiver<Arc<Delivery>>,
     ) -> Result<(), Exit> {
+        let gap = self.oldest_gap();
         tokio::select! {
             Some(delivery) = deliveries.recv() => self.deliver_queued(socket, delivery, deliveries).await,
+            () = tokio::time::sleep_until(gap.unwrap_or_else(Instant::now)), if gap.is_some() => {
+                Box::pin(self.fill_gaps(socket)).await
+            }
             frame = socket.next() => match frame {
                 // Boxed: request handling is a large future, and inlining it would make
                 // every idle connection carry its size.
@@ -250,29 +266,46 @@ impl Connection {
         first: Arc<Delivery>,
         deliveries: &mut mpsc::Receiver<Arc<Delivery>>,
     ) -> Result<(), Exit> {
-        self.deliver(socket, &first).await?;
+        self.deliver(socket, first).await?;
         while let Ok(next) = deliveries.try_recv() {
-            self.deliver(socket, &next).await?;
+            self.deliver(socket, next).await?;
         }
         write(socket.flush(), self.shared.config.write_timeout).await
     }
 
     /// Buffers a delivery unless the client has it already or it is about
-    /// the client itself.
+    /// the client itself; chat waits until every earlier seq went out.
     async fn deliver(
         &mut self,
         socket: &mut HyperWebsocketStream,
-        delivery: &Delivery,
+        delivery: Arc<Delivery>,
     ) -> Result<(), Exit> {
         let Some(view) = self.rooms.get_mut(&delivery.room) else {
             return Ok(());
         };
+        let mut ready = Vec::new();
         match delivery.kind {
-            DeliveryKind::Chat(seq) if seq <= view.seen => return Ok(()),
-            DeliveryKind::Chat(seq) => view.seen = seq,
-            DeliveryKind::Presence(revision) if revision <= view.members_revision => return Ok(()),
-            DeliveryKind::Presence(_) | DeliveryKind::Signal => {}
+            DeliveryKind::Chat(seq) => {
+                let max_held = self.shared.config.send_queue_capacity;
+                view.chat
+                    .offer(seq, delivery, Instant::now(), max_held, &mut ready)
+                    .map_err(|Overflow| Exit::Close(CloseCode::Resync))?;
+            }
+            DeliveryKind::Presence(revision) if revision <= view.members_revision => {}
+            DeliveryKind::Presence(_) | DeliveryKind::Signal => ready.push(delivery),
         }
+        for delivery in ready {
+            self.feed(socket, &delivery).await?;
+        }
+        Ok(())
+    }
+
+    /// Buffers one frame, unless it is about this client itself.
+    async fn feed(
+        &self,
+        socket: &mut HyperWebsocketStream,
+        delivery: &Delivery,
+    ) -> Result<(), Exit> {
         if delivery.about.as_ref() == Some(&self.member.conn_id) {
             return Ok(());
         }
@@ -281,6 +314,69 @@ impl Connection {
             self.shared.config.write_timeout,
         )
         .await
+    }
+
+    /// When the oldest gap in any room's chat times out.
+    fn oldest_gap(&self) -> Option<Instant> {
+        let timeout = self.shared.config.reorder_timeout;
+        self.rooms
+            .values()
+            .filter_map(|view| view.chat.gap_since())
+            .min()
+            .map(|since| since + timeout)
+    }
+
+    /// Fills timed-out gaps from history. A gap history cannot fill (the
+    /// message was trimmed, or history does not answer) ends the connection
+    /// with the resync code; the client resumes with `since`.
+    async fn fill_gaps(&mut self, socket: &mut HyperWebsocketStream) -> Result<(), Exit> {
+        let timeout = self.shared.config.reorder_timeout;
+        let now = Instant::now();
+        let due: Vec<(RoomId, Seq)> = self
+            .rooms
+            .iter()
+            .filter(|(_, view)| {
+                view.chat
+                    .gap_since()
+                    .is_some_and(|since| since + timeout <= now)
+            })
+            .map(|(room, view)| (room.clone(), view.chat.last()))
+            .collect();
+        for (room, last) in due {
+            let limit = self.shared.config.send_queue_capacity;
+            let backlog = match self.shared.bus.backlog(&room, Some(last), limit).await {
+                Ok(backlog) if !backlog.truncated => backlog,
+                Ok(_) => {
+                    tracing::warn!(%room, %last, "missed messages were trimmed; resync");
+                    return Err(Exit::Close(CloseCode::Resync));
+                }
+                Err(err) => {
+                    tracing::warn!(cause = %err, %room, "cannot fill a gap; resync");
+                    return Err(Exit::Close(CloseCode::Resync));
+                }
+            };
+            tracing::debug!(%room, %last, fetched = backlog.messages.len(), "filling a gap from history");
+            let Some(view) = self.rooms.get_mut(&room) else {
+                continue;
+            };
+            let mut ready = Vec::new();
+            let max_held = self.shared.config.send_queue_capacity;
+            for chat in backlog.messages {
+                let seq = chat.seq;
+                let delivery = Arc::new(Delivery::chat(&room, chat));
+                view.chat
+                    .offer(seq, delivery, now, max_held, &mut ready)
+                    .map_err(|Overflow| Exit::Close(CloseCode::Resync))?;
+            }
+            if view.chat.gap_since().is_some() {
+                tracing::warn!(%room, last = %view.chat.last(), "history lacks a missed message; resync");
+                return Err(Exit::Close(CloseCode::Resync));
+            }
+            for delivery in ready {
+                self.feed(socket, &delivery).await?;
+            }
+        }
+        write(socket.flush(), self.shared.config.write_timeout).await
     }
 
     async fn handle(&mut self, socket: &mut HyperWebsocketStream, text: &str) -> Result<(), Exit> {
@@ -390,7 +486,7 @@ impl Connection {
         self.rooms.insert(
             room.clone(),
             RoomView {
-                seen: backlog.last_seq,
+                chat: Reorder::new(backlog.last_seq),
                 members_revision: revision,
             },
         );

@@ -35,10 +35,23 @@ pub struct Delivery {
     pub frame: Utf8Bytes,
 }
 
+impl Delivery {
+    /// A chat message of `room`, live or fetched from history.
+    pub fn chat(room: &RoomId, chat: ChatMessage) -> Self {
+        Delivery {
+            room: room.clone(),
+            kind: DeliveryKind::Chat(chat.seq),
+            about: Some(chat.from.conn_id.clone()),
+            frame: ServerFrame::Chat(chat).to_json().into(),
+        }
+    }
+}
+
 /// What a delivery is, and what the connection uses to drop duplicates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeliveryKind {
-    /// A chat message; dropped if the connection has seen `seq`.
+    /// A chat message; delivered in `seq` order, dropped if the connection
+    /// has it already.
     Chat(Seq),
     /// A membership change; dropped if the `joined` member list already
     /// included it (revision at or below the join's).
@@ -334,13 +347,7 @@ type Decoded = (Delivery, Option<(Vec<RoomMember>, u64)>);
 
 fn chat_delivery(room: &RoomId, payload: &[u8]) -> Result<Decoded, event::DecodeError> {
     let chat: ChatMessage = event::decode(payload)?;
-    let delivery = Delivery {
-        room: room.clone(),
-        kind: DeliveryKind::Chat(chat.seq),
-        about: Some(chat.from.conn_id.clone()),
-        frame: ServerFrame::Chat(chat).to_json().into(),
-    };
-    Ok((delivery, None))
+    Ok((Delivery::chat(room, chat), None))
 }
 
 fn presence_delivery(room: &RoomId, payload: &[u8]) -> Result<Decoded, event::DecodeError> {

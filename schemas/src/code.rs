@@ -72,6 +72,8 @@ pub enum CloseCode {
     ShuttingDown,
     /// The gateway is at its connection limit.
     GatewayFull,
+    /// The connection missed room messages it could not recover in order.
+    Resync,
 }
 
 impl CloseCode {
@@ -82,6 +84,7 @@ impl CloseCode {
             CloseCode::SlowConsumer => 4100,
             CloseCode::ShuttingDown => 4101,
             CloseCode::GatewayFull => 4102,
+            CloseCode::Resync => 4103,
         }
     }
 
@@ -92,6 +95,7 @@ impl CloseCode {
             CloseCode::SlowConsumer => "slow consumer: reconnect and resume",
             CloseCode::ShuttingDown => "gateway shutting down: reconnect",
             CloseCode::GatewayFull => "gateway full: reconnect elsewhere",
+            CloseCode::Resync => "missed messages: reconnect and resume",
         }
     }
 
@@ -112,6 +116,7 @@ mod tests {
             (CloseCode::SlowConsumer, 4100, true),
             (CloseCode::ShuttingDown, 4101, true),
             (CloseCode::GatewayFull, 4102, true),
+            (CloseCode::Resync, 4103, true),
         ];
         for (code, number, reconnect) in CASES {
             assert_eq!(code.code(), *number, "{code:?}");

@@ -7,6 +7,7 @@ mod failure;
 mod harness;
 mod hub;
 mod moderation;
+mod ordering;
 mod presence;
 mod protocol;
 mod signaling;

@@ -1,0 +1,157 @@
+//! Putting a room's chat back in seq order for one connection.
+//!
+//! Moderators store a room's messages with gap-free seqs but announce each
+//! as its own store finishes, so with several moderators seq 12 can be
+//! announced before 11 (and an announce can be lost outright when a
+//! moderator dies between storing and announcing). A connection therefore
+//! delivers seq n only right after n − 1: a later seq is held until the gap
+//! is filled, live or, once the gap is older than the reorder timeout, from
+//! history. Every member gets every stored message once, in order; a gap
+//! history cannot fill either ends the connection with a resync close.
+
+use std::collections::BTreeMap;
+
+use schemas::id::Seq;
+use tokio::time::Instant;
+
+/// Items of one room, released in seq order.
+#[derive(Debug)]
+pub struct Reorder<T> {
+    /// The last seq released (or already in the client's backlog).
+    last: Seq,
+    /// Items after a gap, waiting for it to be filled.
+    held: BTreeMap<Seq, T>,
+    /// Since when the oldest open gap has been waiting.
+    gap_since: Option<Instant>,
+}
+
+/// More items are held than the bound allows: the connection must resync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Overflow;
+
+impl<T> Reorder<T> {
+    /// Starts after `last`: the last seq the client already has.
+    pub fn new(last: Seq) -> Self {
+        Self {
+            last,
+            held: BTreeMap::new(),
+            gap_since: None,
+        }
+    }
+
+    /// The last seq released.
+    pub fn last(&self) -> Seq {
+        self.last
+    }
+
+    /// Since when a gap has been open, if one is.
+    pub fn gap_since(&self) -> Option<Instant> {
+        self.gap_since
+    }
+
+    /// Offers the item with `seq`; whatever is now in order is pushed to
+    /// `ready`, oldest first. A seq already released is dropped; one after a
+    /// gap is held, at most `max_held` of them.
+    pub fn offer(
+        &mut self,
+        seq: Seq,
+        item: T,
+        now: Instant,
+        max_held: usize,
+        ready: &mut Vec<T>,
+    ) -> Result<(), Overflow> {
+        if seq <= self.last {
+            return Ok(());
+        }
+        if seq != self.last.next() {
+            if self.held.len() >= max_held && !self.held.contains_key(&seq) {
+                return Err(Overflow);
+            }
+            self.held.insert(seq, item);
+            self.gap_since.get_or_insert(now);
+            return Ok(());
+        }
+        ready.push(item);
+        self.last = seq;
+        while let Some(item) = self.held.remove(&self.last.next()) {
+            ready.push(item);
+            self.last = self.last.next();
+        }
+        // Anything still held sits after a new gap, which starts waiting now.
+        self.gap_since = (!self.held.is_empty()).then_some(now);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offer_all(order: &mut Reorder<u64>, seqs: &[u64], max_held: usize) -> Vec<u64> {
+        let mut ready = Vec::new();
+        for &seq in seqs {
+            order
+                .offer(Seq(seq), seq, Instant::now(), max_held, &mut ready)
+                .expect("within the bound");
+        }
+        ready
+    }
+
+    /// Name, last seq before, seqs offered, seqs released, last seq after.
+    type Case = (&'static str, u64, &'static [u64], &'static [u64], u64);
+
+    #[test]
+    fn releases_in_seq_order_once() {
+        const CASES: &[Case] = &[
+            ("in order", 0, &[1, 2, 3], &[1, 2, 3], 3),
+            ("swapped", 0, &[2, 1, 3], &[1, 2, 3], 3),
+            ("reversed", 10, &[14, 13, 12, 11], &[11, 12, 13, 14], 14),
+            ("duplicates and old seqs", 5, &[3, 6, 6, 5, 7], &[6, 7], 7),
+            ("a gap stays open", 0, &[1, 3, 4], &[1], 1),
+        ];
+        for (name, start, offered, released, last) in CASES {
+            let mut order = Reorder::new(Seq(*start));
+            assert_eq!(offer_all(&mut order, offered, 16), *released, "{name}");
+            assert_eq!(order.last(), Seq(*last), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_gap_is_timed_from_when_it_opened_and_closes_when_filled() {
+        let mut order = Reorder::new(Seq(0));
+        let mut ready = Vec::new();
+        let opened = Instant::now();
+        order.offer(Seq(2), 2, opened, 16, &mut ready).unwrap();
+        order
+            .offer(
+                Seq(3),
+                3,
+                opened + std::time::Duration::from_secs(1),
+                16,
+                &mut ready,
+            )
+            .unwrap();
+        assert_eq!(order.gap_since(), Some(opened), "the oldest gap counts");
+        order
+            .offer(Seq(1), 1, Instant::now(), 16, &mut ready)
+            .unwrap();
+        assert_eq!(ready, [1, 2, 3]);
+        assert_eq!(order.gap_since(), None);
+    }
+
+    #[test]
+    fn holding_more_than_the_bound_overflows() {
+        let mut order = Reorder::new(Seq(0));
+        let mut ready = Vec::new();
+        for seq in 2..4 {
+            order
+                .offer(Seq(seq), seq, Instant::now(), 2, &mut ready)
+                .unwrap();
+        }
+        assert_eq!(
+            order.offer(Seq(9), 9, Instant::now(), 2, &mut ready),
+            Err(Overflow)
+        );
+        assert!(ready.is_empty());
+    }
+}
