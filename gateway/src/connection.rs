@@ -344,8 +344,12 @@ impl Connection {
             .collect();
         for (room, last) in due {
             let limit = self.shared.config.send_queue_capacity;
+            // A client that joined the room while it was empty has no seq to
+            // count from (a room's first seq is not 1, see room_writer.rs):
+            // everything history holds came after its join.
+            let fresh = last == Seq(0);
             let backlog = match self.shared.bus.backlog(&room, Some(last), limit).await {
-                Ok(backlog) if !backlog.truncated => backlog,
+                Ok(backlog) if fresh || !backlog.truncated => backlog,
                 Ok(_) => {
                     tracing::warn!(%room, %last, "missed messages were trimmed; resync");
                     return Err(Exit::Close(CloseCode::Resync));
@@ -359,6 +363,9 @@ impl Connection {
             let Some(view) = self.rooms.get_mut(&room) else {
                 continue;
             };
+            if let (true, Some(first)) = (fresh, backlog.messages.first()) {
+                view.chat = Reorder::new(Seq(first.seq.0.saturating_sub(1)));
+            }
             let mut ready = Vec::new();
             let max_held = self.shared.config.send_queue_capacity;
             for chat in backlog.messages {

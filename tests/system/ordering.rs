@@ -113,3 +113,35 @@ async fn every_member_gets_every_stored_chat_live_in_order_with_three_moderators
     drop(members);
     system.finish().await;
 }
+
+/// A room's first seq is the stream's last sequence + 1, not 1, so a
+/// member who joined it empty has no seq to count from. Found by the compose
+/// smoke test: such members were closed with 4103 instead of getting the
+/// room's first message.
+#[tokio::test]
+async fn a_member_who_joined_an_empty_room_gets_its_first_messages_live() {
+    let system = System::start(Options {
+        moderators: 2,
+        ..Options::default()
+    })
+    .await;
+    let (earlier, fresh) = (room("earlier"), room("fresh"));
+    let mut ann = Client::connect(system.gateways[0], "ann").await;
+    let mut bob = Client::connect(system.gateways[1], "bob").await;
+    ann.join(&earlier, None).await;
+    ann.chat(&earlier, "e1", "raises the stream's sequence")
+        .await
+        .unwrap();
+    ann.join(&fresh, None).await;
+    bob.join(&fresh, None).await;
+    let first = ann.chat(&fresh, "f1", "first").await.unwrap();
+    let second = ann.chat(&fresh, "f2", "second").await.unwrap();
+    assert!(first > Some(Seq(1)), "the room does not start at 1");
+    for (seq, text) in [(first, "first"), (second, "second")] {
+        let chat = bob.next_chat().await;
+        assert_eq!((Some(chat.seq), chat.text.as_str()), (seq, text));
+    }
+    bob.assert_alive().await;
+    drop((ann, bob));
+    system.finish().await;
+}
