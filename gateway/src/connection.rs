@@ -162,12 +162,20 @@ struct RoomView {
     members_revision: u64,
 }
 
-impl Default for RoomView {
-    fn default() -> Self {
+impl RoomView {
+    /// A view whose client has chat up to `last` and members as of `revision`.
+    fn new(last: Seq, revision: u64, max_held: usize) -> Self {
         Self {
-            chat: Reorder::new(Seq(0)),
-            members_revision: 0,
+            chat: Reorder::new(last, max_held),
+            members_revision: revision,
         }
+    }
+}
+
+/// A room holding more chat behind a gap than allowed must resync.
+impl From<Overflow> for Exit {
+    fn from(Overflow: Overflow) -> Self {
+        Exit::Close(CloseCode::Resync)
     }
 }
 
@@ -286,10 +294,7 @@ impl Connection {
         let mut ready = Vec::new();
         match delivery.kind {
             DeliveryKind::Chat(seq) => {
-                let max_held = self.shared.config.send_queue_capacity;
-                view.chat
-                    .offer(seq, delivery, Instant::now(), max_held, &mut ready)
-                    .map_err(|Overflow| Exit::Close(CloseCode::Resync))?;
+                view.chat.offer(seq, delivery, Instant::now(), &mut ready)?
             }
             DeliveryKind::Presence(revision) if revision <= view.members_revision => {}
             DeliveryKind::Presence(_) | DeliveryKind::Signal => ready.push(delivery),
@@ -364,16 +369,13 @@ impl Connection {
                 continue;
             };
             if let (true, Some(first)) = (fresh, backlog.messages.first()) {
-                view.chat = Reorder::new(Seq(first.seq.0.saturating_sub(1)));
+                view.chat.restart_before(first.seq);
             }
             let mut ready = Vec::new();
-            let max_held = self.shared.config.send_queue_capacity;
             for chat in backlog.messages {
                 let seq = chat.seq;
                 let delivery = Arc::new(Delivery::chat(&room, chat));
-                view.chat
-                    .offer(seq, delivery, now, max_held, &mut ready)
-                    .map_err(|Overflow| Exit::Close(CloseCode::Resync))?;
+                view.chat.offer(seq, delivery, now, &mut ready)?;
             }
             if view.chat.gap_since().is_some() {
                 tracing::warn!(%room, last = %view.chat.last(), "history lacks a missed message; resync");
@@ -453,7 +455,10 @@ impl Connection {
         }
         // Recorded before the hub knows the member, so that however this
         // join ends (even abandoned mid-way), the room is left on disconnect.
-        self.rooms.entry(room.clone()).or_default();
+        let max_held = self.shared.config.send_queue_capacity;
+        self.rooms
+            .entry(room.clone())
+            .or_insert_with(|| RoomView::new(Seq(0), 0, max_held));
         let conn_id = self.member.conn_id.clone();
         if let Err(err) = self
             .shared
@@ -492,10 +497,11 @@ impl Connection {
         };
         self.rooms.insert(
             room.clone(),
-            RoomView {
-                chat: Reorder::new(backlog.last_seq),
-                members_revision: revision,
-            },
+            RoomView::new(
+                backlog.last_seq,
+                revision,
+                self.shared.config.send_queue_capacity,
+            ),
         );
         Ok(ServerFrame::Joined {
             room,

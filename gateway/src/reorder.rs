@@ -19,6 +19,8 @@ use tokio::time::Instant;
 pub struct Reorder<T> {
     /// The last seq released (or already in the client's backlog).
     last: Seq,
+    /// How many items may wait behind gaps.
+    max_held: usize,
     /// Items after a gap, waiting for it to be filled.
     held: BTreeMap<Seq, T>,
     /// Since when the oldest open gap has been waiting.
@@ -30,13 +32,21 @@ pub struct Reorder<T> {
 pub struct Overflow;
 
 impl<T> Reorder<T> {
-    /// Starts after `last`: the last seq the client already has.
-    pub fn new(last: Seq) -> Self {
+    /// Starts after `last`, the last seq the client already has; at most
+    /// `max_held` items wait behind gaps.
+    pub fn new(last: Seq, max_held: usize) -> Self {
         Self {
             last,
+            max_held,
             held: BTreeMap::new(),
             gap_since: None,
         }
+    }
+
+    /// Starts over right before `first`, dropping what is held: for a client
+    /// that had no seq to count from, once history says where the room starts.
+    pub fn restart_before(&mut self, first: Seq) {
+        *self = Self::new(Seq(first.0.saturating_sub(1)), self.max_held);
     }
 
     /// The last seq released.
@@ -57,14 +67,13 @@ impl<T> Reorder<T> {
         seq: Seq,
         item: T,
         now: Instant,
-        max_held: usize,
         ready: &mut Vec<T>,
     ) -> Result<(), Overflow> {
         if seq <= self.last {
             return Ok(());
         }
         if seq != self.last.next() {
-            if self.held.len() >= max_held && !self.held.contains_key(&seq) {
+            if self.held.len() >= self.max_held && !self.held.contains_key(&seq) {
                 return Err(Overflow);
             }
             self.held.insert(seq, item);
@@ -87,11 +96,11 @@ impl<T> Reorder<T> {
 mod tests {
     use super::*;
 
-    fn offer_all(order: &mut Reorder<u64>, seqs: &[u64], max_held: usize) -> Vec<u64> {
+    fn offer_all(order: &mut Reorder<u64>, seqs: &[u64]) -> Vec<u64> {
         let mut ready = Vec::new();
         for &seq in seqs {
             order
-                .offer(Seq(seq), seq, Instant::now(), max_held, &mut ready)
+                .offer(Seq(seq), seq, Instant::now(), &mut ready)
                 .expect("within the bound");
         }
         ready
@@ -110,46 +119,43 @@ mod tests {
             ("a gap stays open", 0, &[1, 3, 4], &[1], 1),
         ];
         for (name, start, offered, released, last) in CASES {
-            let mut order = Reorder::new(Seq(*start));
-            assert_eq!(offer_all(&mut order, offered, 16), *released, "{name}");
+            let mut order = Reorder::new(Seq(*start), 16);
+            assert_eq!(offer_all(&mut order, offered), *released, "{name}");
             assert_eq!(order.last(), Seq(*last), "{name}");
         }
     }
 
     #[test]
     fn a_gap_is_timed_from_when_it_opened_and_closes_when_filled() {
-        let mut order = Reorder::new(Seq(0));
+        let mut order = Reorder::new(Seq(0), 16);
         let mut ready = Vec::new();
         let opened = Instant::now();
-        order.offer(Seq(2), 2, opened, 16, &mut ready).unwrap();
+        order.offer(Seq(2), 2, opened, &mut ready).unwrap();
         order
             .offer(
                 Seq(3),
                 3,
                 opened + std::time::Duration::from_secs(1),
-                16,
                 &mut ready,
             )
             .unwrap();
         assert_eq!(order.gap_since(), Some(opened), "the oldest gap counts");
-        order
-            .offer(Seq(1), 1, Instant::now(), 16, &mut ready)
-            .unwrap();
+        order.offer(Seq(1), 1, Instant::now(), &mut ready).unwrap();
         assert_eq!(ready, [1, 2, 3]);
         assert_eq!(order.gap_since(), None);
     }
 
     #[test]
     fn holding_more_than_the_bound_overflows() {
-        let mut order = Reorder::new(Seq(0));
+        let mut order = Reorder::new(Seq(0), 2);
         let mut ready = Vec::new();
         for seq in 2..4 {
             order
-                .offer(Seq(seq), seq, Instant::now(), 2, &mut ready)
+                .offer(Seq(seq), seq, Instant::now(), &mut ready)
                 .unwrap();
         }
         assert_eq!(
-            order.offer(Seq(9), 9, Instant::now(), 2, &mut ready),
+            order.offer(Seq(9), 9, Instant::now(), &mut ready),
             Err(Overflow)
         );
         assert!(ready.is_empty());

@@ -6,7 +6,7 @@
 //! other rooms. A connection sends its next request only after the answer
 //! to the last, so running them concurrently keeps each connection's order.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_nats::Client;
 use bootstrap::liveness::Liveness;
@@ -51,7 +51,7 @@ impl Roster {
 
     /// Admits `member` to `room` if it has space, removing dead gateways'
     /// members first, and announces the changes.
-    pub async fn join(self: std::sync::Arc<Self>, room: RoomId, member: RoomMember) -> Verdict {
+    pub async fn join(self: Arc<Self>, room: RoomId, member: RoomMember) -> Verdict {
         match self
             .membership
             .join(&room, member, |gateway| self.is_dead(gateway))
@@ -73,7 +73,7 @@ impl Roster {
     }
 
     /// Removes a connection from `room` and announces it.
-    pub async fn leave(self: std::sync::Arc<Self>, room: RoomId, conn: ConnId) -> Verdict {
+    pub async fn leave(self: Arc<Self>, room: RoomId, conn: ConnId) -> Verdict {
         match self.membership.leave(&room, &conn).await {
             Ok(change) => {
                 self.announce(&room, &change).await;
@@ -85,7 +85,7 @@ impl Roster {
 
     /// Removes a dead gateway's members from `room`, if this moderator also
     /// considers it dead; a live gateway's members stay.
-    pub async fn reap(self: std::sync::Arc<Self>, room: RoomId, gateway: GatewayId) -> Verdict {
+    pub async fn reap(self: Arc<Self>, room: RoomId, gateway: GatewayId) -> Verdict {
         if !self.is_dead(&gateway) {
             return Verdict::Done;
         }

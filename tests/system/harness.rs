@@ -286,8 +286,9 @@ impl System {
     /// departures are asynchronous, hence the wait.
     pub async fn finish(self) {
         let deadline = tokio::time::Instant::now() + LEAK_TIMEOUT;
+        let js = async_nats::jetstream::new(self.nats.connect().await);
         loop {
-            let leaks = self.leaks().await;
+            let leaks = self.leaks(&js).await;
             if leaks.is_empty() {
                 break;
             }
@@ -301,7 +302,7 @@ impl System {
     }
 
     /// What is still held, as readable lines; empty when nothing is.
-    async fn leaks(&self) -> Vec<String> {
+    async fn leaks(&self, js: &async_nats::jetstream::Context) -> Vec<String> {
         let mut leaks = Vec::new();
         for gateway in &self.gateways {
             let health = get_json(*gateway, "/health").await;
@@ -314,7 +315,6 @@ impl System {
         for subject in self.nats.room_subscriptions().await {
             leaks.push(format!("NATS subscription {subject}"));
         }
-        let js = async_nats::jetstream::new(self.nats.connect().await);
         if let Ok(rooms) = js.get_key_value(subject::ROOMS_BUCKET).await {
             let mut keys = rooms.keys().await.expect("list room keys");
             while let Some(key) = keys.next().await {
