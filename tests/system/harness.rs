@@ -193,7 +193,7 @@ impl Default for Options {
         gateway.auth.hs256_secret = Some(Secret(SECRET.into()));
         Self {
             gateways: 2,
-            moderators: 1,
+            moderators: 2,
             gateway,
             moderator: ModeratorConfig::default(),
             history: HistoryConfig::default(),
