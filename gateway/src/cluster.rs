@@ -66,10 +66,16 @@ pub async fn run(
     let mut scan = tokio::time::interval(SCAN_INTERVAL);
     let mut asked: HashMap<(RoomId, GatewayId), Instant> = HashMap::new();
     let mut reaps = JoinSet::new();
+    let mut contact = Contact::new(timing.gateway_timeout, Instant::now());
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = announce.tick() => {
+                let connected = client.connection_state() == async_nats::connection::State::Connected;
+                if contact.lost(Instant::now(), connected) {
+                    tracing::warn!("out of touch with the cluster longer than the gateway timeout; resetting every connection");
+                    hub.reset();
+                }
                 if let Err(err) = client.publish(subject::GATEWAY_HEARTBEAT, beat.clone()).await {
                     tracing::warn!(cause = %err, "heartbeat not sent");
                 }
@@ -106,6 +112,43 @@ pub async fn run(
     let _ = heartbeats.unsubscribe().await;
 }
 
+/// Notices when this gateway itself was out of touch with the cluster for
+/// longer than the gateway timeout: stopped or starved (its heartbeat ticks
+/// came that far apart), or without NATS. The other gateways and the
+/// moderators then counted it dead and may have removed its members.
+struct Contact {
+    timeout: Duration,
+    last_tick: Instant,
+    disconnected_since: Option<Instant>,
+}
+
+impl Contact {
+    fn new(timeout: Duration, now: Instant) -> Self {
+        Self {
+            timeout,
+            last_tick: now,
+            disconnected_since: None,
+        }
+    }
+
+    /// Called at each heartbeat tick: whether contact was lost for longer
+    /// than the timeout and has just come back (a gateway still without NATS
+    /// cannot rejoin anybody yet).
+    fn lost(&mut self, now: Instant, connected: bool) -> bool {
+        let stalled = now.duration_since(self.last_tick) > self.timeout;
+        self.last_tick = now;
+        if !connected {
+            self.disconnected_since.get_or_insert(now);
+            return false;
+        }
+        let cut_off = self
+            .disconnected_since
+            .take()
+            .is_some_and(|since| now.duration_since(since) > self.timeout);
+        stalled || cut_off
+    }
+}
+
 /// Who a reap request is from: the gateway itself, not a client.
 fn reaper() -> Member {
     Member {
@@ -114,5 +157,39 @@ fn reaper() -> Member {
             id: UserId::from("gateway"),
             name: "gateway".into(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TIMEOUT: Duration = Duration::from_secs(9);
+    const BEAT: Duration = Duration::from_secs(3);
+
+    #[test]
+    fn contact_is_lost_after_a_stall_or_a_long_disconnect_only() {
+        let start = Instant::now();
+        let mut contact = Contact::new(TIMEOUT, start);
+        assert!(!contact.lost(start + BEAT, true), "a tick on time");
+        assert!(
+            contact.lost(start + BEAT + TIMEOUT * 2, true),
+            "ticks further apart than the timeout: the process was stopped"
+        );
+        let now = start + BEAT + TIMEOUT * 2;
+        assert!(!contact.lost(now + BEAT, false), "disconnected");
+        assert!(!contact.lost(now + BEAT * 2, false), "still disconnected");
+        assert!(
+            !contact.lost(now + BEAT * 3, true),
+            "back within the timeout"
+        );
+        let now = now + BEAT * 3;
+        for i in 1..=4 {
+            assert!(!contact.lost(now + BEAT * i, false), "disconnected");
+        }
+        assert!(
+            contact.lost(now + BEAT * 5, true),
+            "back after longer than the timeout"
+        );
     }
 }

@@ -81,9 +81,10 @@ pub(crate) async fn serve(mut socket: HyperWebsocketStream, shared: Arc<Shared>)
         queue,
         slow: CancellationToken::new(),
     };
-    shared.hub.connect(member.conn_id.clone(), handle.clone());
+    let reset = shared.hub.connect(member.conn_id.clone(), handle.clone());
     let connection = Connection {
         member,
+        reset,
         rooms: HashMap::new(),
         moderator: None,
         handle,
@@ -187,6 +188,8 @@ struct Connection {
     /// The moderator this connection's requests stick to.
     moderator: Option<ModeratorId>,
     handle: MemberHandle,
+    /// Cancelled when the gateway resets its connections.
+    reset: CancellationToken,
 }
 
 impl Connection {
@@ -198,6 +201,7 @@ impl Connection {
         tracing::debug!("connected");
         let shutdown = self.shared.shutdown.clone();
         let slow = self.handle.slow.clone();
+        let reset = self.reset.clone();
         let exit = loop {
             // Shutdown and overflow interrupt whatever step is under way: a
             // socket write blocked on a full TCP buffer, or a request. Both
@@ -207,6 +211,7 @@ impl Connection {
                 biased;
                 _ = shutdown.cancelled() => Err(Exit::Close(CloseCode::ShuttingDown)),
                 _ = slow.cancelled() => Err(Exit::Close(CloseCode::SlowConsumer)),
+                _ = reset.cancelled() => Err(Exit::Close(CloseCode::Reset)),
                 step = self.step(&mut socket, &mut deliveries) => step,
             };
             if let Err(exit) = step {

@@ -91,6 +91,8 @@ pub struct Hub {
     connections: Mutex<HashMap<ConnId, MemberHandle>>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
+    /// Cancelled by [`Hub::reset`], then replaced.
+    reset: Mutex<CancellationToken>,
 }
 
 /// Shared with each room's fan-out task. A std mutex: every critical
@@ -128,15 +130,27 @@ impl Hub {
             connections: Mutex::new(HashMap::new()),
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
+            reset: Mutex::new(CancellationToken::new()),
         }
     }
 
-    /// Makes `conn` reachable for signals.
-    pub fn connect(&self, conn: ConnId, handle: MemberHandle) {
+    /// Makes `conn` reachable for signals. The token returned is cancelled
+    /// when the gateway resets its connections (see [`Hub::reset`]).
+    pub fn connect(&self, conn: ConnId, handle: MemberHandle) -> CancellationToken {
         self.connections
             .lock()
             .expect("hub lock poisoned")
             .insert(conn, handle);
+        self.reset.lock().expect("hub lock poisoned").clone()
+    }
+
+    /// Tells every connection open now to close with the reset code: after
+    /// this gateway was out of touch with the cluster, the others may have
+    /// removed its members and given their seats away, so each client
+    /// rejoins. Connections made afterwards are not affected.
+    pub fn reset(&self) {
+        let old = std::mem::take(&mut *self.reset.lock().expect("hub lock poisoned"));
+        old.cancel();
     }
 
     /// Forgets `conn` (it closed).

@@ -74,6 +74,10 @@ pub enum CloseCode {
     GatewayFull,
     /// The connection missed room messages it could not recover in order.
     Resync,
+    /// The gateway was cut off from the cluster (stopped, or without NATS)
+    /// longer than the gateway timeout, so the others may have removed its
+    /// members: every connection rejoins its rooms.
+    Reset,
 }
 
 impl CloseCode {
@@ -85,6 +89,7 @@ impl CloseCode {
             CloseCode::ShuttingDown => 4101,
             CloseCode::GatewayFull => 4102,
             CloseCode::Resync => 4103,
+            CloseCode::Reset => 4104,
         }
     }
 
@@ -96,6 +101,7 @@ impl CloseCode {
             CloseCode::ShuttingDown => "gateway shutting down: reconnect",
             CloseCode::GatewayFull => "gateway full: reconnect elsewhere",
             CloseCode::Resync => "missed messages: reconnect and resume",
+            CloseCode::Reset => "gateway lost contact with the cluster: reconnect and resume",
         }
     }
 
@@ -117,6 +123,7 @@ mod tests {
             (CloseCode::ShuttingDown, 4101, true),
             (CloseCode::GatewayFull, 4102, true),
             (CloseCode::Resync, 4103, true),
+            (CloseCode::Reset, 4104, true),
         ];
         for (code, number, reconnect) in CASES {
             assert_eq!(code.code(), *number, "{code:?}");

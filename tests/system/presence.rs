@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use moderator::config::ModeratorConfig;
 use schemas::client::{ClientFrame, PresenceEvent, ServerFrame};
-use schemas::code::ErrorCode;
+use schemas::code::{CloseCode, ErrorCode};
 use schemas::id::{ConnId, RoomId};
 use tokio::time::Instant;
 
@@ -272,5 +272,67 @@ async fn a_killed_gateway_leaves_no_ghosts() {
     );
     drop((bob, cat));
     drop((ann, dan));
+    system.finish().await;
+}
+
+/// Found by stopping a gateway (SIGSTOP) past the timeout: the others
+/// removed its members and gave their seats away, yet after SIGCONT its
+/// connections were neither told nor closed; they kept receiving and
+/// posting to a room they were no longer members of. Now a gateway that
+/// finds it stalled past the timeout closes its connections with 4104, and
+/// clients rejoin (where there are seats).
+#[tokio::test]
+async fn a_gateway_stopped_past_the_timeout_closes_its_connections_when_it_resumes() {
+    const TIMEOUT: Duration = Duration::from_secs(2);
+    let mut gateway = Options::default().gateway;
+    gateway.heartbeat_interval = Duration::from_millis(500);
+    gateway.gateway_timeout = TIMEOUT;
+    let system = System::start(Options {
+        moderator: ModeratorConfig {
+            gateway_timeout: TIMEOUT,
+            ..ModeratorConfig::default()
+        },
+        gateway,
+        ..Options::one_gateway()
+    })
+    .await;
+    let (mut stalled, stalled_addr) = gateway_process(&system.nats).await;
+    let room = room("stalled");
+    let mut ann = Client::connect(system.gateways[0], "ann").await;
+    ann.join(&room, None).await;
+    let mut bob = Client::connect(stalled_addr, "bob").await;
+    bob.join(&room, None).await;
+    assert_eq!(
+        next_presence(&mut ann).await,
+        (PresenceEvent::Join, bob.conn_id.clone())
+    );
+
+    let pid = stalled.id().expect("the gateway runs").to_string();
+    let signal = |name: &str| {
+        let status = std::process::Command::new("kill")
+            .args([name, &pid])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {name}");
+    };
+    signal("-STOP");
+    assert_eq!(
+        next_presence(&mut ann).await,
+        (PresenceEvent::Leave, bob.conn_id.clone()),
+        "the stopped gateway's member is removed"
+    );
+    signal("-CONT");
+    loop {
+        match bob.recv_or_close().await {
+            Err(code) => {
+                assert_eq!(code, CloseCode::Reset.code(), "bob is told to reconnect");
+                break;
+            }
+            Ok(ServerFrame::Chat(_) | ServerFrame::Presence { .. }) => {}
+            Ok(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    stalled.kill().await.expect("stop the gateway");
+    drop((ann, bob));
     system.finish().await;
 }
