@@ -30,12 +30,36 @@ pub enum ReadError {
     Message(#[source] async_nats::Error),
 }
 
+/// A retained message with what the moderator knew when it stored it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Stored {
+    /// The message.
+    pub chat: ChatMessage,
+    /// The room seq stored right before it (`0`: none was retained then);
+    /// `None` for messages stored without the header.
+    pub prev: Option<Seq>,
+}
+
+impl Stored {
+    /// Whether messages after `since` are missing right before this one,
+    /// the first retained message after `since`.
+    fn trimmed_before(&self, since: Seq) -> bool {
+        match self.prev {
+            // The message before it is gone; missed if it came after `since`.
+            Some(prev) if prev > Seq(0) => prev > since,
+            // Nothing was retained when it was stored: a client that saw
+            // nothing, or saw the seq right before, missed nothing; for any
+            // other it cannot be known, so say trimmed.
+            Some(_) => since > Seq(0) && self.chat.seq > since.next(),
+            // Stored without the header: judge by seqs alone.
+            None => self.chat.seq > since.next(),
+        }
+    }
+}
+
 /// Every retained message of `room`, oldest first. A room holds at most
 /// `backlog_size` messages, so this is bounded.
-pub async fn read_room(
-    js: &jetstream::Context,
-    room: &RoomId,
-) -> Result<Vec<ChatMessage>, ReadError> {
+pub async fn read_room(js: &jetstream::Context, room: &RoomId) -> Result<Vec<Stored>, ReadError> {
     let stream = js.get_stream_no_info(subject::CHAT_STREAM).await?;
     let consumer = stream
         .create_consumer(consumer::pull::Config {
@@ -54,8 +78,14 @@ pub async fn read_room(
         let mut batch = consumer.fetch().max_messages(pending).messages().await?;
         while let Some(msg) = batch.next().await {
             let msg = msg.map_err(ReadError::Message)?;
+            let prev = msg
+                .headers
+                .as_ref()
+                .and_then(|headers| headers.get(subject::PREV_SEQ_HEADER))
+                .and_then(|value| value.as_str().parse().ok())
+                .map(Seq);
             match event::decode::<ChatMessage>(&msg.payload) {
-                Ok(chat) => messages.push(chat),
+                Ok(chat) => messages.push(Stored { chat, prev }),
                 Err(err) => {
                     tracing::warn!(cause = %err, %room, "skipping unreadable stored message")
                 }
@@ -74,12 +104,12 @@ pub async fn read_room(
 /// `truncated` when the first of them is not `since + 1`. A `since` beyond
 /// the room's last seq means the stream was reset: the client gets the last
 /// `limit` and `truncated`.
-pub fn select(mut retained: Vec<ChatMessage>, since: Option<Seq>, limit: usize) -> Backlog {
-    let last_seq = retained.last().map_or(Seq(0), |m| m.seq);
-    let keep_last = |mut messages: Vec<ChatMessage>, limit: usize| {
+pub fn select(mut retained: Vec<Stored>, since: Option<Seq>, limit: usize) -> Backlog {
+    let last_seq = retained.last().map_or(Seq(0), |m| m.chat.seq);
+    let keep_last = |mut messages: Vec<Stored>, limit: usize| {
         let skip = messages.len().saturating_sub(limit);
         messages.drain(..skip);
-        messages
+        messages.into_iter().map(|m| m.chat).collect()
     };
     match since {
         None => Backlog {
@@ -93,10 +123,10 @@ pub fn select(mut retained: Vec<ChatMessage>, since: Option<Seq>, limit: usize) 
             truncated: true,
         },
         Some(since) => {
-            retained.retain(|m| m.seq > since);
-            let truncated = retained.first().is_some_and(|m| m.seq > since.next());
+            retained.retain(|m| m.chat.seq > since);
+            let truncated = retained.first().is_some_and(|m| m.trimmed_before(since));
             Backlog {
-                messages: retained,
+                messages: retained.into_iter().map(|m| m.chat).collect(),
                 last_seq,
                 truncated,
             }
@@ -121,8 +151,17 @@ mod tests {
 
     use super::*;
 
-    fn messages(seqs: std::ops::RangeInclusive<u64>) -> Vec<ChatMessage> {
-        seqs.map(|seq| ChatMessage {
+    /// Retained messages `seqs`, each stored right after the seq before it.
+    fn messages(seqs: std::ops::RangeInclusive<u64>) -> Vec<Stored> {
+        seqs.map(|seq| Stored {
+            chat: chat(seq),
+            prev: Some(Seq(seq - 1)),
+        })
+        .collect()
+    }
+
+    fn chat(seq: u64) -> ChatMessage {
+        ChatMessage {
             room: "r".into(),
             seq: Seq(seq),
             id: format!("m{seq}").as_str().into(),
@@ -135,8 +174,7 @@ mod tests {
             },
             text: "x".repeat(100),
             ts: 0,
-        })
-        .collect()
+        }
     }
 
     fn seqs(backlog: &Backlog) -> Vec<u64> {
@@ -224,8 +262,52 @@ mod tests {
             assert_eq!(seqs(&backlog), case.expect, "{}", case.name);
             assert_eq!(backlog.truncated, case.truncated, "{}", case.name);
         }
-        let empty = select(vec![], Some(Seq(3)), 5);
+        let empty = select(Vec::new(), Some(Seq(3)), 5);
         assert_eq!((empty.last_seq, empty.truncated), (Seq(0), false));
+    }
+
+    /// Rooms start at the stream's sequence, not at 1: whether messages
+    /// after `since` were trimmed comes from what the moderator recorded
+    /// as each message's predecessor.
+    #[test]
+    fn truncated_follows_the_recorded_predecessor() {
+        // (name, first retained seq and its recorded prev, since, truncated)
+        const CASES: &[(&str, u64, Option<u64>, u64, bool)] = &[
+            ("new room, client saw nothing", 58, Some(0), 0, false),
+            (
+                "new room, client saw the seq before",
+                58,
+                Some(0),
+                57,
+                false,
+            ),
+            (
+                "backlog had expired, client saw older",
+                58,
+                Some(0),
+                30,
+                true,
+            ),
+            (
+                "first one trimmed, client saw nothing",
+                59,
+                Some(58),
+                0,
+                true,
+            ),
+            ("first one trimmed, client saw it", 59, Some(58), 58, false),
+            ("stored without the header, a gap", 58, None, 0, true),
+            ("stored without the header, no gap", 58, None, 57, false),
+        ];
+        for &(name, first, prev, since, truncated) in CASES {
+            let retained = vec![Stored {
+                chat: chat(first),
+                prev: prev.map(Seq),
+            }];
+            let backlog = select(retained, Some(Seq(since)), 10);
+            assert_eq!(seqs(&backlog), [first], "{name}");
+            assert_eq!(backlog.truncated, truncated, "{name}");
+        }
     }
 
     #[test]

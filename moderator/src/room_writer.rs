@@ -116,9 +116,12 @@ impl RoomWriter {
             };
             chat.seq = tail.seq.next();
             let payload = Bytes::from(event::encode(&chat));
+            // With no retained message the tail is only a floor, not a message.
+            let prev = if tail.stream_seq == 0 { 0 } else { tail.seq.0 };
             let publish = PublishMessage::build()
                 .payload(payload.clone())
                 .message_id(&dedupe_key)
+                .header(subject::PREV_SEQ_HEADER, prev.to_string().as_str())
                 .expected_last_subject_sequence(tail.stream_seq);
             let result = match self
                 .js

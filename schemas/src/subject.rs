@@ -25,6 +25,13 @@ pub fn moderate_direct(moderator: &ModeratorId) -> String {
 /// configures it; the moderator is its only writer.
 pub const CHAT_STREAM: &str = "CAVLO_CHAT";
 
+/// A header on every stored chat message: the room seq of the message the
+/// moderator stored right before it, or `0` when the room had no retained
+/// message then (a new room, or one whose backlog had all expired). With it,
+/// history tells a trimmed backlog from a room whose seqs simply do not
+/// start at 1.
+pub const PREV_SEQ_HEADER: &str = "Cavlo-Prev-Seq";
+
 /// The subjects [`CHAT_STREAM`] captures.
 pub const CHAT_STORE_ALL: &str = "cavlo.chat.*";
 

@@ -191,6 +191,61 @@ async fn backlog_is_bounded_and_resume_past_it_is_truncated() {
     system.finish().await;
 }
 
+/// A room's seqs start at the stream's last sequence + 1, not at 1. Found
+/// as an operator would: a room never trimmed (3 messages) answered a join
+/// with `since: 0` with `truncated: true`. `truncated` now says whether
+/// messages after `since` were really trimmed.
+#[tokio::test]
+async fn truncated_is_true_only_when_messages_after_since_were_trimmed() {
+    let system = System::start(Options {
+        history: HistoryConfig {
+            backlog_size: 3,
+            ..HistoryConfig::default()
+        },
+        ..Options::one_gateway()
+    })
+    .await;
+    let g = system.gateways[0];
+    let (earlier, fresh) = (room("earlier"), room("fresh"));
+    let mut ann = Client::connect(g, "ann").await;
+    ann.join(&earlier, None).await;
+    ann.chat(&earlier, "e1", "raises the stream's sequence")
+        .await
+        .unwrap();
+    ann.join(&fresh, None).await;
+    let mut seqs = Vec::new();
+    for i in 0..3 {
+        seqs.push(
+            ann.chat(&fresh, &format!("f{i}"), "x")
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    assert!(seqs[0] > Seq(1), "the room does not start at 1");
+
+    let mut bob = Client::connect(g, "bob").await;
+    let (history, _, truncated) = bob.join(&fresh, Some(Seq(0))).await;
+    assert_eq!(history.iter().map(|m| m.seq).collect::<Vec<_>>(), seqs);
+    assert!(
+        !truncated,
+        "nothing was trimmed from a room of 3 with room for 3"
+    );
+
+    // One more message trims the first: now a client that saw nothing, or
+    // only up to before it, has missed something.
+    seqs.push(ann.chat(&fresh, "f3", "x").await.unwrap().unwrap());
+    assert_eq!(Some(bob.next_chat().await.seq), seqs.last().copied());
+    for since in [Seq(0), Seq(seqs[0].0 - 1)] {
+        let (_, _, truncated) = bob.join(&fresh, Some(since)).await;
+        assert!(truncated, "since {since}: seqs[0] was trimmed");
+    }
+    let (history, _, truncated) = bob.join(&fresh, Some(seqs[0])).await;
+    assert_eq!((history.len(), truncated), (3, false));
+    drop((ann, bob));
+    system.finish().await;
+}
+
 #[tokio::test]
 async fn chat_and_leave_outside_a_room_are_refused() {
     let system = System::one_gateway().await;
