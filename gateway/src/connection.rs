@@ -19,7 +19,7 @@ use hyper_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use schemas::client::{ClientFrame, ErrorFrame, Member, ServerFrame, SignalKind, User};
 use schemas::code::{CloseCode, ErrorCode};
 use schemas::event::{Action, Verdict};
-use schemas::id::{ClientMsgId, ConnId, ModeratorId, RoomId, Seq};
+use schemas::id::{ClientMsgId, ConnId, JoinId, ModeratorId, RoomId, Seq};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -161,14 +161,19 @@ struct RoomView {
     chat: Reorder<Arc<Delivery>>,
     /// The membership revision its `joined` member list reflected.
     members_revision: u64,
+    /// The last join attempt; leaving names it, so that a join the gateway
+    /// gave up on cannot be applied after the leave.
+    attempt: JoinId,
 }
 
 impl RoomView {
-    /// A view whose client has chat up to `last` and members as of `revision`.
-    fn new(last: Seq, revision: u64, max_held: usize) -> Self {
+    /// A view of join `attempt`, whose client has chat up to `last` and
+    /// members as of `revision`.
+    fn new(attempt: JoinId, last: Seq, revision: u64, max_held: usize) -> Self {
         Self {
             chat: Reorder::new(last, max_held),
             members_revision: revision,
+            attempt,
         }
     }
 }
@@ -461,9 +466,11 @@ impl Connection {
         // Recorded before the hub knows the member, so that however this
         // join ends (even abandoned mid-way), the room is left on disconnect.
         let max_held = self.shared.config.send_queue_capacity;
+        let attempt = JoinId(nuid::next().to_string());
         self.rooms
             .entry(room.clone())
-            .or_insert_with(|| RoomView::new(Seq(0), 0, max_held));
+            .or_insert_with(|| RoomView::new(attempt.clone(), Seq(0), 0, max_held))
+            .attempt = attempt.clone();
         let conn_id = self.member.conn_id.clone();
         if let Err(err) = self
             .shared
@@ -478,7 +485,11 @@ impl Connection {
                 "cannot subscribe to room; retry",
             ));
         }
-        let (members, revision) = match self.moderate(Action::Join { room: room.clone() }).await {
+        let join = Action::Join {
+            room: room.clone(),
+            attempt: attempt.clone(),
+        };
+        let (members, revision) = match self.moderate(join).await {
             Ok(Verdict::Admitted { members, revision }) => (members, revision),
             Ok(Verdict::Rejected { code, message }) => {
                 self.forget(&room);
@@ -502,11 +513,7 @@ impl Connection {
         };
         self.rooms.insert(
             room.clone(),
-            RoomView::new(
-                backlog.last_seq,
-                revision,
-                self.shared.config.send_queue_capacity,
-            ),
+            RoomView::new(attempt, backlog.last_seq, revision, max_held),
         );
         Ok(ServerFrame::Joined {
             room,
@@ -524,7 +531,11 @@ impl Connection {
         if !self.rooms.contains_key(&room) {
             return Err(ErrorFrame::new(ErrorCode::NotInRoom, "not in this room").in_room(&room));
         }
-        match self.moderate(Action::Leave { room: room.clone() }).await {
+        let leave = Action::Leave {
+            room: room.clone(),
+            attempt: self.rooms.get(&room).map(|view| view.attempt.clone()),
+        };
+        match self.moderate(leave).await {
             Ok(Verdict::Done) => self.forget(&room),
             _ => self.depart(room.clone()).await,
         }
@@ -533,10 +544,12 @@ impl Connection {
 
     /// Leaves `room` here and queues the moderator's side of it.
     async fn depart(&mut self, room: RoomId) {
+        let attempt = self.rooms.get(&room).map(|view| view.attempt.clone());
         self.forget(&room);
         let departure = Departure {
             member: self.member.clone(),
             room,
+            attempt,
             moderator: self.moderator.clone(),
         };
         self.shared.departures.send(departure).await;

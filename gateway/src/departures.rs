@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use schemas::client::Member;
 use schemas::event::{Action, Verdict};
-use schemas::id::{ModeratorId, RoomId};
+use schemas::id::{JoinId, ModeratorId, RoomId};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -32,6 +32,8 @@ pub struct Departure {
     pub member: Member,
     /// Which room.
     pub room: RoomId,
+    /// The connection's last join attempt there, cancelled if not applied yet.
+    pub attempt: Option<JoinId>,
     /// The connection's moderator, which also forgets its budgets there.
     pub moderator: Option<ModeratorId>,
 }
@@ -91,11 +93,15 @@ async fn leave(bus: &Bus, departure: Departure) {
     let Departure {
         member,
         room,
+        attempt,
         mut moderator,
     } = departure;
     let mut backoff = Duration::from_millis(100);
     for _ in 0..ATTEMPTS {
-        let action = Action::Leave { room: room.clone() };
+        let action = Action::Leave {
+            room: room.clone(),
+            attempt: attempt.clone(),
+        };
         match bus.moderate(&mut moderator, &member, action).await {
             Ok(Verdict::Rejected { .. }) | Err(_) => {
                 tokio::time::sleep(backoff).await;

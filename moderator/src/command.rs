@@ -15,7 +15,7 @@ use async_nats::{Client, Subject};
 use schemas::client::{Member, SignalKind};
 use schemas::code::ErrorCode;
 use schemas::event::{self, Action, ModerationReply, ModerationRequest, RoomMember, Verdict};
-use schemas::id::{ClientMsgId, ConnId, GatewayId, ModeratorId, RoomId};
+use schemas::id::{ClientMsgId, ConnId, GatewayId, JoinId, ModeratorId, RoomId};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -48,6 +48,8 @@ pub enum Command {
         room: RoomId,
         /// The member and its gateway.
         member: RoomMember,
+        /// This join attempt.
+        attempt: JoinId,
     },
     /// Remove a connection from a room.
     Leave {
@@ -55,6 +57,8 @@ pub enum Command {
         room: RoomId,
         /// The connection.
         conn: ConnId,
+        /// Its last join attempt there, cancelled if not applied yet.
+        attempt: Option<JoinId>,
     },
     /// Remove a dead gateway's members from a room.
     Reap {
@@ -86,16 +90,18 @@ impl From<ModerationRequest> for Command {
                 id,
                 text,
             },
-            Action::Join { room } => Command::Join {
+            Action::Join { room, attempt } => Command::Join {
                 room,
                 member: RoomMember {
                     member: from,
                     gateway,
                 },
+                attempt,
             },
-            Action::Leave { room } => Command::Leave {
+            Action::Leave { room, attempt } => Command::Leave {
                 room,
                 conn: from.conn_id,
+                attempt,
             },
             Action::Reap { room, gateway } => Command::Reap { room, gateway },
             Action::Signal {
@@ -186,8 +192,16 @@ impl Moderator {
                 id,
                 text,
             } => self.chat(from, room, id, text, reply).await,
-            Command::Join { room, member } => self.join(room, member, reply).await,
-            Command::Leave { room, conn } => self.leave(room, conn, reply).await,
+            Command::Join {
+                room,
+                member,
+                attempt,
+            } => self.join(room, member, attempt, reply).await,
+            Command::Leave {
+                room,
+                conn,
+                attempt,
+            } => self.leave(room, conn, attempt, reply).await,
             Command::Reap { room, gateway } => self.reap(room, gateway, reply).await,
             Command::Signal { from, signal } => self.signal(from, signal, reply).await,
         }
@@ -235,19 +249,19 @@ impl Moderator {
     }
 
     /// Admits a member if the room name is allowed and the room has space.
-    async fn join(&mut self, room: RoomId, member: RoomMember, reply: Reply) {
+    async fn join(&mut self, room: RoomId, member: RoomMember, attempt: JoinId, reply: Reply) {
         if let Err(violation) = self.rules.check_room(&room) {
             return reply.send(violation.into()).await;
         }
         let roster = self.roster.clone();
-        self.spawn(reply, roster.join(room, member)).await;
+        self.spawn(reply, roster.join(room, member, attempt)).await;
     }
 
     /// Removes a connection from a room; its candidate budget there ends.
-    async fn leave(&mut self, room: RoomId, conn: ConnId, reply: Reply) {
+    async fn leave(&mut self, room: RoomId, conn: ConnId, attempt: Option<JoinId>, reply: Reply) {
         self.candidates.clear(&conn, &room);
         let roster = self.roster.clone();
-        self.spawn(reply, roster.leave(room, conn)).await;
+        self.spawn(reply, roster.leave(room, conn, attempt)).await;
     }
 
     /// Removes a dead gateway's members, if this moderator agrees it is dead.
@@ -329,7 +343,8 @@ impl From<Violation> for Verdict {
     }
 }
 
-fn now_ms() -> u64 {
+/// Now, in ms since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

@@ -9,9 +9,11 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
-use schemas::event::{self, RoomMember, RoomState};
-use schemas::id::{ConnId, GatewayId, RoomId};
+use schemas::event::{self, CancelledJoin, RoomMember, RoomState};
+use schemas::id::{ConnId, GatewayId, JoinId, RoomId};
 use schemas::subject;
+
+use crate::command::now_ms;
 
 /// How often a change is retried after losing the race for a room's entry.
 const MAX_RACES: usize = 32;
@@ -50,9 +52,23 @@ pub struct Change {
     pub revision: u64,
 }
 
-/// A join the room cannot take.
+/// A join the room does not take.
 #[derive(Debug, PartialEq, Eq)]
-pub struct RoomFull;
+pub enum Refusal {
+    /// The room is at capacity.
+    RoomFull,
+    /// A leave cancelled this join attempt before it arrived.
+    Cancelled,
+}
+
+/// How long a cancelled join attempt is remembered. A join request delayed
+/// longer than this (held in a client's buffer through an outage) could
+/// still add a member nobody holds; NATS clients give up on requests long
+/// before.
+const CANCELLED_JOIN_TTL: Duration = Duration::from_secs(600);
+
+/// Cancelled join attempts kept per room; the oldest goes first.
+const MAX_CANCELLED_JOINS: usize = 64;
 
 /// The rooms bucket.
 #[derive(Clone)]
@@ -88,15 +104,20 @@ impl Membership {
     }
 
     /// Adds `member`, first removing members whose gateway `is_dead`. A
-    /// member already in the room stays once.
+    /// member already in the room stays once; an attempt a leave cancelled
+    /// is refused.
     pub async fn join(
         &self,
         room: &RoomId,
         member: RoomMember,
+        attempt: &JoinId,
         is_dead: impl Fn(&GatewayId) -> bool,
-    ) -> Result<Result<Change, RoomFull>, MembershipError> {
+    ) -> Result<Result<Change, Refusal>, MembershipError> {
         let capacity = self.capacity;
         self.modify(room, |state, change| {
+            if state.cancelled.iter().any(|c| c.attempt == *attempt) {
+                return Err(Refusal::Cancelled);
+            }
             change.left = take(&mut state.members, |m| is_dead(&m.gateway));
             if state
                 .members
@@ -106,7 +127,7 @@ impl Membership {
                 return Ok(());
             }
             if state.members.len() >= capacity {
-                return Err(RoomFull);
+                return Err(Refusal::RoomFull);
             }
             state.members.push(member.clone());
             change.joined = Some(member.clone());
@@ -115,12 +136,27 @@ impl Membership {
         .await
     }
 
-    /// Removes the connection `conn`.
-    pub async fn leave(&self, room: &RoomId, conn: &ConnId) -> Result<Change, MembershipError> {
+    /// Removes the connection `conn`. If it is not a member, its join
+    /// `attempt` may still be on its way: it is cancelled.
+    pub async fn leave(
+        &self,
+        room: &RoomId,
+        conn: &ConnId,
+        attempt: Option<JoinId>,
+    ) -> Result<Change, MembershipError> {
         let change = self
             .modify(room, |state, change| {
                 change.left = take(&mut state.members, |m| m.member.conn_id == *conn);
-                Ok::<(), RoomFull>(())
+                if let (true, Some(attempt)) = (change.left.is_empty(), &attempt) {
+                    if state.cancelled.len() >= MAX_CANCELLED_JOINS {
+                        state.cancelled.remove(0);
+                    }
+                    state.cancelled.push(CancelledJoin {
+                        attempt: attempt.clone(),
+                        until_ms: now_ms() + CANCELLED_JOIN_TTL.as_millis() as u64,
+                    });
+                }
+                Ok::<(), Refusal>(())
             })
             .await?;
         Ok(change.unwrap_or_default())
@@ -135,7 +171,7 @@ impl Membership {
         let change = self
             .modify(room, |state, change| {
                 change.left = take(&mut state.members, |m| m.gateway == *gateway);
-                Ok::<(), RoomFull>(())
+                Ok::<(), Refusal>(())
             })
             .await?;
         Ok(change.unwrap_or_default())
@@ -161,6 +197,8 @@ impl Membership {
         let key = subject::room_key(room);
         for _ in 0..MAX_RACES {
             let (mut state, revision) = self.read(room).await?;
+            let now = now_ms();
+            state.cancelled.retain(|c| c.until_ms > now);
             let before = state.clone();
             let mut change = Change::default();
             if let Err(refusal) = apply(&mut state, &mut change) {
@@ -171,7 +209,8 @@ impl Membership {
                 change.revision = revision.unwrap_or(0);
                 return Ok(Ok(change));
             }
-            let written = match (state.members.is_empty(), revision) {
+            let empty = state.members.is_empty() && state.cancelled.is_empty();
+            let written = match (empty, revision) {
                 // An emptied room leaves a marker that expires; its revision
                 // is not returned, but nobody is left to order events for.
                 (true, Some(revision)) => self

@@ -13,11 +13,11 @@ use bootstrap::liveness::Liveness;
 use schemas::client::PresenceEvent;
 use schemas::code::ErrorCode;
 use schemas::event::{self, PresenceChange, RoomMember, Verdict};
-use schemas::id::{ConnId, GatewayId, RoomId};
+use schemas::id::{ConnId, GatewayId, JoinId, RoomId};
 use schemas::subject;
 use tokio::time::Instant;
 
-use crate::membership::{Change, Membership, MembershipError, RoomFull};
+use crate::membership::{Change, Membership, MembershipError, Refusal};
 
 /// What membership tasks share.
 pub struct Roster {
@@ -51,10 +51,15 @@ impl Roster {
 
     /// Admits `member` to `room` if it has space, removing dead gateways'
     /// members first, and announces the changes.
-    pub async fn join(self: Arc<Self>, room: RoomId, member: RoomMember) -> Verdict {
+    pub async fn join(
+        self: Arc<Self>,
+        room: RoomId,
+        member: RoomMember,
+        attempt: JoinId,
+    ) -> Verdict {
         match self
             .membership
-            .join(&room, member, |gateway| self.is_dead(gateway))
+            .join(&room, member, &attempt, |gateway| self.is_dead(gateway))
             .await
         {
             Ok(Ok(change)) => {
@@ -64,17 +69,25 @@ impl Roster {
                     revision: change.revision,
                 }
             }
-            Ok(Err(RoomFull)) => Verdict::Rejected {
+            Ok(Err(Refusal::RoomFull)) => Verdict::Rejected {
                 code: ErrorCode::RoomFull,
                 message: "the room is full".into(),
             },
+            // Nobody waits for this answer any more: the gateway gave up on
+            // the join and has left in its place.
+            Ok(Err(Refusal::Cancelled)) => Verdict::unavailable("join cancelled"),
             Err(err) => unavailable(&room, err),
         }
     }
 
     /// Removes a connection from `room` and announces it.
-    pub async fn leave(self: Arc<Self>, room: RoomId, conn: ConnId) -> Verdict {
-        match self.membership.leave(&room, &conn).await {
+    pub async fn leave(
+        self: Arc<Self>,
+        room: RoomId,
+        conn: ConnId,
+        attempt: Option<JoinId>,
+    ) -> Verdict {
+        match self.membership.leave(&room, &conn, attempt).await {
             Ok(change) => {
                 self.announce(&room, &change).await;
                 Verdict::Done

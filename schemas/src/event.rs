@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::client::{ChatMessage, Member, PresenceEvent, SignalKind};
 use crate::code::ErrorCode;
-use crate::id::{ClientMsgId, ConnId, GatewayId, ModeratorId, RoomId, Seq};
+use crate::id::{ClientMsgId, ConnId, GatewayId, JoinId, ModeratorId, RoomId, Seq};
 
 /// A gateway asks a moderator to admit a client event.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -27,11 +27,18 @@ pub enum Action {
     Join {
         /// The room.
         room: RoomId,
+        /// This attempt; a leave naming it cancels it if it comes first.
+        attempt: JoinId,
     },
-    /// Leave a room, by request or because the connection closed.
+    /// Leave a room, by request, because the connection closed, or because
+    /// the gateway gave up on a join.
     Leave {
         /// The room.
         room: RoomId,
+        /// The connection's last join attempt in the room. If that join was
+        /// not applied yet (a request delayed by an outage can arrive after
+        /// the leave that undoes it), it never will be.
+        attempt: Option<JoinId>,
     },
     /// Relay a WebRTC signal to another member.
     Signal {
@@ -132,6 +139,19 @@ pub struct RoomMember {
 pub struct RoomState {
     /// Current members, in joining order.
     pub members: Vec<RoomMember>,
+    /// Join attempts that a leave cancelled before they were applied; a
+    /// late join naming one is refused. Each is kept until `until_ms`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cancelled: Vec<CancelledJoin>,
+}
+
+/// A join attempt cancelled before it was applied.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelledJoin {
+    /// The attempt.
+    pub attempt: JoinId,
+    /// Until when it is remembered, ms since the Unix epoch.
+    pub until_ms: u64,
 }
 
 /// A membership change, announced to the room's gateways.
@@ -254,6 +274,7 @@ mod tests {
             gateway: "g1".into(),
             action: Action::Join {
                 room: "lobby".into(),
+                attempt: "j1".into(),
             },
         });
         round_trip(ModerationRequest {

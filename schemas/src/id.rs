@@ -50,6 +50,12 @@ string_id!(
     ClientMsgId
 );
 string_id!(
+    /// One attempt of a connection to join a room, so that the leave which
+    /// undoes a join the gateway gave up on can also cancel it if it arrives
+    /// late (see `Action::Leave`).
+    JoinId
+);
+string_id!(
     /// One gateway process.
     GatewayId
 );

@@ -45,11 +45,9 @@ async fn with_nats_down_requests_fail_with_unavailable_and_recover() {
     let ids: Vec<&str> = history.iter().map(|m| m.id.as_str()).collect();
     assert_eq!(ids, ["before", "during"]);
     assert_eq!(history.last().map(|m| m.seq), seq);
-    // Not `finish()`: the join sent while NATS was paused reaches the
-    // moderator after the gateway gave up on it and queued its departure,
-    // and the two can be applied in either order, so the room may keep a
-    // member nobody holds. A late request overtaking its undo is the
-    // reliability work's to fix (issue #10); the leak check found it.
+    // The join sent while NATS was paused reaches a moderator after the
+    // gateway gave up on it and queued the leave that undoes it; whichever
+    // the moderator applies first, no member may be left that nobody holds.
     drop(ann);
-    system.shutdown().await;
+    system.finish().await;
 }
