@@ -3,7 +3,11 @@
 use schemas::client::ClientFrame;
 use schemas::code::ErrorCode;
 
-use crate::harness::{Client, System, assert_code, room};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::harness::{Client, REQUEST_TIMEOUT, System, assert_code, room};
 
 #[tokio::test]
 async fn with_nats_down_requests_fail_with_unavailable_and_recover() {
@@ -14,8 +18,15 @@ async fn with_nats_down_requests_fail_with_unavailable_and_recover() {
     ann.chat(&room, "before", "ok").await.unwrap();
 
     system.nats.container.pause().await.expect("pause NATS");
+    let asked = Instant::now();
     let error = ann.chat(&room, "during", "lost?").await.unwrap_err();
     assert_code(&error, ErrorCode::Unavailable, "chat with NATS paused");
+    // One request timeout, not two in a row.
+    let took = asked.elapsed();
+    assert!(
+        took < REQUEST_TIMEOUT + Duration::from_secs(1),
+        "unavailable after {took:?}"
+    );
     ann.send(&ClientFrame::Join {
         room: crate::harness::room("other"),
         since: None,
@@ -50,4 +61,31 @@ async fn with_nats_down_requests_fail_with_unavailable_and_recover() {
     // the moderator applies first, no member may be left that nobody holds.
     drop(ann);
     system.finish().await;
+}
+
+/// With NATS stopped (not paused: the connections drop), a request is
+/// answered `unavailable` within one request timeout. Found as an operator
+/// would: it took two timeouts in a row.
+#[tokio::test]
+async fn with_nats_stopped_a_chat_is_refused_within_one_request_timeout() {
+    let system = System::one_gateway().await;
+    let room = room("stopped");
+    let mut ann = Client::connect(system.gateways[0], "ann").await;
+    ann.join(&room, None).await;
+    ann.chat(&room, "before", "ok").await.unwrap();
+
+    system.nats.container.stop().await.expect("stop NATS");
+    for id in ["during-1", "during-2"] {
+        let asked = Instant::now();
+        let error = ann.chat(&room, id, "lost?").await.unwrap_err();
+        assert_code(&error, ErrorCode::Unavailable, "chat with NATS stopped");
+        let took = asked.elapsed();
+        assert!(
+            took < REQUEST_TIMEOUT + Duration::from_secs(1),
+            "{id}: unavailable after {took:?}"
+        );
+    }
+    // NATS does not come back here, so the services cannot finish their
+    // departures: dropping the system stops them without waiting.
+    drop((ann, system));
 }
