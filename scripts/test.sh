@@ -15,4 +15,6 @@ echo "testing against NATS image $CAVLO_TEST_NATS_IMAGE"
 node --test tests/sdk/
 cargo test --workspace --locked
 scripts/compose-smoke.sh
+# The same on a 3-node NATS cluster (chat stream and rooms bucket on 3 replicas).
+COMPOSE_FILE=compose.yaml:compose.cluster.yaml scripts/compose-smoke.sh
 scripts/browser-test.sh

@@ -69,6 +69,36 @@ pub async fn round_trip(client: &async_nats::Client) -> Result<(), RoundTripErro
     }
 }
 
+/// How many times a service tries a JetStream setup step at start-up.
+const SETUP_ATTEMPTS: u32 = 10;
+
+/// The wait between two setup attempts.
+const SETUP_RETRY_DELAY: Duration = Duration::from_secs(2);
+
+/// Runs a start-up step that sets up JetStream (creating a stream or a
+/// bucket) and tries it again, after a short wait, when it fails: on a NATS
+/// cluster that has just formed, the first creations can time out while the
+/// nodes elect the new stream's leader. Returns the last error after
+/// `SETUP_ATTEMPTS` tries (about 20 s), and the service exits.
+pub async fn set_up<T, E, Fut>(what: &str, mut step: impl FnMut() -> Fut) -> Result<T, E>
+where
+    E: std::fmt::Display,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut attempt = 1;
+    loop {
+        match step().await {
+            Ok(value) => return Ok(value),
+            Err(err) if attempt < SETUP_ATTEMPTS => {
+                tracing::warn!(cause = %err, attempt, "{what} failed; trying again");
+                tokio::time::sleep(SETUP_RETRY_DELAY).await;
+                attempt += 1;
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
+
 /// Connects as `name` (shown in the server's connection list). After the first
 /// connection, the client reconnects by itself for as long as the process runs.
 pub async fn connect(config: &NatsConfig, name: &str) -> Result<async_nats::Client, ConnectError> {
@@ -90,5 +120,34 @@ pub async fn connect(config: &NatsConfig, name: &str) -> Result<async_nats::Clie
             .await
             .map_err(ConnectError::Credentials)?;
     }
-    Ok(options.connect(config.url.as_str()).await?)
+    Ok(options.connect(server_urls(&config.url)).await?)
+}
+
+/// The server URLs in `url`, comma-separated: a cluster's nodes, any of
+/// which the client may connect or reconnect to.
+fn server_urls(url: &str) -> Vec<&str> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_lists_split_on_commas() {
+        const CASES: &[(&str, &[&str])] = &[
+            ("nats://a:4222", &["nats://a:4222"]),
+            (
+                "nats://a:4222,nats://b:4222, nats://c:4222",
+                &["nats://a:4222", "nats://b:4222", "nats://c:4222"],
+            ),
+            ("nats://a:4222,", &["nats://a:4222"]),
+        ];
+        for (url, expected) in CASES {
+            assert_eq!(server_urls(url), *expected, "{url}");
+        }
+    }
 }

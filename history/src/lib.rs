@@ -50,7 +50,7 @@ pub struct Running {
 /// returns, the stream exists and queries sent from now on are answered.
 pub async fn start(client: Client, config: HistoryConfig) -> Result<Running, RunError> {
     let js = async_nats::jetstream::new(client.clone());
-    stream::ensure(&js, &config).await?;
+    bootstrap::nats::set_up("creating the chat stream", || stream::ensure(&js, &config)).await?;
     let queries = client
         .queue_subscribe(subject::HISTORY_BACKLOG, subject::HISTORY_QUEUE.into())
         .await?;

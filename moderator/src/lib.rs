@@ -90,7 +90,10 @@ pub async fn start(client: Client, config: ModeratorConfig) -> Result<Running, R
     let js = async_nats::jetstream::new(client.clone());
     let roster = Arc::new(Roster {
         client: client.clone(),
-        membership: Membership::open(&js, config.room_capacity, config.rooms_replicas).await?,
+        membership: bootstrap::nats::set_up("opening the rooms bucket", || {
+            Membership::open(&js, config.room_capacity, config.rooms_replicas)
+        })
+        .await?,
         liveness: Mutex::new(Liveness::new(config.gateway_timeout, Instant::now())),
     });
     let moderator = Moderator {
