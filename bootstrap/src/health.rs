@@ -32,6 +32,35 @@ pub struct HealthConfig {
 pub type Check =
     Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
 
+/// Set by a service once its start-up is done (streams set up, requests
+/// subscribed): until then `/ready` fails, however the service's own check
+/// answers. A stream can exist before this process has finished with it.
+#[derive(Clone, Debug, Default)]
+pub struct Started(Arc<std::sync::atomic::AtomicBool>);
+
+impl Started {
+    /// Marks start-up as done.
+    pub fn set(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether start-up is done.
+    pub fn is_set(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// `check`, failing until start-up is done.
+    pub fn gate(&self, check: Check) -> Check {
+        let started = self.clone();
+        Arc::new(move || {
+            if !started.is_set() {
+                return Box::pin(async { Err("starting".to_owned()) });
+            }
+            check()
+        })
+    }
+}
+
 /// The HTTP response for a readiness result.
 pub fn readiness_response(result: Result<(), String>) -> Response<Full<Bytes>> {
     let (status, body) = match result {
@@ -160,5 +189,14 @@ mod tests {
         ready.store(true, std::sync::atomic::Ordering::SeqCst);
         assert!(get(addr, "/ready").await.starts_with("HTTP/1.1 200"));
         assert!(get(addr, "/other").await.starts_with("HTTP/1.1 404"));
+    }
+
+    #[tokio::test]
+    async fn a_gated_check_fails_until_start_up_is_done() {
+        let started = Started::default();
+        let check = started.gate(Arc::new(|| Box::pin(async { Ok(()) })));
+        assert_eq!(check().await, Err("starting".to_owned()));
+        started.set();
+        assert_eq!(check().await, Ok(()));
     }
 }

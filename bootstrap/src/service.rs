@@ -9,7 +9,7 @@ use clap::{CommandFactory, FromArgMatches};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::health::{Check, HealthConfig};
+use crate::health::{Check, HealthConfig, Started};
 use crate::nats::NatsConfig;
 use crate::telemetry::LogConfig;
 
@@ -40,8 +40,8 @@ pub type Shutdown = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// service until SIGTERM or Ctrl-C, then drains the NATS connection so
 /// replies and announcements in flight are sent.
 ///
-/// If `[health] listen` is set, `/health` and `/ready` are served there, with
-/// `ready` deciding readiness.
+/// If `[health] listen` is set, `/health` and `/ready` are served there:
+/// ready once the service has called [`Started::set`] and `ready` agrees.
 pub async fn main<C, F, Fut, E>(
     name: &'static str,
     about: &'static str,
@@ -50,7 +50,7 @@ pub async fn main<C, F, Fut, E>(
 ) -> ExitCode
 where
     C: ServiceConfig,
-    F: FnOnce(async_nats::Client, C, Shutdown) -> Fut,
+    F: FnOnce(async_nats::Client, C, Shutdown, Started) -> Fut,
     Fut: Future<Output = Result<(), E>>,
     E: Display,
 {
@@ -77,11 +77,12 @@ where
     // The health server lives exactly as long as the service: dropping
     // `stop_health` ends it, and it is awaited before the process exits.
     let (stop_health, health_stopped) = tokio::sync::oneshot::channel::<()>();
+    let started = Started::default();
     let health = match config.common().health.listen {
         Some(addr) => match tokio::net::TcpListener::bind(addr).await {
             Ok(listener) => Some(tokio::spawn(crate::health::serve(
                 listener,
-                ready(&client),
+                started.gate(ready(&client)),
                 health_stopped,
             ))),
             Err(err) => {
@@ -91,7 +92,8 @@ where
         },
         None => None,
     };
-    let result = service(client.clone(), config, Box::pin(crate::shutdown::signal())).await;
+    let shutdown = Box::pin(crate::shutdown::signal());
+    let result = service(client.clone(), config, shutdown, started).await;
     drop(stop_health);
     if let Some(health) = health {
         let _ = health.await;

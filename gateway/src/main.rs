@@ -10,7 +10,9 @@ async fn main() -> ExitCode {
         "gateway",
         "cavlo gateway: the WebSocket endpoint browsers connect to",
         gateway::readiness,
-        |client, config: Config, shutdown| async move {
+        // The gateway serves its own /ready on its port once it listens.
+        |client, config: Config, shutdown, started: bootstrap::health::Started| async move {
+            started.set();
             let listener = tokio::net::TcpListener::bind(config.gateway.listen).await?;
             gateway::run(listener, client, config.gateway, shutdown).await?;
             Ok::<_, Box<dyn std::error::Error>>(())

@@ -69,16 +69,6 @@ pub fn readiness(client: &Client) -> bootstrap::health::Check {
     bootstrap::health::streams_ready(client, &[subject::CHAT_STREAM])
 }
 
-/// Starts history and runs it until `shutdown` resolves.
-pub async fn run(
-    client: Client,
-    config: HistoryConfig,
-    shutdown: impl Future,
-) -> Result<(), RunError> {
-    start(client, config).await?.run(shutdown).await;
-    Ok(())
-}
-
 impl Running {
     /// Answers backlog queries until `shutdown` resolves and the queries in
     /// flight are answered.

@@ -1,4 +1,5 @@
-//! The `history` binary: runs [`history::run`] until SIGTERM.
+//! The `history` binary: starts history, reports ready, and runs it until
+//! SIGTERM.
 
 use std::process::ExitCode;
 
@@ -10,7 +11,12 @@ async fn main() -> ExitCode {
         "history",
         "cavlo history: owns the chat stream and answers backlog queries",
         history::readiness,
-        |client, config: Config, shutdown| history::run(client, config.history, shutdown),
+        |client, config: Config, shutdown, started| async move {
+            let history = history::start(client, config.history).await?;
+            started.set();
+            history.run(shutdown).await;
+            Ok::<_, history::RunError>(())
+        },
     )
     .await
 }

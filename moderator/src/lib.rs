@@ -135,16 +135,6 @@ pub fn readiness(client: &Client) -> bootstrap::health::Check {
     bootstrap::health::streams_ready(client, &[subject::CHAT_STREAM, subject::ROOMS_STREAM])
 }
 
-/// Starts a moderator and runs it until `shutdown` resolves.
-pub async fn run(
-    client: Client,
-    config: ModeratorConfig,
-    shutdown: impl Future,
-) -> Result<(), RunError> {
-    start(client, config).await?.run(shutdown).await;
-    Ok(())
-}
-
 impl Running {
     /// Answers requests until `shutdown` resolves, then finishes the
     /// requests under way and lets every room writer store what it accepted.

@@ -1,4 +1,5 @@
-//! The `moderator` binary: runs [`moderator::run`] until SIGTERM.
+//! The `moderator` binary: starts a moderator, reports ready, and runs it
+//! until SIGTERM.
 
 use std::process::ExitCode;
 
@@ -10,7 +11,12 @@ async fn main() -> ExitCode {
         "moderator",
         "cavlo moderator: checks, rate-limits and sanitizes client events and stores chat",
         moderator::readiness,
-        |client, config: Config, shutdown| moderator::run(client, config.moderator, shutdown),
+        |client, config: Config, shutdown, started| async move {
+            let moderator = moderator::start(client, config.moderator).await?;
+            started.set();
+            moderator.run(shutdown).await;
+            Ok::<_, moderator::RunError>(())
+        },
     )
     .await
 }
