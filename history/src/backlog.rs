@@ -2,32 +2,32 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer};
 use futures_util::StreamExt;
 use schemas::client::ChatMessage;
 use schemas::event::{self, Backlog};
 use schemas::id::{RoomId, Seq};
 use schemas::subject;
 
-/// How long the server keeps a query's consumer if the query dies before
-/// deleting it.
-const CONSUMER_INACTIVE_THRESHOLD: Duration = Duration::from_secs(10);
+/// The status that ends a batched direct get ("end of batch").
+const END_OF_BATCH: u16 = 204;
+/// The status of a direct get that found nothing.
+const NOT_FOUND: u16 = 404;
 
 /// Reading the backlog failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
-    /// The query's consumer could not be created.
-    #[error("cannot create consumer: {0}")]
-    Consumer(#[from] jetstream::stream::ConsumerError),
-    /// The chat stream could not be found.
-    #[error("cannot open the chat stream: {0}")]
-    Stream(#[from] jetstream::context::GetStreamError),
-    /// Fetching the messages failed.
-    #[error("cannot fetch messages: {0}")]
-    Fetch(#[from] consumer::pull::BatchError),
-    /// A message of the batch did not arrive.
-    #[error("cannot read message: {0}")]
-    Message(#[source] async_nats::Error),
+    /// The reply subscription could not be made.
+    #[error("cannot subscribe for the batch: {0}")]
+    Subscribe(#[from] async_nats::SubscribeError),
+    /// The request could not be sent.
+    #[error("cannot ask for the batch: {0}")]
+    Publish(#[from] async_nats::PublishError),
+    /// The batch did not end within the request timeout.
+    #[error("the batch did not arrive within {0:?}")]
+    TimedOut(Duration),
+    /// The server answered with an error status.
+    #[error("the server answered {0}")]
+    Status(u16),
 }
 
 /// A retained message with what the moderator knew when it stored it.
@@ -57,44 +57,56 @@ impl Stored {
     }
 }
 
-/// Every retained message of `room`, oldest first. A room holds at most
-/// `backlog_size` messages, so this is bounded.
-pub async fn read_room(js: &jetstream::Context, room: &RoomId) -> Result<Vec<Stored>, ReadError> {
-    let stream = js.get_stream_no_info(subject::CHAT_STREAM).await?;
-    let consumer = stream
-        .create_consumer(consumer::pull::Config {
-            filter_subject: subject::chat_store(room),
-            deliver_policy: consumer::DeliverPolicy::All,
-            ack_policy: consumer::AckPolicy::None,
-            inactive_threshold: CONSUMER_INACTIVE_THRESHOLD,
-            memory_storage: true,
-            ..Default::default()
-        })
+/// Every retained message of `room`, oldest first, read with one batched
+/// direct get (at most `max` messages: the stream keeps no more per room).
+///
+/// A direct get is answered by any replica without creating anything on
+/// the server; a consumer per query, as before, is a cluster-wide operation
+/// that made a mass rejoin (a gateway's clients moving at once) queue for
+/// tens of seconds on a 3-node cluster.
+pub async fn read_room(
+    client: &async_nats::Client,
+    room: &RoomId,
+    max: usize,
+    timeout: Duration,
+) -> Result<Vec<Stored>, ReadError> {
+    let inbox = client.new_inbox();
+    let mut replies = client.subscribe(inbox.clone()).await?;
+    let request = serde_json::json!({
+        "seq": 1,
+        "next_by_subj": subject::chat_store(room),
+        "batch": max,
+    });
+    client
+        .publish_with_reply(subject::CHAT_DIRECT_GET, inbox, request.to_string().into())
         .await?;
-    let info = consumer.cached_info();
-    let (name, pending) = (info.name.clone(), info.num_pending as usize);
-    let mut messages = Vec::with_capacity(pending);
-    if pending > 0 {
-        let mut batch = consumer.fetch().max_messages(pending).messages().await?;
-        while let Some(msg) = batch.next().await {
-            let msg = msg.map_err(ReadError::Message)?;
-            let prev = msg
-                .headers
-                .as_ref()
-                .and_then(|headers| headers.get(subject::PREV_SEQ_HEADER))
-                .and_then(|value| value.as_str().parse().ok())
-                .map(Seq);
-            match event::decode::<ChatMessage>(&msg.payload) {
-                Ok(chat) => messages.push(Stored { chat, prev }),
-                Err(err) => {
-                    tracing::warn!(cause = %err, %room, "skipping unreadable stored message")
-                }
-            }
+    let mut messages = Vec::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let msg = match tokio::time::timeout_at(deadline, replies.next()).await {
+            Ok(Some(msg)) => msg,
+            Ok(None) | Err(_) => return Err(ReadError::TimedOut(timeout)),
+        };
+        match msg.status.map(|status| status.as_u16()) {
+            Some(END_OF_BATCH | NOT_FOUND) => break,
+            Some(status) if status >= 300 => return Err(ReadError::Status(status)),
+            _ => {}
+        }
+        let prev = msg
+            .headers
+            .as_ref()
+            .and_then(|headers| headers.get(subject::PREV_SEQ_HEADER))
+            .and_then(|value| value.as_str().parse().ok())
+            .map(Seq);
+        match event::decode::<ChatMessage>(&msg.payload) {
+            Ok(chat) => messages.push(Stored { chat, prev }),
+            Err(err) => tracing::warn!(cause = %err, %room, "skipping unreadable stored message"),
+        }
+        if messages.len() >= max {
+            break;
         }
     }
-    if let Err(err) = stream.delete_consumer(&name).await {
-        tracing::debug!(cause = %err, "query consumer left to expire");
-    }
+    let _ = replies.unsubscribe().await;
     Ok(messages)
 }
 

@@ -41,10 +41,15 @@ pub enum RunError {
 /// A history instance whose stream and subscription are in place.
 pub struct Running {
     client: Client,
-    js: async_nats::jetstream::Context,
     queries: async_nats::Subscriber,
     max_concurrent_queries: usize,
+    /// Messages a room keeps at most: the size of one read.
+    backlog_size: usize,
 }
+
+/// How long one backlog read may take: less than the gateways' request
+/// timeout (5 s by default), so a slow answer is still an answer.
+const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(4);
 
 /// Creates or updates the chat stream and subscribes to queries. When this
 /// returns, the stream exists and queries sent from now on are answered.
@@ -58,9 +63,11 @@ pub async fn start(client: Client, config: HistoryConfig) -> Result<Running, Run
     tracing::info!(backlog_size = config.backlog_size, "history ready");
     Ok(Running {
         client,
-        js,
         queries,
         max_concurrent_queries: config.max_concurrent_queries,
+        backlog_size: usize::try_from(config.backlog_size)
+            .unwrap_or(usize::MAX)
+            .max(1),
     })
 }
 
@@ -75,9 +82,9 @@ impl Running {
     pub async fn run(self, shutdown: impl Future) {
         let Running {
             client,
-            js,
             mut queries,
             max_concurrent_queries,
+            backlog_size,
         } = self;
         let permits = Arc::new(Semaphore::new(max_concurrent_queries.max(1)));
         let mut tasks = JoinSet::new();
@@ -89,9 +96,9 @@ impl Running {
                     // Wait for a permit here, not in the task, so a burst of
                     // queries queues in NATS rather than in memory.
                     let permit = permits.clone().acquire_owned().await.expect("the semaphore is never closed");
-                    let (client, js) = (client.clone(), js.clone());
+                    let client = client.clone();
                     tasks.spawn(async move {
-                        answer(&client, &js, msg).await;
+                        answer(&client, backlog_size, msg).await;
                         drop(permit);
                     });
                 }
@@ -104,7 +111,7 @@ impl Running {
     }
 }
 
-async fn answer(client: &Client, js: &async_nats::jetstream::Context, msg: Message) {
+async fn answer(client: &Client, backlog_size: usize, msg: Message) {
     let Some(reply_to) = msg.reply else { return };
     let request: BacklogRequest = match event::decode(&msg.payload) {
         Ok(request) => request,
@@ -113,7 +120,8 @@ async fn answer(client: &Client, js: &async_nats::jetstream::Context, msg: Messa
             return;
         }
     };
-    let reply = match backlog::read_room(js, &request.room).await {
+    let read = backlog::read_room(client, &request.room, backlog_size, READ_TIMEOUT);
+    let reply = match read.await {
         Ok(retained) => {
             let selected = backlog::select(retained, request.since, request.limit);
             BacklogReply::Backlog(backlog::fit(selected, reply_budget(client)))

@@ -25,6 +25,10 @@ pub fn moderate_direct(moderator: &ModeratorId) -> String {
 /// configures it; the moderator is its only writer.
 pub const CHAT_STREAM: &str = "CAVLO_CHAT";
 
+/// JetStream's direct-get API for [`CHAT_STREAM`]: history reads a room's
+/// backlog with one batched request here, answered by any replica.
+pub const CHAT_DIRECT_GET: &str = "$JS.API.DIRECT.GET.CAVLO_CHAT";
+
 /// A header on every stored chat message: the room seq of the message the
 /// moderator stored right before it, or `0` when the room had no retained
 /// message then (a new room, or one whose backlog had all expired). With it,
@@ -138,6 +142,7 @@ mod tests {
     #[test]
     fn the_rooms_stream_is_the_buckets() {
         assert_eq!(ROOMS_STREAM, format!("KV_{ROOMS_BUCKET}"));
+        assert_eq!(CHAT_DIRECT_GET, format!("$JS.API.DIRECT.GET.{CHAT_STREAM}"));
     }
 
     #[test]
