@@ -31,7 +31,8 @@ impl ServiceConfig for Config {
 pub struct GatewayConfig {
     /// Address to listen on. Default `0.0.0.0:8080`.
     pub listen: SocketAddr,
-    /// This gateway's id in `welcome` and logs. Default: a random id.
+    /// This gateway's name: its id in `welcome`, heartbeats and logs is the
+    /// name plus a suffix unique to the process. Default `gw`.
     pub id: Option<String>,
     /// Browser origins allowed to open a WebSocket, e.g.
     /// `https://app.example.com`; `*` allows any. The gateway's own origin and

@@ -54,12 +54,11 @@ pub async fn run(
     config: GatewayConfig,
     shutdown: impl Future,
 ) -> Result<(), RunError> {
-    let id = GatewayId(
-        config
-            .id
-            .clone()
-            .unwrap_or_else(|| format!("gw-{}", nuid::next())),
-    );
+    // Unique per process even when the name is configured: a gateway
+    // restarted under its old name must not revive the members its previous
+    // process left behind, which the others remove once that id goes silent.
+    let name = config.id.as_deref().unwrap_or("gw");
+    let id = GatewayId(format!("{name}-{}", nuid::next()));
     let bus = Bus::new(client.clone(), id.clone());
     let hub = Arc::new(Hub::new(client.clone()));
     hub.route_signals(&id).await?;

@@ -192,6 +192,8 @@ async fn gateway_process(nats: &Nats) -> (tokio::process::Child, std::net::Socke
     let child = tokio::process::Command::new(service_binary("gateway"))
         .env("CAVLO_NATS__URL", &nats.url)
         .env("CAVLO_GATEWAY__LISTEN", addr.to_string())
+        // Compose gives each gateway a fixed id; a restart keeps it.
+        .env("CAVLO_GATEWAY__ID", "doomed")
         .env("CAVLO_GATEWAY__AUTH__HS256_SECRET", SECRET)
         .env("CAVLO_GATEWAY__HEARTBEAT_INTERVAL", "500ms")
         .env("CAVLO_GATEWAY__GATEWAY_TIMEOUT", "2s")
@@ -248,6 +250,9 @@ async fn a_killed_gateway_leaves_no_ghosts() {
 
     doomed.kill().await.expect("SIGKILL the gateway");
     let killed = Instant::now();
+    // Restarted at once under the same configured id, as compose does: the
+    // old process's members must still be removed.
+    let (_restarted, _) = gateway_process(&system.nats).await;
     let mut gone = BTreeSet::new();
     while gone.len() < 2 {
         let (event, id) = next_presence(&mut ann).await;
