@@ -1,13 +1,14 @@
 //! Fan-out load: rooms of clients all sending chat, every delivery timed
 //! and checked for loss, duplication and order.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use schemas::client::{ClientFrame, ServerFrame};
-use schemas::id::RoomId;
+use schemas::code::ErrorCode;
+use schemas::id::{RoomId, Seq};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -40,6 +41,10 @@ pub struct Plan {
     pub duration: Duration,
     /// How long to keep receiving after sending stops.
     pub drain: Duration,
+    /// Ride out faults as a real client does: on a closed or silent
+    /// connection, reconnect (to the next gateway), rejoin with `since` and
+    /// resend what was not acknowledged; resend chat refused `unavailable`.
+    pub resume: bool,
 }
 
 /// What happened.
@@ -63,6 +68,15 @@ pub struct Report {
     pub ack_latency: Summary,
     /// Error frames by code.
     pub errors: BTreeMap<String, u64>,
+    /// Sent messages never acknowledged by the end of the drain.
+    pub unacked: u64,
+    /// Connections re-established after a fault (with `resume`).
+    pub reconnects: u64,
+    /// Rejoins whose backlog said messages had been trimmed.
+    pub truncated: u64,
+    /// The longest time any client went without a delivery while messages
+    /// were being sent, ms.
+    pub longest_silence_ms: u64,
     /// Lost, duplicated and reordered deliveries; all must be 0.
     pub correctness: Correctness,
 }
@@ -87,6 +101,10 @@ struct Outcome {
     ack_latency: Latency,
     errors: BTreeMap<String, u64>,
     sent: u64,
+    unacked: u64,
+    reconnects: u64,
+    truncated: u64,
+    longest_silence: Duration,
 }
 
 /// Runs the plan; `progress` is updated as it goes.
@@ -109,7 +127,7 @@ pub async fn run(
     let padding = "x".repeat(plan.size.saturating_sub(21));
 
     let mut tasks = JoinSet::new();
-    for (n, (room, index, client)) in clients.into_iter().enumerate() {
+    for (n, (room, index, user, client)) in clients.into_iter().enumerate() {
         let schedule = Schedule {
             // Spread the first sends over one interval so clients do not fire together.
             first: start + interval.map_or(Duration::ZERO, |i| i.mul_f64(n as f64 / per_client)),
@@ -118,9 +136,21 @@ pub async fn run(
             stop,
             origin,
         };
-        let (room_id, padding, progress) = (rooms[room].clone(), padding.clone(), progress.clone());
+        let member = Member {
+            room,
+            index,
+            room_id: rooms[room].clone(),
+            token: minter.token(&format!("load-{user}")),
+            gateways: plan.gateways.clone(),
+            gateway: user % plan.gateways.len(),
+            resume: plan.resume,
+        };
         tasks.spawn(drive(
-            client, room_id, room, index, schedule, padding, progress,
+            client,
+            member,
+            schedule,
+            padding.clone(),
+            progress.clone(),
         ));
     }
     let mut outcomes = Vec::new();
@@ -134,7 +164,7 @@ async fn connect_all(
     plan: &Plan,
     minter: &Minter,
     rooms: &[RoomId],
-) -> Result<Vec<(usize, usize, Client)>, ClientError> {
+) -> Result<Vec<(usize, usize, usize, Client)>, ClientError> {
     let permits = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
     let mut tasks = JoinSet::new();
     for (room, room_id) in rooms.iter().enumerate() {
@@ -164,7 +194,7 @@ async fn connect_all(
                         _ => None,
                     })
                     .await??;
-                Ok::<_, ClientError>((room, index, client))
+                Ok::<_, ClientError>((room, index, n, client))
             });
         }
     }
@@ -184,29 +214,52 @@ struct Schedule {
     origin: Instant,
 }
 
-/// One client: sends on schedule (or whenever its last message is acked),
-/// and records every frame until `stop`.
-async fn drive(
-    mut client: Client,
-    room_id: RoomId,
+/// Who one client is, and where it may reconnect.
+struct Member {
     room: usize,
     index: usize,
+    room_id: RoomId,
+    token: String,
+    gateways: Vec<String>,
+    /// Index in `gateways` of the one it is connected to.
+    gateway: usize,
+    resume: bool,
+}
+
+/// A chat message sent and not yet acknowledged, kept to resend.
+struct Pending {
+    id: String,
+    text: String,
+    sent_at: Instant,
+}
+
+/// One client: sends on schedule (or whenever its last message is acked),
+/// and records every frame until `stop`. With `resume`, a closed or silent
+/// connection is replaced as a real client would do it.
+async fn drive(
+    mut client: Client,
+    mut member: Member,
     schedule: Schedule,
     padding: String,
     progress: Arc<Progress>,
 ) -> Result<Outcome, ClientError> {
     let mut outcome = Outcome {
-        room,
-        index,
+        room: member.room,
+        index: member.index,
         acked: Vec::new(),
         received: Received::default(),
         latency: Latency::default(),
         ack_latency: Latency::default(),
         errors: BTreeMap::new(),
         sent: 0,
+        unacked: 0,
+        reconnects: 0,
+        truncated: 0,
+        longest_silence: Duration::ZERO,
     };
-    let mut pending: std::collections::VecDeque<Instant> = Default::default();
+    let mut pending: VecDeque<Pending> = VecDeque::new();
     let mut next_send = schedule.first;
+    let mut last_delivery = schedule.first;
     let micros = |at: Instant| at.duration_since(schedule.origin).as_micros() as u64;
     loop {
         let sending = next_send < schedule.stop_sending;
@@ -214,43 +267,72 @@ async fn drive(
             Some(_) => pending.len() < MAX_IN_FLIGHT,
             None => pending.is_empty(),
         };
-        let wake = if sending && may_send {
+        let mut wake = if sending && may_send {
             next_send
         } else {
             schedule.stop
         };
-        let frame = match client.recv_until(wake.min(schedule.stop)).await? {
+        // A connection that leaves a message unanswered this long is dead
+        // (its gateway stopped, or cut off) even if the socket is open.
+        let deadline = pending.front().map(|p| p.sent_at + SILENT_CONNECTION);
+        if member.resume {
+            wake = wake.min(deadline.unwrap_or(wake));
+        }
+        let step = match client.recv_until(wake.min(schedule.stop)).await {
+            Ok(step) => step,
+            Err(_) if member.resume && Instant::now() < schedule.stop => {
+                client =
+                    reconnect(client, &mut member, &mut outcome, &pending, schedule.stop).await?;
+                continue;
+            }
+            Err(err) => return Err(err),
+        };
+        let frame = match step {
             Some(frame) => frame,
             None if Instant::now() >= schedule.stop => break,
+            None if member.resume && deadline.is_some_and(|d| Instant::now() >= d) => {
+                client =
+                    reconnect(client, &mut member, &mut outcome, &pending, schedule.stop).await?;
+                continue;
+            }
             None => {
+                if !(sending && may_send) || Instant::now() < next_send {
+                    continue;
+                }
                 // Time to send the next message; its text carries the send time.
                 let now = Instant::now();
-                let text = format!("{:020}{padding}", micros(now));
-                let id = format!("{}-{}-{}", room, index, outcome.sent);
-                client
-                    .send(&ClientFrame::Chat {
-                        room: room_id.clone(),
-                        id: id.as_str().into(),
-                        text,
-                    })
-                    .await?;
-                pending.push_back(now);
+                let message = Pending {
+                    id: format!("{}-{}-{}", member.room, member.index, outcome.sent),
+                    text: format!("{:020}{padding}", micros(now)),
+                    sent_at: now,
+                };
+                let sent = send_chat(&mut client, &member.room_id, &message).await;
+                pending.push_back(message);
                 outcome.sent += 1;
                 progress.sent.fetch_add(1, Ordering::Relaxed);
                 next_send = match schedule.interval {
                     Some(interval) => next_send + interval,
                     None => now,
                 };
+                match sent {
+                    Ok(()) => {}
+                    Err(_) if member.resume => {
+                        client =
+                            reconnect(client, &mut member, &mut outcome, &pending, schedule.stop)
+                                .await?;
+                    }
+                    Err(err) => return Err(err),
+                }
                 continue;
             }
         };
         let now = Instant::now();
         match frame {
             ServerFrame::Ack { seq, .. } => {
-                if let Some(sent_at) = pending.pop_front() {
+                if let Some(sent) = pending.pop_front() {
                     outcome
                         .ack_latency
-                        .record(now.duration_since(sent_at).as_micros() as u64);
+                        .record(now.duration_since(sent.sent_at).as_micros() as u64);
                 }
                 outcome.acked.extend(seq.map(|s| s.0));
                 progress.acked.fetch_add(1, Ordering::Relaxed);
@@ -263,11 +345,40 @@ async fn drive(
                 if let Some(sent) = chat.text.get(..20).and_then(|t| t.parse::<u64>().ok()) {
                     outcome.latency.record(micros(now).saturating_sub(sent));
                 }
+                if now < schedule.stop_sending {
+                    outcome.longest_silence = outcome
+                        .longest_silence
+                        .max(now.saturating_duration_since(last_delivery));
+                }
+                last_delivery = now;
                 progress.delivered.fetch_add(1, Ordering::Relaxed);
             }
             ServerFrame::Error(error) => {
-                pending.pop_front();
                 *outcome.errors.entry(error.code.to_string()).or_default() += 1;
+                // Replies come in sending order: the error is about the oldest.
+                let refused = pending.pop_front();
+                match refused {
+                    Some(message) if member.resume && RETRYABLE.contains(&error.code) => {
+                        // Resent now, answered after the others in flight.
+                        if send_chat(&mut client, &member.room_id, &message)
+                            .await
+                            .is_err()
+                        {
+                            pending.push_back(message);
+                            client = reconnect(
+                                client,
+                                &mut member,
+                                &mut outcome,
+                                &pending,
+                                schedule.stop,
+                            )
+                            .await?;
+                            continue;
+                        }
+                        pending.push_back(message);
+                    }
+                    _ => {}
+                }
                 if schedule.interval.is_none() {
                     next_send = now;
                 }
@@ -275,8 +386,108 @@ async fn drive(
             _ => {}
         }
     }
+    outcome.unacked = pending.len() as u64;
     client.close().await;
     Ok(outcome)
+}
+
+/// Error codes a real client retries.
+const RETRYABLE: &[ErrorCode] = &[ErrorCode::Unavailable, ErrorCode::RateLimited];
+
+/// How long an unanswered message marks a connection dead, with `resume`.
+const SILENT_CONNECTION: Duration = Duration::from_secs(8);
+
+/// The first wait between two reconnect attempts; it doubles up to
+/// `MAX_RECONNECT_DELAY`, with full jitter as the SDK does, so that a
+/// gateway's clients moving at once do not retry in lockstep.
+const RECONNECT_DELAY: Duration = Duration::from_millis(250);
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(4);
+
+/// A random duration between half of `ceiling` and `ceiling`.
+fn jittered(ceiling: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    ceiling.mul_f64(0.5 + (random % 1000) as f64 / 2000.0)
+}
+
+async fn send_chat(
+    client: &mut Client,
+    room: &RoomId,
+    message: &Pending,
+) -> Result<(), ClientError> {
+    client
+        .send(&ClientFrame::Chat {
+            room: room.clone(),
+            id: message.id.as_str().into(),
+            text: message.text.clone(),
+        })
+        .await
+}
+
+/// Closes `old` (while it stays open it holds a seat in the room), connects
+/// to the next gateway that answers, rejoins the room from the highest seq
+/// received (recording the backlog as deliveries), and resends every
+/// unacknowledged message in order. Gives up at `stop`.
+async fn reconnect(
+    old: Client,
+    member: &mut Member,
+    outcome: &mut Outcome,
+    pending: &VecDeque<Pending>,
+    stop: Instant,
+) -> Result<Client, ClientError> {
+    // Bounded: a gateway cut off the network never answers the close.
+    let _ = tokio::time::timeout(Duration::from_secs(1), old.close()).await;
+    outcome.reconnects += 1;
+    let mut backoff = RECONNECT_DELAY;
+    loop {
+        member.gateway = (member.gateway + 1) % member.gateways.len();
+        match rejoin(member, outcome, pending).await {
+            Ok(client) => return Ok(client),
+            Err(err) if Instant::now() >= stop => {
+                return Err(ClientError::Unexpected(format!(
+                    "still reconnecting when the run ended; last attempt: {err}"
+                )));
+            }
+            Err(_) => {
+                tokio::time::sleep(jittered(backoff)).await;
+                backoff = (backoff * 2).min(MAX_RECONNECT_DELAY);
+            }
+        }
+    }
+}
+
+async fn rejoin(
+    member: &Member,
+    outcome: &mut Outcome,
+    pending: &VecDeque<Pending>,
+) -> Result<Client, ClientError> {
+    let mut client = Client::connect(&member.gateways[member.gateway], &member.token).await?;
+    let since = outcome.received.highest();
+    client
+        .send(&ClientFrame::Join {
+            room: member.room_id.clone(),
+            since: Some(Seq(since)),
+        })
+        .await?;
+    let (history, truncated) = client
+        .expect(|frame| match frame {
+            ServerFrame::Joined {
+                history, truncated, ..
+            } => Some(Ok((history, truncated))),
+            ServerFrame::Error(error) => Some(Err(ClientError::Unexpected(format!("{error:?}")))),
+            _ => None,
+        })
+        .await??;
+    outcome.truncated += u64::from(truncated);
+    for chat in history {
+        outcome.received.record(chat.seq.0);
+    }
+    for message in pending {
+        send_chat(&mut client, &member.room_id, message).await?;
+    }
+    Ok(client)
 }
 
 fn report(plan: &Plan, outcomes: Vec<Outcome>) -> Report {
@@ -291,6 +502,8 @@ fn report(plan: &Plan, outcomes: Vec<Outcome>) -> Report {
     let mut correctness = Correctness::default();
     let mut errors = BTreeMap::new();
     let (mut sent, mut acked, mut deliveries) = (0, 0, 0);
+    let (mut unacked, mut reconnects, mut truncated) = (0, 0, 0);
+    let mut longest_silence = Duration::ZERO;
     for o in &outcomes {
         let expected: Vec<u64> = acked_by_room[&o.room]
             .iter()
@@ -305,6 +518,10 @@ fn report(plan: &Plan, outcomes: Vec<Outcome>) -> Report {
         }
         sent += o.sent;
         acked += o.acked.len() as u64;
+        unacked += o.unacked;
+        reconnects += o.reconnects;
+        truncated += o.truncated;
+        longest_silence = longest_silence.max(o.longest_silence);
         deliveries += o.latency.summary().count;
     }
     let seconds = plan.duration.as_secs_f64();
@@ -318,6 +535,10 @@ fn report(plan: &Plan, outcomes: Vec<Outcome>) -> Report {
         delivery_latency: latency.summary(),
         ack_latency: ack_latency.summary(),
         errors,
+        unacked,
+        reconnects,
+        truncated,
+        longest_silence_ms: longest_silence.as_millis() as u64,
         correctness,
     }
 }

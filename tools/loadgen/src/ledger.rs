@@ -30,6 +30,11 @@ impl Received {
         self.highest = self.highest.max(seq);
     }
 
+    /// The highest seq received, `0` before any.
+    pub fn highest(&self) -> u64 {
+        self.highest
+    }
+
     /// How many of `expected` (the seqs acked to other senders in the
     /// room) never arrived.
     pub fn lost<'a>(&self, expected: impl IntoIterator<Item = &'a u64>) -> u64 {

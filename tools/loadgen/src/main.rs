@@ -81,6 +81,11 @@ enum Command {
         /// Seconds to keep receiving after sending stops.
         #[arg(long, default_value_t = 2)]
         drain: u64,
+        /// Ride out faults as a real client does: reconnect to the next
+        /// gateway, rejoin with `since`, resend what was not acked, retry
+        /// `unavailable`. Then every sent message must be acked.
+        #[arg(long)]
+        resume: bool,
     },
     /// Many idle authenticated connections to one gateway.
     Connections {
@@ -139,6 +144,7 @@ async fn main() -> ExitCode {
             size,
             duration,
             drain,
+            resume,
         } => {
             let plan = fanout::Plan {
                 gateways,
@@ -148,6 +154,7 @@ async fn main() -> ExitCode {
                 size,
                 duration: Duration::from_secs(duration),
                 drain: Duration::from_secs(drain),
+                resume,
             };
             let progress = Arc::new(fanout::Progress::default());
             let ticker = tokio::spawn(show_progress(progress.clone(), |p: &fanout::Progress| {
@@ -171,6 +178,7 @@ async fn main() -> ExitCode {
                              delivery latency µs: p50 {} p90 {} p99 {} p99.9 {} max {}\n\
                              ack latency µs:      p50 {} p90 {} p99 {} p99.9 {} max {}\n\
                              errors {:?}\n\
+                             unacked {} reconnects {} truncated rejoins {} longest silence {} ms\n\
                              lost {} duplicated {} reordered {}",
                             report.sent,
                             report.acked,
@@ -189,12 +197,18 @@ async fn main() -> ExitCode {
                             a.p999,
                             a.max,
                             report.errors,
+                            report.unacked,
+                            report.reconnects,
+                            report.truncated,
+                            report.longest_silence_ms,
                             report.correctness.lost,
                             report.correctness.duplicated,
                             report.correctness.reordered
                         )
                     });
-                    if report.correctness.is_clean() {
+                    // Riding out faults, every message must end up stored.
+                    let all_acked = !plan.resume || report.unacked == 0;
+                    if report.correctness.is_clean() && all_acked {
                         ExitCode::SUCCESS
                     } else {
                         ExitCode::FAILURE

@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# The fault suite: the compose system on the 3-node NATS cluster
+# (compose.cluster.yaml: two gateways, two moderators, history) under steady
+# load while one fault at a time is injected. The load is
+# `loadgen fanout --resume`: 100 rooms of 10 clients spread over both
+# gateways, 1,000 chats/s, clients that reconnect, rejoin with `since` and
+# resend as the SDK does. For each fault it prints acked messages lost,
+# duplicated and delivered out of order, sent messages never acked (all
+# must be 0), reconnects, rejoins told `truncated`, the longest time any
+# client went without a delivery, and the errors clients saw. Exits
+# non-zero if any fault lost, duplicated, reordered or left unacked anything.
+#
+#   scripts/faults.sh [--short] [FAULT ...]
+#
+# FAULTs (default: all but none): none (the load alone), kill-gateway kill-moderator kill-nats-leader
+# kill-nats-follower restart-nats stop-gateway cut-gateway cut-nats.
+# --short: 15 s of load per fault and shorter outages (CI runs this for the
+# first five). It runs as its own compose project on its own ports, so it
+# never touches a deployment started with scripts/up.sh, and takes it down
+# (volumes included) when done. Traffic goes to loopback only.
+#
+# CAVLO_FAULTS_RATE   chats/s of the load (default 1000)
+# CAVLO_FAULTS_LOGS   a file to write every service's log to at the end
+# CAVLO_FAULTS_KEEP   if set, leave the system running at the end
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+
+duration=40 outage=20 cut=30 warmup=10
+if [ "${1:-}" = "--short" ]; then
+  shift
+  duration=15 outage=8 cut=10 warmup=4
+fi
+faults=("$@")
+[ "${#faults[@]}" -gt 0 ] || faults=(kill-gateway kill-moderator kill-nats-leader
+  kill-nats-follower restart-nats stop-gateway cut-gateway cut-nats)
+
+export COMPOSE_FILE=compose.yaml:compose.cluster.yaml
+export COMPOSE_PROJECT_NAME=cavlo-faults
+export CAVLO_GATEWAY_1_PORT=18080 CAVLO_GATEWAY_2_PORT=18081 CAVLO_NATS_PORT=14222
+compose() { if docker compose version >/dev/null 2>&1; then docker compose "$@"; else docker-compose "$@"; fi; }
+teardown() {
+  status=$?
+  if [ "$status" -ne 0 ]; then compose logs --tail=30 || true; fi
+  [ -z "${CAVLO_FAULTS_LOGS:-}" ] || compose logs --no-color >"$CAVLO_FAULTS_LOGS" 2>&1 || true
+  [ -n "${CAVLO_FAULTS_KEEP:-}" ] || compose down -v --remove-orphans >/dev/null 2>&1 || true
+  exit "$status"
+}
+trap teardown EXIT
+
+scripts/up.sh >/dev/null
+set -a; . ./.env; set +a
+network="${COMPOSE_PROJECT_NAME}_default"
+container() { compose ps -q "$1"; }
+gateways=(--gateway "ws://127.0.0.1:$CAVLO_GATEWAY_1_PORT/ws" --gateway "ws://127.0.0.1:$CAVLO_GATEWAY_2_PORT/ws")
+
+# The NATS node leading the chat stream, from a node's monitoring endpoint.
+stream_leader() {
+  docker exec "$(container nats)" wget -qO- 'http://127.0.0.1:8222/jsz?streams=true' |
+    python3 -c 'import json,sys
+d=json.load(sys.stdin)
+print(next(s["cluster"]["leader"] for a in d.get("account_details",[]) for s in a.get("stream_detail",[]) if s["name"]=="CAVLO_CHAT"))'
+}
+follower() { for node in nats nats-2 nats-3; do [ "$node" = "$1" ] || { echo "$node"; return; }; done; }
+
+inject() {
+  case "$1" in
+    kill-gateway) docker kill "$(container gateway-1)" >/dev/null; sleep "$outage"; docker start "$(container gateway-1)" >/dev/null ;;
+    kill-moderator) docker kill "$(container moderator-1)" >/dev/null; sleep "$outage"; docker start "$(container moderator-1)" >/dev/null ;;
+    kill-nats-leader | kill-nats-follower)
+      node="$(stream_leader)"
+      [ "$1" = kill-nats-leader ] || node="$(follower "$node")"
+      echo "  ($1: $node)"
+      docker kill "$(container "$node")" >/dev/null; sleep "$outage"; docker start "$(container "$node")" >/dev/null ;;
+    restart-nats) compose restart nats nats-2 nats-3 >/dev/null 2>&1 ;;
+    stop-gateway) docker kill -s STOP "$(container gateway-1)" >/dev/null; sleep "$outage"; docker kill -s CONT "$(container gateway-1)" >/dev/null ;;
+    cut-gateway) docker network disconnect "$network" "$(container gateway-1)"; sleep "$cut"; docker network connect "$network" "$(container gateway-1)" ;;
+    cut-nats) docker network disconnect "$network" "$(container nats-3)"; sleep "$cut"; docker network connect "$network" "$(container nats-3)" ;;
+    none) ;;
+    *) echo "unknown fault $1" >&2; return 2 ;;
+  esac
+}
+
+wait_ready() {
+  for port in "$CAVLO_GATEWAY_1_PORT" "$CAVLO_GATEWAY_2_PORT"; do
+    for _ in $(seq 120); do
+      python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/ready', timeout=2)" 2>/dev/null && break
+      sleep 1
+    done
+  done
+}
+
+printf '%-19s %6s %6s %6s %7s %10s %9s %10s  %s\n' fault lost dup order unacked reconnects truncated silence_ms errors
+failed=0
+for fault in "${faults[@]}"; do
+  wait_ready
+  report="$(mktemp)" log="$(mktemp)"
+  target/release/loadgen --json fanout --resume "${gateways[@]}" --rooms 100 --clients 10 \
+    --rate "${CAVLO_FAULTS_RATE:-1000}" --duration "$duration" --drain 15 >"$report" 2>"$log" &
+  load=$!
+  sleep "$warmup"
+  inject "$fault"
+  wait "$load" || failed=1
+  python3 - "$fault" "$report" <<'EOF' || failed=1
+import json, sys
+fault, path = sys.argv[1], sys.argv[2]
+try:
+    r = json.load(open(path))
+except ValueError:
+    print(f"{fault:<19} no report: the load generator failed:")
+    sys.exit(1)
+c = r["correctness"]
+print(f'{fault:<19} {c["lost"]:>6} {c["duplicated"]:>6} {c["reordered"]:>6} {r["unacked"]:>7} '
+      f'{r["reconnects"]:>10} {r["truncated"]:>9} {r["longest_silence_ms"]:>10}  {r["errors"]}')
+sys.exit(0 if c["lost"] == c["duplicated"] == c["reordered"] == r["unacked"] == 0 else 1)
+EOF
+  [ -s "$report" ] || tail -c 300 "$log" | tr '\r' '\n' | tail -3
+  rm -f "$report" "$log"
+done
+exit "$failed"
