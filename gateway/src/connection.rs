@@ -207,6 +207,7 @@ impl Connection {
         let shutdown = self.shared.shutdown.clone();
         let slow = self.handle.slow.clone();
         let reset = self.reset.clone();
+        let mut ahead = ReadAhead::default();
         let exit = loop {
             // Shutdown and overflow interrupt whatever step is under way: a
             // socket write blocked on a full TCP buffer, or a request. Both
@@ -217,7 +218,7 @@ impl Connection {
                 _ = shutdown.cancelled() => Err(Exit::Close(CloseCode::ShuttingDown)),
                 _ = slow.cancelled() => Err(Exit::Close(CloseCode::SlowConsumer)),
                 _ = reset.cancelled() => Err(Exit::Close(CloseCode::Reset)),
-                step = self.step(&mut socket, &mut deliveries) => step,
+                step = self.step(&mut socket, &mut deliveries, &mut ahead) => step,
             };
             if let Err(exit) = step {
                 break exit;
@@ -249,30 +250,54 @@ impl Connection {
         tracing::debug!("disconnected");
     }
 
-    /// Handles the next delivery or client frame, whichever comes first.
+    /// Handles the next delivery or client frame, whichever comes first;
+    /// frames read ahead while an earlier request was under way go first.
     async fn step(
         &mut self,
         socket: &mut HyperWebsocketStream,
         deliveries: &mut mpsc::Receiver<Arc<Delivery>>,
+        ahead: &mut ReadAhead,
     ) -> Result<(), Exit> {
+        if let Some(message) = ahead.pop() {
+            return self.on_message(socket, message, ahead).await;
+        }
         let gap = self.oldest_gap();
         tokio::select! {
             Some(delivery) = deliveries.recv() => self.deliver_queued(socket, delivery, deliveries).await,
             () = tokio::time::sleep_until(gap.unwrap_or_else(Instant::now)), if gap.is_some() => {
                 Box::pin(self.fill_gaps(socket)).await
             }
-            frame = socket.next() => match frame {
-                // Boxed: request handling is a large future, and inlining it would make
-                // every idle connection carry its size.
-                Some(Ok(Message::Text(text))) => Box::pin(self.handle(socket, &text)).await,
-                Some(Ok(Message::Binary(_))) => {
-                    let error = ErrorFrame::new(ErrorCode::InvalidMessage, "binary frames are not part of the protocol");
-                    self.reply(socket, ServerFrame::Error(error)).await
+            frame = socket.next() => self.on_message(socket, read(frame)?, ahead).await,
+        }
+    }
+
+    /// Handles one message from the client.
+    async fn on_message(
+        &mut self,
+        socket: &mut HyperWebsocketStream,
+        message: Message,
+        ahead: &mut ReadAhead,
+    ) -> Result<(), Exit> {
+        match message {
+            Message::Text(text) => {
+                // Boxed: request handling is a large future, and inlining it
+                // would make every idle connection carry its size.
+                let respond = Box::pin(self.respond(&text));
+                let reply = ahead.while_waiting(socket, respond).await?;
+                match reply {
+                    Some(frame) => self.reply(socket, frame).await,
+                    None => Ok(()),
                 }
-                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(()),
-                Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => Err(Exit::TooBig),
-                Some(Ok(Message::Close(_)) | Err(_)) | None => Err(Exit::Gone),
-            },
+            }
+            Message::Binary(_) => {
+                let error = ErrorFrame::new(
+                    ErrorCode::InvalidMessage,
+                    "binary frames are not part of the protocol",
+                );
+                self.reply(socket, ServerFrame::Error(error)).await
+            }
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Ok(()),
+            Message::Close(_) => Err(Exit::Gone),
         }
     }
 
@@ -398,17 +423,18 @@ impl Connection {
         write(socket.flush(), self.shared.config.write_timeout).await
     }
 
-    async fn handle(&mut self, socket: &mut HyperWebsocketStream, text: &str) -> Result<(), Exit> {
+    /// The answer to one text frame; `None` when it has none (a relayed
+    /// signal). Writes nothing, so it can run while the socket is read.
+    async fn respond(&mut self, text: &str) -> Option<ServerFrame> {
         let frame = match ClientFrame::decode(text) {
             Ok(frame) => frame,
             Err(err) => {
-                let error = ErrorFrame {
+                return Some(ServerFrame::Error(ErrorFrame {
                     code: ErrorCode::InvalidMessage,
                     message: err.message().into(),
                     id: err.id,
                     room: err.room,
-                };
-                return self.reply(socket, ServerFrame::Error(error)).await;
+                }));
             }
         };
         let reply = match frame {
@@ -426,13 +452,12 @@ impl Connection {
                 data,
                 ..
             } => match self.signal(room, to, kind, data).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => return None,
                 Err(error) => Err(error),
             },
             ClientFrame::Chat { room, id, text } => self.chat(room, id, text).await,
         };
-        self.reply(socket, reply.unwrap_or_else(ServerFrame::Error))
-            .await
+        Some(reply.unwrap_or_else(ServerFrame::Error))
     }
 
     async fn reply(
@@ -657,4 +682,61 @@ pub(crate) async fn close(socket: &mut HyperWebsocketStream, code: CloseCode, ti
         reason: code.reason().into(),
     };
     let _ = tokio::time::timeout(timeout, socket.close(Some(frame))).await;
+}
+
+/// A message from the socket, or why the connection ends.
+fn read(frame: Option<Result<Message, WsError>>) -> Result<Message, Exit> {
+    match frame {
+        Some(Ok(message)) => Ok(message),
+        Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => Err(Exit::TooBig),
+        Some(Err(_)) | None => Err(Exit::Gone),
+    }
+}
+
+/// Most bytes of client frames read ahead while a request is under way.
+/// Reading ahead is how a client's close, queued behind frames it sent
+/// before, is noticed at once: the connection then ends and frees the
+/// client's seats, instead of working through requests nobody waits for
+/// (each can take a request timeout while the store is slow). Past this,
+/// reading waits for the request.
+const READ_AHEAD_BYTES: usize = 64 * 1024;
+
+/// Frames read while a request was under way, handled next, in order.
+#[derive(Default)]
+struct ReadAhead {
+    frames: std::collections::VecDeque<Message>,
+    bytes: usize,
+}
+
+impl ReadAhead {
+    fn pop(&mut self) -> Option<Message> {
+        let message = self.frames.pop_front()?;
+        self.bytes -= message.len();
+        Some(message)
+    }
+
+    /// Runs `work` while reading the socket ahead: a close (or a failed
+    /// socket) ends the connection at once and abandons `work`, which is
+    /// safe: an unanswered chat is resent by the client and stored once, and
+    /// a join is undone on disconnect.
+    async fn while_waiting<T>(
+        &mut self,
+        socket: &mut HyperWebsocketStream,
+        work: impl std::future::Future<Output = T>,
+    ) -> Result<T, Exit> {
+        tokio::pin!(work);
+        loop {
+            let room = self.bytes < READ_AHEAD_BYTES;
+            tokio::select! {
+                result = &mut work => return Ok(result),
+                frame = socket.next(), if room => match read(frame)? {
+                    Message::Close(_) => return Err(Exit::Gone),
+                    message => {
+                        self.bytes += message.len();
+                        self.frames.push_back(message);
+                    }
+                },
+            }
+        }
+    }
 }

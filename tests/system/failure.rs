@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::harness::{Client, REQUEST_TIMEOUT, System, assert_code, room};
+use crate::harness::{Client, REQUEST_TIMEOUT, System, assert_code, get_json, room};
 
 #[tokio::test]
 async fn with_nats_down_requests_fail_with_unavailable_and_recover() {
@@ -88,4 +88,41 @@ async fn with_nats_stopped_a_chat_is_refused_within_one_request_timeout() {
     // NATS does not come back here, so the services cannot finish their
     // departures: dropping the system stops them without waiting.
     drop((ann, system));
+}
+
+/// A client that closes while its requests wait on a slow store is let go
+/// at once, without working through the requests it left behind. Found by
+/// the fault suite: a client reconnecting after a NATS leader change found
+/// its previous connection still holding its seat (`room_full`), because
+/// the gateway read that connection's close only after each buffered chat
+/// had waited out the request timeout.
+#[tokio::test]
+async fn a_client_that_closes_while_its_requests_wait_is_let_go_at_once() {
+    let system = System::one_gateway().await;
+    let g = system.gateways[0];
+    let room = room("closing");
+    let mut ann = Client::connect(g, "ann").await;
+    ann.join(&room, None).await;
+
+    system.nats.container.pause().await.expect("pause NATS");
+    for i in 0..3 {
+        ann.send(&ClientFrame::Chat {
+            room: room.clone(),
+            id: format!("c{i}").as_str().into(),
+            text: "waits".into(),
+        })
+        .await;
+    }
+    ann.close().await;
+    let closed = Instant::now();
+    // /health is the gateway's own: it answers with NATS paused.
+    while get_json(g, "/health").await["connections"] != 0 {
+        assert!(
+            closed.elapsed() < REQUEST_TIMEOUT,
+            "the connection outlived its client while its requests waited"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    system.nats.container.unpause().await.expect("unpause NATS");
+    system.finish().await;
 }
