@@ -81,19 +81,10 @@ inject() {
   esac
 }
 
-wait_ready() {
-  for port in "$CAVLO_GATEWAY_1_PORT" "$CAVLO_GATEWAY_2_PORT"; do
-    for _ in $(seq 120); do
-      python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/ready', timeout=2)" 2>/dev/null && break
-      sleep 1
-    done
-  done
-}
-
 printf '%-19s %6s %6s %6s %7s %10s %9s %10s  %s\n' fault lost dup order unacked reconnects truncated silence_ms errors
 failed=0
 for fault in "${faults[@]}"; do
-  wait_ready
+  scripts/wait-ready.sh "$CAVLO_GATEWAY_1_PORT" "$CAVLO_GATEWAY_2_PORT"
   report="$(mktemp)" log="$(mktemp)"
   target/release/loadgen --json fanout --resume "${gateways[@]}" --rooms 100 --clients 10 \
     --rate "${CAVLO_FAULTS_RATE:-1000}" --duration "$duration" --drain 15 >"$report" 2>"$log" &

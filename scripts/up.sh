@@ -32,12 +32,12 @@ fi
 compose() { if docker compose version >/dev/null 2>&1; then docker compose "$@"; else docker-compose "$@"; fi; }
 compose up -d --no-build
 set -a; . ./.env; set +a
-for port in "${CAVLO_GATEWAY_1_PORT:-8080}" "${CAVLO_GATEWAY_2_PORT:-8081}"; do
-  for _ in $(seq 120); do
-    python3 -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:$port/ready', timeout=2)" 2>/dev/null && break
-    sleep 1
-  done
-done
+if ! scripts/wait-ready.sh "${CAVLO_GATEWAY_1_PORT:-8080}" "${CAVLO_GATEWAY_2_PORT:-8081}"; then
+  compose ps >&2 || true
+  compose logs --tail=20 >&2 || true
+  echo "cavlo did not come up; the services' last log lines are above" >&2
+  exit 1
+fi
 echo "cavlo is up: ws://127.0.0.1:${CAVLO_GATEWAY_1_PORT:-8080}/ws and ws://127.0.0.1:${CAVLO_GATEWAY_2_PORT:-8081}/ws"
 echo "open http://localhost:${CAVLO_GATEWAY_1_PORT:-8080}/ in two browser windows"
 echo "a token for alice: $(scripts/dev-token.sh alice "$CAVLO_GATEWAY__AUTH__HS256_SECRET")"
