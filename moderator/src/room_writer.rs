@@ -149,7 +149,7 @@ impl RoomWriter {
                     }
                     return Ok(Some(chat.seq));
                 }
-                Err(err) if err.kind() == PublishErrorKind::WrongLastSequence => self.tail = None,
+                Err(err) if lost_tail_race(&err) => self.tail = None,
                 Err(err) => {
                     self.tail = None;
                     return Err(err.into());
@@ -193,6 +193,23 @@ impl RoomWriter {
     async fn stream(&self) -> Result<stream::Stream<stream::Info>, TailError> {
         Ok(self.js.get_stream(subject::CHAT_STREAM).await?)
     }
+}
+
+/// Whether JetStream refused the publish because another writer stored a
+/// message for the room since its tail was read. nats-server 2.12 and later
+/// answer this with error 10164, which async-nats does not map to
+/// [`PublishErrorKind::WrongLastSequence`] (only the older 10071), so the
+/// code is read from the error itself. Missing it turned every lost race
+/// into an `unavailable` for the client.
+fn lost_tail_race(err: &jetstream::context::PublishError) -> bool {
+    use std::error::Error as _;
+    err.kind() == PublishErrorKind::WrongLastSequence
+        || err
+            .source()
+            .and_then(|source| source.downcast_ref::<jetstream::Error>())
+            .is_some_and(|source| {
+                source.error_code() == jetstream::ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT
+            })
 }
 
 /// The JetStream deduplication id: one per user, room and client message id,

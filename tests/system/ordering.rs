@@ -6,8 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use moderator::config::ModeratorConfig;
-use schemas::client::{ClientFrame, ErrorFrame, ServerFrame};
-use schemas::code::ErrorCode;
+use schemas::client::{ClientFrame, ServerFrame};
 use schemas::id::{ClientMsgId, Seq};
 
 use crate::harness::{Client, Options, System, room};
@@ -24,6 +23,11 @@ const QUIET: Duration = Duration::from_secs(3);
 /// acked chats reached no member live, because two moderators announce in
 /// whatever order their stores finish and a connection dropped any seq at
 /// or below the highest it had delivered.
+///
+/// Every chat must also be stored at the first try: moderators racing for
+/// the room's tail retry, and a client never sees the race. Found by the
+/// fault suite: nats-server 2.14 reports a lost race with an error code the
+/// moderator did not recognise, so every lost race answered `unavailable`.
 #[tokio::test]
 async fn every_member_gets_every_stored_chat_live_in_order_with_three_moderators() {
     let system = System::start(Options {
@@ -67,21 +71,6 @@ async fn every_member_gets_every_stored_chat_live_in_order_with_three_moderators
                         acks += 1;
                     }
                     ServerFrame::Chat(chat) => live[i].push(chat.seq),
-                    // Two moderators racing for one room's tail can exhaust
-                    // a store's retries; a client resends, as the SDK does.
-                    ServerFrame::Error(ErrorFrame {
-                        code: ErrorCode::Unavailable,
-                        id: Some(id),
-                        ..
-                    }) => {
-                        member
-                            .send(&ClientFrame::Chat {
-                                room: room.clone(),
-                                id,
-                                text: "hello".into(),
-                            })
-                            .await;
-                    }
                     other => panic!("member {i}: unexpected {other:?}"),
                 }
             }
