@@ -11,6 +11,8 @@
 //! not at 1: a room whose backlog expired must never hand out a seq a client
 //! has already seen.
 
+use std::time::Duration;
+
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::LastRawMessageErrorKind;
@@ -20,9 +22,15 @@ use schemas::client::{ChatMessage, Member};
 use schemas::event;
 use schemas::id::{ClientMsgId, RoomId, Seq};
 use schemas::subject;
+use tokio::time::Instant;
 
-/// How often a publish is retried after losing the race for the room's tail.
-const MAX_TAIL_RACES: usize = 16;
+/// How long a publish keeps retrying after losing the race for the room's
+/// tail. A budget in time, not in attempts: a writer that just stored holds
+/// a fresh tail and wins again while its queue lasts, so another moderator
+/// writing the same room can lose many times in a row during a burst, yet
+/// gets its turn within milliseconds once the burst is stored. Well within
+/// the gateway's request timeout.
+const TAIL_RACE_BUDGET: Duration = Duration::from_secs(1);
 
 /// Storing a chat message failed; the client gets `unavailable` and may resend.
 #[derive(Debug, thiserror::Error)]
@@ -34,7 +42,7 @@ pub enum StoreError {
     #[error("reading the room's last message failed: {0}")]
     Tail(#[from] TailError),
     /// Other moderators kept winning the race for the tail.
-    #[error("lost the race for the room's tail {MAX_TAIL_RACES} times")]
+    #[error("kept losing the race for the room's tail for {TAIL_RACE_BUDGET:?}")]
     Contended,
 }
 
@@ -109,7 +117,8 @@ impl RoomWriter {
             text: msg.text,
             ts: msg.ts,
         };
-        for _ in 0..MAX_TAIL_RACES {
+        let give_up = Instant::now() + TAIL_RACE_BUDGET;
+        while Instant::now() < give_up {
             let tail = match self.tail {
                 Some(tail) => tail,
                 None => self.read_tail().await?,
