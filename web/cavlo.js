@@ -79,6 +79,12 @@ export class CavloClient extends EventTarget {
   #outbox = new Map();
   /** room → Map conn_id → member. */
   #members = new Map();
+  /**
+   * room → the connection that was admitted there. A rejoin from a newer
+   * connection names it in `replaces`, so the seat passes over at once
+   * instead of staying taken until the old connection's gateway lets go.
+   */
+  #seats = new Map();
   #ws = null;
   #urlIndex = 0;
   #attempt = 0;
@@ -193,6 +199,7 @@ export class CavloClient extends EventTarget {
   leave(room) {
     this.#rooms.delete(room);
     this.#members.delete(room);
+    this.#seats.delete(room);
     for (const [id, pending] of this.#outbox) if (pending.room === room) this.#outbox.delete(id);
     this.#send({ type: "leave", room });
   }
@@ -304,7 +311,11 @@ export class CavloClient extends EventTarget {
   /** Rejoins every room after `since` and resends the outbox, in that order. */
   #resume() {
     for (const [room, since] of this.#rooms) {
-      this.#write(since === null ? { type: "join", room } : { type: "join", room, since });
+      const frame = { type: "join", room };
+      if (since !== null) frame.since = since;
+      const seat = this.#seats.get(room);
+      if (seat !== undefined && seat !== this.#connId) frame.replaces = seat;
+      this.#write(frame);
     }
     for (const [id, { room, text }] of this.#outbox) this.#write({ type: "chat", room, id, text });
   }
@@ -344,6 +355,7 @@ export class CavloClient extends EventTarget {
       case "joined":
         if (!this.#rooms.has(frame.room)) break;
         this.#members.set(frame.room, new Map(frame.members.map((m) => [m.conn_id, m])));
+        this.#seats.set(frame.room, this.#connId);
         for (const chat of frame.history) this.#deliver(chat);
         // Only when there was no history: a live message may already carry
         // a seq between the last one in `history` and `last_seq`.

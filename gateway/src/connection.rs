@@ -77,10 +77,7 @@ pub(crate) async fn serve(mut socket: HyperWebsocketStream, shared: Arc<Shared>)
         return;
     }
     let (queue, deliveries) = mpsc::channel(shared.config.send_queue_capacity.max(1));
-    let handle = MemberHandle {
-        queue,
-        slow: CancellationToken::new(),
-    };
+    let handle = MemberHandle::new(queue);
     let reset = shared.hub.connect(member.conn_id.clone(), handle.clone());
     let connection = Connection {
         member,
@@ -206,6 +203,7 @@ impl Connection {
         tracing::debug!("connected");
         let shutdown = self.shared.shutdown.clone();
         let slow = self.handle.slow.clone();
+        let replaced = self.handle.replaced.clone();
         let reset = self.reset.clone();
         let mut ahead = ReadAhead::default();
         let exit = loop {
@@ -217,6 +215,7 @@ impl Connection {
                 biased;
                 _ = shutdown.cancelled() => Err(Exit::Close(CloseCode::ShuttingDown)),
                 _ = slow.cancelled() => Err(Exit::Close(CloseCode::SlowConsumer)),
+                _ = replaced.cancelled() => Err(Exit::Close(CloseCode::Replaced)),
                 _ = reset.cancelled() => Err(Exit::Close(CloseCode::Reset)),
                 step = self.step(&mut socket, &mut deliveries, &mut ahead) => step,
             };
@@ -443,7 +442,11 @@ impl Connection {
                 "already authenticated",
             )),
             ClientFrame::Ping {} => Ok(ServerFrame::Pong),
-            ClientFrame::Join { room, since } => self.join(room, since).await,
+            ClientFrame::Join {
+                room,
+                since,
+                replaces,
+            } => self.join(room, since, replaces).await,
             ClientFrame::Leave { room } => self.leave(room).await,
             ClientFrame::Signal {
                 room,
@@ -476,7 +479,12 @@ impl Connection {
     /// Joins: subscribe, then the moderator's admission (capacity, members),
     /// then the backlog, in that order so that no chat message or presence
     /// change falls between what `joined` lists and what arrives live.
-    async fn join(&mut self, room: RoomId, since: Option<Seq>) -> Result<ServerFrame, Failure> {
+    async fn join(
+        &mut self,
+        room: RoomId,
+        since: Option<Seq>,
+        replaces: Option<ConnId>,
+    ) -> Result<ServerFrame, Failure> {
         let fail = |code, message: &str| ErrorFrame::new(code, message).in_room(&room);
         if !room.is_subject_safe() {
             return Err(fail(ErrorCode::InvalidRoom, "room name is not allowed"));
@@ -513,6 +521,7 @@ impl Connection {
         let join = Action::Join {
             room: room.clone(),
             attempt: attempt.clone(),
+            replaces,
         };
         let (members, revision) = match self.moderate(join).await {
             Ok(Verdict::Admitted { members, revision }) => (members, revision),

@@ -67,9 +67,21 @@ pub struct MemberHandle {
     pub queue: mpsc::Sender<Arc<Delivery>>,
     /// Cancelled when the queue overflows: the connection must close as slow.
     pub slow: CancellationToken,
+    /// Cancelled when a newer connection of the same user took this one's
+    /// seat in a room: it must close, as it is no longer a member there.
+    pub replaced: CancellationToken,
 }
 
 impl MemberHandle {
+    /// A handle for a connection whose send queue is `queue`.
+    pub fn new(queue: mpsc::Sender<Arc<Delivery>>) -> Self {
+        Self {
+            queue,
+            slow: CancellationToken::new(),
+            replaced: CancellationToken::new(),
+        }
+    }
+
     /// Queues `delivery`, never waiting: a full queue flags the connection
     /// slow, and it closes and resumes from its last seq.
     fn offer(&self, delivery: Arc<Delivery>) {
@@ -347,8 +359,15 @@ async fn fan_out(
         let Some(local) = rooms.get_mut(&room) else {
             break;
         };
-        if let Some((members, revision)) = snapshot {
-            local.update(members, revision);
+        if let Some(snapshot) = snapshot {
+            local.update(snapshot.members, snapshot.revision);
+            // The seat is gone: the connection gets nothing more of the room.
+            if let Some(handle) = snapshot
+                .replaced
+                .and_then(|conn| local.locals.remove(&conn))
+            {
+                handle.replaced.cancel();
+            }
         }
         for member in local.locals.values() {
             member.offer(delivery.clone());
@@ -357,7 +376,16 @@ async fn fan_out(
     let _ = subscriber.unsubscribe().await;
 }
 
-type Decoded = (Delivery, Option<(Vec<RoomMember>, u64)>);
+/// A delivery, and for presence the membership it leaves.
+type Decoded = (Delivery, Option<Membership>);
+
+/// The room's members after a presence change.
+struct Membership {
+    members: Vec<RoomMember>,
+    revision: u64,
+    /// A local connection this change took the seat from, if any.
+    replaced: Option<ConnId>,
+}
 
 fn chat_delivery(room: &RoomId, payload: &[u8]) -> Result<Decoded, event::DecodeError> {
     let chat: ChatMessage = event::decode(payload)?;
@@ -371,11 +399,17 @@ fn presence_delivery(room: &RoomId, payload: &[u8]) -> Result<Decoded, event::De
         event: change.event,
         member: change.member.member.clone(),
     };
+    let conn = change.member.member.conn_id;
+    let membership = Membership {
+        members: change.members,
+        revision: change.revision,
+        replaced: change.replaced.then(|| conn.clone()),
+    };
     let delivery = Delivery {
         room: room.clone(),
         kind: DeliveryKind::Presence(change.revision),
-        about: Some(change.member.member.conn_id),
+        about: Some(conn),
         frame: frame.to_json().into(),
     };
-    Ok((delivery, Some((change.members, change.revision))))
+    Ok((delivery, Some(membership)))
 }

@@ -50,6 +50,8 @@ pub enum Command {
         member: RoomMember,
         /// This join attempt.
         attempt: JoinId,
+        /// The same user's previous connection, whose seat this one takes.
+        replaces: Option<ConnId>,
     },
     /// Remove a connection from a room.
     Leave {
@@ -90,13 +92,18 @@ impl From<ModerationRequest> for Command {
                 id,
                 text,
             },
-            Action::Join { room, attempt } => Command::Join {
+            Action::Join {
+                room,
+                attempt,
+                replaces,
+            } => Command::Join {
                 room,
                 member: RoomMember {
                     member: from,
                     gateway,
                 },
                 attempt,
+                replaces,
             },
             Action::Leave { room, attempt } => Command::Leave {
                 room,
@@ -196,7 +203,8 @@ impl Moderator {
                 room,
                 member,
                 attempt,
-            } => self.join(room, member, attempt, reply).await,
+                replaces,
+            } => self.join(room, member, attempt, replaces, reply).await,
             Command::Leave {
                 room,
                 conn,
@@ -249,12 +257,20 @@ impl Moderator {
     }
 
     /// Admits a member if the room name is allowed and the room has space.
-    async fn join(&mut self, room: RoomId, member: RoomMember, attempt: JoinId, reply: Reply) {
+    async fn join(
+        &mut self,
+        room: RoomId,
+        member: RoomMember,
+        attempt: JoinId,
+        replaces: Option<ConnId>,
+        reply: Reply,
+    ) {
         if let Err(violation) = self.rules.check_room(&room) {
             return reply.send(violation.into()).await;
         }
         let roster = self.roster.clone();
-        self.spawn(reply, roster.join(room, member, attempt)).await;
+        self.spawn(reply, roster.join(room, member, attempt, replaces))
+            .await;
     }
 
     /// Removes a connection from a room; its candidate budget there ends.

@@ -46,6 +46,8 @@ pub struct Change {
     pub joined: Option<RoomMember>,
     /// Members that left (or were removed as their gateway died).
     pub left: Vec<RoomMember>,
+    /// The member whose seat the joining connection took.
+    pub replaced: Option<RoomMember>,
     /// Every member after the change.
     pub members: Vec<RoomMember>,
     /// The room's revision after the change.
@@ -69,6 +71,17 @@ const CANCELLED_JOIN_TTL: Duration = Duration::from_secs(600);
 
 /// Cancelled join attempts kept per room; the oldest goes first.
 const MAX_CANCELLED_JOINS: usize = 64;
+
+/// A connection asking to enter a room.
+#[derive(Debug)]
+pub struct Joining {
+    /// The member and its gateway.
+    pub member: RoomMember,
+    /// This join attempt.
+    pub attempt: JoinId,
+    /// The same user's previous connection, whose seat this one takes.
+    pub replaces: Option<ConnId>,
+}
 
 /// The rooms bucket.
 #[derive(Clone)]
@@ -103,21 +116,32 @@ impl Membership {
         Ok(self.read(room).await?.0.members)
     }
 
-    /// Adds `member`, first removing members whose gateway `is_dead`. A
-    /// member already in the room stays once; an attempt a leave cancelled
-    /// is refused.
+    /// Adds the joining member, first removing members whose gateway
+    /// `is_dead` and the connection it replaces (only if that connection is
+    /// the same user's: nobody can take another user's seat). A member
+    /// already in the room stays once; an attempt a leave cancelled is
+    /// refused.
     pub async fn join(
         &self,
         room: &RoomId,
-        member: RoomMember,
-        attempt: &JoinId,
+        joining: Joining,
         is_dead: impl Fn(&GatewayId) -> bool,
     ) -> Result<Result<Change, Refusal>, MembershipError> {
         let capacity = self.capacity;
+        let Joining {
+            member,
+            attempt,
+            replaces,
+        } = joining;
+        let replaced = |m: &RoomMember| {
+            replaces.as_ref() == Some(&m.member.conn_id)
+                && m.member.user.id == member.member.user.id
+        };
         self.modify(room, |state, change| {
-            if state.cancelled.iter().any(|c| c.attempt == *attempt) {
+            if state.cancelled.iter().any(|c| c.attempt == attempt) {
                 return Err(Refusal::Cancelled);
             }
+            change.replaced = take(&mut state.members, replaced).pop();
             change.left = take(&mut state.members, |m| is_dead(&m.gateway));
             if state
                 .members

@@ -17,7 +17,7 @@ use schemas::id::{ConnId, GatewayId, JoinId, RoomId};
 use schemas::subject;
 use tokio::time::Instant;
 
-use crate::membership::{Change, Membership, MembershipError, Refusal};
+use crate::membership::{Change, Joining, Membership, MembershipError, Refusal};
 
 /// What membership tasks share.
 pub struct Roster {
@@ -50,16 +50,23 @@ impl Roster {
     }
 
     /// Admits `member` to `room` if it has space, removing dead gateways'
-    /// members first, and announces the changes.
+    /// members and the connection it `replaces` first, and announces the
+    /// changes.
     pub async fn join(
         self: Arc<Self>,
         room: RoomId,
         member: RoomMember,
         attempt: JoinId,
+        replaces: Option<ConnId>,
     ) -> Verdict {
+        let joining = Joining {
+            member,
+            attempt,
+            replaces,
+        };
         match self
             .membership
-            .join(&room, member, &attempt, |gateway| self.is_dead(gateway))
+            .join(&room, joining, |gateway| self.is_dead(gateway))
             .await
         {
             Ok(Ok(change)) => {
@@ -116,15 +123,23 @@ impl Roster {
 
     /// Publishes one presence change per member who left or joined.
     async fn announce(&self, room: &RoomId, change: &Change) {
-        let left = change.left.iter().map(|m| (PresenceEvent::Leave, m));
-        let joined = change.joined.iter().map(|m| (PresenceEvent::Join, m));
-        for (event, member) in left.chain(joined) {
+        let left = change.left.iter().map(|m| (PresenceEvent::Leave, m, false));
+        let replaced = change
+            .replaced
+            .iter()
+            .map(|m| (PresenceEvent::Leave, m, true));
+        let joined = change
+            .joined
+            .iter()
+            .map(|m| (PresenceEvent::Join, m, false));
+        for (event, member, replaced) in left.chain(replaced).chain(joined) {
             let presence = PresenceChange {
                 room: room.clone(),
                 event,
                 member: member.clone(),
                 members: change.members.clone(),
                 revision: change.revision,
+                replaced,
             };
             if let Err(err) = self
                 .client

@@ -24,6 +24,12 @@ pub enum ClientFrame {
         /// The last seq the client saw in this room, if any.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         since: Option<Seq>,
+        /// The client's previous connection, when it reconnects: that
+        /// connection's seat in the room passes to this one at once, rather
+        /// than after its gateway notices it is gone. Only a connection of
+        /// the same user is replaced; the old one is closed with 4002.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        replaces: Option<ConnId>,
     },
     /// Leave a room.
     Leave {
@@ -324,10 +330,11 @@ mod tests {
                 ClientFrame::Auth { token: "t".into() },
             ),
             (
-                json!({"type": "join", "room": "lobby", "since": 42}),
+                json!({"type": "join", "room": "lobby", "since": 42, "replaces": "c0"}),
                 ClientFrame::Join {
                     room: "lobby".into(),
                     since: Some(Seq(42)),
+                    replaces: Some("c0".into()),
                 },
             ),
             (
@@ -335,6 +342,7 @@ mod tests {
                 ClientFrame::Join {
                     room: "lobby".into(),
                     since: None,
+                    replaces: None,
                 },
             ),
             (

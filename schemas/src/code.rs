@@ -66,6 +66,9 @@ impl fmt::Display for ErrorCode {
 pub enum CloseCode {
     /// Authentication failed or did not happen within the auth timeout.
     Unauthorized,
+    /// A newer connection of the same user took this one's seat in a room
+    /// (its join named this connection in `replaces`).
+    Replaced,
     /// The client did not read its frames fast enough and its send queue filled.
     SlowConsumer,
     /// The gateway is shutting down.
@@ -85,6 +88,7 @@ impl CloseCode {
     pub fn code(self) -> u16 {
         match self {
             CloseCode::Unauthorized => 4001,
+            CloseCode::Replaced => 4002,
             CloseCode::SlowConsumer => 4100,
             CloseCode::ShuttingDown => 4101,
             CloseCode::GatewayFull => 4102,
@@ -97,6 +101,7 @@ impl CloseCode {
     pub fn reason(self) -> &'static str {
         match self {
             CloseCode::Unauthorized => "unauthorized",
+            CloseCode::Replaced => "replaced by a newer connection of this user",
             CloseCode::SlowConsumer => "slow consumer: reconnect and resume",
             CloseCode::ShuttingDown => "gateway shutting down: reconnect",
             CloseCode::GatewayFull => "gateway full: reconnect elsewhere",
@@ -119,6 +124,7 @@ mod tests {
     fn close_codes_sit_in_their_documented_ranges() {
         const CASES: &[(CloseCode, u16, bool)] = &[
             (CloseCode::Unauthorized, 4001, false),
+            (CloseCode::Replaced, 4002, false),
             (CloseCode::SlowConsumer, 4100, true),
             (CloseCode::ShuttingDown, 4101, true),
             (CloseCode::GatewayFull, 4102, true),

@@ -29,6 +29,9 @@ pub enum Action {
         room: RoomId,
         /// This attempt; a leave naming it cancels it if it comes first.
         attempt: JoinId,
+        /// The same user's previous connection, whose seat this one takes.
+        #[serde(default)]
+        replaces: Option<ConnId>,
     },
     /// Leave a room, by request, because the connection closed, or because
     /// the gateway gave up on a join.
@@ -167,6 +170,11 @@ pub struct PresenceChange {
     pub members: Vec<RoomMember>,
     /// The membership revision after the change; changes are ordered by it.
     pub revision: u64,
+    /// For a leave: the member's seat passed to a newer connection of the
+    /// same user, so its gateway closes the old connection if it still
+    /// holds it.
+    #[serde(default)]
+    pub replaced: bool,
 }
 
 /// A signal on its way to the target's gateway.
@@ -275,6 +283,7 @@ mod tests {
             action: Action::Join {
                 room: "lobby".into(),
                 attempt: "j1".into(),
+                replaces: Some("c0".into()),
             },
         });
         round_trip(ModerationRequest {
@@ -296,6 +305,7 @@ mod tests {
             },
             members: vec![],
             revision: 7,
+            replaced: true,
         });
         for verdict in [
             Verdict::Admitted {

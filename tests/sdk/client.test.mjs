@@ -292,8 +292,9 @@ describe("resuming", () => {
     const next = await welcomeNext(sockets, "c2");
     assert.deepEqual(next.sent, [
       { type: "auth", token: "t0" },
-      { type: "join", room: "a", since: 7 },
-      { type: "join", room: "b", since: 9 },
+      { type: "join", room: "a", since: 7, replaces: "c1" },
+      { type: "join", room: "b", since: 9, replaces: "c1" },
+      // Never admitted on c1: no seat to take over.
       { type: "join", room: "c" },
       { type: "chat", room: "a", id, text: "unacked" },
     ]);
@@ -327,6 +328,25 @@ describe("resuming", () => {
       { type: "join", room: "b" },
       { type: "chat", room: "b", id: kept, text: "to b" },
     ]);
+  });
+
+  test("a rejoin takes over the seat of the connection last admitted there", async () => {
+    const { client, socket, sockets, clock } = await connected({ random: () => 0 });
+    client.join("a");
+    socket.receive(joined("a", { lastSeq: 1 }));
+    socket.drop(1006);
+    clock.advance(0);
+    // c2 drops before its rejoin is answered: c1 may still hold the seat.
+    const second = await welcomeNext(sockets, "c2");
+    second.drop(1006);
+    clock.advance(0);
+    const third = await welcomeNext(sockets, "c3");
+    assert.deepEqual(third.sent[1], { type: "join", room: "a", since: 1, replaces: "c1" });
+    third.receive(joined("a", { lastSeq: 1 }));
+    third.drop(1006);
+    clock.advance(0);
+    const fourth = await welcomeNext(sockets, "c4");
+    assert.deepEqual(fourth.sent[1], { type: "join", room: "a", since: 1, replaces: "c3" });
   });
 
   test("frames sent before the first welcome are sent after it, once", async () => {

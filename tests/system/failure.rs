@@ -30,6 +30,7 @@ async fn with_nats_down_requests_fail_with_unavailable_and_recover() {
     ann.send(&ClientFrame::Join {
         room: crate::harness::room("other"),
         since: None,
+        replaces: None,
     })
     .await;
     assert_code(

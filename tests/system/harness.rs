@@ -549,6 +549,7 @@ impl Client {
         self.send(&ClientFrame::Join {
             room: room.clone(),
             since,
+            replaces: None,
         })
         .await;
         self.join_reply(room).await

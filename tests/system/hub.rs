@@ -9,7 +9,6 @@ use schemas::client::{ChatMessage, Member, User};
 use schemas::id::{ConnId, RoomId, Seq};
 use schemas::{event, subject};
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 use crate::harness::{FRAME_TIMEOUT, Nats, room};
 
@@ -52,10 +51,7 @@ async fn rooms_are_subscribed_only_while_they_have_local_members() {
     assert!(!has_interest(&observer, &room).await);
 
     let (queue, mut deliveries) = mpsc::channel(8);
-    let handle = MemberHandle {
-        queue,
-        slow: CancellationToken::new(),
-    };
+    let handle = MemberHandle::new(queue);
     hub.join(&room, ConnId::from("a"), handle.clone())
         .await
         .unwrap();
@@ -106,15 +102,9 @@ async fn a_member_whose_queue_overflows_is_flagged_slow_and_others_are_unaffecte
     let room = room("slow");
 
     let (slow_queue, _never_read) = mpsc::channel(2);
-    let slow = MemberHandle {
-        queue: slow_queue,
-        slow: CancellationToken::new(),
-    };
+    let slow = MemberHandle::new(slow_queue);
     let (fast_queue, mut fast_deliveries) = mpsc::channel(16);
-    let fast = MemberHandle {
-        queue: fast_queue,
-        slow: CancellationToken::new(),
-    };
+    let fast = MemberHandle::new(fast_queue);
     hub.join(&room, ConnId::from("slow"), slow.clone())
         .await
         .unwrap();

@@ -39,6 +39,7 @@ async fn oversize_chat_and_bad_room_names_are_refused() {
         ann.send(&ClientFrame::Join {
             room: RoomId::from(bad),
             since: None,
+            replaces: None,
         })
         .await;
         let error = ann.next_error().await;

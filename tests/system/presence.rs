@@ -117,6 +117,7 @@ async fn capacity_is_exact_under_concurrent_joins_through_two_gateways() {
             .send(&ClientFrame::Join {
                 room: room.clone(),
                 since: None,
+                replaces: None,
             })
             .await;
     }
@@ -339,5 +340,95 @@ async fn a_gateway_stopped_past_the_timeout_closes_its_connections_when_it_resum
     }
     stalled.kill().await.expect("stop the gateway");
     drop((ann, bob));
+    system.finish().await;
+}
+
+/// Found by the fault suite: a client whose connection broke could not
+/// rejoin a full room, because its old connection kept the seat until that
+/// connection's gateway let it go (the gateway timeout when the gateway
+/// died; indefinitely for a half-open TCP connection on a live one). A
+/// rejoin naming the old connection in `replaces` takes the seat over at
+/// once, and the old connection is closed with 4002. Nobody can take
+/// another user's seat that way.
+#[tokio::test]
+async fn a_reconnecting_client_takes_over_its_old_seat_in_a_full_room() {
+    let system = System::start(Options {
+        moderator: ModeratorConfig {
+            room_capacity: 2,
+            ..ModeratorConfig::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let (g1, g2) = (system.gateways[0], system.gateways[1]);
+    let room = room("seat");
+    // Ann's old connection stays open, as a half-open one would.
+    let mut old = Client::connect(g1, "ann").await;
+    let mut bob = Client::connect(g2, "bob").await;
+    old.join(&room, None).await;
+    bob.join(&room, None).await;
+    next_presence(&mut old).await;
+
+    let mut eve = Client::connect(g2, "eve").await;
+    eve.send(&ClientFrame::Join {
+        room: room.clone(),
+        since: None,
+        replaces: Some(old.conn_id.clone()),
+    })
+    .await;
+    let refused = eve.join_reply(&room).await.unwrap_err();
+    assert_code(
+        &refused,
+        ErrorCode::RoomFull,
+        "another user's seat is not taken",
+    );
+
+    let mut ann = Client::connect(g2, "ann").await;
+    let refused = ann.try_join(&room, None).await.unwrap_err();
+    assert_code(
+        &refused,
+        ErrorCode::RoomFull,
+        "without replaces the seat stays taken",
+    );
+    ann.send(&ClientFrame::Join {
+        room: room.clone(),
+        since: None,
+        replaces: Some(old.conn_id.clone()),
+    })
+    .await;
+    let joined = ann.join_reply(&room).await.expect("the seat passes over");
+    assert_eq!(
+        ids(&joined.members),
+        [ann.conn_id.clone(), bob.conn_id.clone()].into()
+    );
+    assert_eq!(
+        next_presence(&mut bob).await,
+        (PresenceEvent::Leave, old.conn_id.clone())
+    );
+    assert_eq!(
+        next_presence(&mut bob).await,
+        (PresenceEvent::Join, ann.conn_id.clone())
+    );
+    loop {
+        match old.recv_or_close().await {
+            Err(code) => {
+                assert_eq!(
+                    code,
+                    CloseCode::Replaced.code(),
+                    "the old connection is told"
+                );
+                break;
+            }
+            Ok(ServerFrame::Presence { .. }) => {}
+            Ok(other) => panic!("the old connection got {other:?}"),
+        }
+    }
+    // The room still works for both, and the old one's close freed nothing
+    // it no longer held.
+    let ack = bob.chat_acked(&room, "b1", "still here").await.unwrap();
+    assert_eq!(ann.next_chat().await.seq, ack.seq.unwrap());
+    let refused = eve.try_join(&room, None).await.unwrap_err();
+    assert_code(&refused, ErrorCode::RoomFull, "the room is still full");
+    drop((old, ann, bob, eve));
     system.finish().await;
 }

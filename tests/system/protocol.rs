@@ -117,6 +117,7 @@ async fn rooms_per_connection_are_limited() {
     ann.send(&ClientFrame::Join {
         room: c.clone(),
         since: None,
+        replaces: None,
     })
     .await;
     let error = ann.next_error().await;

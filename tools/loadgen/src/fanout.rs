@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use schemas::client::{ClientFrame, ServerFrame};
 use schemas::code::ErrorCode;
-use schemas::id::{RoomId, Seq};
+use schemas::id::{ConnId, RoomId, Seq};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -143,6 +143,8 @@ pub async fn run(
             token: minter.token(&format!("load-{user}")),
             gateways: plan.gateways.clone(),
             gateway: user % plan.gateways.len(),
+            connected_at: origin,
+            seat: client.conn_id.clone(),
             resume: plan.resume,
         };
         tasks.spawn(drive(
@@ -183,6 +185,7 @@ async fn connect_all(
                     .send(&ClientFrame::Join {
                         room: room_id,
                         since: None,
+                        replaces: None,
                     })
                     .await?;
                 client
@@ -223,6 +226,12 @@ struct Member {
     gateways: Vec<String>,
     /// Index in `gateways` of the one it is connected to.
     gateway: usize,
+    /// When the current connection was made: what was sent before it was
+    /// resent then, so its silence counts from here.
+    connected_at: Instant,
+    /// The connection that holds this member's seat in the room; a rejoin
+    /// takes it over (`replaces`), as the SDK does.
+    seat: ConnId,
     resume: bool,
 }
 
@@ -274,7 +283,9 @@ async fn drive(
         };
         // A connection that leaves a message unanswered this long is dead
         // (its gateway stopped, or cut off) even if the socket is open.
-        let deadline = pending.front().map(|p| p.sent_at + SILENT_CONNECTION);
+        let deadline = pending
+            .front()
+            .map(|p| p.sent_at.max(member.connected_at) + SILENT_CONNECTION);
         if member.resume {
             wake = wake.min(deadline.unwrap_or(wake));
         }
@@ -444,7 +455,11 @@ async fn reconnect(
     loop {
         member.gateway = (member.gateway + 1) % member.gateways.len();
         match rejoin(member, outcome, pending).await {
-            Ok(client) => return Ok(client),
+            Ok(client) => {
+                member.connected_at = Instant::now();
+                member.seat = client.conn_id.clone();
+                return Ok(client);
+            }
             Err(err) if Instant::now() >= stop => {
                 return Err(ClientError::Unexpected(format!(
                     "still reconnecting when the run ended; last attempt: {err}"
@@ -469,6 +484,7 @@ async fn rejoin(
         .send(&ClientFrame::Join {
             room: member.room_id.clone(),
             since: Some(Seq(since)),
+            replaces: Some(member.seat.clone()),
         })
         .await?;
     let (history, truncated) = client

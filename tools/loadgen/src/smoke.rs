@@ -78,6 +78,7 @@ async fn joined(
         .send(&ClientFrame::Join {
             room: room.clone(),
             since,
+            replaces: None,
         })
         .await?;
     client
