@@ -38,7 +38,15 @@ faults=("$@")
 export COMPOSE_FILE=compose.yaml:compose.cluster.yaml
 export COMPOSE_PROJECT_NAME=cavlo-faults
 export CAVLO_GATEWAY_1_PORT=18080 CAVLO_GATEWAY_2_PORT=18081 CAVLO_NATS_PORT=14222
-compose() { if docker compose version >/dev/null 2>&1; then docker compose "$@"; else docker-compose "$@"; fi; }
+mkdir -p target/compose
+export CAVLO_ENV_FILE="$root/target/compose/faults.env"
+scripts/new-env.sh "$CAVLO_ENV_FILE"
+# A backlog that outlasts the longest outage at this load (10 chats/s per
+# room), so every rejoin can be served in full: the suite checks the
+# guarantees within their documented bounds, and a rejoin told `truncated`
+# would count as lost.
+echo "CAVLO_HISTORY__BACKLOG_SIZE=2000" >>"$CAVLO_ENV_FILE"
+compose() { if docker compose version >/dev/null 2>&1; then docker compose --env-file "$CAVLO_ENV_FILE" "$@"; else docker-compose --env-file "$CAVLO_ENV_FILE" "$@"; fi; }
 teardown() {
   status=$?
   if [ "$status" -ne 0 ]; then compose logs --tail=30 || true; fi
@@ -49,7 +57,7 @@ teardown() {
 trap teardown EXIT
 
 scripts/up.sh >/dev/null
-set -a; . ./.env; set +a
+set -a; . "$CAVLO_ENV_FILE"; set +a
 network="${COMPOSE_PROJECT_NAME}_default"
 container() { compose ps -q "$1"; }
 gateways=(--gateway "ws://127.0.0.1:$CAVLO_GATEWAY_1_PORT/ws" --gateway "ws://127.0.0.1:$CAVLO_GATEWAY_2_PORT/ws")

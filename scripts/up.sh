@@ -1,37 +1,25 @@
 #!/usr/bin/env bash
 # Brings the whole system up with docker compose on this machine, without
 # pulling any image: builds every image locally (scripts/offline-images.sh),
-# writes .env with fresh secrets if there is none, starts compose.yaml and
-# waits until both gateways are ready.
+# writes .env with fresh secrets if there is none (scripts/new-env.sh),
+# starts compose.yaml and waits until both gateways are ready.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 
 scripts/offline-images.sh
 
-if [ ! -f .env ]; then
-  # nats-server parses $VAR references as config values, so a password
-  # must read as a plain string: a letter first, then letters and digits.
-  secret() { python3 -c 'import secrets; print("k" + secrets.token_hex(24))'; }
-  {
-    cat .env.example
-    echo
-    echo "# Written by scripts/up.sh on $(date -u +%Y-%m-%d)."
-    echo "CAVLO_NATS_GATEWAY_PASSWORD=$(secret)"
-    echo "CAVLO_NATS_MODERATOR_PASSWORD=$(secret)"
-    echo "CAVLO_NATS_HISTORY_PASSWORD=$(secret)"
-    echo "CAVLO_GATEWAY__AUTH__HS256_SECRET=$(secret)"
-    echo "# The demo's development tokens: anyone who can reach a gateway gets in."
-    echo "CAVLO_GATEWAY__DEV_TOKENS=true"
-    echo "CAVLO_NATS_IMAGE=cavlo-local/nats:2.14.0"
-    echo "CAVLO_IMAGE_PREFIX=cavlo-local"
-  } > .env
-  echo "wrote .env with fresh secrets"
+# CAVLO_ENV_FILE picks another settings file (the smoke and fault suites
+# use their own, so they never touch a deployment started from .env).
+export CAVLO_ENV_FILE="${CAVLO_ENV_FILE:-.env}"
+if [ ! -f "$CAVLO_ENV_FILE" ]; then
+  scripts/new-env.sh "$CAVLO_ENV_FILE"
+  echo "wrote $CAVLO_ENV_FILE with fresh secrets"
 fi
 
-compose() { if docker compose version >/dev/null 2>&1; then docker compose "$@"; else docker-compose "$@"; fi; }
+compose() { if docker compose version >/dev/null 2>&1; then docker compose --env-file "$CAVLO_ENV_FILE" "$@"; else docker-compose --env-file "$CAVLO_ENV_FILE" "$@"; fi; }
 compose up -d --no-build
-set -a; . ./.env; set +a
+set -a; . "$CAVLO_ENV_FILE"; set +a
 if ! scripts/wait-ready.sh "${CAVLO_GATEWAY_1_PORT:-8080}" "${CAVLO_GATEWAY_2_PORT:-8081}"; then
   compose ps >&2 || true
   compose logs --tail=20 >&2 || true

@@ -126,13 +126,22 @@ async fn main() -> ExitCode {
             nats_user,
             nats_password,
         } => {
-            let nats = nats_url
-                .zip(nats_password)
-                .map(|(url, password)| smoke::GatewayNats {
+            // Asked for and impossible is a failure, not a check skipped.
+            let nats = match (nats_url, nats_password) {
+                (Some(url), Some(password)) => Some(smoke::GatewayNats {
                     url,
                     user: nats_user,
                     password,
-                });
+                }),
+                (Some(_), None) => {
+                    eprintln!(
+                        "smoke: FAILED: --nats-url needs the gateway user's password \
+                         (--nats-password or CAVLO_NATS_GATEWAY_PASSWORD)"
+                    );
+                    return ExitCode::FAILURE;
+                }
+                (None, _) => None,
+            };
             match smoke::run(&gateways, &minter, nats).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
