@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test: unit and integration tests (nats-server in Docker through
-# testcontainers), the compose smoke test, then the demo in a real browser. CAVLO_TEST_NATS_IMAGE names
+# testcontainers), the compose smoke test, the demo in a real browser, then
+# the short fault suite. CAVLO_TEST_NATS_IMAGE names
 # the NATS image; unless it is set, the image is built locally
 # (scripts/nats-image.sh), so no registry is needed.
 set -euo pipefail
@@ -18,3 +19,9 @@ scripts/compose-smoke.sh
 # The same on a 3-node NATS cluster (chat stream and rooms bucket on 3 replicas).
 COMPOSE_FILE=compose.yaml:compose.cluster.yaml scripts/compose-smoke.sh
 scripts/browser-test.sh
+# The short fault suite: the cluster deployment under load while a gateway,
+# a moderator or the stream's NATS leader is killed, a gateway is stopped,
+# or a NATS node is cut off. Nothing acked may be lost, duplicated or
+# reordered, and every message must be acked. The full suite is
+# `scripts/faults.sh` (docs/reliability.md).
+scripts/faults.sh --short kill-gateway kill-moderator kill-nats-leader stop-gateway cut-nats
