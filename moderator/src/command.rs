@@ -234,10 +234,10 @@ impl Moderator {
             return reply.send(violation.into()).await;
         }
         let clean = sanitize::plain_text(&text);
-        if clean.trim().is_empty() {
+        if schemas::text::is_blank(&clean) {
             let violation = Violation::new(
                 ErrorCode::InvalidMessage,
-                "chat text is empty after removing markup",
+                "chat text is empty after removing markup and invisible characters",
             );
             return reply.send(violation.into()).await;
         }
@@ -289,9 +289,7 @@ impl Moderator {
     /// Checks a signal against the rate limit, its shape and the candidate
     /// budget, then relays it if both peers are in the room.
     async fn signal(&mut self, from: Member, signal: Signal, reply: Reply) {
-        if let Err(violation) =
-            self.admit_signal(&from.conn_id, &signal.room, signal.kind, &signal.data)
-        {
+        if let Err(violation) = self.admit_signal(&from.conn_id, &signal) {
             return reply.send(violation.into()).await;
         }
         let roster = self.roster.clone();
@@ -302,13 +300,14 @@ impl Moderator {
         .await;
     }
 
-    fn admit_signal(
-        &mut self,
-        conn: &ConnId,
-        room: &RoomId,
-        kind: SignalKind,
-        data: &serde_json::Value,
-    ) -> Result<(), Violation> {
+    fn admit_signal(&mut self, conn: &ConnId, signal: &Signal) -> Result<(), Violation> {
+        let Signal {
+            room,
+            to,
+            kind,
+            data,
+        } = signal;
+        let kind = *kind;
         if !self.signal_limiter.try_acquire(conn, Instant::now()) {
             return Err(Violation::new(
                 ErrorCode::RateLimited,
@@ -316,6 +315,12 @@ impl Moderator {
             ));
         }
         self.rules.check_room(room)?;
+        if to == conn {
+            return Err(Violation::new(
+                ErrorCode::InvalidMessage,
+                "a signal cannot be sent to yourself",
+            ));
+        }
         self.rules.check_signal(kind, data)?;
         if kind == SignalKind::Candidate && !self.candidates.try_take(conn, room) {
             return Err(Violation::new(

@@ -3,14 +3,15 @@
 use std::collections::HashSet;
 
 /// Strips every HTML tag, drops the content of `script` and `style`, and
-/// returns plain text (entities decoded). Clients render the result as text,
-/// never as HTML, so a `<` that survives is harmless there.
+/// returns plain text (entities decoded) without bidirectional controls or
+/// invisible characters ([`schemas::text`]). Clients render the result as
+/// text, never as HTML, so a `<` that survives is harmless there.
 pub fn plain_text(input: &str) -> String {
     let html = ammonia::Builder::empty()
         .clean_content_tags(HashSet::from(["script", "style"]))
         .clean(input)
         .to_string();
-    html_escape::decode_html_entities(&html).into_owned()
+    schemas::text::without_spoofing(&html_escape::decode_html_entities(&html))
 }
 
 #[cfg(test)]
@@ -30,6 +31,9 @@ mod tests {
             ("Tom & Jerry's \"show\"", "Tom & Jerry's \"show\""),
             ("unicode ✓ émoji 🎉", "unicode ✓ émoji 🎉"),
             ("<scr<script>ipt>alert(1)</script>", "ipt&gt;alert(1)"),
+            ("file\u{202E}txt.exe", "filetxt.exe"),
+            ("&#x202E;decoded too", "decoded too"),
+            ("\u{200B}", ""),
         ];
         for (input, expected) in CASES {
             let out = plain_text(input);

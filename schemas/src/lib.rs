@@ -9,9 +9,11 @@
 //! * [`subject`]: every NATS subject, with who publishes and who listens.
 //! * [`code`]: error codes and WebSocket close codes a client can see.
 //! * [`id`]: the newtype ids (`RoomId`, `ConnId`, `Seq`, …).
+//! * [`text`]: which characters of user text may reach other users.
 
 pub mod client;
 pub mod code;
 pub mod event;
 pub mod id;
 pub mod subject;
+pub mod text;

@@ -66,6 +66,9 @@ async fn markup_is_stripped_before_anyone_sees_it() {
         ("<img src=x onerror=alert(1)>caption", "caption"),
         ("<style>*{display:none}</style>visible", "visible"),
         ("a < b && c > d", "a < b && c > d"),
+        // Reported: bidirectional overrides and zero-width characters passed.
+        ("report\u{202E}fdp.exe", "reportfdp.exe"),
+        ("ad\u{200B}min says hi", "admin says hi"),
     ];
     for (i, (input, expected)) in CASES.iter().enumerate() {
         let ack = ann
@@ -101,6 +104,15 @@ async fn markup_is_stripped_before_anyone_sees_it() {
         &error,
         ErrorCode::InvalidMessage,
         "nothing left after sanitizing",
+    );
+    let error = ann
+        .chat(&room, "invisible", "\u{200B}\u{200B}")
+        .await
+        .unwrap_err();
+    assert_code(
+        &error,
+        ErrorCode::InvalidMessage,
+        "only invisible characters",
     );
     drop((ann, bob));
     system.finish().await;

@@ -113,6 +113,12 @@ async fn signals_reach_only_members_of_the_same_room() {
             ),
             ErrorCode::PeerNotFound,
         ),
+        // Reported: a signal to oneself came back.
+        (
+            "to oneself",
+            signal(&room, &ann.conn_id, SignalKind::Offer, offer.clone()),
+            ErrorCode::InvalidMessage,
+        ),
         (
             "sender not in the room",
             signal(&other, &cat.conn_id, SignalKind::Offer, offer.clone()),
@@ -159,6 +165,8 @@ async fn signals_reach_only_members_of_the_same_room() {
     ))
     .await;
     assert_eq!(next_signal(&mut bob).await.4, json!({"marker": 1}));
+    // Its next frame answers this ping: no signal of its own came back.
+    ann.assert_alive().await;
     cat.assert_alive().await;
     drop((ann, bob, cat));
     system.finish().await;
