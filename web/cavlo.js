@@ -97,6 +97,8 @@ export class CavloClient extends EventTarget {
   #retryTimer = null;
   /** Timers of chat messages waiting to be resent after a retryable error. */
   #resendTimers = new Set();
+  /** Fires when the token should be refreshed (only with a token function). */
+  #refreshTimer = null;
   #counter = 0;
 
   /**
@@ -180,6 +182,8 @@ export class CavloClient extends EventTarget {
     this.#session += 1;
     this.#timers.clearTimeout(this.#retryTimer);
     this.#retryTimer = null;
+    this.#timers.clearTimeout(this.#refreshTimer);
+    this.#refreshTimer = null;
     for (const timer of this.#resendTimers) this.#timers.clearTimeout(timer);
     this.#resendTimers.clear();
     const ws = this.#ws;
@@ -276,6 +280,8 @@ export class CavloClient extends EventTarget {
   #closed(ws, { code, reason }) {
     if (this.#ws !== ws) return;
     this.#ws = null;
+    this.#timers.clearTimeout(this.#refreshTimer);
+    this.#refreshTimer = null;
     this.#setState("closed");
     if (isTerminalClose(code)) {
       this.close();
@@ -288,6 +294,31 @@ export class CavloClient extends EventTarget {
       return;
     }
     this.#retry();
+  }
+
+  /**
+   * With a token function, sends a fresh token before the current one
+   * expires (the gateway closes with 4105 at expiry): when a fifth of its
+   * remaining life is left, at most a minute before. If getting the token
+   * fails, the connection runs out and reconnects with the next one.
+   */
+  #scheduleRefresh(expiresIn) {
+    this.#timers.clearTimeout(this.#refreshTimer);
+    this.#refreshTimer = null;
+    if (typeof this.#token !== "function" || typeof expiresIn !== "number") return;
+    const left = expiresIn * 1000;
+    const ws = this.#ws;
+    this.#refreshTimer = this.#timers.setTimeout(async () => {
+      this.#refreshTimer = null;
+      let token;
+      try {
+        token = await this.#token();
+      } catch (err) {
+        this.#emit("error", { code: "token_failed", message: `cannot refresh the token: ${err?.message ?? err}` });
+        return;
+      }
+      if (this.#ws === ws) this.#write({ type: "refresh", token });
+    }, Math.max(0, left - Math.min(60000, left / 5)));
   }
 
   /** Schedules the next attempt on the next gateway, with full jitter. */
@@ -349,8 +380,12 @@ export class CavloClient extends EventTarget {
         // Before anyone hears of it, so frames sent from a listener come
         // after the rejoins.
         this.#resume();
+        this.#scheduleRefresh(frame.expires_in);
         this.#setState("open");
         this.#emit("welcome", frame);
+        break;
+      case "refreshed":
+        this.#scheduleRefresh(frame.expires_in);
         break;
       case "joined":
         if (!this.#rooms.has(frame.room)) break;

@@ -2,7 +2,8 @@
 //!
 //! HS256 tokens are checked against a shared secret; RS256 and ES256 tokens
 //! against a JSON Web Key Set (see [`crate::jwks`]). `exp` is always required,
-//! `iss` and `aud` when configured. `alg: none` never verifies.
+//! `iss` and `aud` when configured (present and equal). `alg: none` never
+//! verifies.
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use schemas::client::User;
@@ -56,6 +57,17 @@ pub enum AuthError {
 struct Claims {
     sub: String,
     name: Option<String>,
+    exp: u64,
+}
+
+/// A token that verified.
+#[derive(Debug)]
+pub struct Verified {
+    /// Who it names.
+    pub user: User,
+    /// Its `exp`, in seconds since the Unix epoch: the connection's
+    /// authentication ends then.
+    pub expires_at: u64,
 }
 
 /// Verifies tokens.
@@ -88,8 +100,8 @@ impl Authenticator {
         })
     }
 
-    /// Checks `token` and returns the user it names.
-    pub async fn verify(&self, token: &str) -> Result<User, AuthError> {
+    /// Checks `token` and returns the user it names and when it expires.
+    pub async fn verify(&self, token: &str) -> Result<Verified, AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
         let key = match header.alg {
             Algorithm::HS256 => self.hs256.clone().ok_or(AuthError::Malformed)?,
@@ -105,20 +117,31 @@ impl Authenticator {
         };
         let data = jsonwebtoken::decode::<Claims>(token, &key, &self.validation(header.alg))
             .map_err(classify)?;
-        let Claims { sub, name } = data.claims;
+        let Claims { sub, name, exp } = data.claims;
         if sub.is_empty() {
             return Err(AuthError::WrongClaim);
         }
         let name = display_name(name.as_deref().unwrap_or(&sub));
-        Ok(User {
-            id: UserId(sub),
-            name,
+        Ok(Verified {
+            user: User {
+                id: UserId(sub),
+                name,
+            },
+            expires_at: exp,
         })
     }
 
     fn validation(&self, alg: Algorithm) -> Validation {
         let mut validation = Validation::new(alg);
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        // The connection ends at `exp` exactly; a token past it is refused
+        // as exactly (the library's default allows 60 s more).
+        validation.leeway = 0;
+        // A configured audience or issuer is required, not only checked when
+        // present: a token without the claim was minted for anyone.
+        let mut required = vec!["exp", "sub"];
+        required.extend(self.audience.as_ref().map(|_| "aud"));
+        required.extend(self.issuer.as_ref().map(|_| "iss"));
+        validation.set_required_spec_claims(&required);
         match &self.audience {
             Some(aud) => validation.set_audience(&[aud]),
             None => validation.validate_aud = false,
@@ -143,11 +166,12 @@ fn classify(err: jsonwebtoken::errors::Error) -> AuthError {
     }
 }
 
-/// A display name fit for other users' screens: no control characters, at
-/// most [`MAX_NAME_CHARS`] characters.
+/// A display name fit for other users' screens: no control, bidirectional
+/// or invisible characters ([`schemas::text`]), at most [`MAX_NAME_CHARS`]
+/// characters.
 pub(crate) fn display_name(raw: &str) -> String {
     raw.chars()
-        .filter(|c| !c.is_control())
+        .filter(|&c| !c.is_control() && !schemas::text::is_spoofing_char(c))
         .take(MAX_NAME_CHARS)
         .collect::<String>()
         .trim()
@@ -162,6 +186,7 @@ mod tests {
     fn display_names_are_cleaned() {
         assert_eq!(display_name("Ann"), "Ann");
         assert_eq!(display_name("  A\u{0}n\nn "), "Ann");
+        assert_eq!(display_name("adm\u{200B}in\u{202E}"), "admin");
         assert_eq!(
             display_name(&"x".repeat(100)).chars().count(),
             MAX_NAME_CHARS

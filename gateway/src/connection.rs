@@ -16,7 +16,7 @@ use hyper_tungstenite::tungstenite::error::CapacityError;
 use hyper_tungstenite::tungstenite::protocol::CloseFrame;
 use hyper_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use hyper_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
-use schemas::client::{ClientFrame, ErrorFrame, Member, ServerFrame, SignalKind, User};
+use schemas::client::{ClientFrame, ErrorFrame, Member, ServerFrame, SignalKind};
 use schemas::code::{CloseCode, ErrorCode};
 use schemas::event::{Action, Verdict};
 use schemas::id::{ClientMsgId, ConnId, JoinId, ModeratorId, RoomId, Seq};
@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::Shared;
-use crate::auth::AuthError;
+use crate::auth::{AuthError, Verified};
 use crate::departures::Departure;
 use crate::hub::{Delivery, DeliveryKind, MemberHandle};
 use crate::reorder::{Overflow, Reorder};
@@ -52,19 +52,21 @@ enum Exit {
 
 /// Serves one upgraded socket until it closes.
 pub(crate) async fn serve(mut socket: HyperWebsocketStream, shared: Arc<Shared>) {
-    let Some(user) = authenticate(&mut socket, &shared).await else {
+    let Some(verified) = authenticate(&mut socket, &shared).await else {
         return;
     };
     let member = Member {
         conn_id: ConnId(nuid::next().to_string()),
-        user,
+        user: verified.user,
     };
+    let expiry = Expiry::at(verified.expires_at);
     let span = tracing::info_span!("ws", conn_id = %member.conn_id, user = %member.user.id);
     let welcome = ServerFrame::Welcome {
         conn_id: member.conn_id.clone(),
         user: member.user.clone(),
         gateway: shared.id.clone(),
         limits: shared.limits(),
+        expires_in: expiry.seconds_left(),
     };
     if send(
         &mut socket,
@@ -81,6 +83,7 @@ pub(crate) async fn serve(mut socket: HyperWebsocketStream, shared: Arc<Shared>)
     let reset = shared.hub.connect(member.conn_id.clone(), handle.clone());
     let connection = Connection {
         member,
+        expiry,
         reset,
         rooms: HashMap::new(),
         moderator: None,
@@ -106,7 +109,7 @@ enum AuthFailure {
 
 /// Waits for the `auth` frame and verifies it; on failure sends an
 /// `unauthorized` error and closes with 4001.
-async fn authenticate(socket: &mut HyperWebsocketStream, shared: &Shared) -> Option<User> {
+async fn authenticate(socket: &mut HyperWebsocketStream, shared: &Shared) -> Option<Verified> {
     let token = match tokio::time::timeout(shared.config.auth_timeout, next_text(socket)).await {
         Ok(Ok(text)) => match ClientFrame::decode(&text) {
             Ok(ClientFrame::Auth { token }) => Ok(token),
@@ -120,7 +123,7 @@ async fn authenticate(socket: &mut HyperWebsocketStream, shared: &Shared) -> Opt
         Err(failure) => Err(failure),
     };
     match user {
-        Ok(user) => Some(user),
+        Ok(verified) => Some(verified),
         Err(reason) => {
             tracing::info!(%reason, "authentication failed");
             let error = ServerFrame::Error(ErrorFrame::new(
@@ -185,6 +188,8 @@ impl From<Overflow> for Exit {
 struct Connection {
     shared: Arc<Shared>,
     member: Member,
+    /// When the connection's authentication ends.
+    expiry: Expiry,
     /// Joined rooms and what this client has seen of them.
     rooms: HashMap<RoomId, RoomView>,
     /// The moderator this connection's requests stick to.
@@ -206,6 +211,8 @@ impl Connection {
         let replaced = self.handle.replaced.clone();
         let reset = self.reset.clone();
         let mut ahead = ReadAhead::default();
+        let expired = tokio::time::sleep_until(self.expiry.deadline);
+        tokio::pin!(expired);
         let exit = loop {
             // Shutdown and overflow interrupt whatever step is under way: a
             // socket write blocked on a full TCP buffer, or a request. Both
@@ -217,10 +224,14 @@ impl Connection {
                 _ = slow.cancelled() => Err(Exit::Close(CloseCode::SlowConsumer)),
                 _ = replaced.cancelled() => Err(Exit::Close(CloseCode::Replaced)),
                 _ = reset.cancelled() => Err(Exit::Close(CloseCode::Reset)),
+                () = &mut expired => Err(Exit::Close(CloseCode::TokenExpired)),
                 step = self.step(&mut socket, &mut deliveries, &mut ahead) => step,
             };
             if let Err(exit) = step {
                 break exit;
+            }
+            if expired.deadline() != self.expiry.deadline {
+                expired.as_mut().reset(self.expiry.deadline);
             }
         };
         self.shared.hub.disconnect(&self.member.conn_id);
@@ -439,8 +450,9 @@ impl Connection {
         let reply = match frame {
             ClientFrame::Auth { .. } => Err(ErrorFrame::new(
                 ErrorCode::InvalidMessage,
-                "already authenticated",
+                "already authenticated; send refresh for a new token",
             )),
+            ClientFrame::Refresh { token } => self.refresh(&token).await,
             ClientFrame::Ping {} => Ok(ServerFrame::Pong),
             ClientFrame::Join {
                 room,
@@ -558,6 +570,28 @@ impl Connection {
         })
     }
 
+    /// Extends the connection's authentication to a fresh token's `exp`.
+    /// The token must name the same user; a refused one changes nothing, and
+    /// the connection still ends at the current token's `exp`.
+    async fn refresh(&mut self, token: &str) -> Result<ServerFrame, Failure> {
+        let refused = |message: &str| ErrorFrame::new(ErrorCode::Unauthorized, message);
+        let verified = match self.shared.auth.verify(token).await {
+            Ok(verified) => verified,
+            Err(reason) => {
+                tracing::info!(%reason, "refresh refused");
+                return Err(refused("token refused"));
+            }
+        };
+        if verified.user.id != self.member.user.id {
+            tracing::warn!(other = %verified.user.id, "refresh with another user's token");
+            return Err(refused("the token is for another user"));
+        }
+        self.expiry = Expiry::at(verified.expires_at);
+        Ok(ServerFrame::Refreshed {
+            expires_in: self.expiry.seconds_left(),
+        })
+    }
+
     /// Leaves on the moderator first, so a rejoin right after cannot be
     /// undone by a late leave; if the moderator cannot be reached, the
     /// departure is retried in the background.
@@ -661,6 +695,36 @@ impl Connection {
             tracing::warn!(cause = %err, "moderation request failed");
         }
         result
+    }
+}
+
+/// When a connection's token expires, on this process's clock.
+#[derive(Debug, Clone, Copy)]
+struct Expiry {
+    deadline: Instant,
+}
+
+impl Expiry {
+    /// The moment `exp` (seconds since the Unix epoch) comes.
+    fn at(exp: u64) -> Self {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or_default();
+        // Capped: an `Instant` cannot hold an arbitrarily far future, and a
+        // token forged with a huge `exp` must not overflow it.
+        let left = Duration::from_millis(exp.saturating_mul(1000).saturating_sub(now_ms))
+            .min(Duration::from_secs(10 * 365 * 24 * 3600));
+        Self {
+            deadline: Instant::now() + left,
+        }
+    }
+
+    /// Whole seconds left, rounded down, as the client is told.
+    fn seconds_left(&self) -> u64 {
+        self.deadline
+            .saturating_duration_since(Instant::now())
+            .as_secs()
     }
 }
 

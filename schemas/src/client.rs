@@ -17,6 +17,12 @@ pub enum ClientFrame {
         /// A JWT.
         token: String,
     },
+    /// A fresh token for the same user, before the current one expires:
+    /// the connection's authentication then lasts until the new `exp`.
+    Refresh {
+        /// A JWT with the same `sub`.
+        token: String,
+    },
     /// Enter a room; `since` resumes after the last seq the client saw.
     Join {
         /// The room.
@@ -106,6 +112,15 @@ pub enum ServerFrame {
         gateway: GatewayId,
         /// The limits this gateway applies.
         limits: Limits,
+        /// Seconds until the token expires and the gateway closes the
+        /// connection with 4105, unless a `refresh` comes first. Relative,
+        /// so a client's clock does not need to agree with the gateway's.
+        expires_in: u64,
+    },
+    /// A `refresh` was accepted.
+    Refreshed {
+        /// Seconds until the new token expires.
+        expires_in: u64,
     },
     /// The join succeeded; carries the backlog.
     Joined {
@@ -330,6 +345,10 @@ mod tests {
                 ClientFrame::Auth { token: "t".into() },
             ),
             (
+                json!({"type": "refresh", "token": "t2"}),
+                ClientFrame::Refresh { token: "t2".into() },
+            ),
+            (
                 json!({"type": "join", "room": "lobby", "since": 42, "replaces": "c0"}),
                 ClientFrame::Join {
                     room: "lobby".into(),
@@ -512,6 +531,10 @@ mod tests {
                 json!({"type": "error", "code": "not_in_room", "message": "join first", "room": "lobby"}),
             ),
             (ServerFrame::Pong, json!({"type": "pong"})),
+            (
+                ServerFrame::Refreshed { expires_in: 600 },
+                json!({"type": "refreshed", "expires_in": 600}),
+            ),
         ];
         for (frame, value) in cases {
             assert_eq!(

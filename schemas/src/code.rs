@@ -81,6 +81,9 @@ pub enum CloseCode {
     /// longer than the gateway timeout, so the others may have removed its
     /// members: every connection rejoins its rooms.
     Reset,
+    /// The token expired and no `refresh` replaced it: reconnect with a
+    /// fresh token.
+    TokenExpired,
 }
 
 impl CloseCode {
@@ -94,6 +97,7 @@ impl CloseCode {
             CloseCode::GatewayFull => 4102,
             CloseCode::Resync => 4103,
             CloseCode::Reset => 4104,
+            CloseCode::TokenExpired => 4105,
         }
     }
 
@@ -107,6 +111,7 @@ impl CloseCode {
             CloseCode::GatewayFull => "gateway full: reconnect elsewhere",
             CloseCode::Resync => "missed messages: reconnect and resume",
             CloseCode::Reset => "gateway lost contact with the cluster: reconnect and resume",
+            CloseCode::TokenExpired => "token expired: reconnect with a fresh token and resume",
         }
     }
 
@@ -130,6 +135,7 @@ mod tests {
             (CloseCode::GatewayFull, 4102, true),
             (CloseCode::Resync, 4103, true),
             (CloseCode::Reset, 4104, true),
+            (CloseCode::TokenExpired, 4105, true),
         ];
         for (code, number, reconnect) in CASES {
             assert_eq!(code.code(), *number, "{code:?}");
@@ -141,17 +147,87 @@ mod tests {
         }
     }
 
+    /// Every error code, in order. A new variant does not compile here
+    /// until it is given a place, so the documentation check covers it.
+    fn every_error_code() -> Vec<ErrorCode> {
+        use ErrorCode::*;
+        let after = |code: Option<ErrorCode>| match code {
+            None => Some(Unauthorized),
+            Some(Unauthorized) => Some(InvalidMessage),
+            Some(InvalidMessage) => Some(InvalidRoom),
+            Some(InvalidRoom) => Some(NotInRoom),
+            Some(NotInRoom) => Some(TooLarge),
+            Some(TooLarge) => Some(RateLimited),
+            Some(RateLimited) => Some(TooManyRooms),
+            Some(TooManyRooms) => Some(RoomFull),
+            Some(RoomFull) => Some(PeerNotFound),
+            Some(PeerNotFound) => Some(Unavailable),
+            Some(Unavailable) => None,
+        };
+        std::iter::successors(after(None), |code| after(Some(*code))).collect()
+    }
+
+    /// Every close code, as [`every_error_code`].
+    fn every_close_code() -> Vec<CloseCode> {
+        use CloseCode::*;
+        let after = |code: Option<CloseCode>| match code {
+            None => Some(Unauthorized),
+            Some(Unauthorized) => Some(Replaced),
+            Some(Replaced) => Some(SlowConsumer),
+            Some(SlowConsumer) => Some(ShuttingDown),
+            Some(ShuttingDown) => Some(GatewayFull),
+            Some(GatewayFull) => Some(Resync),
+            Some(Resync) => Some(Reset),
+            Some(Reset) => Some(TokenExpired),
+            Some(TokenExpired) => None,
+        };
+        std::iter::successors(after(None), |code| after(Some(*code))).collect()
+    }
+
+    /// The first column of the table under `heading` in docs/protocol.md.
+    fn documented(heading: &str) -> Vec<String> {
+        include_str!("../../docs/protocol.md")
+            .split(heading)
+            .nth(1)
+            .unwrap_or_else(|| panic!("docs/protocol.md has no {heading:?}"))
+            .lines()
+            .skip_while(|line| !line.starts_with('|'))
+            .take_while(|line| line.starts_with('|'))
+            .skip(2)
+            .map(|row| {
+                row.split('|')
+                    .nth(1)
+                    .unwrap()
+                    .trim()
+                    .trim_matches('`')
+                    .to_owned()
+            })
+            .collect()
+    }
+
     #[test]
-    fn error_codes_serialize_as_documented() {
-        for code in [
-            ErrorCode::Unauthorized,
-            ErrorCode::InvalidMessage,
-            ErrorCode::TooManyRooms,
-            ErrorCode::RoomFull,
-            ErrorCode::PeerNotFound,
-            ErrorCode::Unavailable,
-        ] {
-            assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
-        }
+    fn error_codes_are_the_documented_ones() {
+        let wire: Vec<String> = every_error_code()
+            .into_iter()
+            .map(|code| {
+                let json = serde_json::to_value(code).unwrap();
+                assert_eq!(json, code.as_str(), "{code:?}");
+                code.as_str().to_owned()
+            })
+            .collect();
+        assert_eq!(wire, documented("\n## Errors\n"));
+    }
+
+    #[test]
+    fn close_codes_are_the_documented_ones() {
+        let sent: Vec<String> = every_close_code()
+            .into_iter()
+            .map(|code| code.code().to_string())
+            .collect();
+        let mut documented = documented("\n## Close codes\n");
+        // 1009 is the WebSocket standard's "message too big", sent by the
+        // WebSocket layer.
+        documented.retain(|code| code != "1009");
+        assert_eq!(sent, documented);
     }
 }

@@ -8,13 +8,14 @@ import { FakeClock, fakeWebSocket, settle } from "./fakes.mjs";
 
 const USER = { id: "u1", name: "Ann" };
 
-function welcome(connId = "c1") {
+function welcome(connId = "c1", expiresIn = 3600) {
   return {
     type: "welcome",
     conn_id: connId,
     user: USER,
     gateway: "gw-1",
     limits: { max_frame_bytes: 131072, max_rooms: 16, history_limit: 50 },
+    expires_in: expiresIn,
   };
 }
 
@@ -92,6 +93,49 @@ describe("connecting", () => {
     const second = await welcomeNext(sockets, "c2");
     assert.equal(first.sent[0].token, "t1");
     assert.equal(second.sent[0].token, "t2");
+  });
+
+  test("refreshes a token function's token before it expires, again after each refresh", async () => {
+    let calls = 0;
+    const { client, sockets, clock } = makeClient({ token: async () => `t${++calls}` });
+    client.connect();
+    await settle();
+    const socket = sockets.at(-1);
+    socket.accept();
+    socket.receive(welcome("c1", 100));
+    // 100 s left: refreshed when a fifth of that (20 s) remains.
+    clock.advance(79_999);
+    await settle();
+    assert.equal(socket.sent.filter((f) => f.type === "refresh").length, 0);
+    clock.advance(1);
+    await settle();
+    assert.deepEqual(socket.sent.at(-1), { type: "refresh", token: "t2" });
+    // 1,000 s left: a minute before.
+    socket.receive({ type: "refreshed", expires_in: 1000 });
+    clock.advance(939_999);
+    await settle();
+    assert.equal(socket.sent.filter((f) => f.type === "refresh").length, 1);
+    clock.advance(1);
+    await settle();
+    assert.deepEqual(socket.sent.at(-1), { type: "refresh", token: "t3" });
+    // Dropped: the pending refresh goes with the socket.
+    socket.receive({ type: "refreshed", expires_in: 100 });
+    client.close();
+    clock.advance(100_000);
+    await settle();
+    assert.equal(socket.sent.filter((f) => f.type === "refresh").length, 2);
+  });
+
+  test("a fixed token is never refreshed; its expiry (4105) reconnects", async () => {
+    const { client, socket, sockets, clock } = await connected({ random: () => 0 });
+    socket.receive({ type: "refreshed", expires_in: 1 });
+    clock.advance(10_000);
+    await settle();
+    assert.equal(socket.sent.filter((f) => f.type === "refresh").length, 0);
+    socket.drop(4105);
+    clock.advance(0);
+    await welcomeNext(sockets, "c2");
+    assert.equal(client.state, "open");
   });
 
   test("keeps its state private: only getters, and they hand out copies", async () => {

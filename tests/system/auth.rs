@@ -94,6 +94,16 @@ async fn bad_tokens_are_refused_with_4001() {
                 with(json!({"iss": "https://evil.test/"})),
             )),
         ),
+        // Reported: with both configured, a token carrying neither claim
+        // was accepted.
+        (
+            "no audience",
+            auth_frame(&token_with("eve", json!({"iss": ISSUER}))),
+        ),
+        (
+            "no issuer",
+            auth_frame(&token_with("eve", json!({"aud": AUDIENCE}))),
+        ),
         (
             "alg none",
             auth_frame(&unsigned(
@@ -322,4 +332,52 @@ async fn dev_tokens_are_off_by_default_and_authenticate_when_on() {
         "the demo is served at /"
     );
     on.shutdown().await;
+}
+
+/// Reported: a connection authenticated with a token 5 s from `exp` still
+/// had chats acked 18 s later. Its authentication now ends at `exp`
+/// (close 4105) unless a `refresh` with a later token of the same user
+/// comes first; another user's token is refused and changes nothing.
+#[tokio::test]
+async fn a_connection_ends_at_its_tokens_exp_unless_refreshed() {
+    let system = System::one_gateway().await;
+    let g = system.gateways[0];
+    let short = |sub: &str| token_with(sub, json!({"exp": now() + 2}));
+
+    // Not refreshed: closed at exp, told to reconnect.
+    let mut ann = Client::connect_with(g, &short("ann")).await;
+    assert!(ann.expires_in <= 2, "welcome says {}", ann.expires_in);
+    let started = tokio::time::Instant::now();
+    ann.assert_alive().await;
+    // Another user's token does not extend it.
+    ann.send(&ClientFrame::Refresh {
+        token: token_with("bob", json!({"exp": now() + 600})),
+    })
+    .await;
+    assert_code(
+        &ann.next_error().await,
+        ErrorCode::Unauthorized,
+        "bob's token",
+    );
+    assert_eq!(ann.expect_close().await, CloseCode::TokenExpired.code());
+    let lasted = started.elapsed();
+    assert!(
+        lasted < Duration::from_secs(3),
+        "closed at exp, not later: {lasted:?}"
+    );
+
+    // Refreshed: lives past the first exp, until the new one.
+    let mut cat = Client::connect_with(g, &short("cat")).await;
+    cat.send(&ClientFrame::Refresh {
+        token: token_with("cat", json!({"exp": now() + 600})),
+    })
+    .await;
+    match cat.recv().await {
+        ServerFrame::Refreshed { expires_in } => assert!(expires_in > 590, "{expires_in}"),
+        other => panic!("expected refreshed, got {other:?}"),
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cat.assert_alive().await;
+    drop((ann, cat));
+    system.finish().await;
 }

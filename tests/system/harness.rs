@@ -64,6 +64,10 @@ pub const SECRET: &str = "test-secret-not-for-production";
 /// How long a test waits for an expected frame before failing.
 pub const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a socket must stay silent before what it received is taken as
+/// all there is.
+pub const QUIET: Duration = Duration::from_millis(500);
+
 /// Services' request timeout in tests: short, so "unavailable" paths finish fast.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -401,6 +405,8 @@ pub struct Joined {
 pub struct Client {
     ws: Socket,
     pub conn_id: schemas::id::ConnId,
+    /// Seconds until its token expires, as `welcome` said.
+    pub expires_in: u64,
     /// Frames read while looking for another one, returned by `recv` first.
     pending: std::collections::VecDeque<ServerFrame>,
     /// Presence frames, kept apart so tests about other frames can ignore
@@ -430,7 +436,14 @@ impl Client {
             })
             .await;
         match client.recv().await {
-            ServerFrame::Welcome { conn_id, .. } => client.conn_id = conn_id,
+            ServerFrame::Welcome {
+                conn_id,
+                expires_in,
+                ..
+            } => {
+                client.conn_id = conn_id;
+                client.expires_in = expires_in;
+            }
             other => panic!("expected welcome, got {other:?}"),
         }
         client
@@ -440,6 +453,7 @@ impl Client {
         Client {
             ws,
             conn_id: "".into(),
+            expires_in: 0,
             pending: Default::default(),
             presence: Default::default(),
         }
@@ -487,8 +501,17 @@ impl Client {
         }
     }
 
-    /// Presence frames received so far and not yet read.
-    pub fn unread_presence(&self) -> usize {
+    /// Presence frames not yet read, once the socket has been quiet for
+    /// [`QUIET`]: a frame still on its way is counted, not missed.
+    pub async fn unread_presence(&mut self) -> usize {
+        while let Ok(Some(Ok(msg))) = tokio::time::timeout(QUIET, self.ws.next()).await {
+            if let Message::Text(text) = msg {
+                match serde_json::from_str(&text).expect("server frames parse") {
+                    frame @ ServerFrame::Presence { .. } => self.presence.push_back(frame),
+                    frame => self.pending.push_back(frame),
+                }
+            }
+        }
         self.presence.len()
     }
 

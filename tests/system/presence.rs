@@ -85,11 +85,11 @@ async fn members_and_presence_span_gateways() {
         "leaving by disconnect"
     );
     assert_eq!(
-        ann.unread_presence(),
+        ann.unread_presence().await,
         0,
         "no one hears of their own presence"
     );
-    assert_eq!(bob.unread_presence(), 0);
+    assert_eq!(bob.unread_presence().await, 0);
     drop((ann, bob));
     system.finish().await;
 }
