@@ -42,6 +42,28 @@ const FILES: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// Sent with every file. The demo renders chat as text, never HTML; the
+/// policy forbids inline and foreign script besides, so an injection bug in
+/// a page would still run nothing. WebSockets may go to any gateway (the SDK
+/// fails over across URLs), media come from the camera and peers.
+const SECURITY_HEADERS: &[(&str, &str)] = &[
+    (
+        "content-security-policy",
+        "default-src 'self'; script-src 'self'; style-src 'self'; \
+         connect-src 'self' ws: wss:; media-src 'self' blob: mediastream:; \
+         img-src 'self' data:; object-src 'none'; base-uri 'none'; \
+         form-action 'self'; frame-ancestors 'none'",
+    ),
+    ("x-content-type-options", "nosniff"),
+    ("referrer-policy", "no-referrer"),
+    ("x-frame-options", "DENY"),
+    ("cross-origin-opener-policy", "same-origin"),
+    (
+        "permissions-policy",
+        "camera=(self), microphone=(self), geolocation=(), payment=()",
+    ),
+];
+
 /// Largest dev-token request body; it only carries a name.
 const MAX_DEV_TOKEN_BODY: usize = 1024;
 
@@ -54,13 +76,12 @@ pub fn file(path: &str) -> Option<Response<Full<Bytes>>> {
         header::CONTENT_TYPE,
         header::HeaderValue::from_static(content_type),
     );
-    // Rendered chat is text, never HTML; this forbids inline script besides.
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        header::HeaderValue::from_static(
-            "default-src 'self'; connect-src 'self' ws: wss:; media-src 'self' blob:",
-        ),
-    );
+    for (name, value) in SECURITY_HEADERS {
+        headers.insert(
+            header::HeaderName::from_static(name),
+            header::HeaderValue::from_static(value),
+        );
+    }
     Some(response)
 }
 
@@ -125,4 +146,30 @@ pub async fn dev_token(shared: &Shared, req: Request<Incoming>) -> Response<Full
     )
     .expect("HS256 signing cannot fail");
     json(StatusCode::OK, serde_json::json!({"token": token}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_file_carries_the_security_headers() {
+        for (path, _, _) in FILES {
+            let response = file(path).expect("served");
+            let headers = response.headers();
+            let csp = headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+            for directive in [
+                "default-src 'self'",
+                "script-src 'self'",
+                "object-src 'none'",
+                "frame-ancestors 'none'",
+            ] {
+                assert!(csp.contains(directive), "{path}: {csp} lacks {directive}");
+            }
+            assert!(!csp.contains("unsafe"), "{path}: {csp}");
+            assert_eq!(headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff", "{path}");
+            assert_eq!(headers[header::X_FRAME_OPTIONS], "DENY", "{path}");
+            assert_eq!(headers[header::REFERRER_POLICY], "no-referrer", "{path}");
+        }
+    }
 }

@@ -126,6 +126,8 @@ pub fn round_trip(token: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     #[test]
@@ -137,6 +139,47 @@ mod tests {
         assert!(chat_deliver(&room).ends_with(CHAT_TOKEN));
         assert_eq!(moderate_direct(&"m1".into()), "cavlo.moderate.m1");
         assert!(CHAT_STORE_ALL.starts_with("cavlo.chat."));
+    }
+
+    /// The subject table of docs/architecture.md, first column.
+    fn documented_subjects() -> BTreeSet<String> {
+        include_str!("../../docs/architecture.md")
+            .lines()
+            .filter_map(|line| line.strip_prefix("| `cavlo."))
+            .filter_map(|rest| rest.split_once('`'))
+            .map(|(subject, _)| format!("cavlo.{subject}"))
+            .collect()
+    }
+
+    #[test]
+    fn every_subject_is_the_documented_one() {
+        let (room, gateway) = (RoomId::from("<room>"), GatewayId::from("<gateway>"));
+        let code: BTreeSet<String> = [
+            MODERATE.to_owned(),
+            moderate_direct(&"<moderator>".into()),
+            chat_store(&room),
+            chat_deliver(&room),
+            presence(&room),
+            signals(&gateway),
+            GATEWAY_HEARTBEAT.to_owned(),
+            HISTORY_BACKLOG.to_owned(),
+            round_trip("<id>"),
+        ]
+        .into();
+        assert_eq!(code, documented_subjects());
+        assert_eq!(room_deliveries(&room), "cavlo.deliver.<room>.*");
+        assert_eq!(CHAT_STORE_ALL, "cavlo.chat.*");
+        let table = include_str!("../../docs/architecture.md");
+        for documented in [
+            format!("queue group `{MODERATOR_QUEUE}`"),
+            format!("queue group `{HISTORY_QUEUE}`"),
+            format!("stream `{CHAT_STREAM}`"),
+        ] {
+            assert!(
+                table.contains(&documented),
+                "{documented} is not documented"
+            );
+        }
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use history::config::HistoryConfig;
-use schemas::client::ServerFrame;
+use schemas::client::{ChatMessage, ServerFrame};
 use schemas::code::ErrorCode;
 use schemas::id::Seq;
 
@@ -181,12 +181,13 @@ async fn backlog_is_bounded_and_resume_past_it_is_truncated() {
     assert_eq!(history.iter().map(|m| m.seq).collect::<Vec<_>>(), seqs[3..]);
     assert_eq!((last_seq, truncated), (seqs[7], false));
 
+    let seqs_of = |history: &[ChatMessage]| history.iter().map(|m| m.seq).collect::<Vec<_>>();
     let (history, _, truncated) = bob.join(&room, Some(seqs[0])).await;
-    assert_eq!(history.len(), 5);
+    assert_eq!(seqs_of(&history), seqs[3..], "the retained five");
     assert!(truncated, "seqs[1..3] were trimmed");
 
     let (history, _, truncated) = bob.join(&room, Some(seqs[2])).await;
-    assert_eq!((history.len(), truncated), (5, false));
+    assert_eq!((seqs_of(&history), truncated), (seqs[3..].to_vec(), false));
     drop((ann, bob));
     system.finish().await;
 }
