@@ -1,29 +1,31 @@
-//! Which gateways are alive, judged by their heartbeats.
+//! Which gateways (or moderators) are alive, judged by their heartbeats.
 //!
 //! Gateways publish a heartbeat every few seconds; moderators and other
-//! gateways record them here. A gateway not heard from for `timeout` is
+//! gateways record them here. Moderators do too, and gateways track them the
+//! same way to route each room's chat to one of them. A gateway not heard from for `timeout` is
 //! dead. Until this process has itself listened for `timeout`, it has no
 //! grounds to call anyone dead, so it does not; and when it hears again
 //! after hearing nobody for `timeout` (it was cut off from NATS, or NATS
 //! restarted), it starts listening afresh rather than call everyone dead.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::time::Duration;
 
 use schemas::id::GatewayId;
 use tokio::time::Instant;
 
-/// Last-heard times of gateways.
+/// Last-heard times of gateways, or of other processes named by `Id`.
 #[derive(Debug)]
-pub struct Liveness {
+pub struct Liveness<Id = GatewayId> {
     timeout: Duration,
     listening_since: Instant,
-    last_heard: HashMap<GatewayId, Instant>,
+    last_heard: HashMap<Id, Instant>,
     /// The last heartbeat from anyone.
     last_any: Option<Instant>,
 }
 
-impl Liveness {
+impl<Id: Eq + Hash> Liveness<Id> {
     /// A tracker that declares a gateway dead after `timeout` of silence.
     pub fn new(timeout: Duration, now: Instant) -> Self {
         Self {
@@ -35,7 +37,7 @@ impl Liveness {
     }
 
     /// Records a heartbeat.
-    pub fn heard(&mut self, gateway: GatewayId, now: Instant) {
+    pub fn heard(&mut self, gateway: Id, now: Instant) {
         if self
             .last_any
             .is_some_and(|any| now.saturating_duration_since(any) >= self.timeout)
@@ -47,13 +49,21 @@ impl Liveness {
     }
 
     /// Whether `gateway` is dead as far as this process can tell.
-    pub fn is_dead(&self, gateway: &GatewayId, now: Instant) -> bool {
+    pub fn is_dead(&self, gateway: &Id, now: Instant) -> bool {
         if now.saturating_duration_since(self.listening_since) < self.timeout {
             return false;
         }
         self.last_heard
             .get(gateway)
             .is_none_or(|heard| now.saturating_duration_since(*heard) >= self.timeout)
+    }
+
+    /// The processes heard from within the timeout.
+    pub fn alive(&self, now: Instant) -> impl Iterator<Item = &Id> {
+        self.last_heard
+            .iter()
+            .filter(move |(_, heard)| now.saturating_duration_since(**heard) < self.timeout)
+            .map(|(id, _)| id)
     }
 
     /// Forgets dead gateways, keeping memory bounded as gateways come and
@@ -74,7 +84,7 @@ mod tests {
     #[test]
     fn nobody_is_dead_before_a_full_timeout_of_listening() {
         let start = Instant::now();
-        let liveness = Liveness::new(TIMEOUT, start);
+        let liveness: Liveness = Liveness::new(TIMEOUT, start);
         assert!(!liveness.is_dead(&"never-heard".into(), start + Duration::from_secs(9)));
         assert!(liveness.is_dead(&"never-heard".into(), start + TIMEOUT));
     }
@@ -82,7 +92,7 @@ mod tests {
     #[test]
     fn silence_for_the_timeout_means_dead() {
         let start = Instant::now();
-        let mut liveness = Liveness::new(TIMEOUT, start);
+        let mut liveness: Liveness = Liveness::new(TIMEOUT, start);
         let gw = GatewayId::from("gw");
         liveness.heard(gw.clone(), start + Duration::from_secs(5));
         assert!(!liveness.is_dead(&gw, start + Duration::from_secs(14)));
@@ -92,7 +102,7 @@ mod tests {
     #[test]
     fn hearing_again_after_total_silence_restarts_the_listening_period() {
         let start = Instant::now();
-        let mut liveness = Liveness::new(TIMEOUT, start);
+        let mut liveness: Liveness = Liveness::new(TIMEOUT, start);
         liveness.heard("a".into(), start);
         liveness.heard("b".into(), start);
         // Nothing heard for 30 s (NATS was down), then only "a" is back.
@@ -106,9 +116,24 @@ mod tests {
     }
 
     #[test]
+    fn alive_lists_those_heard_within_the_timeout() {
+        let start = Instant::now();
+        let mut liveness: Liveness = Liveness::new(TIMEOUT, start);
+        liveness.heard("a".into(), start);
+        liveness.heard("b".into(), start + Duration::from_secs(5));
+        let alive = |at| {
+            let mut ids: Vec<GatewayId> = liveness.alive(start + at).cloned().collect();
+            ids.sort_by(|x, y| x.as_str().cmp(y.as_str()));
+            ids
+        };
+        assert_eq!(alive(Duration::from_secs(9)), ["a".into(), "b".into()]);
+        assert_eq!(alive(TIMEOUT), [GatewayId::from("b")]);
+    }
+
+    #[test]
     fn forgotten_gateways_stay_dead() {
         let start = Instant::now();
-        let mut liveness = Liveness::new(TIMEOUT, start);
+        let mut liveness: Liveness = Liveness::new(TIMEOUT, start);
         liveness.heard("a".into(), start);
         liveness.heard("b".into(), start + Duration::from_secs(8));
         let now = start + Duration::from_secs(11);

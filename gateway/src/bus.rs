@@ -1,5 +1,7 @@
 //! Requests from the gateway to the moderator and history over NATS.
 
+use std::sync::Arc;
+
 use async_nats::RequestErrorKind;
 use schemas::client::Member;
 use schemas::event::{
@@ -8,6 +10,8 @@ use schemas::event::{
 };
 use schemas::id::{GatewayId, ModeratorId, RoomId, Seq};
 use schemas::subject;
+
+use crate::routing::Moderators;
 
 /// A request got no usable answer. Clients see `unavailable` for every kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -46,12 +50,22 @@ impl From<event::DecodeError> for BusError {
 pub struct Bus {
     client: async_nats::Client,
     gateway: GatewayId,
+    moderators: Arc<Moderators>,
 }
 
 impl Bus {
     /// Requests go out on `client` in the name of `gateway`.
     pub fn new(client: async_nats::Client, gateway: GatewayId) -> Self {
-        Self { client, gateway }
+        Self {
+            client,
+            gateway,
+            moderators: Arc::default(),
+        }
+    }
+
+    /// The live moderators, kept up to date from their heartbeats.
+    pub fn moderators(&self) -> &Moderators {
+        &self.moderators
     }
 
     /// The NATS client requests go out on.
@@ -61,33 +75,45 @@ impl Bus {
 
     /// Asks a moderator to admit `action` from `from`.
     ///
-    /// `moderator` is the connection's sticky moderator: `None` sends to the
-    /// queue group, and the answer sets it. If the sticky one is gone (no
-    /// responders), the request goes to the group instead; after a timeout
-    /// the next request does, since a timed-out chat may yet have been stored
-    /// and must not be sent twice here (the client's resend is idempotent).
+    /// Chat goes to the moderator that stores its room ([`crate::routing`]).
+    /// Other requests go to `moderator`, the connection's sticky one: `None`
+    /// sends to the queue group, and the answer sets it. If the chosen one is
+    /// gone (no responders), the request goes to the group instead; after a
+    /// timeout the next request does, since a timed-out chat may yet have
+    /// been stored and must not be sent twice here (the client's resend is
+    /// idempotent).
     pub async fn moderate(
         &self,
         moderator: &mut Option<ModeratorId>,
         from: &Member,
         action: Action,
     ) -> Result<Verdict, BusError> {
+        let chat_room = match &action {
+            Action::Chat { room, .. } => Some(room.clone()),
+            _ => None,
+        };
         let payload: bytes::Bytes = event::encode(&ModerationRequest {
             from: from.clone(),
             gateway: self.gateway.clone(),
             action,
         })
         .into();
-        let subject = match moderator.as_ref() {
+        let target = chat_room
+            .and_then(|room| self.moderators.owner(&room))
+            .or_else(|| moderator.clone());
+        let subject = match target.as_ref() {
             Some(id) => subject::moderate_direct(id),
             None => subject::MODERATE.to_owned(),
         };
-        let result = match self.client.request(subject, payload.clone()).await {
-            Err(err) if err.kind() == RequestErrorKind::NoResponders && moderator.is_some() => {
-                *moderator = None;
+        let result = match (self.client.request(subject, payload.clone()).await, target) {
+            (Err(err), Some(gone)) if err.kind() == RequestErrorKind::NoResponders => {
+                self.moderators.forget(&gone);
+                if moderator.as_ref() == Some(&gone) {
+                    *moderator = None;
+                }
                 self.client.request(subject::MODERATE, payload).await
             }
-            other => other,
+            (other, _) => other,
         };
         let reply: ModerationReply = match result {
             Ok(msg) => event::decode(&msg.payload)?,

@@ -1,4 +1,6 @@
-//! Living among other gateways: announce this one, notice dead ones.
+//! Living among other gateways: announce this one, notice dead ones, and
+//! keep the list of live moderators that chat is routed by
+//! ([`crate::routing`]).
 //!
 //! Every gateway publishes a heartbeat every `heartbeat_interval` and
 //! listens to the others'. When a room this gateway serves lists members of
@@ -14,8 +16,8 @@ use std::time::Duration;
 use bootstrap::liveness::Liveness;
 use futures_util::StreamExt;
 use schemas::client::{Member, User};
-use schemas::event::{self, Action, Heartbeat};
-use schemas::id::{ConnId, GatewayId, RoomId, UserId};
+use schemas::event::{self, Action, Heartbeat, ModeratorHeartbeat};
+use schemas::id::{ConnId, GatewayId, ModeratorId, RoomId, UserId};
 use schemas::subject;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -57,6 +59,17 @@ pub async fn run(
             return;
         }
     };
+    // Without it, chat goes to the moderators' queue group: still correct,
+    // only with moderators racing for rooms' tails.
+    let mut moderator_beats = match client.subscribe(subject::MODERATOR_HEARTBEAT).await {
+        Ok(subscriber) => Some(subscriber),
+        Err(err) => {
+            tracing::error!(cause = %err, "cannot listen to moderators' heartbeats; chat is not routed by room");
+            None
+        }
+    };
+    let mut moderators: Liveness<ModeratorId> =
+        Liveness::new(timing.gateway_timeout, Instant::now());
     let beat: bytes::Bytes = event::encode(&Heartbeat {
         gateway: me.clone(),
     })
@@ -85,10 +98,19 @@ pub async fn run(
                     liveness.heard(heartbeat.gateway, Instant::now());
                 }
             }
+            Some(msg) = next(&mut moderator_beats) => {
+                if let Ok(beat) = event::decode::<ModeratorHeartbeat>(&msg.payload) {
+                    let now = Instant::now();
+                    moderators.heard(beat.moderator, now);
+                    bus.moderators().set(moderators.alive(now).cloned());
+                }
+            }
             Some(_) = reaps.join_next() => {}
             _ = scan.tick() => {
                 let now = Instant::now();
                 liveness.forget_dead(now);
+                moderators.forget_dead(now);
+                bus.moderators().set(moderators.alive(now).cloned());
                 asked.retain(|_, at| now.duration_since(*at) < REAP_RETRY);
                 let dead = hub.members_of_dead_gateways(|gateway| *gateway != me && liveness.is_dead(gateway, now));
                 for (room, gateway) in dead {
@@ -110,6 +132,17 @@ pub async fn run(
     }
     reaps.shutdown().await;
     let _ = heartbeats.unsubscribe().await;
+    if let Some(mut beats) = moderator_beats {
+        let _ = beats.unsubscribe().await;
+    }
+}
+
+/// The next message of a subscription that may not exist (then never).
+async fn next(subscriber: &mut Option<async_nats::Subscriber>) -> Option<async_nats::Message> {
+    match subscriber {
+        Some(subscriber) => subscriber.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Notices when this gateway itself was out of touch with the cluster for

@@ -83,7 +83,8 @@ pub struct GatewayConfig {
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
     /// Silence after which another gateway counts as dead and this one asks
-    /// for its members to be removed from shared rooms. Keep it equal to the
+    /// for its members to be removed from shared rooms; also after which a
+    /// moderator's rooms move to the others. Keep it equal to the
     /// moderator's `gateway_timeout`. Default 9 s.
     #[serde(with = "humantime_serde")]
     pub gateway_timeout: Duration,

@@ -11,6 +11,7 @@
 //! * [`connection`]: one socket's life: auth, then frames in and deliveries out.
 //! * [`hub`]: connections, rooms with local members, their subscriptions.
 //! * [`bus`]: typed requests to the moderator and history.
+//! * [`routing`]: which moderator stores a room's chat.
 //! * [`reorder`]: each room's chat released to a connection in seq order.
 //! * [`departures`]: reliable "left the room" notices for closed connections.
 //! * [`cluster`]: heartbeats, and removing dead gateways' members.
@@ -26,6 +27,7 @@ pub mod departures;
 pub mod hub;
 pub mod jwks;
 pub mod reorder;
+pub mod routing;
 pub mod server;
 mod web;
 

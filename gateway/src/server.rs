@@ -225,6 +225,7 @@ impl Server {
             "gateway": self.shared.id,
             "connections": config.max_connections - self.connections.available_permits(),
             "rooms": self.shared.hub.room_count(),
+            "moderators": self.shared.bus.moderators().count(),
             "nats": self.client.connection_state().to_string(),
         });
         json(StatusCode::OK, body)

@@ -61,6 +61,11 @@ pub struct ModeratorConfig {
     /// intervals. Default 9 s.
     #[serde(with = "humantime_serde")]
     pub gateway_timeout: Duration,
+    /// How often this moderator announces it is alive. Gateways send each
+    /// room's chat to one of the moderators they heard within their
+    /// `gateway_timeout`. Default 3 s.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
     /// Membership and signal requests handled at once; more wait in NATS.
     /// Default 256.
     pub max_concurrent_requests: usize,
@@ -82,6 +87,7 @@ impl Default for ModeratorConfig {
             signal_burst: 50,
             max_candidates_per_room: 100,
             gateway_timeout: Duration::from_secs(9),
+            heartbeat_interval: Duration::from_secs(3),
             max_concurrent_requests: 256,
         }
     }

@@ -19,10 +19,12 @@
 //! * [`roster`]: join, leave and dead-gateway removal, announced as presence.
 //! * [`relay`]: signals from one member to another.
 //!
-//! Many moderators can run: a connection's first request goes to any of them
-//! (queue group), the reply names the one that answered, and the gateway sends
-//! the connection's later requests to that one, so each connection's rates
-//! and budgets are counted in one place.
+//! Many moderators can run. Each announces itself with a heartbeat, and
+//! gateways send each room's chat to one live moderator chosen by the room
+//! (rendezvous hashing), so one writer stores a room's chat and moderators
+//! rarely race for a room's tail. A connection's other requests go first to
+//! any moderator (queue group), then to the one that answered, so its
+//! signal budgets are counted in one place.
 
 pub mod command;
 pub mod config;
@@ -41,7 +43,7 @@ use std::sync::{Arc, Mutex};
 use async_nats::{Client, Subscriber};
 use bootstrap::liveness::Liveness;
 use futures_util::StreamExt;
-use schemas::event::{self, Heartbeat};
+use schemas::event::{self, Heartbeat, ModeratorHeartbeat};
 use schemas::id::ModeratorId;
 use schemas::subject;
 use tokio::sync::Semaphore;
@@ -77,6 +79,7 @@ pub enum RunError {
 pub struct Running {
     moderator: Moderator,
     gateway_timeout: std::time::Duration,
+    heartbeat_interval: std::time::Duration,
     any: Subscriber,
     direct: Subscriber,
     heartbeats: Subscriber,
@@ -124,6 +127,7 @@ pub async fn start(client: Client, config: ModeratorConfig) -> Result<Running, R
     Ok(Running {
         moderator,
         gateway_timeout: config.gateway_timeout,
+        heartbeat_interval: config.heartbeat_interval,
         any,
         direct,
         heartbeats,
@@ -142,11 +146,17 @@ impl Running {
         let Running {
             mut moderator,
             gateway_timeout,
+            heartbeat_interval,
             mut any,
             mut direct,
             mut heartbeats,
         } = self;
         let mut forget = tokio::time::interval(gateway_timeout);
+        let mut announce = tokio::time::interval(heartbeat_interval);
+        let beat: bytes::Bytes = event::encode(&ModeratorHeartbeat {
+            moderator: moderator.id.clone(),
+        })
+        .into();
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -161,6 +171,11 @@ impl Running {
                 Some(_) = moderator.requests.join_next() => {}
                 () = moderator.writers.reap() => {}
                 _ = forget.tick() => moderator.roster.forget_dead(),
+                _ = announce.tick() => {
+                    if let Err(err) = moderator.client.publish(subject::MODERATOR_HEARTBEAT, beat.clone()).await {
+                        tracing::warn!(cause = %err, "heartbeat not sent");
+                    }
+                }
             }
         }
         tracing::info!("moderator shutting down");

@@ -199,6 +199,14 @@ pub struct Heartbeat {
     pub gateway: GatewayId,
 }
 
+/// A moderator's periodic sign of life; gateways route each room's chat to
+/// one of the moderators they hear.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModeratorHeartbeat {
+    /// The moderator.
+    pub moderator: ModeratorId,
+}
+
 /// A gateway asks history for a room's backlog.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BacklogRequest {

@@ -83,6 +83,11 @@ pub fn signals(gateway: &GatewayId) -> String {
 /// missing its heartbeats for a while. Not stored.
 pub const GATEWAY_HEARTBEAT: &str = "cavlo.gateway.heartbeat";
 
+/// Moderators announce they are alive here
+/// ([`ModeratorHeartbeat`](crate::event::ModeratorHeartbeat)); gateways
+/// listen, to send each room's chat to one live moderator. Not stored.
+pub const MODERATOR_HEARTBEAT: &str = "cavlo.moderator.heartbeat";
+
 /// The JetStream key-value bucket where moderators keep each room's members
 /// ([`RoomState`](crate::event::RoomState)), changed only by compare-and-set
 /// so a room's capacity holds under concurrent joins.
@@ -162,6 +167,7 @@ mod tests {
             presence(&room),
             signals(&gateway),
             GATEWAY_HEARTBEAT.to_owned(),
+            MODERATOR_HEARTBEAT.to_owned(),
             HISTORY_BACKLOG.to_owned(),
             round_trip("<id>"),
         ]

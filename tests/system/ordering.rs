@@ -9,7 +9,7 @@ use moderator::config::ModeratorConfig;
 use schemas::client::{ClientFrame, ServerFrame};
 use schemas::id::{ClientMsgId, Seq};
 
-use crate::harness::{Client, Options, System, room};
+use crate::harness::{Client, Options, System, get_json, room};
 
 /// Members of the room, spread over both gateways.
 const MEMBERS: usize = 9;
@@ -132,5 +132,80 @@ async fn a_member_who_joined_an_empty_room_gets_its_first_messages_live() {
     }
     bob.assert_alive().await;
     drop((ann, bob));
+    system.finish().await;
+}
+
+/// Found by the full fault suite: every moderator stored every room's
+/// chat, so after an outage, when all clients resent at once, moderators
+/// kept losing the race for rooms' tails (each loss costs two JetStream
+/// API calls to read the tail again) until clients gave up. Gateways now
+/// send a room's chat to one live moderator, so one writer reads the tail
+/// once and then stores without racing.
+#[tokio::test]
+async fn a_rooms_chat_is_stored_by_one_moderator() {
+    const MEMBERS: usize = 6;
+    const EACH: usize = 20;
+    let system = System::start(Options {
+        moderators: 3,
+        moderator: ModeratorConfig {
+            chat_rate_per_minute: 60_000,
+            chat_burst: 1_000,
+            heartbeat_interval: Duration::from_millis(200),
+            ..ModeratorConfig::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    for gateway in &system.gateways {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while get_json(*gateway, "/health").await["moderators"] != 3 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the gateway never heard all three moderators"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let room = room("owned");
+    let mut members = Vec::new();
+    for i in 0..MEMBERS {
+        let mut member = Client::connect(system.gateways[i % 2], &format!("m{i}")).await;
+        member.join(&room, None).await;
+        members.push(member);
+    }
+    let api_calls = || async {
+        get_json(system.nats.monitor, "/jsz").await["api"]["total"]
+            .as_u64()
+            .expect("jsz counts API calls")
+    };
+    let before = api_calls().await;
+    for (i, member) in members.iter_mut().enumerate() {
+        for n in 0..EACH {
+            member
+                .send(&ClientFrame::Chat {
+                    room: room.clone(),
+                    id: ClientMsgId(format!("m{i}-{n}")),
+                    text: "hello".into(),
+                })
+                .await;
+        }
+    }
+    for (i, member) in members.iter_mut().enumerate() {
+        let mut acks = 0;
+        while acks < EACH {
+            match member.recv().await {
+                ServerFrame::Ack { seq: Some(_), .. } => acks += 1,
+                ServerFrame::Chat(_) => {}
+                other => panic!("member {i}: unexpected {other:?}"),
+            }
+        }
+    }
+    let tail_reads = api_calls().await - before;
+    assert!(
+        tail_reads <= 2,
+        "{tail_reads} JetStream API calls for {} chats: moderators raced for the tail",
+        MEMBERS * EACH
+    );
+    drop(members);
     system.finish().await;
 }
