@@ -4,9 +4,10 @@
 //! * [`telemetry`]: tracing, human-readable or JSON.
 //! * [`nats`]: the NATS connection settings and connect call.
 //! * [`health`]: `/health` and `/ready` endpoints.
-//! * [`liveness`]: which gateways are alive, from their heartbeats.
+//! * [`liveness`]: which gateways and moderators are alive, from their heartbeats.
 //! * [`shutdown`]: the future that resolves on Ctrl-C or SIGTERM.
 //! * [`service`]: the body of every service's `main`.
+//! * [`token_bucket`]: a rate with a burst.
 //! * [`Cli`]: the command-line flags every binary shares.
 
 pub mod config;
@@ -16,6 +17,7 @@ pub mod nats;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;
+pub mod token_bucket;
 
 use std::path::PathBuf;
 

@@ -1,8 +1,10 @@
 //! Per-connection token buckets (the moderator keeps one limiter for chat
 //! and one for signals) and the ICE-candidate budget.
 
-use schemas::id::{ConnId, RoomId};
 use std::collections::HashMap;
+
+use bootstrap::token_bucket::{Rate, TokenBucket};
+use schemas::id::{ConnId, RoomId};
 use tokio::time::Instant;
 
 /// Fewest buckets kept before idle ones are swept.
@@ -15,16 +17,9 @@ const SWEEP_FLOOR: usize = 1024;
 /// follows the connections active within one refill period.
 #[derive(Debug)]
 pub struct RateLimiter {
-    burst: f64,
-    per_second: f64,
-    buckets: HashMap<ConnId, Bucket>,
+    rate: Rate,
+    buckets: HashMap<ConnId, TokenBucket>,
     next_sweep: usize,
-}
-
-#[derive(Debug)]
-struct Bucket {
-    tokens: f64,
-    updated: Instant,
 }
 
 impl RateLimiter {
@@ -32,8 +27,7 @@ impl RateLimiter {
     /// up to `burst` at once.
     pub fn new(per_minute: u32, burst: u32) -> Self {
         Self {
-            burst: f64::from(burst.max(1)),
-            per_second: f64::from(per_minute) / 60.0,
+            rate: Rate::per_minute(per_minute, burst),
             buckets: HashMap::new(),
             next_sweep: SWEEP_FLOOR,
         }
@@ -44,18 +38,11 @@ impl RateLimiter {
         if self.buckets.len() >= self.next_sweep {
             self.sweep(now);
         }
-        let burst = self.burst;
-        let bucket = self.buckets.entry(conn.clone()).or_insert(Bucket {
-            tokens: burst,
-            updated: now,
-        });
-        bucket.refill(now, self.per_second, burst);
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        let rate = self.rate;
+        self.buckets
+            .entry(conn.clone())
+            .or_insert_with(|| TokenBucket::full(rate, now))
+            .try_take(rate, now)
     }
 
     /// How many connections are tracked.
@@ -64,20 +51,9 @@ impl RateLimiter {
     }
 
     fn sweep(&mut self, now: Instant) {
-        let (per_second, burst) = (self.per_second, self.burst);
-        self.buckets.retain(|_, bucket| {
-            bucket.refill(now, per_second, burst);
-            bucket.tokens < burst
-        });
+        let rate = self.rate;
+        self.buckets.retain(|_, bucket| !bucket.is_full(rate, now));
         self.next_sweep = (self.buckets.len() * 2).max(SWEEP_FLOOR);
-    }
-}
-
-impl Bucket {
-    fn refill(&mut self, now: Instant, per_second: f64, burst: f64) {
-        let elapsed = now.saturating_duration_since(self.updated);
-        self.tokens = (self.tokens + elapsed.as_secs_f64() * per_second).min(burst);
-        self.updated = now;
     }
 }
 
