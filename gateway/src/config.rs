@@ -52,6 +52,20 @@ pub struct GatewayConfig {
     /// Rooms one connection may be in; one more join gets `too_many_rooms`.
     /// Default 16.
     pub max_rooms_per_connection: usize,
+    /// Sockets one client address may have open before they authenticate;
+    /// more are closed with 4106. Behind a proxy every client has the
+    /// proxy's address: raise it or set 0 (no cap). Default 256.
+    pub max_unauthenticated_per_ip: usize,
+    /// Connections one user may have on this gateway; one more is closed
+    /// with 4004. 0: no cap. Default 16.
+    pub max_connections_per_user: usize,
+    /// `invalid_message` answers one connection may get at once (frames that
+    /// do not parse, binary frames, chat the moderator finds malformed);
+    /// past this budget the connection is closed with 4003. Default 20.
+    pub invalid_frame_burst: u32,
+    /// How fast the budget for `invalid_message` answers refills, per
+    /// minute. Default 10.
+    pub invalid_frames_per_minute: u32,
     /// Frames waiting to be written to one socket. A client that lets it fill
     /// is closed with code 4100 (slow consumer) and resumes with `since`.
     /// Default 256.
@@ -99,6 +113,16 @@ pub struct GatewayConfig {
     pub auth: AuthConfig,
 }
 
+impl GatewayConfig {
+    /// The budget for `invalid_message` answers to one connection.
+    pub fn invalid_frame_rate(&self) -> bootstrap::token_bucket::Rate {
+        bootstrap::token_bucket::Rate::per_minute(
+            self.invalid_frames_per_minute,
+            self.invalid_frame_burst,
+        )
+    }
+}
+
 impl Default for GatewayConfig {
     fn default() -> Self {
         Self {
@@ -109,6 +133,10 @@ impl Default for GatewayConfig {
             max_frame_bytes: 128 * 1024,
             socket_read_buffer_bytes: 2 * 1024,
             max_rooms_per_connection: 16,
+            max_unauthenticated_per_ip: 256,
+            max_connections_per_user: 16,
+            invalid_frame_burst: 20,
+            invalid_frames_per_minute: 10,
             send_queue_capacity: 256,
             reorder_timeout: Duration::from_millis(300),
             auth_timeout: Duration::from_secs(5),

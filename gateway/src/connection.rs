@@ -7,9 +7,11 @@
 //! deliveries wait meanwhile in the connection's bounded queue.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bootstrap::token_bucket::TokenBucket;
 use futures_util::{SinkExt, StreamExt};
 use hyper_tungstenite::HyperWebsocketStream;
 use hyper_tungstenite::tungstenite::error::CapacityError;
@@ -19,13 +21,14 @@ use hyper_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use schemas::client::{ClientFrame, ErrorFrame, Member, ServerFrame, SignalKind};
 use schemas::code::{CloseCode, ErrorCode};
 use schemas::event::{Action, Verdict};
-use schemas::id::{ClientMsgId, ConnId, JoinId, ModeratorId, RoomId, Seq};
+use schemas::id::{ClientMsgId, ConnId, JoinId, ModeratorId, RoomId, Seq, UserId};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::Shared;
+use crate::admission::Entry;
 use crate::auth::{AuthError, Verified};
 use crate::departures::Departure;
 use crate::hub::{Delivery, DeliveryKind, MemberHandle};
@@ -51,8 +54,26 @@ enum Exit {
 }
 
 /// Serves one upgraded socket until it closes.
-pub(crate) async fn serve(mut socket: HyperWebsocketStream, shared: Arc<Shared>) {
-    let Some(verified) = authenticate(&mut socket, &shared).await else {
+/// `pending` counts the socket against its address's cap until it has
+/// authenticated; from then on it counts against its user's.
+pub(crate) async fn serve(
+    mut socket: HyperWebsocketStream,
+    shared: Arc<Shared>,
+    pending: Entry<IpAddr>,
+) {
+    let verified = authenticate(&mut socket, &shared).await;
+    drop(pending);
+    let Some(verified) = verified else {
+        return;
+    };
+    let Some(user_slot) = shared.per_user.try_enter(verified.user.id.clone()) else {
+        tracing::info!(user = %verified.user.id, "too many connections for one user");
+        close(
+            &mut socket,
+            CloseCode::TooManyConnections,
+            shared.config.write_timeout,
+        )
+        .await;
         return;
     };
     let member = Member {
@@ -83,7 +104,9 @@ pub(crate) async fn serve(mut socket: HyperWebsocketStream, shared: Arc<Shared>)
     let reset = shared.hub.connect(member.conn_id.clone(), handle.clone());
     let connection = Connection {
         member,
+        _user_slot: user_slot,
         expiry,
+        invalid_frames: TokenBucket::full(shared.config.invalid_frame_rate(), Instant::now()),
         reset,
         rooms: HashMap::new(),
         moderator: None,
@@ -188,8 +211,12 @@ impl From<Overflow> for Exit {
 struct Connection {
     shared: Arc<Shared>,
     member: Member,
+    /// Counts the connection against its user's cap while it lives.
+    _user_slot: Entry<UserId>,
     /// When the connection's authentication ends.
     expiry: Expiry,
+    /// What is left of its budget for `invalid_message` answers.
+    invalid_frames: TokenBucket,
     /// Joined rooms and what this client has seen of them.
     rooms: HashMap<RoomId, RoomView>,
     /// The moderator this connection's requests stick to.
@@ -475,11 +502,25 @@ impl Connection {
         Some(reply.unwrap_or_else(ServerFrame::Error))
     }
 
+    /// Sends the answer to a client frame. Every `invalid_message` answer
+    /// spends the connection's budget for them; past it the connection is
+    /// closed, so a client cannot make the gateway answer a flood of junk.
     async fn reply(
-        &self,
+        &mut self,
         socket: &mut HyperWebsocketStream,
         frame: ServerFrame,
     ) -> Result<(), Exit> {
+        if let ServerFrame::Error(ErrorFrame {
+            code: ErrorCode::InvalidMessage,
+            ..
+        }) = frame
+        {
+            let rate = self.shared.config.invalid_frame_rate();
+            if !self.invalid_frames.try_take(rate, Instant::now()) {
+                tracing::info!("too many invalid frames");
+                return Err(Exit::Close(CloseCode::InvalidFrames));
+            }
+        }
         send(
             socket,
             frame.to_json().into(),

@@ -9,6 +9,7 @@
 //! * [`server`]: HTTP accept loop, routes (`/ws`, `/health`, `/ready`, static
 //!   files, `/auth/dev-token`), origin check, connection limit and shutdown.
 //! * [`connection`]: one socket's life: auth, then frames in and deliveries out.
+//! * [`admission`]: caps per client address (before auth) and per user.
 //! * [`hub`]: connections, rooms with local members, their subscriptions.
 //! * [`bus`]: typed requests to the moderator and history.
 //! * [`routing`]: which moderator stores a room's chat.
@@ -18,6 +19,7 @@
 //! * [`auth`] and [`jwks`]: token verification.
 //! * `web`: the embedded demo app and SDK, and development tokens.
 
+pub mod admission;
 pub mod auth;
 pub mod bus;
 pub mod cluster;
@@ -31,12 +33,14 @@ pub mod routing;
 pub mod server;
 mod web;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use schemas::client::Limits;
-use schemas::id::GatewayId;
+use schemas::id::{GatewayId, UserId};
 use tokio_util::sync::CancellationToken;
 
+use crate::admission::Counter;
 use crate::auth::Authenticator;
 use crate::bus::Bus;
 use crate::config::GatewayConfig;
@@ -57,6 +61,10 @@ pub(crate) struct Shared {
     bus: Bus,
     departures: Departures,
     auth: Authenticator,
+    /// Sockets not yet authenticated, per client address.
+    unauthenticated: Counter<IpAddr>,
+    /// Authenticated connections, per user.
+    per_user: Counter<UserId>,
     /// Cancelled when the gateway starts shutting down.
     shutdown: CancellationToken,
 }

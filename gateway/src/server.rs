@@ -6,6 +6,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -27,6 +28,7 @@ use tokio_util::task::TaskTracker;
 use bootstrap::health::{json, nats_connected, readiness_response};
 
 use crate::Shared;
+use crate::admission::{Counter, Entry};
 use crate::auth::{AuthSetupError, Authenticator};
 use crate::bus::Bus;
 use crate::cluster;
@@ -80,6 +82,8 @@ pub async fn run(
         tasks: TaskTracker::new(),
         shared: Arc::new(Shared {
             auth: Authenticator::new(&config.auth)?,
+            unauthenticated: Counter::new(config.max_unauthenticated_per_ip),
+            per_user: Counter::new(config.max_connections_per_user),
             hub,
             bus,
             departures,
@@ -98,10 +102,10 @@ pub async fn run(
 
     tokio::pin!(shutdown);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok((stream, peer)) => (stream, peer.ip()),
                 Err(err) => {
                     // Usually out of file descriptors; the loop goes on once
                     // some are released.
@@ -117,7 +121,7 @@ pub async fn run(
         server.tasks.spawn(async move {
             let service = service_fn(move |req| {
                 let server = server_for_conn.clone();
-                async move { Ok::<_, Infallible>(server.route(req).await) }
+                async move { Ok::<_, Infallible>(server.route(req, peer).await) }
             });
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -161,9 +165,9 @@ struct Server {
 type HttpResponse = Response<Full<Bytes>>;
 
 impl Server {
-    async fn route(&self, req: Request<Incoming>) -> HttpResponse {
+    async fn route(&self, req: Request<Incoming>, peer: IpAddr) -> HttpResponse {
         match (req.method(), req.uri().path()) {
-            (&Method::GET, "/ws") => self.upgrade(req),
+            (&Method::GET, "/ws") => self.upgrade(req, peer),
             (&Method::GET, "/health") => self.health(),
             (&Method::GET, "/ready") => readiness_response(nats_connected(&self.client)),
             (&Method::POST, "/auth/dev-token") => crate::web::dev_token(&self.shared, req).await,
@@ -174,7 +178,7 @@ impl Server {
         }
     }
 
-    fn upgrade(&self, mut req: Request<Incoming>) -> HttpResponse {
+    fn upgrade(&self, mut req: Request<Incoming>, peer: IpAddr) -> HttpResponse {
         if !hyper_tungstenite::is_upgrade_request(&req) {
             return plain(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade");
         }
@@ -202,13 +206,23 @@ impl Server {
                     return;
                 }
             };
-            match permit {
-                Some(permit) => serve(socket, shared, permit).await,
+            let Some(permit) = permit else {
+                tracing::warn!("connection limit reached");
+                crate::connection::close(
+                    &mut socket,
+                    CloseCode::GatewayFull,
+                    shared.config.write_timeout,
+                )
+                .await;
+                return;
+            };
+            match shared.unauthenticated.try_enter(peer) {
+                Some(pending) => serve(socket, shared, permit, pending).await,
                 None => {
-                    tracing::warn!("connection limit reached");
+                    tracing::info!(%peer, "too many unauthenticated sockets from one address");
                     crate::connection::close(
                         &mut socket,
-                        CloseCode::GatewayFull,
+                        CloseCode::TooManyUnauthenticated,
                         shared.config.write_timeout,
                     )
                     .await;
@@ -236,8 +250,9 @@ async fn serve(
     socket: hyper_tungstenite::HyperWebsocketStream,
     shared: Arc<Shared>,
     _permit: OwnedSemaphorePermit,
+    pending: Entry<IpAddr>,
 ) {
-    crate::connection::serve(socket, shared).await;
+    crate::connection::serve(socket, shared, pending).await;
 }
 
 /// Whether a browser at this request's `Origin` may connect: no `Origin`

@@ -69,6 +69,11 @@ pub enum CloseCode {
     /// A newer connection of the same user took this one's seat in a room
     /// (its join named this connection in `replaces`).
     Replaced,
+    /// The client sent more invalid frames than its budget allows: it is
+    /// broken or hostile, and reconnecting would not fix it.
+    InvalidFrames,
+    /// The user has as many connections on this gateway as allowed.
+    TooManyConnections,
     /// The client did not read its frames fast enough and its send queue filled.
     SlowConsumer,
     /// The gateway is shutting down.
@@ -84,6 +89,9 @@ pub enum CloseCode {
     /// The token expired and no `refresh` replaced it: reconnect with a
     /// fresh token.
     TokenExpired,
+    /// The client's address has as many unauthenticated sockets open as
+    /// allowed: retry after backoff.
+    TooManyUnauthenticated,
 }
 
 impl CloseCode {
@@ -92,12 +100,15 @@ impl CloseCode {
         match self {
             CloseCode::Unauthorized => 4001,
             CloseCode::Replaced => 4002,
+            CloseCode::InvalidFrames => 4003,
+            CloseCode::TooManyConnections => 4004,
             CloseCode::SlowConsumer => 4100,
             CloseCode::ShuttingDown => 4101,
             CloseCode::GatewayFull => 4102,
             CloseCode::Resync => 4103,
             CloseCode::Reset => 4104,
             CloseCode::TokenExpired => 4105,
+            CloseCode::TooManyUnauthenticated => 4106,
         }
     }
 
@@ -106,12 +117,17 @@ impl CloseCode {
         match self {
             CloseCode::Unauthorized => "unauthorized",
             CloseCode::Replaced => "replaced by a newer connection of this user",
+            CloseCode::InvalidFrames => "too many invalid frames",
+            CloseCode::TooManyConnections => "too many connections for this user",
             CloseCode::SlowConsumer => "slow consumer: reconnect and resume",
             CloseCode::ShuttingDown => "gateway shutting down: reconnect",
             CloseCode::GatewayFull => "gateway full: reconnect elsewhere",
             CloseCode::Resync => "missed messages: reconnect and resume",
             CloseCode::Reset => "gateway lost contact with the cluster: reconnect and resume",
             CloseCode::TokenExpired => "token expired: reconnect with a fresh token and resume",
+            CloseCode::TooManyUnauthenticated => {
+                "too many unauthenticated sockets from this address: retry later"
+            }
         }
     }
 
@@ -130,12 +146,15 @@ mod tests {
         const CASES: &[(CloseCode, u16, bool)] = &[
             (CloseCode::Unauthorized, 4001, false),
             (CloseCode::Replaced, 4002, false),
+            (CloseCode::InvalidFrames, 4003, false),
+            (CloseCode::TooManyConnections, 4004, false),
             (CloseCode::SlowConsumer, 4100, true),
             (CloseCode::ShuttingDown, 4101, true),
             (CloseCode::GatewayFull, 4102, true),
             (CloseCode::Resync, 4103, true),
             (CloseCode::Reset, 4104, true),
             (CloseCode::TokenExpired, 4105, true),
+            (CloseCode::TooManyUnauthenticated, 4106, true),
         ];
         for (code, number, reconnect) in CASES {
             assert_eq!(code.code(), *number, "{code:?}");
@@ -173,13 +192,16 @@ mod tests {
         let after = |code: Option<CloseCode>| match code {
             None => Some(Unauthorized),
             Some(Unauthorized) => Some(Replaced),
-            Some(Replaced) => Some(SlowConsumer),
+            Some(Replaced) => Some(InvalidFrames),
+            Some(InvalidFrames) => Some(TooManyConnections),
+            Some(TooManyConnections) => Some(SlowConsumer),
             Some(SlowConsumer) => Some(ShuttingDown),
             Some(ShuttingDown) => Some(GatewayFull),
             Some(GatewayFull) => Some(Resync),
             Some(Resync) => Some(Reset),
             Some(Reset) => Some(TokenExpired),
-            Some(TokenExpired) => None,
+            Some(TokenExpired) => Some(TooManyUnauthenticated),
+            Some(TooManyUnauthenticated) => None,
         };
         std::iter::successors(after(None), |code| after(Some(*code))).collect()
     }

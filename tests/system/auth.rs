@@ -381,3 +381,71 @@ async fn a_connection_ends_at_its_tokens_exp_unless_refreshed() {
     drop((ann, cat));
     system.finish().await;
 }
+
+/// Reported: 200 connections with the same `sub` were all accepted, and
+/// one account took every seat of a room. Each user may hold
+/// `max_connections_per_user` connections on a gateway; one more is closed
+/// with 4004, and closing one makes room.
+#[tokio::test]
+async fn connections_are_capped_per_user_and_per_unauthenticated_address() {
+    let system = System::start(Options {
+        gateway: GatewayConfig {
+            max_connections_per_user: 2,
+            max_unauthenticated_per_ip: 3,
+            ..Options::default().gateway
+        },
+        ..Options::one_gateway()
+    })
+    .await;
+    let g = system.gateways[0];
+    let first = Client::connect(g, "ann").await;
+    let _second = Client::connect(g, "ann").await;
+    let mut third = Client::from_socket(Client::open(g).await);
+    third
+        .send_raw(&auth_frame(&token_with("ann", json!({}))))
+        .await;
+    assert_eq!(
+        third.expect_close().await,
+        CloseCode::TooManyConnections.code()
+    );
+    Client::connect(g, "bob").await.assert_alive().await;
+    first.close().await;
+    // The gateway frees the slot once it has seen the close.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut again = Client::from_socket(Client::open(g).await);
+        again
+            .send_raw(&auth_frame(&token_with("ann", json!({}))))
+            .await;
+        match again.recv_or_close().await {
+            Ok(ServerFrame::Welcome { .. }) => break,
+            Err(code) if code == CloseCode::TooManyConnections.code() => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the slot was never freed"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    // Sockets that have not authenticated yet, from one address: past the
+    // cap one is closed with 4106; authenticating one makes room.
+    let mut pending = Vec::new();
+    for _ in 0..3 {
+        pending.push(Client::from_socket(Client::open(g).await));
+    }
+    let mut over = Client::from_socket(Client::open(g).await);
+    assert_eq!(
+        over.expect_close().await,
+        CloseCode::TooManyUnauthenticated.code()
+    );
+    let mut cat = pending.pop().unwrap();
+    cat.send_raw(&auth_frame(&token_with("cat", json!({}))))
+        .await;
+    assert!(matches!(cat.recv().await, ServerFrame::Welcome { .. }));
+    Client::connect(g, "dan").await.assert_alive().await;
+    drop((pending, cat, _second));
+    system.finish().await;
+}

@@ -2,7 +2,7 @@
 
 use gateway::config::GatewayConfig;
 use schemas::client::{ClientFrame, ServerFrame};
-use schemas::code::ErrorCode;
+use schemas::code::{CloseCode, ErrorCode};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::harness::{Client, Options, System, assert_code, room};
@@ -201,4 +201,40 @@ async fn shutdown_closes_sockets_with_the_reconnect_code() {
         schemas::code::CloseCode::ShuttingDown.code()
     );
     stopping.await.expect("services stop cleanly");
+}
+
+/// Reported: 10,000 `{}` frames in 0.12 s got 10,000 `invalid_message`
+/// answers and the connection stayed. Past a burst of invalid frames the
+/// connection is closed with 4003; the budget refills slowly.
+#[tokio::test]
+async fn a_flood_of_invalid_frames_closes_the_connection() {
+    let system = System::start(Options {
+        gateway: GatewayConfig {
+            invalid_frame_burst: 5,
+            invalid_frames_per_minute: 1,
+            ..Options::default().gateway
+        },
+        ..Options::one_gateway()
+    })
+    .await;
+    let mut ann = Client::connect(system.gateways[0], "ann").await;
+    for _ in 0..5 {
+        ann.send_raw("{}").await;
+        assert_code(
+            &ann.next_error().await,
+            ErrorCode::InvalidMessage,
+            "within the budget",
+        );
+    }
+    ann.assert_alive().await;
+    for _ in 0..100 {
+        ann.send_raw("{}").await;
+    }
+    // The first frame past the budget is not answered: the socket closes.
+    assert_eq!(
+        ann.recv_or_close().await,
+        Err(CloseCode::InvalidFrames.code())
+    );
+    drop(ann);
+    system.finish().await;
 }
