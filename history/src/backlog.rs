@@ -70,18 +70,22 @@ pub async fn read_room(
     max: usize,
     timeout: Duration,
 ) -> Result<Vec<Stored>, ReadError> {
+    let deadline = tokio::time::Instant::now() + timeout;
     let inbox = client.new_inbox();
-    let mut replies = client.subscribe(inbox.clone()).await?;
+    let mut replies = tokio::time::timeout_at(deadline, client.subscribe(inbox.clone()))
+        .await
+        .map_err(|_| ReadError::TimedOut(timeout))??;
     let request = serde_json::json!({
         "seq": 1,
         "next_by_subj": subject::chat_store(room),
         "batch": max,
     });
-    client
-        .publish_with_reply(subject::CHAT_DIRECT_GET, inbox, request.to_string().into())
-        .await?;
+    let ask =
+        client.publish_with_reply(subject::CHAT_DIRECT_GET, inbox, request.to_string().into());
+    tokio::time::timeout_at(deadline, ask)
+        .await
+        .map_err(|_| ReadError::TimedOut(timeout))??;
     let mut messages = Vec::new();
-    let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let msg = match tokio::time::timeout_at(deadline, replies.next()).await {
             Ok(Some(msg)) => msg,

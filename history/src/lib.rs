@@ -51,6 +51,10 @@ pub struct Running {
 /// timeout (5 s by default), so a slow answer is still an answer.
 const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(4);
 
+/// How long answering one query may take in all; past it nobody waits for
+/// the answer any more.
+const ANSWER_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Creates or updates the chat stream and subscribes to queries. When this
 /// returns, the stream exists and queries sent from now on are answered.
 pub async fn start(client: Client, config: HistoryConfig) -> Result<Running, RunError> {
@@ -98,7 +102,13 @@ impl Running {
                     let permit = permits.clone().acquire_owned().await.expect("the semaphore is never closed");
                     let client = client.clone();
                     tasks.spawn(async move {
-                        answer(&client, backlog_size, msg).await;
+                        // Bounded as a whole, not only the read: a query that
+                        // hangs anywhere (a subscribe or publish while the
+                        // client reconnects) must give its permit back, or
+                        // enough of them stop history for good.
+                        if tokio::time::timeout(ANSWER_LIMIT, answer(&client, backlog_size, msg)).await.is_err() {
+                            tracing::warn!("backlog query abandoned after {ANSWER_LIMIT:?}");
+                        }
                         drop(permit);
                     });
                 }
