@@ -45,12 +45,16 @@ type Failure = ErrorFrame;
 
 /// Why the connection loop ended.
 enum Exit {
-    /// The client closed or the socket failed; nothing more to send.
+    /// The socket failed; nothing more can be sent.
     Gone,
+    /// The client sent a close frame: echo it, as RFC 6455 asks.
+    ClientClosed,
     /// Close with one of cavlo's codes.
     Close(CloseCode),
-    /// A message over the size limit: close with 1009, as RFC 6455 asks.
-    TooBig,
+    /// The client broke the WebSocket protocol: close with the code RFC 6455
+    /// gives for it (1009 for a message over the size limit, 1007 for a
+    /// text message that is not UTF-8).
+    Protocol(WsCloseCode, &'static str),
 }
 
 /// Serves one upgraded socket until it closes.
@@ -138,7 +142,10 @@ async fn authenticate(socket: &mut HyperWebsocketStream, shared: &Shared) -> Opt
             Ok(ClientFrame::Auth { token }) => Ok(token),
             _ => Err(AuthFailure::NotAuth),
         },
-        Ok(Err(())) => return None,
+        Ok(Err(exit)) => {
+            end(socket, exit, shared.config.write_timeout).await;
+            return None;
+        }
         Err(_) => Err(AuthFailure::TimedOut),
     };
     let user = match token {
@@ -165,13 +172,13 @@ async fn authenticate(socket: &mut HyperWebsocketStream, shared: &Shared) -> Opt
 }
 
 /// The next text message; `Err` when the socket closes or fails first.
-async fn next_text(socket: &mut HyperWebsocketStream) -> Result<Utf8Bytes, ()> {
+async fn next_text(socket: &mut HyperWebsocketStream) -> Result<Utf8Bytes, Exit> {
     loop {
-        match socket.next().await {
-            Some(Ok(Message::Text(text))) => return Ok(text),
-            Some(Ok(Message::Binary(_))) => return Ok(Utf8Bytes::from_static("")),
-            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
-            Some(Ok(Message::Close(_)) | Err(_)) | None => return Err(()),
+        match read(socket.next().await)? {
+            Message::Text(text) => return Ok(text),
+            Message::Binary(_) => return Ok(Utf8Bytes::from_static("")),
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
+            Message::Close(_) => return Err(Exit::ClientClosed),
         }
     }
 }
@@ -266,24 +273,7 @@ impl Connection {
         for room in rooms {
             self.depart(room).await;
         }
-        match exit {
-            Exit::Gone => {}
-            Exit::Close(code) => {
-                tracing::info!(code = code.code(), "closing");
-                close(&mut socket, code, self.shared.config.write_timeout).await;
-            }
-            Exit::TooBig => {
-                let frame = CloseFrame {
-                    code: WsCloseCode::Size,
-                    reason: "message too big".into(),
-                };
-                let _ = tokio::time::timeout(
-                    self.shared.config.write_timeout,
-                    socket.close(Some(frame)),
-                )
-                .await;
-            }
-        }
+        end(&mut socket, exit, self.shared.config.write_timeout).await;
         tracing::debug!("disconnected");
     }
 
@@ -334,7 +324,7 @@ impl Connection {
                 self.reply(socket, ServerFrame::Error(error)).await
             }
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Ok(()),
-            Message::Close(_) => Err(Exit::Gone),
+            Message::Close(_) => Err(Exit::ClientClosed),
         }
     }
 
@@ -739,6 +729,29 @@ impl Connection {
     }
 }
 
+/// Ends the socket as `exit` says.
+async fn end(socket: &mut HyperWebsocketStream, exit: Exit, write_timeout: Duration) {
+    match exit {
+        Exit::Gone => {}
+        // tungstenite queued the echo when it read the close; send it.
+        Exit::ClientClosed => {
+            let _ = tokio::time::timeout(write_timeout, socket.flush()).await;
+        }
+        Exit::Close(code) => {
+            tracing::info!(code = code.code(), "closing");
+            close(socket, code, write_timeout).await;
+        }
+        Exit::Protocol(code, reason) => {
+            tracing::info!(code = u16::from(code), reason, "closing");
+            let frame = CloseFrame {
+                code,
+                reason: reason.into(),
+            };
+            let _ = tokio::time::timeout(write_timeout, socket.close(Some(frame))).await;
+        }
+    }
+}
+
 /// When a connection's token expires, on this process's clock.
 #[derive(Debug, Clone, Copy)]
 struct Expiry {
@@ -802,7 +815,10 @@ pub(crate) async fn close(socket: &mut HyperWebsocketStream, code: CloseCode, ti
 fn read(frame: Option<Result<Message, WsError>>) -> Result<Message, Exit> {
     match frame {
         Some(Ok(message)) => Ok(message),
-        Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => Err(Exit::TooBig),
+        Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
+            Err(Exit::Protocol(WsCloseCode::Size, "message too big"))
+        }
+        Some(Err(WsError::Utf8(_))) => Err(Exit::Protocol(WsCloseCode::Invalid, "invalid UTF-8")),
         Some(Err(_)) | None => Err(Exit::Gone),
     }
 }
@@ -844,7 +860,7 @@ impl ReadAhead {
             tokio::select! {
                 result = &mut work => return Ok(result),
                 frame = socket.next(), if room => match read(frame)? {
-                    Message::Close(_) => return Err(Exit::Gone),
+                    Message::Close(_) => return Err(Exit::ClientClosed),
                     message => {
                         self.bytes += message.len();
                         self.frames.push_back(message);

@@ -238,3 +238,50 @@ async fn a_flood_of_invalid_frames_closes_the_connection() {
     drop(ann);
     system.finish().await;
 }
+
+/// Reported: invalid UTF-8 in a text frame dropped the TCP connection
+/// without a close frame, and a client's close(1000) was not echoed (the
+/// client saw 1006). RFC 6455 asks for 1007 and for the echo, before and
+/// after authentication.
+#[tokio::test]
+async fn invalid_utf8_closes_with_1007_and_a_clients_close_is_echoed() {
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{
+        CloseCode as WsCloseCode, Data, OpCode,
+    };
+
+    let system = System::one_gateway().await;
+    let g = system.gateways[0];
+    let not_utf8 = || {
+        Message::Frame(Frame::message(
+            vec![0x68, 0xc3, 0x28],
+            OpCode::Data(Data::Text),
+            true,
+        ))
+    };
+    let mut ann = Client::connect(g, "ann").await;
+    let _ = ann.send_message(not_utf8()).await;
+    assert_eq!(ann.expect_close().await, 1007, "after auth");
+    let mut early = Client::from_socket(Client::open(g).await);
+    let _ = early.send_message(not_utf8()).await;
+    assert_eq!(early.expect_close().await, 1007, "before auth");
+
+    for (case, mut client) in [
+        ("after auth", Client::connect(g, "bob").await),
+        ("before auth", Client::from_socket(Client::open(g).await)),
+    ] {
+        let bye = CloseFrame {
+            code: WsCloseCode::Normal,
+            reason: "bye".into(),
+        };
+        let _ = client.send_message(Message::Close(Some(bye))).await;
+        assert_eq!(
+            client.expect_close().await,
+            1000,
+            "{case}: the close is echoed"
+        );
+    }
+    drop((ann, early));
+    system.finish().await;
+}
