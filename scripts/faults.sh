@@ -14,7 +14,7 @@
 #
 # FAULTs (default: all but none): none (the load alone), kill-gateway kill-moderator kill-nats-leader
 # kill-nats-follower restart-nats stop-gateway cut-gateway cut-nats.
-# --short: 15 s of load per fault and shorter outages (CI runs this for five
+# --short: 15 s of load per fault and shorter outages (CI runs this for six
 # faults, see scripts/test.sh). It runs as its own compose project on its own ports, so it
 # never touches a deployment started with scripts/up.sh, and takes it down
 # (volumes included) when done. Traffic goes to loopback only.
