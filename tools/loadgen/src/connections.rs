@@ -65,7 +65,6 @@ pub struct Progress {
 /// Opens the connections, holds them, reports, then closes them.
 pub async fn run(plan: &Plan, minter: &Minter, progress: Arc<Progress>) -> Report {
     let rss_before = plan.gateway_pid.and_then(rss_kib);
-    let token = minter.token("idle");
     let held = Arc::new(Mutex::new(Vec::with_capacity(plan.count)));
     let failed = Arc::new(std::sync::Mutex::new(BTreeMap::<String, u64>::new()));
     let permits = Arc::new(Semaphore::new(CONCURRENCY));
@@ -81,9 +80,11 @@ pub async fn run(plan: &Plan, minter: &Minter, progress: Arc<Progress>) -> Repor
             0,
             1 + (n % plan.sources.max(1) as usize) as u8,
         ));
+        // A user per connection, as real clients are: one user may hold
+        // only a few connections on a gateway.
         let (url, token, held, failed, progress) = (
             plan.gateway.clone(),
-            token.clone(),
+            minter.token(&format!("idle-{n}")),
             held.clone(),
             failed.clone(),
             progress.clone(),
