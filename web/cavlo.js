@@ -29,6 +29,9 @@ function isTerminalClose(code) {
   return code >= 4000 && code <= 4099;
 }
 
+/** The longest delay setTimeout honours (2³¹ − 1 ms); longer ones fire at once. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
 /** Error codes after which the same chat message is resent later. */
 const RETRYABLE_ERRORS = new Set(["unavailable", "rate_limited"]);
 
@@ -307,6 +310,15 @@ export class CavloClient extends EventTarget {
     this.#refreshTimer = null;
     if (typeof this.#token !== "function" || typeof expiresIn !== "number") return;
     const left = expiresIn * 1000;
+    const delay = Math.max(0, left - Math.min(60000, left / 5));
+    if (delay > MAX_TIMER_MS) {
+      // Timers fire at once past about 24.8 days: wait in steps.
+      this.#refreshTimer = this.#timers.setTimeout(
+        () => this.#scheduleRefresh(expiresIn - MAX_TIMER_MS / 1000),
+        MAX_TIMER_MS,
+      );
+      return;
+    }
     const ws = this.#ws;
     this.#refreshTimer = this.#timers.setTimeout(async () => {
       this.#refreshTimer = null;
@@ -318,7 +330,7 @@ export class CavloClient extends EventTarget {
         return;
       }
       if (this.#ws === ws) this.#write({ type: "refresh", token });
-    }, Math.max(0, left - Math.min(60000, left / 5)));
+    }, delay);
   }
 
   /** Schedules the next attempt on the next gateway, with full jitter. */

@@ -40,9 +40,6 @@ impl<K: Eq + Hash + Clone> Counter<K> {
         let mut open = self.open.lock().expect("counter lock poisoned");
         let count = open.entry(key.clone()).or_default();
         if self.max != 0 && *count >= self.max {
-            if *count == 0 {
-                open.remove(&key);
-            }
             return None;
         }
         *count += 1;

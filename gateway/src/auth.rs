@@ -121,7 +121,11 @@ impl Authenticator {
         if sub.is_empty() {
             return Err(AuthError::WrongClaim);
         }
-        let name = display_name(name.as_deref().unwrap_or(&sub));
+        // A name made only of removed characters shows as the user id.
+        let name = match display_name(name.as_deref().unwrap_or(&sub)) {
+            name if name.is_empty() => display_name(&sub),
+            name => name,
+        };
         Ok(Verified {
             user: User {
                 id: UserId(sub),

@@ -99,7 +99,8 @@ impl Bus {
         })
         .into();
         let target = chat_room
-            .and_then(|room| self.moderators.owner(&room))
+            .as_ref()
+            .and_then(|room| self.moderators.owner(room))
             .or_else(|| moderator.clone());
         let subject = match target.as_ref() {
             Some(id) => subject::moderate_direct(id),
@@ -115,14 +116,22 @@ impl Bus {
             }
             (other, _) => other,
         };
+        // Only the connection's own requests choose its sticky moderator:
+        // a chat's answer comes from its room's moderator, and following it
+        // would spread the connection's signal budgets over several.
+        let routed_chat = chat_room.is_some();
         let reply: ModerationReply = match result {
             Ok(msg) => event::decode(&msg.payload)?,
             Err(err) => {
-                *moderator = None;
+                if !routed_chat {
+                    *moderator = None;
+                }
                 return Err(err.into());
             }
         };
-        *moderator = Some(reply.moderator);
+        if !routed_chat {
+            *moderator = Some(reply.moderator);
+        }
         Ok(reply.verdict)
     }
 

@@ -101,6 +101,7 @@ pub async fn run(
             Some(msg) = next(&mut moderator_beats) => {
                 if let Ok(beat) = event::decode::<ModeratorHeartbeat>(&msg.payload) {
                     let now = Instant::now();
+                    bus.moderators().heard(&beat.moderator);
                     moderators.heard(beat.moderator, now);
                     bus.moderators().set(moderators.alive(now).cloned());
                 }

@@ -564,7 +564,8 @@ impl Connection {
         let join = Action::Join {
             room: room.clone(),
             attempt: attempt.clone(),
-            replaces,
+            // Naming itself would only make the connection give up its own seat.
+            replaces: replaces.filter(|old| *old != self.member.conn_id),
         };
         let (members, revision) = match self.moderate(join).await {
             Ok(Verdict::Admitted { members, revision }) => (members, revision),

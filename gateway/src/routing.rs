@@ -10,7 +10,8 @@
 //! Gateways that hear the same moderators agree without talking, and when a
 //! moderator comes or goes only its share of rooms moves.
 
-use std::sync::{Arc, RwLock};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, RwLock};
 
 use schemas::id::{ModeratorId, RoomId};
 
@@ -18,16 +19,37 @@ use schemas::id::{ModeratorId, RoomId};
 #[derive(Debug, Default)]
 pub struct Moderators {
     live: RwLock<Arc<[ModeratorId]>>,
+    /// Moderators that stopped answering; left out until their own next
+    /// heartbeat, though they still count as heard within the timeout.
+    gone: Mutex<HashSet<ModeratorId>>,
 }
 
 impl Moderators {
-    /// Replaces the live set.
-    pub fn set(&self, live: impl IntoIterator<Item = ModeratorId>) {
-        *self.live.write().expect("moderators lock poisoned") = live.into_iter().collect();
+    /// Replaces the live set with the moderators heard within the timeout,
+    /// less those found gone since.
+    pub fn set(&self, heard: impl IntoIterator<Item = ModeratorId>) {
+        let heard: Vec<ModeratorId> = heard.into_iter().collect();
+        let mut gone = self.gone.lock().expect("moderators lock poisoned");
+        // Once no longer heard at all, a gone moderator needs no entry.
+        gone.retain(|m| heard.contains(m));
+        let live = heard.into_iter().filter(|m| !gone.contains(m)).collect();
+        *self.live.write().expect("moderators lock poisoned") = live;
+    }
+
+    /// Notes a heartbeat of `moderator`: it answers again.
+    pub fn heard(&self, moderator: &ModeratorId) {
+        self.gone
+            .lock()
+            .expect("moderators lock poisoned")
+            .remove(moderator);
     }
 
     /// Drops a moderator that no longer answers, until it is heard again.
     pub fn forget(&self, gone: &ModeratorId) {
+        self.gone
+            .lock()
+            .expect("moderators lock poisoned")
+            .insert(gone.clone());
         let mut live = self.live.write().expect("moderators lock poisoned");
         *live = live.iter().filter(|m| *m != gone).cloned().collect();
     }
@@ -92,6 +114,17 @@ mod tests {
         for room in rooms() {
             assert_eq!(a.owner(&room), b.owner(&room));
         }
+    }
+
+    #[test]
+    fn a_gone_moderator_stays_out_until_its_own_heartbeat() {
+        let moderators = moderators(&["m1", "m2"]);
+        moderators.forget(&"m2".into());
+        moderators.set(["m1".into(), "m2".into()]);
+        assert_eq!(moderators.count(), 1, "still heard, but gone");
+        moderators.heard(&"m2".into());
+        moderators.set(["m1".into(), "m2".into()]);
+        assert_eq!(moderators.count(), 2);
     }
 
     #[test]

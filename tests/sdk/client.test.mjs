@@ -126,6 +126,24 @@ describe("connecting", () => {
     assert.equal(socket.sent.filter((f) => f.type === "refresh").length, 2);
   });
 
+  test("a token valid for a year is refreshed near its end, not at once", async () => {
+    let calls = 0;
+    const { client, sockets, clock } = makeClient({ token: async () => `t${++calls}` });
+    client.connect();
+    await settle();
+    const socket = sockets.at(-1);
+    socket.accept();
+    socket.receive(welcome("c1", 365 * 24 * 3600));
+    for (let day = 0; day < 364; day += 1) {
+      clock.advance(24 * 3600 * 1000);
+      await settle();
+    }
+    assert.equal(socket.sent.filter((f) => f.type === "refresh").length, 0);
+    clock.advance(24 * 3600 * 1000);
+    await settle();
+    assert.deepEqual(socket.sent.at(-1), { type: "refresh", token: "t2" });
+  });
+
   test("a fixed token is never refreshed; its expiry (4105) reconnects", async () => {
     const { client, socket, sockets, clock } = await connected({ random: () => 0 });
     socket.receive({ type: "refreshed", expires_in: 1 });

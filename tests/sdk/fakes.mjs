@@ -75,7 +75,9 @@ export class FakeClock {
 
   setTimeout = (fn, delay = 0) => {
     const id = this.#next++;
-    this.#timers.set(id, { at: this.now + delay, fn, delay });
+    // As browsers and Node do: a delay past 2³¹ − 1 ms fires at once.
+    const at = this.now + (delay > 2 ** 31 - 1 ? 1 : delay);
+    this.#timers.set(id, { at, fn, delay });
     this.delays.push(delay);
     return id;
   };
