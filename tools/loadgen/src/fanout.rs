@@ -52,7 +52,8 @@ pub struct Plan {
 pub struct Report {
     /// Chat messages sent.
     pub sent: u64,
-    /// Of those, acknowledged.
+    /// Of those, acknowledged (a resend of a stored message is acked too,
+    /// without a seq when the original's cannot be looked up).
     pub acked: u64,
     /// Chat frames delivered to receivers.
     pub deliveries: u64,
@@ -95,6 +96,9 @@ pub struct Progress {
 struct Outcome {
     room: usize,
     index: usize,
+    /// Acks received, with or without a seq.
+    acks: u64,
+    /// The seqs acks named: what the other members must receive.
     acked: Vec<u64>,
     received: Received,
     latency: Latency,
@@ -255,6 +259,7 @@ async fn drive(
     let mut outcome = Outcome {
         room: member.room,
         index: member.index,
+        acks: 0,
         acked: Vec::new(),
         received: Received::default(),
         latency: Latency::default(),
@@ -345,6 +350,7 @@ async fn drive(
                         .ack_latency
                         .record(now.duration_since(sent.sent_at).as_micros() as u64);
                 }
+                outcome.acks += 1;
                 outcome.acked.extend(seq.map(|s| s.0));
                 progress.acked.fetch_add(1, Ordering::Relaxed);
                 if schedule.interval.is_none() {
@@ -533,7 +539,7 @@ fn report(plan: &Plan, outcomes: Vec<Outcome>) -> Report {
             *errors.entry(code.clone()).or_default() += n;
         }
         sent += o.sent;
-        acked += o.acked.len() as u64;
+        acked += o.acks;
         unacked += o.unacked;
         reconnects += o.reconnects;
         truncated += o.truncated;
