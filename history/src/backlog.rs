@@ -28,6 +28,12 @@ pub enum ReadError {
     /// The server answered with an error status.
     #[error("the server answered {0}")]
     Status(u16),
+    /// The stream's leader could not say where the room ends.
+    #[error("cannot read the room's last message from the leader: {0}")]
+    Leader(String),
+    /// Every replica that answered lacked messages the client has seen.
+    #[error("the replica that answered is behind seq {0}")]
+    Behind(Seq),
 }
 
 /// A retained message with what the moderator knew when it stored it.
@@ -112,6 +118,41 @@ pub async fn read_room(
     }
     let _ = replies.unsubscribe().await;
     Ok(messages)
+}
+
+/// The seq a read must reach but does not: `since` when every retained
+/// message comes before it (or none is retained). The client has seen
+/// `since`, so either the replica that answered is behind, or the room was
+/// reset or trimmed since; only the stream's leader can tell which.
+pub fn short_of(retained: &[Stored], since: Option<Seq>) -> Option<Seq> {
+    let since = since.filter(|since| *since > Seq(0))?;
+    let tail = retained.last().map_or(Seq(0), |m| m.chat.seq);
+    (tail < since).then_some(since)
+}
+
+/// The seq of `room`'s last stored message as the stream's leader knows it
+/// (`None`: the room has none). A leader read, unlike a direct get, is never
+/// behind.
+pub async fn leader_tail(
+    js: &async_nats::jetstream::Context,
+    room: &RoomId,
+) -> Result<Option<Seq>, ReadError> {
+    use async_nats::jetstream::stream::LastRawMessageErrorKind;
+    let leader = |err: &dyn std::fmt::Display| ReadError::Leader(err.to_string());
+    let stream = js
+        .get_stream_no_info(subject::CHAT_STREAM)
+        .await
+        .map_err(|err| leader(&err))?;
+    match stream
+        .get_last_raw_message_by_subject(&subject::chat_store(room))
+        .await
+    {
+        Ok(last) => event::decode::<ChatMessage>(&last.payload)
+            .map(|chat| Some(chat.seq))
+            .map_err(|err| leader(&err)),
+        Err(err) if err.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(err) => Err(leader(&err)),
+    }
 }
 
 /// Picks what a client asked for from a room's retained messages.
@@ -323,6 +364,71 @@ mod tests {
             let backlog = select(retained, Some(Seq(since)), 10);
             assert_eq!(seqs(&backlog), [first], "{name}");
             assert_eq!(backlog.truncated, truncated, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_read_that_ends_before_since_is_short() {
+        struct Case {
+            name: &'static str,
+            retained: &'static [u64],
+            since: Option<u64>,
+            short_of: Option<u64>,
+        }
+        const FOUR: &[u64] = &[1, 2, 3, 4];
+        let cases = [
+            Case {
+                name: "no since",
+                retained: FOUR,
+                since: None,
+                short_of: None,
+            },
+            Case {
+                name: "since 0",
+                retained: FOUR,
+                since: Some(0),
+                short_of: None,
+            },
+            Case {
+                name: "reaches since",
+                retained: FOUR,
+                since: Some(4),
+                short_of: None,
+            },
+            Case {
+                name: "past since",
+                retained: FOUR,
+                since: Some(2),
+                short_of: None,
+            },
+            Case {
+                name: "ends before since",
+                retained: FOUR,
+                since: Some(9),
+                short_of: Some(9),
+            },
+            Case {
+                name: "holds nothing",
+                retained: &[],
+                since: Some(3),
+                short_of: Some(3),
+            },
+        ];
+        for case in cases {
+            let retained: Vec<Stored> = case
+                .retained
+                .iter()
+                .map(|&seq| Stored {
+                    chat: chat(seq),
+                    prev: Some(Seq(seq - 1)),
+                })
+                .collect();
+            assert_eq!(
+                short_of(&retained, case.since.map(Seq)),
+                case.short_of.map(Seq),
+                "{}",
+                case.name
+            );
         }
     }
 

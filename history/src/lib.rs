@@ -41,6 +41,7 @@ pub enum RunError {
 /// A history instance whose stream and subscription are in place.
 pub struct Running {
     client: Client,
+    js: async_nats::jetstream::Context,
     queries: async_nats::Subscriber,
     max_concurrent_queries: usize,
     /// Messages a room keeps at most: the size of one read.
@@ -67,6 +68,7 @@ pub async fn start(client: Client, config: HistoryConfig) -> Result<Running, Run
     tracing::info!(backlog_size = config.backlog_size, "history ready");
     Ok(Running {
         client,
+        js,
         queries,
         max_concurrent_queries: config.max_concurrent_queries,
         backlog_size: usize::try_from(config.backlog_size)
@@ -86,6 +88,7 @@ impl Running {
     pub async fn run(self, shutdown: impl Future) {
         let Running {
             client,
+            js,
             mut queries,
             max_concurrent_queries,
             backlog_size,
@@ -100,13 +103,13 @@ impl Running {
                     // Wait for a permit here, not in the task, so a burst of
                     // queries queues in NATS rather than in memory.
                     let permit = permits.clone().acquire_owned().await.expect("the semaphore is never closed");
-                    let client = client.clone();
+                    let (client, js) = (client.clone(), js.clone());
                     tasks.spawn(async move {
                         // Bounded as a whole, not only the read: a query that
                         // hangs anywhere (a subscribe or publish while the
                         // client reconnects) must give its permit back, or
                         // enough of them stop history for good.
-                        if tokio::time::timeout(ANSWER_LIMIT, answer(&client, backlog_size, msg)).await.is_err() {
+                        if tokio::time::timeout(ANSWER_LIMIT, answer(&client, &js, backlog_size, msg)).await.is_err() {
                             tracing::warn!("backlog query abandoned after {ANSWER_LIMIT:?}");
                         }
                         drop(permit);
@@ -121,7 +124,12 @@ impl Running {
     }
 }
 
-async fn answer(client: &Client, backlog_size: usize, msg: Message) {
+async fn answer(
+    client: &Client,
+    js: &async_nats::jetstream::Context,
+    backlog_size: usize,
+    msg: Message,
+) {
     let Some(reply_to) = msg.reply else { return };
     let request: BacklogRequest = match event::decode(&msg.payload) {
         Ok(request) => request,
@@ -130,8 +138,7 @@ async fn answer(client: &Client, backlog_size: usize, msg: Message) {
             return;
         }
     };
-    let read = backlog::read_room(client, &request.room, backlog_size, READ_TIMEOUT);
-    let reply = match read.await {
+    let reply = match read_current(client, js, &request, backlog_size).await {
         Ok(retained) => {
             let selected = backlog::select(retained, request.since, request.limit);
             BacklogReply::Backlog(backlog::fit(selected, reply_budget(client)))
@@ -143,6 +150,51 @@ async fn answer(client: &Client, backlog_size: usize, msg: Message) {
     };
     if let Err(err) = client.publish(reply_to, event::encode(&reply).into()).await {
         tracing::warn!(cause = %err, "failed to send backlog");
+    }
+}
+
+/// The wait before reading again from a replica that was behind.
+const BEHIND_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Reads the room's retained messages, as current as the client's `since`.
+///
+/// A direct get is answered by whichever replica the server picks, and a
+/// replica back from a partition, or just a few ms behind the leader, can
+/// lack messages the client has already seen. Taken at face value such a
+/// read looked like a reset stream, and the client was sent its last
+/// messages again: the duplicates and reorderings of the 30 s partition in
+/// the fault suite. So a read that ends before `since` asks the leader
+/// where the room ends: past `since`, the read is repeated until a replica
+/// has caught up (within the read timeout, else the query fails and the
+/// client retries); otherwise the room really was reset or trimmed.
+async fn read_current(
+    client: &Client,
+    js: &async_nats::jetstream::Context,
+    request: &BacklogRequest,
+    backlog_size: usize,
+) -> Result<Vec<backlog::Stored>, backlog::ReadError> {
+    let deadline = tokio::time::Instant::now() + READ_TIMEOUT;
+    let read = || {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        backlog::read_room(client, &request.room, backlog_size, left)
+    };
+    let retained = read().await?;
+    let Some(since) = backlog::short_of(&retained, request.since) else {
+        return Ok(retained);
+    };
+    match backlog::leader_tail(js, &request.room).await? {
+        Some(tail) if tail >= since => {}
+        _ => return Ok(retained),
+    }
+    loop {
+        if tokio::time::Instant::now() + BEHIND_RETRY >= deadline {
+            return Err(backlog::ReadError::Behind(since));
+        }
+        tokio::time::sleep(BEHIND_RETRY).await;
+        let retained = read().await?;
+        if backlog::short_of(&retained, Some(since)).is_none() {
+            return Ok(retained);
+        }
     }
 }
 

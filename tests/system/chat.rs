@@ -243,6 +243,14 @@ async fn truncated_is_true_only_when_messages_after_since_were_trimmed() {
     }
     let (history, _, truncated) = bob.join(&fresh, Some(seqs[0])).await;
     assert_eq!((history.len(), truncated), (3, false));
+
+    // A `since` past the room's end, as after a stream reset: the stream's
+    // leader confirms the room ends before it, so the client gets the room's
+    // last messages, marked truncated.
+    let beyond = Seq(seqs.last().unwrap().0 + 1000);
+    let (history, _, truncated) = bob.join(&fresh, Some(beyond)).await;
+    assert_eq!(history.iter().map(|m| m.seq).collect::<Vec<_>>(), seqs[1..]);
+    assert!(truncated, "since past the room's end");
     drop((ann, bob));
     system.finish().await;
 }
