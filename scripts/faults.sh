@@ -26,10 +26,13 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 
-duration=40 outage=20 cut=30 warmup=10
+# drain: how long the load keeps receiving after sending stops. A 30 s cut
+# heals just as sending stops, and a healed NATS node forces new elections
+# (its term ran ahead while it was alone), so clients need time after that.
+duration=40 outage=20 cut=30 warmup=10 drain=30
 if [ "${1:-}" = "--short" ]; then
   shift
-  duration=15 outage=8 cut=10 warmup=4
+  duration=15 outage=8 cut=10 warmup=4 drain=15
 fi
 faults=("$@")
 [ "${#faults[@]}" -gt 0 ] || faults=(kill-gateway kill-moderator kill-nats-leader
@@ -95,7 +98,7 @@ for fault in "${faults[@]}"; do
   scripts/wait-ready.sh "$CAVLO_GATEWAY_1_PORT" "$CAVLO_GATEWAY_2_PORT"
   report="$(mktemp)" log="$(mktemp)"
   target/release/loadgen --json fanout --resume "${gateways[@]}" --rooms 100 --clients 10 \
-    --rate "${CAVLO_FAULTS_RATE:-1000}" --duration "$duration" --drain 15 >"$report" 2>"$log" &
+    --rate "${CAVLO_FAULTS_RATE:-1000}" --duration "$duration" --drain "$drain" >"$report" 2>"$log" &
   load=$!
   sleep "$warmup"
   inject "$fault"
