@@ -153,7 +153,11 @@ async fn answer(
     }
 }
 
-/// The wait before reading again from a replica that was behind.
+/// The status of a request nobody answered.
+const NO_RESPONDERS: u16 = 503;
+
+/// The wait before reading again from a replica that was behind, or when
+/// none answered.
 const BEHIND_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Reads the room's retained messages, as current as the client's `since`.
@@ -174,9 +178,17 @@ async fn read_current(
     backlog_size: usize,
 ) -> Result<Vec<backlog::Stored>, backlog::ReadError> {
     let deadline = tokio::time::Instant::now() + READ_TIMEOUT;
-    let read = || {
+    // While no replica answers direct gets (one catching up after a restart
+    // stops answering them), the server says 503: ask again until the
+    // deadline rather than fail the join at once.
+    let read = async || loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        backlog::read_room(client, &request.room, backlog_size, left)
+        match backlog::read_room(client, &request.room, backlog_size, left).await {
+            Err(backlog::ReadError::Status(NO_RESPONDERS)) if left > BEHIND_RETRY => {
+                tokio::time::sleep(BEHIND_RETRY).await;
+            }
+            read => return read,
+        }
     };
     let retained = read().await?;
     let Some(since) = backlog::short_of(&retained, request.since) else {

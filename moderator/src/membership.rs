@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use async_nats::jetstream::{self, kv};
 use schemas::event::{self, CancelledJoin, RoomMember, RoomState};
 use schemas::id::{ConnId, GatewayId, JoinId, RoomId};
@@ -28,9 +29,9 @@ pub type OpenError = jetstream::context::CreateKeyValueError;
 /// A membership change could not be made; the client gets `unavailable`.
 #[derive(Debug, thiserror::Error)]
 pub enum MembershipError {
-    /// The room's entry could not be read.
+    /// The room's entry could not be read from the stream's leader.
     #[error("cannot read room: {0}")]
-    Read(#[from] kv::EntryError),
+    Read(#[from] jetstream::stream::LastRawMessageError),
     /// The room's entry holds something that is not a room state.
     #[error("room entry is malformed: {0}")]
     Malformed(#[from] event::DecodeError),
@@ -113,7 +114,7 @@ impl Membership {
 
     /// The room's members now.
     pub async fn members(&self, room: &RoomId) -> Result<Vec<RoomMember>, MembershipError> {
-        Ok(self.read(room).await?.0.members)
+        Ok(self.read(room, false).await?.0.members)
     }
 
     /// Adds the joining member, first removing members whose gateway
@@ -201,13 +202,48 @@ impl Membership {
         Ok(change.unwrap_or_default())
     }
 
-    async fn read(&self, room: &RoomId) -> Result<(RoomState, Option<u64>), MembershipError> {
-        match self.kv.entry(subject::room_key(room)).await? {
-            Some(entry) if entry.operation == kv::Operation::Put => {
-                Ok((event::decode(&entry.value)?, Some(entry.revision)))
+    /// The room's state and the revision it was read at (`None`: no entry).
+    ///
+    /// The first read is a direct get, which any replica may answer. A
+    /// replica can be behind (a restarted NATS node catching up), and a
+    /// compare-and-set against its revision then fails however often it is
+    /// retried: in the fault suite 32 reads in a row came from one such
+    /// replica and joins were refused. So a read after a refused write, or
+    /// after a direct get that failed, asks the stream's leader, whose
+    /// revision is the one a write is checked against.
+    async fn read(
+        &self,
+        room: &RoomId,
+        from_leader: bool,
+    ) -> Result<(RoomState, Option<u64>), MembershipError> {
+        let key = subject::room_key(room);
+        if !from_leader {
+            match self.kv.entry(&key).await {
+                Ok(Some(entry)) if entry.operation == kv::Operation::Put => {
+                    return Ok((event::decode(&entry.value)?, Some(entry.revision)));
+                }
+                Ok(Some(marker)) => return Ok((RoomState::default(), Some(marker.revision))),
+                Ok(None) => return Ok((RoomState::default(), None)),
+                Err(err) => {
+                    tracing::debug!(cause = %err, %room, "direct read failed; asking the leader")
+                }
             }
-            Some(marker) => Ok((RoomState::default(), Some(marker.revision))),
-            None => Ok((RoomState::default(), None)),
+        }
+        let subject = format!("{}{key}", self.kv.prefix);
+        match self
+            .kv
+            .stream
+            .get_last_raw_message_by_subject(&subject)
+            .await
+        {
+            Ok(message) if is_put(&message.headers) => {
+                Ok((event::decode(&message.payload)?, Some(message.sequence)))
+            }
+            Ok(marker) => Ok((RoomState::default(), Some(marker.sequence))),
+            Err(err) if err.kind() == LastRawMessageErrorKind::NoMessageFound => {
+                Ok((RoomState::default(), None))
+            }
+            Err(err) => Err(err.into()),
         }
     }
 
@@ -219,8 +255,8 @@ impl Membership {
         mut apply: impl FnMut(&mut RoomState, &mut Change) -> Result<(), R>,
     ) -> Result<Result<Change, R>, MembershipError> {
         let key = subject::room_key(room);
-        for _ in 0..MAX_RACES {
-            let (mut state, revision) = self.read(room).await?;
+        for race in 0..MAX_RACES {
+            let (mut state, revision) = self.read(room, race > 0).await?;
             let now = now_ms();
             state.cancelled.retain(|c| c.until_ms > now);
             let before = state.clone();
@@ -271,9 +307,49 @@ impl Membership {
     }
 }
 
+/// Whether a stored message of the bucket holds a value, rather than being
+/// a delete or purge marker (written by a client, or by the server when a
+/// marker's TTL ran out).
+fn is_put(headers: &async_nats::HeaderMap) -> bool {
+    let operation = headers.get("KV-Operation").map(|op| op.as_str());
+    matches!(operation, None | Some("PUT"))
+        && headers
+            .get(async_nats::header::NATS_MARKER_REASON)
+            .is_none()
+}
+
 /// Removes the members matching `pred`, returning them.
 fn take(members: &mut Vec<RoomMember>, pred: impl Fn(&RoomMember) -> bool) -> Vec<RoomMember> {
     let (taken, kept) = members.drain(..).partition(|m| pred(m));
     *members = kept;
     taken
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_puts_hold_a_room() {
+        /// A stored message's KV headers, and whether it holds a value.
+        type Case = (&'static str, Option<(&'static str, &'static str)>, bool);
+        const CASES: &[Case] = &[
+            ("plain put", None, true),
+            ("put", Some(("KV-Operation", "PUT")), true),
+            ("delete", Some(("KV-Operation", "DEL")), false),
+            ("purge", Some(("KV-Operation", "PURGE")), false),
+            (
+                "expired marker",
+                Some(("Nats-Marker-Reason", "MaxAge")),
+                false,
+            ),
+        ];
+        for &(name, header, put) in CASES {
+            let mut headers = async_nats::HeaderMap::new();
+            if let Some((key, value)) = header {
+                headers.insert(key, value);
+            }
+            assert_eq!(is_put(&headers), put, "{name}");
+        }
+    }
 }
