@@ -116,6 +116,12 @@ pub async fn run(
             },
         };
         let _ = stream.set_nodelay(true);
+        let send_buffer = server.shared.config.socket_send_buffer_bytes;
+        if send_buffer > 0
+            && let Err(err) = socket2::SockRef::from(&stream).set_send_buffer_size(send_buffer)
+        {
+            tracing::warn!(cause = %err, "cannot bound the socket's send buffer");
+        }
         let handshake_timeout = server.shared.config.handshake_timeout;
         let server_for_conn = server.clone();
         server.tasks.spawn(async move {

@@ -1,13 +1,14 @@
 //! A failing dependency gives clients an error, never a hang.
 
-use schemas::client::ClientFrame;
+use schemas::client::{ClientFrame, ServerFrame};
 use schemas::code::ErrorCode;
+use schemas::id::Seq;
 
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::harness::{Client, REQUEST_TIMEOUT, System, assert_code, get_json, room};
+use crate::harness::{Client, Options, REQUEST_TIMEOUT, System, assert_code, get_json, room};
 
 #[tokio::test]
 async fn with_nats_down_requests_fail_with_unavailable_and_recover() {
@@ -125,5 +126,60 @@ async fn a_client_that_closes_while_its_requests_wait_is_let_go_at_once() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     system.nats.container.unpause().await.expect("unpause NATS");
+    system.finish().await;
+}
+
+/// Issue 10, item 5: a slow consumer was dropped without its close frame.
+/// A client that stops reading in a busy room fills the gateway's queue for
+/// it; the gateway closes it with 4100 after the frames already on their
+/// way, so the client, reading again, gets them and then the code. Its
+/// roommate is untouched, and resuming with `since` gets the rest once.
+#[tokio::test]
+async fn a_slow_consumer_gets_its_close_code_and_resumes_with_nothing_lost() {
+    let mut options = Options::one_gateway();
+    options.gateway.send_queue_capacity = 16;
+    options.moderator.chat_rate_per_minute = 60_000;
+    options.moderator.chat_burst = 1_000;
+    options.history.backlog_size = 1_000;
+    let system = System::start(options).await;
+    let g = system.gateways[0];
+    let room = room("busy");
+    let mut ann = Client::connect(g, "ann").await;
+    ann.join(&room, None).await;
+    // A small receive buffer, so the gateway's queue, not the kernel's
+    // buffers, takes what the client does not read.
+    let mut slow = Client::connect_with_receive_buffer(g, "slow", 4096).await;
+    slow.join(&room, None).await;
+
+    let text = "x".repeat(1000);
+    let mut acked = Vec::new();
+    for i in 0..300 {
+        let ack = ann
+            .chat_acked(&room, &format!("m{i}"), &text)
+            .await
+            .unwrap();
+        acked.push(ack.seq.expect("a first send has its seq"));
+    }
+
+    let mut got = Vec::new();
+    let code = loop {
+        match slow.recv_or_close().await {
+            Ok(ServerFrame::Chat(chat)) => got.push(chat.seq),
+            Ok(_) => {}
+            Err(code) => break code,
+        }
+    };
+    assert_eq!(code, 4100, "closed as a slow consumer");
+    assert!(got.len() < acked.len(), "it was closed before the end");
+    assert_eq!(got, acked[..got.len()], "what it got came in order");
+    ann.assert_alive().await;
+
+    let mut back = Client::connect(g, "slow").await;
+    let since = got.last().copied().unwrap_or(Seq(0));
+    let (history, _, truncated) = back.join(&room, Some(since)).await;
+    got.extend(history.iter().map(|chat| chat.seq));
+    assert_eq!(got, acked, "every message once, in order");
+    assert!(!truncated);
+    drop((ann, slow, back));
     system.finish().await;
 }

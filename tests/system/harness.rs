@@ -423,13 +423,32 @@ impl Client {
         ws
     }
 
+    /// Connects and authenticates as `user`, with a socket receive buffer
+    /// of `bytes`: a client that stops reading then fills the gateway's
+    /// queue for it at once.
+    pub async fn connect_with_receive_buffer(addr: SocketAddr, user: &str, bytes: u32) -> Client {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(bytes).expect("receive buffer");
+        let stream = socket.connect(addr).await.expect("tcp connects");
+        let (ws, _) = tokio_tungstenite::client_async(
+            format!("ws://{addr}/ws"),
+            tokio_tungstenite::MaybeTlsStream::Plain(stream),
+        )
+        .await
+        .expect("ws connects");
+        Self::authenticate(Self::from_socket(ws), &token(user)).await
+    }
+
     /// Connects and authenticates as `user`.
     pub async fn connect(addr: SocketAddr, user: &str) -> Client {
         Self::connect_with(addr, &token(user)).await
     }
 
     pub async fn connect_with(addr: SocketAddr, token: &str) -> Client {
-        let mut client = Self::from_socket(Self::open(addr).await);
+        Self::authenticate(Self::from_socket(Self::open(addr).await), token).await
+    }
+
+    async fn authenticate(mut client: Client, token: &str) -> Client {
         client
             .send(&ClientFrame::Auth {
                 token: token.into(),
