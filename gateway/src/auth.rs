@@ -86,7 +86,11 @@ impl Authenticator {
             .as_ref()
             .map(|secret| DecodingKey::from_secret(secret.0.as_bytes()));
         let jwks = match &config.jwks_url {
-            Some(url) => Some(Jwks::new(url.clone(), config.jwks_refetch_interval)?),
+            Some(url) => Some(Jwks::new(
+                url.clone(),
+                config.jwks_refetch_interval,
+                config.jwks_max_age,
+            )?),
             None => None,
         };
         if hs256.is_none() && jwks.is_none() {

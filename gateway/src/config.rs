@@ -177,10 +177,19 @@ pub struct AuthConfig {
     pub issuer: Option<String>,
     /// Required `aud` claim, if set.
     pub audience: Option<String>,
-    /// Least time between two fetches of the key set when a token names an
-    /// unknown `kid`. Default 60 s.
+    /// Least time between two fetches of the key set. A token that names
+    /// an unknown `kid` (a key the provider has just published) causes a
+    /// fetch, but at most this often, so a flood of made-up `kid`s cannot
+    /// turn the gateway into a load generator against the provider.
+    /// Default 5 s.
     #[serde(with = "humantime_serde")]
     pub jwks_refetch_interval: Duration,
+    /// How long a fetched key set is trusted; the first token after that
+    /// fetches it again, so a key the provider removed stops being accepted.
+    /// While the provider cannot be reached the last set stays in use.
+    /// Default 10 min.
+    #[serde(with = "humantime_serde")]
+    pub jwks_max_age: Duration,
 }
 
 impl Default for AuthConfig {
@@ -190,7 +199,8 @@ impl Default for AuthConfig {
             jwks_url: None,
             issuer: None,
             audience: None,
-            jwks_refetch_interval: Duration::from_secs(60),
+            jwks_refetch_interval: Duration::from_secs(5),
+            jwks_max_age: Duration::from_secs(600),
         }
     }
 }
@@ -203,6 +213,7 @@ impl fmt::Debug for AuthConfig {
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
             .field("jwks_refetch_interval", &self.jwks_refetch_interval)
+            .field("jwks_max_age", &self.jwks_max_age)
             .finish()
     }
 }

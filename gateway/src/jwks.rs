@@ -1,9 +1,11 @@
 //! A JSON Web Key Set fetched from an identity provider.
 //!
-//! Keys are fetched on first use and again whenever a token names a `kid`
-//! the cached set lacks (providers rotate keys), but at most once per
-//! `refetch_interval`, so a flood of tokens with made-up `kid`s cannot turn
-//! the gateway into a load generator against the provider.
+//! Keys are fetched on first use, again when the set is older than
+//! `max_age` (so a key the provider removed stops working), and whenever a
+//! token names a `kid` the cached set lacks (a key the provider just
+//! published). Never more than once per `refetch_interval`, so a flood of
+//! tokens with made-up `kid`s cannot turn the gateway into a load generator
+//! against the provider. A failed fetch keeps the last set in use.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -32,6 +34,7 @@ pub struct Jwks {
     url: String,
     http: reqwest::Client,
     refetch_interval: Duration,
+    max_age: Duration,
     cache: Mutex<Cache>,
     /// Held across the HTTP fetch so concurrent misses wait for one fetch
     /// instead of each starting their own; hence a tokio mutex.
@@ -41,13 +44,20 @@ pub struct Jwks {
 #[derive(Default)]
 struct Cache {
     keys: HashMap<String, (Algorithm, DecodingKey)>,
+    /// The last fetch, whether it worked or not.
+    tried_at: Option<Instant>,
+    /// The last fetch that worked: when `keys` were current.
     fetched_at: Option<Instant>,
 }
 
 impl Jwks {
     /// A key set at `url`, not fetched yet. Fails only if no HTTP client
     /// can be built (no TLS roots on the machine).
-    pub fn new(url: String, refetch_interval: Duration) -> Result<Self, reqwest::Error> {
+    pub fn new(
+        url: String,
+        refetch_interval: Duration,
+        max_age: Duration,
+    ) -> Result<Self, reqwest::Error> {
         // async-nats already brings rustls with ring; reuse that provider
         // rather than compiling a second crypto library. Installing fails
         // harmlessly if another part of the process did it first.
@@ -57,36 +67,59 @@ impl Jwks {
             url,
             http,
             refetch_interval,
+            max_age,
             cache: Mutex::new(Cache::default()),
             fetching: tokio::sync::Mutex::new(()),
         })
     }
 
-    /// The key `kid` for `alg`, fetching the set if the key is unknown and
-    /// the last fetch is old enough.
+    /// The key `kid` for `alg`, fetching the set first if the key is
+    /// unknown or the set too old, and the last fetch long enough ago.
     pub async fn key(&self, kid: &str, alg: Algorithm) -> Result<DecodingKey, JwksError> {
-        if let Some(key) = self.cached(kid, alg) {
+        if let Some(key) = self.cached(kid, alg).filter(|_| self.is_current()) {
             return Ok(key);
         }
         let _fetching = self.fetching.lock().await;
-        if let Some(key) = self.cached(kid, alg) {
+        if let Some(key) = self.cached(kid, alg).filter(|_| self.is_current()) {
             return Ok(key);
         }
         let recently = {
             let cache = self.cache.lock().expect("jwks cache lock poisoned");
             cache
-                .fetched_at
+                .tried_at
                 .is_some_and(|at| at.elapsed() < self.refetch_interval)
         };
         if recently {
-            return Err(JwksError::UnknownKey);
+            return self.cached(kid, alg).ok_or(JwksError::UnknownKey);
         }
         let fetched = self.fetch().await;
         let mut cache = self.cache.lock().expect("jwks cache lock poisoned");
-        cache.fetched_at = Some(Instant::now());
-        cache.keys = fetched?;
+        cache.tried_at = Some(Instant::now());
+        let failed = match fetched {
+            Ok(keys) => {
+                cache.keys = keys;
+                cache.fetched_at = cache.tried_at;
+                None
+            }
+            Err(err) => {
+                tracing::warn!(cause = %err, url = %self.url, "key set fetch failed; keeping the last one");
+                Some(err)
+            }
+        };
         drop(cache);
-        self.cached(kid, alg).ok_or(JwksError::UnknownKey)
+        match (self.cached(kid, alg), failed) {
+            (Some(key), _) => Ok(key),
+            (None, Some(err)) => Err(err),
+            (None, None) => Err(JwksError::UnknownKey),
+        }
+    }
+
+    /// Whether the cached set is recent enough to trust without a fetch.
+    fn is_current(&self) -> bool {
+        let cache = self.cache.lock().expect("jwks cache lock poisoned");
+        cache
+            .fetched_at
+            .is_some_and(|at| at.elapsed() < self.max_age)
     }
 
     fn cached(&self, kid: &str, alg: Algorithm) -> Option<DecodingKey> {

@@ -1,7 +1,7 @@
 //! Who may connect: tokens, the auth deadline, origins.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
@@ -178,63 +178,197 @@ async fn a_disallowed_origin_is_refused_at_the_handshake() {
     system.finish().await;
 }
 
-/// Serves `body` as JSON to every request on a loopback port and counts them.
-async fn serve_jwks(body: String) -> (String, Arc<AtomicUsize>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!(
-        "http://{}/.well-known/jwks.json",
-        listener.local_addr().unwrap()
+/// A key endpoint on a loopback port: serves whatever `body` holds as JSON
+/// (500 while it holds nothing) and counts the requests.
+struct KeyServer {
+    url: String,
+    body: Arc<Mutex<Option<String>>>,
+    hits: Arc<AtomicUsize>,
+}
+
+impl KeyServer {
+    async fn start(body: Option<&str>) -> KeyServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!(
+            "http://{}/.well-known/jwks.json",
+            listener.local_addr().unwrap()
+        );
+        let body = Arc::new(Mutex::new(body.map(str::to_owned)));
+        let hits = Arc::new(AtomicUsize::new(0));
+        let (serving, counter) = (body.clone(), hits.clone());
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                let body = serving.lock().unwrap().clone();
+                let response = match body {
+                    Some(body) => format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    ),
+                    None => "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned(),
+                };
+                let _ = stream.write_all(response.as_bytes()).await;
+            }
+        });
+        KeyServer { url, body, hits }
+    }
+
+    /// Publishes `keys` (each a key set's `keys` array), or fails with 500.
+    fn publish(&self, keys: Option<&[&str]>) {
+        *self.body.lock().unwrap() = keys.map(|sets| {
+            let keys: Vec<serde_json::Value> = sets
+                .iter()
+                .flat_map(|set| {
+                    let set: serde_json::Value = serde_json::from_str(set).unwrap();
+                    set["keys"].as_array().unwrap().clone()
+                })
+                .collect();
+            json!({ "keys": keys }).to_string()
+        });
+    }
+
+    fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+const ES256_JWKS: &str = include_str!("fixtures/es256-test-jwks.json");
+const RS256_JWKS: &str = include_str!("fixtures/rs256-test-jwks.json");
+
+/// A token for `sub` signed with the test key `kid`: `test-key-1` (ES256)
+/// or `rs-key-1` (RS256); any other kid is signed with the ES256 key.
+fn signed(kid: &str, sub: &str) -> String {
+    let (alg, key) = match kid {
+        "rs-key-1" => (
+            Algorithm::RS256,
+            EncodingKey::from_rsa_pem(include_bytes!("fixtures/rs256-test-key.pem")).unwrap(),
+        ),
+        _ => (
+            Algorithm::ES256,
+            EncodingKey::from_ec_pem(include_bytes!("fixtures/es256-test-key.pem")).unwrap(),
+        ),
+    };
+    let mut header = Header::new(alg);
+    header.kid = Some(kid.into());
+    jsonwebtoken::encode(&header, &json!({"sub": sub, "exp": now() + 60}), &key).unwrap()
+}
+
+fn jwks_gateway(url: &str, refetch_interval: Duration, max_age: Duration) -> Options {
+    let mut gateway = Options::default().gateway;
+    gateway.auth.jwks_url = Some(url.to_owned());
+    gateway.auth.jwks_refetch_interval = refetch_interval;
+    gateway.auth.jwks_max_age = max_age;
+    Options {
+        gateway,
+        ..Options::one_gateway()
+    }
+}
+
+/// Issue 15, item 5: a provider rotating keys. A key published after the
+/// last fetch is accepted once the short refetch interval has passed (it
+/// was refused for the whole minute before), RS256 as well as ES256; a
+/// flood of unknown kids still costs at most one fetch per interval; a key
+/// the provider removed stops working once the set is older than its
+/// max age.
+#[tokio::test]
+async fn keys_the_provider_publishes_are_accepted_and_removed_ones_refused() {
+    // The default, which a deployment gets: a new key waits this long at most.
+    let interval = Options::default().gateway.auth.jwks_refetch_interval;
+    assert!(interval <= Duration::from_secs(5), "default {interval:?}");
+    let keys = KeyServer::start(None).await;
+    keys.publish(Some(&[ES256_JWKS]));
+    let system = System::start(jwks_gateway(&keys.url, interval, Duration::from_secs(2))).await;
+    let g = system.gateways[0];
+
+    Client::connect_with(g, &signed("test-key-1", "ann"))
+        .await
+        .assert_alive()
+        .await;
+    assert_eq!(keys.hits(), 1, "first use fetches the set");
+
+    // The provider publishes an RS256 key right after that fetch.
+    keys.publish(Some(&[ES256_JWKS, RS256_JWKS]));
+    tokio::time::sleep(interval).await;
+    Client::connect_with(g, &signed("rs-key-1", "bob"))
+        .await
+        .assert_alive()
+        .await;
+    assert_eq!(keys.hits(), 2, "an unknown kid fetches the set again");
+
+    // Made-up kids, all within one interval: one fetch at most.
+    let before = keys.hits();
+    for n in 0..30 {
+        expect_refused(
+            g,
+            &auth_frame(&signed(&format!("made-up-{n}"), "eve")),
+            "made-up kid",
+        )
+        .await;
+    }
+    assert!(
+        keys.hits() <= before + 1,
+        "{} fetches for 30 unknown kids",
+        keys.hits() - before
     );
-    let hits = Arc::new(AtomicUsize::new(0));
-    let counter = hits.clone();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            counter.fetch_add(1, Ordering::SeqCst);
-            let mut buf = [0u8; 4096];
-            let _ = stream.read(&mut buf).await;
-            let response = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(response.as_bytes()).await;
-        }
-    });
-    (url, hits)
+
+    // The provider drops the ES256 key; once the set is older than its
+    // max age (and the last fetch older than the interval), the next token
+    // fetches it again and the key is gone.
+    keys.publish(Some(&[RS256_JWKS]));
+    tokio::time::sleep(interval.max(Duration::from_secs(2))).await;
+    expect_refused(g, &auth_frame(&signed("test-key-1", "ann")), "removed key").await;
+    Client::connect_with(g, &signed("rs-key-1", "bob"))
+        .await
+        .assert_alive()
+        .await;
+    system.finish().await;
+}
+
+/// Issue 15, item 5: a key endpoint that fails refuses the tokens it would
+/// have vouched for (4001, nothing worse), and they work once it is back.
+#[tokio::test]
+async fn a_failing_key_endpoint_refuses_tokens_until_it_recovers() {
+    const INTERVAL: Duration = Duration::from_millis(300);
+    let keys = KeyServer::start(None).await;
+    let system = System::start(jwks_gateway(&keys.url, INTERVAL, Duration::from_secs(600))).await;
+    let g = system.gateways[0];
+    expect_refused(
+        g,
+        &auth_frame(&signed("test-key-1", "ann")),
+        "endpoint failing",
+    )
+    .await;
+    assert_eq!(keys.hits(), 1);
+
+    keys.publish(Some(&[ES256_JWKS]));
+    tokio::time::sleep(INTERVAL).await;
+    Client::connect_with(g, &signed("test-key-1", "ann"))
+        .await
+        .assert_alive()
+        .await;
+    system.finish().await;
 }
 
 #[tokio::test]
 async fn es256_tokens_verify_against_a_jwks_and_unknown_kids_are_rate_limited() {
-    let (url, hits) = serve_jwks(include_str!("fixtures/es256-test-jwks.json").to_owned()).await;
-    let mut gateway = Options::default().gateway;
-    gateway.auth.jwks_url = Some(url);
-    gateway.auth.jwks_refetch_interval = Duration::from_secs(3600);
-    let system = System::start(Options {
-        gateway,
-        ..Options::one_gateway()
-    })
-    .await;
+    let keys = KeyServer::start(Some(ES256_JWKS)).await;
+    let hour = Duration::from_secs(3600);
+    let system = System::start(jwks_gateway(&keys.url, hour, hour)).await;
     let g = system.gateways[0];
-    let key = EncodingKey::from_ec_pem(include_bytes!("fixtures/es256-test-key.pem")).unwrap();
-    let sign = |kid: &str| {
-        let mut header = Header::new(Algorithm::ES256);
-        header.kid = Some(kid.into());
-        jsonwebtoken::encode(&header, &json!({"sub": "ann", "exp": now() + 60}), &key).unwrap()
-    };
+    let sign = |kid: &str| signed(kid, "ann");
 
     Client::connect_with(g, &sign("test-key-1"))
         .await
         .assert_alive()
         .await;
-    assert_eq!(hits.load(Ordering::SeqCst), 1, "first use fetches the set");
+    assert_eq!(keys.hits(), 1, "first use fetches the set");
     Client::connect_with(g, &sign("test-key-1"))
         .await
         .assert_alive()
         .await;
-    assert_eq!(
-        hits.load(Ordering::SeqCst),
-        1,
-        "known keys come from the cache"
-    );
+    assert_eq!(keys.hits(), 1, "known keys come from the cache");
 
     expect_refused(g, &auth_frame(&sign("rotated-key")), "unknown kid").await;
     expect_refused(
@@ -243,7 +377,7 @@ async fn es256_tokens_verify_against_a_jwks_and_unknown_kids_are_rate_limited() 
         "unknown kid again",
     )
     .await;
-    assert_eq!(hits.load(Ordering::SeqCst), 1, "refetch is rate-limited");
+    assert_eq!(keys.hits(), 1, "refetch is rate-limited");
 
     // HS256 still works alongside the key set, and an HS256 token cannot pass
     // as ES256 or the other way round.
