@@ -793,13 +793,19 @@ async fn send(
 }
 
 /// Runs a socket write, giving up on a socket blocked past `timeout`.
+/// A write, within `timeout`. One that takes longer means the client has
+/// stopped reading (its buffers are full): it is a slow consumer, closed
+/// with 4100 like one whose queue filled, since in a quiet room the write
+/// times out long before the queue fills. The close frame then has another
+/// `timeout` to go out, so a client that reads again in time learns why.
 async fn write(
     op: impl std::future::Future<Output = Result<(), WsError>>,
     timeout: Duration,
 ) -> Result<(), Exit> {
     match tokio::time::timeout(timeout, op).await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) | Err(_) => Err(Exit::Gone),
+        Ok(Err(_)) => Err(Exit::Gone),
+        Err(_) => Err(Exit::Close(CloseCode::SlowConsumer)),
     }
 }
 

@@ -129,6 +129,45 @@ async fn a_client_that_closes_while_its_requests_wait_is_let_go_at_once() {
     system.finish().await;
 }
 
+/// In a quiet room a client that stops reading fills no queue, but the
+/// gateway's write to it blocks: past the write timeout it is closed as a
+/// slow consumer too, and a client reading again in time gets the code
+/// after what was on its way (it used to be dropped without one).
+#[tokio::test]
+async fn a_client_that_stops_reading_is_closed_with_4100_after_the_write_timeout() {
+    const WRITE_TIMEOUT: Duration = Duration::from_secs(3);
+    let mut options = Options::one_gateway();
+    options.gateway.write_timeout = WRITE_TIMEOUT;
+    options.moderator.chat_rate_per_minute = 60_000;
+    options.moderator.chat_burst = 1_000;
+    let system = System::start(options).await;
+    let g = system.gateways[0];
+    let room = room("quiet");
+    let mut ann = Client::connect(g, "ann").await;
+    ann.join(&room, None).await;
+    let mut slow = Client::connect_with_receive_buffer(g, "slow", 4096).await;
+    slow.join(&room, None).await;
+    // More than the socket buffers hold (64 KiB on the gateway's side, as
+    // the kernel counts it twice), far fewer frames than the queue's 256.
+    let text = "x".repeat(2000);
+    for i in 0..120 {
+        ann.chat(&room, &format!("m{i}"), &text).await.unwrap();
+    }
+    // The gateway's write has blocked since about now; read again after
+    // it gave up, while its close frame may still go out.
+    tokio::time::sleep(WRITE_TIMEOUT + Duration::from_millis(500)).await;
+    let code = loop {
+        match slow.recv_or_close().await {
+            Ok(_) => {}
+            Err(code) => break code,
+        }
+    };
+    assert_eq!(code, 4100);
+    ann.assert_alive().await;
+    drop((ann, slow));
+    system.finish().await;
+}
+
 /// Issue 10, item 5: a slow consumer was dropped without its close frame.
 /// A client that stops reading in a busy room fills the gateway's queue for
 /// it; the gateway closes it with 4100 after the frames already on their
