@@ -29,6 +29,9 @@ function isTerminalClose(code) {
   return code >= 4000 && code <= 4099;
 }
 
+/** The close code of a refused token (`CloseCode::Unauthorized`). */
+const UNAUTHORIZED_CLOSE = 4001;
+
 /** The longest delay setTimeout honours (2³¹ − 1 ms); longer ones fire at once. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
@@ -102,6 +105,11 @@ export class CavloClient extends EventTarget {
   #resendTimers = new Set();
   /** Fires when the token should be refreshed (only with a token function). */
   #refreshTimer = null;
+  /**
+   * Whether the connection since the last `welcome` already got a fresh
+   * token after a 4001: a second refusal is final.
+   */
+  #refusedOnce = false;
   #counter = 0;
 
   /**
@@ -176,6 +184,7 @@ export class CavloClient extends EventTarget {
     this.#stopped = false;
     this.#session += 1;
     this.#attempt = 0;
+    this.#refusedOnce = false;
     this.#open();
   }
 
@@ -286,6 +295,14 @@ export class CavloClient extends EventTarget {
     this.#timers.clearTimeout(this.#refreshTimer);
     this.#refreshTimer = null;
     this.#setState("closed");
+    // A refused token may only be stale (the provider rotated its keys, or
+    // it expired while the tab slept): with a token function, get a fresh
+    // one and try once more before giving up.
+    if (code === UNAUTHORIZED_CLOSE && typeof this.#token === "function" && !this.#refusedOnce) {
+      this.#refusedOnce = true;
+      this.#retry();
+      return;
+    }
     if (isTerminalClose(code)) {
       this.close();
       this.#emit("error", {
@@ -393,6 +410,7 @@ export class CavloClient extends EventTarget {
         // after the rejoins.
         this.#resume();
         this.#scheduleRefresh(frame.expires_in);
+        this.#refusedOnce = false;
         this.#setState("open");
         this.#emit("welcome", frame);
         break;
