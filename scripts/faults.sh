@@ -5,15 +5,20 @@
 # `loadgen fanout --resume`: 100 rooms of 10 clients spread over both
 # gateways, 1,000 chats/s, clients that reconnect, rejoin with `since` and
 # resend as the SDK does. For each fault it prints acked messages lost,
-# duplicated and delivered out of order, sent messages never acked (all
+# duplicated, delivered out of order and skipped live (a live gap), sent messages never acked (all
 # must be 0), reconnects, rejoins told `truncated`, the longest time any
 # client went without a delivery, and the errors clients saw. Exits
 # non-zero if any fault lost, duplicated, reordered or left unacked anything.
 #
 #   scripts/faults.sh [--short] [FAULT ...]
 #
-# FAULTs (default: all but none): none (the load alone), kill-gateway kill-moderator kill-nats-leader
-# kill-nats-follower restart-nats stop-gateway cut-gateway cut-nats.
+# FAULTs (default: all but none): none (the load alone), kill-gateway
+# kill-moderator kill-nats-leader kill-nats-follower restart-nats
+# stop-gateway cut-gateway cut-nats slow-consumer. slow-consumer makes
+# chats larger (3,000 bytes) and one client stops reading for 20 s: only it
+# may be closed (4100), and it resumes with `since`; it needs the full 40 s
+# of load. Each run also
+# reports the gateways' peak resident memory during it.
 # --short: 15 s of load per fault and shorter outages (CI runs this for six
 # faults, see scripts/test.sh). It runs as its own compose project on its own ports, so it
 # never touches a deployment started with scripts/up.sh, and takes it down
@@ -36,7 +41,7 @@ if [ "${1:-}" = "--short" ]; then
 fi
 faults=("$@")
 [ "${#faults[@]}" -gt 0 ] || faults=(kill-gateway kill-moderator kill-nats-leader
-  kill-nats-follower restart-nats stop-gateway cut-gateway cut-nats)
+  kill-nats-follower restart-nats stop-gateway cut-gateway cut-nats slow-consumer)
 
 export COMPOSE_FILE=compose.yaml:compose.cluster.yaml
 export COMPOSE_PROJECT_NAME=cavlo-faults
@@ -72,6 +77,10 @@ stream_leader() {
 d=json.load(sys.stdin)
 print(next(s["cluster"]["leader"] for a in d.get("account_details",[]) for s in a.get("stream_detail",[]) if s["name"]=="CAVLO_CHAT"))'
 }
+# A gateway's peak resident memory (kB) since the last reset_peak_rss, read
+# and reset as the service's own user (it runs as PID 1 in its container).
+peak_rss() { docker exec -u cavlo "$(container "$1")" awk '/^VmHWM:/ { print $2 }' /proc/1/status; }
+reset_peak_rss() { docker exec -u cavlo "$(container "$1")" sh -c 'echo 5 >/proc/1/clear_refs'; }
 follower() { for node in nats nats-2 nats-3; do [ "$node" = "$1" ] || { echo "$node"; return; }; done; }
 
 inject() {
@@ -87,34 +96,49 @@ inject() {
     stop-gateway) docker kill -s STOP "$(container gateway-1)" >/dev/null; sleep "$outage"; docker kill -s CONT "$(container gateway-1)" >/dev/null ;;
     cut-gateway) docker network disconnect "$network" "$(container gateway-1)"; sleep "$cut"; docker network connect "$network" "$(container gateway-1)" ;;
     cut-nats) docker network disconnect "$network" "$(container nats-3)"; sleep "$cut"; docker network connect "$network" "$(container nats-3)" ;;
-    none) ;;
+    none | slow-consumer) ;;
     *) echo "unknown fault $1" >&2; return 2 ;;
   esac
 }
 
-printf '%-19s %6s %6s %6s %7s %10s %9s %10s  %s\n' fault lost dup order unacked reconnects truncated silence_ms errors
+printf '%-19s %6s %6s %6s %5s %7s %10s %9s %10s %8s  %s\n' fault lost dup order gaps unacked reconnects truncated silence_ms gw_rss_mb "errors; closes"
 failed=0
 for fault in "${faults[@]}"; do
   scripts/wait-ready.sh "$CAVLO_GATEWAY_1_PORT" "$CAVLO_GATEWAY_2_PORT"
   report="$(mktemp)" log="$(mktemp)"
-  target/release/loadgen --json fanout --resume "${gateways[@]}" --rooms 100 --clients 10 \
-    --rate "${CAVLO_FAULTS_RATE:-1000}" --duration "$duration" --drain "$drain" >"$report" 2>"$log" &
+  shape=(--rate "${CAVLO_FAULTS_RATE:-1000}")
+  # 3,000-byte chats fill the slow client's socket buffers in about 5 s;
+  # the gateway's write then blocks, and 10 s later (its write timeout) it
+  # closes the client with 4100, whose frame waits up to 10 s more for the
+  # client to read again: the 20 s pause ends mid-way through that.
+  if [ "$fault" = slow-consumer ]; then
+    [ "$duration" -ge 40 ] || { echo "slow-consumer needs the full run, not --short" >&2; exit 2; }
+    # Straight to gateway 1's container: Docker's port proxy would buffer
+    # megabytes the client does not read, and the gateway never notice.
+    direct="$(docker inspect -f "{{(index .NetworkSettings.Networks \"$network\").IPAddress}}" "$(container gateway-1)")"
+    shape+=(--size 3000 --slow 1 --slow-pause 20 --slow-gateway "ws://$direct:8080/ws")
+  fi
+  for gateway in gateway-1 gateway-2; do reset_peak_rss "$gateway"; done
+  target/release/loadgen --json fanout --resume "${gateways[@]}" --rooms 100 --clients 10 "${shape[@]}" \
+    --duration "$duration" --drain "$drain" >"$report" 2>"$log" &
   load=$!
   sleep "$warmup"
   inject "$fault"
   wait "$load" || failed=1
-  python3 - "$fault" "$report" <<'EOF' || failed=1
+  rss="$(for gateway in gateway-1 gateway-2; do peak_rss "$gateway"; done | sort -n | tail -1)"
+  python3 - "$fault" "$report" "$rss" <<'EOF' || failed=1
 import json, sys
-fault, path = sys.argv[1], sys.argv[2]
+fault, path, rss = sys.argv[1], sys.argv[2], int(sys.argv[3] or 0)
 try:
     r = json.load(open(path))
 except ValueError:
     print(f"{fault:<19} no report: the load generator failed:")
     sys.exit(1)
 c = r["correctness"]
-print(f'{fault:<19} {c["lost"]:>6} {c["duplicated"]:>6} {c["reordered"]:>6} {r["unacked"]:>7} '
-      f'{r["reconnects"]:>10} {r["truncated"]:>9} {r["longest_silence_ms"]:>10}  {r["errors"]}')
-sys.exit(0 if c["lost"] == c["duplicated"] == c["reordered"] == r["unacked"] == 0 else 1)
+print(f'{fault:<19} {c["lost"]:>6} {c["duplicated"]:>6} {c["reordered"]:>6} {c["live_gaps"]:>5} {r["unacked"]:>7} '
+      f'{r["reconnects"]:>10} {r["truncated"]:>9} {r["longest_silence_ms"]:>10} {rss // 1024:>8}  '
+      f'{r["errors"]}; {r["closes"]}')
+sys.exit(0 if c["lost"] == c["duplicated"] == c["reordered"] == c["live_gaps"] == r["unacked"] == 0 else 1)
 EOF
   # The load generator's own verdict, when it failed (it says why last).
   grep -a 'fanout:' "$log" | tail -1 || true

@@ -24,9 +24,12 @@ pub enum ClientError {
     /// Opening the TCP connection failed.
     #[error("connect: {0}")]
     Io(#[from] std::io::Error),
-    /// The gateway closed the socket.
-    #[error("closed by the gateway")]
-    Closed,
+    /// The gateway closed the socket, with this close code if it sent one.
+    #[error("closed by the gateway (close code {code:?})")]
+    Closed { code: Option<u16> },
+    /// The gateway's address did not resolve.
+    #[error("{0} resolves to no address")]
+    NoAddress(String),
     /// No frame came in time.
     #[error("no frame within {FRAME_TIMEOUT:?}")]
     TimedOut,
@@ -34,7 +37,9 @@ pub enum ClientError {
     #[error("unexpected frame: {0}")]
     Unexpected(String),
     /// The URL does not point at this machine.
-    #[error("{0} is not a loopback address; loadgen only targets this machine")]
+    #[error(
+        "{0} is not a loopback address (or, for a slow consumer, a private one); loadgen only targets this machine"
+    )]
     NotLoopback(String),
 }
 
@@ -42,6 +47,28 @@ pub enum ClientError {
 /// machine's own test systems and nothing else.
 async fn loopback_target(
     request: &tungstenite::handshake::client::Request,
+) -> Result<SocketAddr, ClientError> {
+    target(request, |ip| ip.is_loopback()).await
+}
+
+/// Like [`loopback_target`], also accepting a private IPv4 address: the
+/// address of a container on one of this machine's Docker networks. A slow
+/// consumer needs it: through Docker's port proxy, the proxy's buffers take
+/// megabytes that the client does not read, and the gateway never sees it
+/// fall behind.
+async fn local_target(
+    request: &tungstenite::handshake::client::Request,
+) -> Result<SocketAddr, ClientError> {
+    target(request, |ip| match ip {
+        IpAddr::V4(v4) => v4.is_loopback() || v4.is_private(),
+        IpAddr::V6(v6) => v6.is_loopback(),
+    })
+    .await
+}
+
+async fn target(
+    request: &tungstenite::handshake::client::Request,
+    allowed: impl Fn(IpAddr) -> bool,
 ) -> Result<SocketAddr, ClientError> {
     let host = request
         .uri()
@@ -53,8 +80,8 @@ async fn loopback_target(
     let target = tokio::net::lookup_host((host.as_str(), port))
         .await?
         .next()
-        .ok_or(ClientError::Closed)?;
-    if target.ip().is_loopback() {
+        .ok_or_else(|| ClientError::NoAddress(host.clone()))?;
+    if allowed(target.ip()) {
         Ok(target)
     } else {
         Err(ClientError::NotLoopback(host))
@@ -84,14 +111,38 @@ impl Client {
     ) -> Result<Client, ClientError> {
         let request = url.into_client_request()?;
         let target = loopback_target(&request).await?;
+        Self::connect_socket(request, target, token, |socket| match source {
+            Some(source) => socket.bind((source, 0).into()),
+            None => Ok(()),
+        })
+        .await
+    }
+
+    /// Like [`Client::connect`], with a receive buffer of `bytes`, as a slow
+    /// consumer: one that stops reading then makes the gateway's writes
+    /// block within seconds, not after the kernel has buffered megabytes.
+    /// `url` may also name a container's private address ([`local_target`]).
+    pub async fn connect_slow(url: &str, token: &str, bytes: u32) -> Result<Client, ClientError> {
+        let request = url.into_client_request()?;
+        let target = local_target(&request).await?;
+        Self::connect_socket(request, target, token, |socket| {
+            socket.set_recv_buffer_size(bytes)
+        })
+        .await
+    }
+
+    async fn connect_socket(
+        request: tungstenite::handshake::client::Request,
+        target: SocketAddr,
+        token: &str,
+        set_up: impl FnOnce(&TcpSocket) -> std::io::Result<()>,
+    ) -> Result<Client, ClientError> {
         let socket = if target.is_ipv4() {
             TcpSocket::new_v4()?
         } else {
             TcpSocket::new_v6()?
         };
-        if let Some(source) = source {
-            socket.bind((source, 0).into())?;
-        }
+        set_up(&socket)?;
         let stream = socket.connect(target).await?;
         let (ws, _) =
             tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream)).await?;
@@ -162,12 +213,21 @@ impl Client {
 
     async fn next_frame(&mut self) -> Result<ServerFrame, ClientError> {
         loop {
-            match self.ws.next().await.ok_or(ClientError::Closed)?? {
+            match self
+                .ws
+                .next()
+                .await
+                .ok_or(ClientError::Closed { code: None })??
+            {
                 Message::Text(text) => {
                     return serde_json::from_str(&text)
                         .map_err(|_| ClientError::Unexpected(text.to_string()));
                 }
-                Message::Close(_) => return Err(ClientError::Closed),
+                Message::Close(frame) => {
+                    return Err(ClientError::Closed {
+                        code: frame.map(|frame| u16::from(frame.code)),
+                    });
+                }
                 _ => continue,
             }
         }
@@ -177,6 +237,22 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_slow_consumer_may_also_reach_a_private_address() {
+        const CASES: &[(&str, bool)] = &[
+            ("ws://127.0.0.1:8080/ws", true),
+            ("ws://172.18.0.5:8080/ws", true),
+            ("ws://10.1.2.3:8080/ws", true),
+            ("ws://8.8.8.8/ws", false),
+            ("ws://100.64.0.1/ws", false),
+        ];
+        for (url, ok) in CASES {
+            let request = url.into_client_request().unwrap();
+            let result = local_target(&request).await;
+            assert_eq!(result.is_ok(), *ok, "{url}: {result:?}");
+        }
+    }
 
     #[tokio::test]
     async fn only_loopback_targets_are_accepted() {

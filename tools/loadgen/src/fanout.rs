@@ -45,7 +45,23 @@ pub struct Plan {
     /// connection, reconnect (to the next gateway), rejoin with `since` and
     /// resend what was not acknowledged; resend chat refused `unavailable`.
     pub resume: bool,
+    /// Rooms with a slow consumer: their first client, connected with a
+    /// small receive buffer, stops reading for `slow_pause` from
+    /// [`SLOW_AFTER`] into sending, as a frozen browser tab does. The gateway
+    /// must close it (4100) and no one else; it resumes with `since`.
+    pub slow: usize,
+    /// How long a slow consumer stops reading.
+    pub slow_pause: Duration,
+    /// Where slow consumers connect first, if not to their gateway's URL:
+    /// a gateway container's own address, past Docker's port proxy.
+    pub slow_gateway: Option<String>,
 }
+
+/// When slow consumers stop reading, from the start of sending.
+pub const SLOW_AFTER: Duration = Duration::from_secs(5);
+
+/// The receive buffer of a slow consumer's socket.
+const SLOW_RECEIVE_BUFFER: u32 = 4096;
 
 /// What happened.
 #[derive(Debug, serde::Serialize)]
@@ -75,10 +91,12 @@ pub struct Report {
     pub reconnects: u64,
     /// Rejoins whose backlog said messages had been trimmed.
     pub truncated: u64,
+    /// Connections the gateway closed, by close code ("none" without one).
+    pub closes: BTreeMap<String, u64>,
     /// The longest time any client went without a delivery while messages
     /// were being sent, ms.
     pub longest_silence_ms: u64,
-    /// Lost, duplicated and reordered deliveries; all must be 0.
+    /// Lost, duplicated and reordered deliveries, and live gaps; all must be 0.
     pub correctness: Correctness,
 }
 
@@ -108,6 +126,7 @@ struct Outcome {
     unacked: u64,
     reconnects: u64,
     truncated: u64,
+    closes: BTreeMap<String, u64>,
     longest_silence: Duration,
 }
 
@@ -150,6 +169,8 @@ pub async fn run(
             connected_at: origin,
             seat: client.conn_id.clone(),
             resume: plan.resume,
+            pause: is_slow(plan, room, index)
+                .then(|| (start + SLOW_AFTER, start + SLOW_AFTER + plan.slow_pause)),
         };
         tasks.spawn(drive(
             client,
@@ -182,9 +203,18 @@ async fn connect_all(
                 room_id.clone(),
                 permits.clone(),
             );
+            let slow = is_slow(plan, room, index);
+            let url = match (&plan.slow_gateway, slow) {
+                (Some(direct), true) => direct.clone(),
+                _ => url,
+            };
             tasks.spawn(async move {
                 let _permit = permits.acquire().await.expect("never closed");
-                let mut client = Client::connect(&url, &token).await?;
+                let mut client = if slow {
+                    Client::connect_slow(&url, &token, SLOW_RECEIVE_BUFFER).await?
+                } else {
+                    Client::connect(&url, &token).await?
+                };
                 client
                     .send(&ClientFrame::Join {
                         room: room_id,
@@ -212,6 +242,11 @@ async fn connect_all(
     Ok(clients)
 }
 
+/// Whether client `index` of room `room` is one of the plan's slow consumers.
+fn is_slow(plan: &Plan, room: usize, index: usize) -> bool {
+    room < plan.slow && index == 0
+}
+
 #[derive(Clone, Copy)]
 struct Schedule {
     first: Instant,
@@ -237,6 +272,8 @@ struct Member {
     /// takes it over (`replaces`), as the SDK does.
     seat: ConnId,
     resume: bool,
+    /// For a slow consumer, when it stops reading and when it reads again.
+    pause: Option<(Instant, Instant)>,
 }
 
 /// A chat message sent and not yet acknowledged, kept to resend.
@@ -269,6 +306,7 @@ async fn drive(
         unacked: 0,
         reconnects: 0,
         truncated: 0,
+        closes: BTreeMap::new(),
         longest_silence: Duration::ZERO,
     };
     let mut pending: VecDeque<Pending> = VecDeque::new();
@@ -294,9 +332,25 @@ async fn drive(
         if member.resume {
             wake = wake.min(deadline.unwrap_or(wake));
         }
+        if let Some((from, until)) = member.pause {
+            if Instant::now() >= from {
+                // Frozen: neither reads nor sends. Its silence is its own,
+                // so both the unanswered-message clock and the silence
+                // measure start again when it thaws, and what it would have
+                // sent meanwhile is not sent at once afterwards.
+                member.pause = None;
+                tokio::time::sleep_until(until).await;
+                member.connected_at = Instant::now();
+                last_delivery = member.connected_at;
+                next_send = next_send.max(member.connected_at);
+                continue;
+            }
+            wake = wake.min(from);
+        }
         let step = match client.recv_until(wake.min(schedule.stop)).await {
             Ok(step) => step,
-            Err(_) if member.resume && Instant::now() < schedule.stop => {
+            Err(err) if member.resume && Instant::now() < schedule.stop => {
+                count_close(&mut outcome.closes, &err);
                 client =
                     reconnect(client, &mut member, &mut outcome, &pending, schedule.stop).await?;
                 continue;
@@ -408,6 +462,14 @@ async fn drive(
     Ok(outcome)
 }
 
+/// Counts a close by the gateway under its close code.
+fn count_close(closes: &mut BTreeMap<String, u64>, err: &ClientError) {
+    if let ClientError::Closed { code } = err {
+        let code = code.map_or_else(|| "none".to_owned(), |code| code.to_string());
+        *closes.entry(code).or_default() += 1;
+    }
+}
+
 /// Error codes a real client retries.
 const RETRYABLE: &[ErrorCode] = &[ErrorCode::Unavailable, ErrorCode::RateLimited];
 
@@ -503,6 +565,7 @@ async fn rejoin(
         })
         .await??;
     outcome.truncated += u64::from(truncated);
+    outcome.received.reconnected();
     for chat in history {
         outcome.received.record(chat.seq.0);
     }
@@ -522,7 +585,7 @@ fn report(plan: &Plan, outcomes: Vec<Outcome>) -> Report {
     }
     let (mut latency, mut ack_latency) = (Latency::default(), Latency::default());
     let mut correctness = Correctness::default();
-    let mut errors = BTreeMap::new();
+    let (mut errors, mut closes) = (BTreeMap::new(), BTreeMap::new());
     let (mut sent, mut acked, mut deliveries) = (0, 0, 0);
     let (mut unacked, mut reconnects, mut truncated) = (0, 0, 0);
     let mut longest_silence = Duration::ZERO;
@@ -542,6 +605,9 @@ fn report(plan: &Plan, outcomes: Vec<Outcome>) -> Report {
         acked += o.acks;
         unacked += o.unacked;
         reconnects += o.reconnects;
+        for (code, n) in &o.closes {
+            *closes.entry(code.clone()).or_default() += n;
+        }
         truncated += o.truncated;
         longest_silence = longest_silence.max(o.longest_silence);
         deliveries += o.latency.summary().count;
@@ -560,6 +626,7 @@ fn report(plan: &Plan, outcomes: Vec<Outcome>) -> Report {
         unacked,
         reconnects,
         truncated,
+        closes,
         longest_silence_ms: longest_silence.as_millis() as u64,
         correctness,
     }

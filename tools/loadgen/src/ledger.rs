@@ -2,9 +2,11 @@
 //!
 //! Within a room every receiver must get every seq acked to *another*
 //! sender exactly once, in increasing order. A receiver records what it
-//! got; at the end, the acked seqs tell what it lost.
+//! got; at the end, the acked seqs tell what it lost, and which it missed
+//! live: an acked seq between two seqs one connection delivered one after
+//! the other (a gap skipped instead of filled).
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 
 /// What one receiver got in one room.
 #[derive(Debug, Default)]
@@ -15,11 +17,22 @@ pub struct Received {
     pub duplicated: u64,
     /// Seqs that arrived after a higher one.
     pub reordered: u64,
+    /// What each connection delivered, in order: backlog, then live.
+    runs: Vec<Vec<u64>>,
 }
 
 impl Received {
+    /// Starts the record of a new connection.
+    pub fn reconnected(&mut self) {
+        self.runs.push(Vec::new());
+    }
+
     /// Records a delivered seq.
     pub fn record(&mut self, seq: u64) {
+        match self.runs.last_mut() {
+            Some(run) => run.push(seq),
+            None => self.runs.push(vec![seq]),
+        }
         if !self.seen.insert(seq) {
             self.duplicated += 1;
             return;
@@ -43,6 +56,17 @@ impl Received {
             .filter(|seq| !self.seen.contains(seq))
             .count() as u64
     }
+
+    /// How many of `expected` one connection skipped: each lies between two
+    /// seqs that connection delivered one right after the other.
+    pub fn live_gaps(&self, expected: &BTreeSet<u64>) -> u64 {
+        self.runs
+            .iter()
+            .flat_map(|run| run.windows(2))
+            .filter(|pair| pair[0] < pair[1])
+            .map(|pair| expected.range(pair[0] + 1..pair[1]).count() as u64)
+            .sum()
+    }
 }
 
 /// The three correctness counters, summed over receivers; all must be 0.
@@ -54,12 +78,16 @@ pub struct Correctness {
     pub duplicated: u64,
     /// Deliveries that came after a higher seq.
     pub reordered: u64,
+    /// Acked seqs a connection skipped between two it delivered.
+    pub live_gaps: u64,
 }
 
 impl Correctness {
     /// Adds one receiver's counts, given the seqs it should have got.
     pub fn add<'a>(&mut self, received: &Received, expected: impl IntoIterator<Item = &'a u64>) {
-        self.lost += received.lost(expected);
+        let expected: BTreeSet<u64> = expected.into_iter().copied().collect();
+        self.live_gaps += received.live_gaps(&expected);
+        self.lost += received.lost(&expected);
         self.duplicated += received.duplicated;
         self.reordered += received.reordered;
     }
@@ -103,6 +131,7 @@ mod tests {
                 expected: &[3, 4, 5],
                 want: Correctness {
                     lost: 1,
+                    live_gaps: 1,
                     ..Default::default()
                 },
             },
@@ -121,6 +150,7 @@ mod tests {
                 expected: &[3, 4, 5],
                 want: Correctness {
                     reordered: 1,
+                    live_gaps: 1,
                     ..Default::default()
                 },
             },
@@ -138,6 +168,7 @@ mod tests {
                     lost: 1,
                     duplicated: 1,
                     reordered: 1,
+                    live_gaps: 1,
                 },
             },
         ];
@@ -164,8 +195,26 @@ mod tests {
             Correctness {
                 lost: 1,
                 duplicated: 1,
-                reordered: 0
+                reordered: 0,
+                live_gaps: 0,
             }
         );
+    }
+
+    #[test]
+    fn a_gap_counts_as_live_only_within_one_connection() {
+        let expected: BTreeSet<u64> = [1, 2, 3, 4, 5, 6].into();
+        let mut received = Received::default();
+        for seq in [1, 2] {
+            received.record(seq);
+        }
+        // Reconnected, and resumed from 4: 3 came by no connection, but no
+        // connection skipped it live.
+        received.reconnected();
+        for seq in [4, 6] {
+            received.record(seq);
+        }
+        assert_eq!(received.live_gaps(&expected), 1, "5 was skipped live");
+        assert_eq!(received.lost(&expected), 2, "3 and 5 never came");
     }
 }

@@ -91,6 +91,24 @@ enum Command {
         /// run meant to overload cavlo can lower this.
         #[arg(long, default_value_t = 1.0)]
         min_acked: f64,
+        /// Rooms with a slow consumer: their first client stops reading for
+        /// `--slow-pause` seconds, 5 s into sending, with a small receive
+        /// buffer. The run fails unless the gateway closes each with 4100
+        /// and no other connection (needs `--resume`).
+        #[arg(long, default_value_t = 0, requires = "resume")]
+        slow: usize,
+        /// Seconds a slow consumer stops reading: long enough for the
+        /// gateway's write timeout (10 s by default) to pass after its
+        /// socket buffers filled, short enough to read the close frame
+        /// within the same timeout after that.
+        #[arg(long, default_value_t = 20)]
+        slow_pause: u64,
+        /// Where slow consumers connect first instead: a gateway container's
+        /// own address on a private Docker network (ws://172.x.y.z:8080/ws),
+        /// since Docker's port proxy buffers what they do not read. Later
+        /// reconnects use the `--gateway`s.
+        #[arg(long, requires = "slow")]
+        slow_gateway: Option<String>,
     },
     /// Many idle authenticated connections to one gateway.
     Connections {
@@ -160,6 +178,9 @@ async fn main() -> ExitCode {
             drain,
             resume,
             min_acked,
+            slow,
+            slow_pause,
+            slow_gateway,
         } => {
             let plan = fanout::Plan {
                 gateways,
@@ -170,6 +191,9 @@ async fn main() -> ExitCode {
                 duration: Duration::from_secs(duration),
                 drain: Duration::from_secs(drain),
                 resume,
+                slow: slow.min(rooms),
+                slow_pause: Duration::from_secs(slow_pause),
+                slow_gateway,
             };
             let progress = Arc::new(fanout::Progress::default());
             let ticker = tokio::spawn(show_progress(progress.clone(), |p: &fanout::Progress| {
@@ -192,9 +216,9 @@ async fn main() -> ExitCode {
                              deliveries/s {:.0}  acks/s {:.0}\n\
                              delivery latency µs: p50 {} p90 {} p99 {} p99.9 {} max {}\n\
                              ack latency µs:      p50 {} p90 {} p99 {} p99.9 {} max {}\n\
-                             errors {:?}\n\
+                             errors {:?}  closes by code {:?}\n\
                              unacked {} reconnects {} truncated rejoins {} longest silence {} ms\n\
-                             lost {} duplicated {} reordered {}",
+                             lost {} duplicated {} reordered {} live gaps {}",
                             report.sent,
                             report.acked,
                             report.deliveries,
@@ -212,18 +236,23 @@ async fn main() -> ExitCode {
                             a.p999,
                             a.max,
                             report.errors,
+                            report.closes,
                             report.unacked,
                             report.reconnects,
                             report.truncated,
                             report.longest_silence_ms,
                             report.correctness.lost,
                             report.correctness.duplicated,
-                            report.correctness.reordered
+                            report.correctness.reordered,
+                            report.correctness.live_gaps
                         )
                     });
                     let acked = report.acked as f64 / report.sent.max(1) as f64;
+                    let slow_closed = report.closes.get("4100").copied().unwrap_or(0);
                     if !report.correctness.is_clean() {
-                        eprintln!("fanout: failed: deliveries were lost, duplicated or reordered");
+                        eprintln!(
+                            "fanout: failed: deliveries were lost, duplicated, reordered or skipped live"
+                        );
                         ExitCode::FAILURE
                     } else if report.sent == 0 || acked < min_acked {
                         eprintln!(
@@ -232,6 +261,15 @@ async fn main() -> ExitCode {
                             report.sent,
                             min_acked * 100.0,
                             report.errors
+                        );
+                        ExitCode::FAILURE
+                    } else if plan.slow > 0
+                        && (slow_closed < plan.slow as u64 || report.reconnects != slow_closed)
+                    {
+                        eprintln!(
+                            "fanout: failed: {} slow consumers, {slow_closed} closed as slow (4100), \
+                             {} reconnects in all; closes {:?}",
+                            plan.slow, report.reconnects, report.closes
                         );
                         ExitCode::FAILURE
                     } else {
