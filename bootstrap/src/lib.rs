@@ -8,8 +8,10 @@
 //! * [`shutdown`]: the future that resolves on Ctrl-C or SIGTERM.
 //! * [`service`]: the body of every service's `main`.
 //! * [`token_bucket`]: a rate with a burst.
+//! * [`backoff`]: randomised waits between retries.
 //! * [`Cli`]: the command-line flags every binary shares.
 
+pub mod backoff;
 pub mod config;
 pub mod health;
 pub mod liveness;

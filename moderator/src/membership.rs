@@ -16,8 +16,17 @@ use schemas::subject;
 
 use crate::command::now_ms;
 
-/// How often a change is retried after losing the race for a room's entry.
-const MAX_RACES: usize = 32;
+/// How long a change keeps trying after losing the race for a room's
+/// entry. Ten members joining a room at once on a 3-node cluster lost 32
+/// back-to-back races in a row (each winning write takes a replication
+/// round, and the leader refuses a write while another to the same key is
+/// in flight), so the budget is time, with waits between tries.
+const RACE_BUDGET: Duration = Duration::from_secs(2);
+
+/// The first wait after a lost race; it doubles up to [`MAX_RACE_PAUSE`],
+/// jittered so that the losers do not all come back together.
+const FIRST_RACE_PAUSE: Duration = Duration::from_millis(2);
+const MAX_RACE_PAUSE: Duration = Duration::from_millis(100);
 
 /// How long the marker of an emptied room stays before the server drops it,
 /// so rooms that were used once do not take space forever.
@@ -36,7 +45,7 @@ pub enum MembershipError {
     #[error("room entry is malformed: {0}")]
     Malformed(#[from] event::DecodeError),
     /// Other moderators kept changing the room first, or writes failed.
-    #[error("could not write the room after {MAX_RACES} attempts")]
+    #[error("could not write the room within {RACE_BUDGET:?}")]
     Contended,
 }
 
@@ -255,7 +264,16 @@ impl Membership {
         mut apply: impl FnMut(&mut RoomState, &mut Change) -> Result<(), R>,
     ) -> Result<Result<Change, R>, MembershipError> {
         let key = subject::room_key(room);
-        for race in 0..MAX_RACES {
+        let deadline = tokio::time::Instant::now() + RACE_BUDGET;
+        let mut pause = FIRST_RACE_PAUSE;
+        for race in 0.. {
+            if race > 0 {
+                if tokio::time::Instant::now() + pause > deadline {
+                    break;
+                }
+                tokio::time::sleep(bootstrap::backoff::jittered(pause)).await;
+                pause = (pause * 2).min(MAX_RACE_PAUSE);
+            }
             let (mut state, revision) = self.read(room, race > 0).await?;
             let now = now_ms();
             state.cancelled.retain(|c| c.until_ms > now);
