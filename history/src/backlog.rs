@@ -12,6 +12,8 @@ use schemas::subject;
 const END_OF_BATCH: u16 = 204;
 /// The status of a direct get that found nothing.
 const NOT_FOUND: u16 = 404;
+/// The status of a request nobody answered: no replica serves direct gets.
+const NO_RESPONDERS: u16 = 503;
 
 /// Reading the backlog failed.
 #[derive(Debug, thiserror::Error)]
@@ -25,13 +27,20 @@ pub enum ReadError {
     /// The batch did not end within the request timeout.
     #[error("the batch did not arrive within {0:?}")]
     TimedOut(Duration),
+    /// No replica answers direct gets now (one catching up stops until it
+    /// has).
+    #[error("no replica answers direct gets")]
+    NoResponders,
     /// The server answered with an error status.
     #[error("the server answered {0}")]
     Status(u16),
     /// The stream's leader could not say where the room ends.
     #[error("cannot read the room's last message from the leader: {0}")]
-    Leader(String),
-    /// Every replica that answered lacked messages the client has seen.
+    Leader(#[from] async_nats::jetstream::stream::LastRawMessageError),
+    /// The room's last message, from the leader, is not a chat message.
+    #[error("the room's last message is unreadable: {0}")]
+    Unreadable(#[from] event::DecodeError),
+    /// The replicas that answered lacked messages the leader has.
     #[error("the replica that answered is behind seq {0}")]
     Behind(Seq),
 }
@@ -99,6 +108,7 @@ pub async fn read_room(
         };
         match msg.status.map(|status| status.as_u16()) {
             Some(END_OF_BATCH | NOT_FOUND) => break,
+            Some(NO_RESPONDERS) => return Err(ReadError::NoResponders),
             Some(status) if status >= 300 => return Err(ReadError::Status(status)),
             _ => {}
         }
@@ -120,14 +130,21 @@ pub async fn read_room(
     Ok(messages)
 }
 
-/// The seq a read must reach but does not: `since` when every retained
-/// message comes before it (or none is retained). The client has seen
-/// `since`, so either the replica that answered is behind, or the room was
-/// reset or trimmed since; only the stream's leader can tell which.
-pub fn short_of(retained: &[Stored], since: Option<Seq>) -> Option<Seq> {
-    let since = since.filter(|since| *since > Seq(0))?;
-    let tail = retained.last().map_or(Seq(0), |m| m.chat.seq);
-    (tail < since).then_some(since)
+/// Whether a read lacks messages the stream has. `leader_tail` is the
+/// room's last seq as the stream's leader knows it: a read that does not
+/// reach it came from a replica that is behind (by a few ms, or by a
+/// partition's worth just after it healed). Without the leader's word, a
+/// read that ends before `since`, which the client has seen, is behind too.
+pub fn is_behind(
+    retained: &[Stored],
+    leader_tail: Option<Option<Seq>>,
+    since: Option<Seq>,
+) -> bool {
+    let tail = retained.last().map(|m| m.chat.seq);
+    match leader_tail {
+        Some(leader) => leader > tail,
+        None => since.is_some_and(|since| since > Seq(0) && tail.is_none_or(|tail| tail < since)),
+    }
 }
 
 /// The seq of `room`'s last stored message as the stream's leader knows it
@@ -138,20 +155,17 @@ pub async fn leader_tail(
     room: &RoomId,
 ) -> Result<Option<Seq>, ReadError> {
     use async_nats::jetstream::stream::LastRawMessageErrorKind;
-    let leader = |err: &dyn std::fmt::Display| ReadError::Leader(err.to_string());
     let stream = js
         .get_stream_no_info(subject::CHAT_STREAM)
         .await
-        .map_err(|err| leader(&err))?;
+        .expect("the chat stream's name is valid");
     match stream
         .get_last_raw_message_by_subject(&subject::chat_store(room))
         .await
     {
-        Ok(last) => event::decode::<ChatMessage>(&last.payload)
-            .map(|chat| Some(chat.seq))
-            .map_err(|err| leader(&err)),
+        Ok(last) => Ok(Some(event::decode::<ChatMessage>(&last.payload)?.seq)),
         Err(err) if err.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
-        Err(err) => Err(leader(&err)),
+        Err(err) => Err(err.into()),
     }
 }
 
@@ -368,50 +382,92 @@ mod tests {
     }
 
     #[test]
-    fn a_read_that_ends_before_since_is_short() {
+    fn a_read_is_behind_when_it_lacks_the_leaders_last_message() {
         struct Case {
             name: &'static str,
             retained: &'static [u64],
+            leader: Option<Option<u64>>,
             since: Option<u64>,
-            short_of: Option<u64>,
+            behind: bool,
         }
         const FOUR: &[u64] = &[1, 2, 3, 4];
         let cases = [
             Case {
-                name: "no since",
+                name: "reaches the leader",
                 retained: FOUR,
+                leader: Some(Some(4)),
                 since: None,
-                short_of: None,
+                behind: false,
             },
             Case {
-                name: "since 0",
+                name: "ahead of the leader's answer",
                 retained: FOUR,
-                since: Some(0),
-                short_of: None,
+                leader: Some(Some(3)),
+                since: None,
+                behind: false,
             },
             Case {
-                name: "reaches since",
+                name: "short of the leader",
                 retained: FOUR,
-                since: Some(4),
-                short_of: None,
-            },
-            Case {
-                name: "past since",
-                retained: FOUR,
+                leader: Some(Some(6)),
                 since: Some(2),
-                short_of: None,
+                behind: true,
             },
             Case {
-                name: "ends before since",
+                name: "short of the leader, no since",
                 retained: FOUR,
-                since: Some(9),
-                short_of: Some(9),
+                leader: Some(Some(6)),
+                since: None,
+                behind: true,
             },
             Case {
-                name: "holds nothing",
+                name: "holds nothing, leader has",
                 retained: &[],
+                leader: Some(Some(3)),
+                since: None,
+                behind: true,
+            },
+            Case {
+                name: "room empty at the leader",
+                retained: &[],
+                leader: Some(None),
                 since: Some(3),
-                short_of: Some(3),
+                behind: false,
+            },
+            Case {
+                name: "reset: since past the leader's end",
+                retained: FOUR,
+                leader: Some(Some(4)),
+                since: Some(9),
+                behind: false,
+            },
+            Case {
+                name: "no leader, ends before since",
+                retained: FOUR,
+                leader: None,
+                since: Some(9),
+                behind: true,
+            },
+            Case {
+                name: "no leader, reaches since",
+                retained: FOUR,
+                leader: None,
+                since: Some(4),
+                behind: false,
+            },
+            Case {
+                name: "no leader, no since",
+                retained: FOUR,
+                leader: None,
+                since: None,
+                behind: false,
+            },
+            Case {
+                name: "no leader, holds nothing",
+                retained: &[],
+                leader: None,
+                since: Some(3),
+                behind: true,
             },
         ];
         for case in cases {
@@ -423,9 +479,10 @@ mod tests {
                     prev: Some(Seq(seq - 1)),
                 })
                 .collect();
+            let leader = case.leader.map(|tail| tail.map(Seq));
             assert_eq!(
-                short_of(&retained, case.since.map(Seq)),
-                case.short_of.map(Seq),
+                is_behind(&retained, leader, case.since.map(Seq)),
+                case.behind,
                 "{}",
                 case.name
             );

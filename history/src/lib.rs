@@ -18,6 +18,7 @@ use std::sync::Arc;
 use async_nats::{Client, Message};
 use futures_util::StreamExt;
 use schemas::event::{self, BacklogReply, BacklogRequest};
+use schemas::id::Seq;
 use schemas::subject;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -153,24 +154,23 @@ async fn answer(
     }
 }
 
-/// The status of a request nobody answered.
-const NO_RESPONDERS: u16 = 503;
-
 /// The wait before reading again from a replica that was behind, or when
 /// none answered.
 const BEHIND_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// Reads the room's retained messages, as current as the client's `since`.
+/// Reads the room's retained messages, as current as the stream's leader.
 ///
 /// A direct get is answered by whichever replica the server picks, and a
-/// replica back from a partition, or just a few ms behind the leader, can
-/// lack messages the client has already seen. Taken at face value such a
-/// read looked like a reset stream, and the client was sent its last
-/// messages again: the duplicates and reorderings of the 30 s partition in
-/// the fault suite. So a read that ends before `since` asks the leader
-/// where the room ends: past `since`, the read is repeated until a replica
-/// has caught up (within the read timeout, else the query fails and the
-/// client retries); otherwise the room really was reset or trimmed.
+/// replica back from a partition, or just a few ms behind, can lack the
+/// room's latest messages. A join served from it would miss them until the
+/// room's next message revealed the gap; one whose `since` lay past the
+/// replica's end looked like a reset stream, and the client was sent its
+/// last messages again: the duplicates and reorderings of the 30 s
+/// partition in the fault suite. So the leader is asked for the room's last
+/// message alongside the read (one small leader read per query), and the
+/// read is repeated until it reaches it, within the read timeout (else the
+/// query fails and the client retries). If the leader does not answer (an
+/// election), the read is trusted unless it ends before `since`.
 async fn read_current(
     client: &Client,
     js: &async_nats::jetstream::Context,
@@ -179,35 +179,37 @@ async fn read_current(
 ) -> Result<Vec<backlog::Stored>, backlog::ReadError> {
     let deadline = tokio::time::Instant::now() + READ_TIMEOUT;
     // While no replica answers direct gets (one catching up after a restart
-    // stops answering them), the server says 503: ask again until the
-    // deadline rather than fail the join at once.
+    // stops answering them), ask again until the deadline rather than fail
+    // the join at once.
     let read = async || loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         match backlog::read_room(client, &request.room, backlog_size, left).await {
-            Err(backlog::ReadError::Status(NO_RESPONDERS)) if left > BEHIND_RETRY => {
+            Err(backlog::ReadError::NoResponders) if left > BEHIND_RETRY => {
                 tokio::time::sleep(BEHIND_RETRY).await;
             }
             read => return read,
         }
     };
-    let retained = read().await?;
-    let Some(since) = backlog::short_of(&retained, request.since) else {
-        return Ok(retained);
+    let leader = tokio::time::timeout_at(deadline, backlog::leader_tail(js, &request.room));
+    let (retained, leader) = tokio::join!(read(), leader);
+    let leader = match leader {
+        Ok(Ok(tail)) => Some(tail),
+        Ok(Err(err)) => {
+            tracing::debug!(cause = %err, room = %request.room, "no word from the leader; trusting the read");
+            None
+        }
+        Err(_) => None,
     };
-    match backlog::leader_tail(js, &request.room).await? {
-        Some(tail) if tail >= since => {}
-        _ => return Ok(retained),
-    }
-    loop {
+    let mut retained = retained?;
+    while backlog::is_behind(&retained, leader, request.since) {
         if tokio::time::Instant::now() + BEHIND_RETRY >= deadline {
-            return Err(backlog::ReadError::Behind(since));
+            let behind = leader.flatten().or(request.since).unwrap_or(Seq(0));
+            return Err(backlog::ReadError::Behind(behind));
         }
         tokio::time::sleep(BEHIND_RETRY).await;
-        let retained = read().await?;
-        if backlog::short_of(&retained, Some(since)).is_none() {
-            return Ok(retained);
-        }
+        retained = read().await?;
     }
+    Ok(retained)
 }
 
 /// Bytes a reply may take: the server's payload limit less room for headers.
