@@ -92,8 +92,9 @@ pub struct GatewayConfig {
     /// Time a client has to send its HTTP request headers. Default 10 s.
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
-    /// Time one frame may take to write; a socket that stays blocked longer is
-    /// dropped. Default 10 s.
+    /// Time one frame may take to write. A socket blocked longer belongs to
+    /// a client that stopped reading: it is closed with 4100 (slow consumer),
+    /// and the close frame gets as long again to go out. Default 10 s.
     #[serde(with = "humantime_serde")]
     pub write_timeout: Duration,
     /// Time sockets get to close after shutdown starts. Default 10 s.

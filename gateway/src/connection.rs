@@ -792,7 +792,6 @@ async fn send(
     write(socket.send(Message::Text(text)), timeout).await
 }
 
-/// Runs a socket write, giving up on a socket blocked past `timeout`.
 /// A write, within `timeout`. One that takes longer means the client has
 /// stopped reading (its buffers are full): it is a slow consumer, closed
 /// with 4100 like one whose queue filled, since in a quiet room the write
@@ -809,13 +808,23 @@ async fn write(
     }
 }
 
-/// Sends a close frame with `code`, giving up after `timeout`.
+/// How long a closed socket waits for the client's answering close frame.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
+/// Sends a close frame with `code`, giving up after `timeout`, then reads
+/// (and drops) what the client still sends until its answering close
+/// frame, for at most [`CLOSE_LINGER`]: closing a TCP socket with unread
+/// data in it sends a reset, which can destroy the close frame on its way,
+/// and a client that woke up and sent something saw 1006 instead of why.
 pub(crate) async fn close(socket: &mut HyperWebsocketStream, code: CloseCode, timeout: Duration) {
     let frame = CloseFrame {
         code: WsCloseCode::from(code.code()),
         reason: code.reason().into(),
     };
-    let _ = tokio::time::timeout(timeout, socket.close(Some(frame))).await;
+    if let Ok(Ok(())) = tokio::time::timeout(timeout, socket.close(Some(frame))).await {
+        let drain = async { while let Some(Ok(_)) = socket.next().await {} };
+        let _ = tokio::time::timeout(CLOSE_LINGER, drain).await;
+    }
 }
 
 /// A message from the socket, or why the connection ends.

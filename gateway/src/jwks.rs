@@ -76,10 +76,18 @@ impl Jwks {
     /// The key `kid` for `alg`, fetching the set first if the key is
     /// unknown or the set too old, and the last fetch long enough ago.
     pub async fn key(&self, kid: &str, alg: Algorithm) -> Result<DecodingKey, JwksError> {
-        if let Some(key) = self.cached(kid, alg).filter(|_| self.is_current()) {
-            return Ok(key);
-        }
-        let _fetching = self.fetching.lock().await;
+        let known = self.cached(kid, alg);
+        let _fetching = match known {
+            Some(key) if self.is_current() => return Ok(key),
+            // A known key in an old set: one token waits for the fetch, the
+            // others use the old set meanwhile, so a provider that hangs
+            // delays one login per refetch interval, not every one.
+            Some(key) => match self.fetching.try_lock() {
+                Ok(fetching) => fetching,
+                Err(_) => return Ok(key),
+            },
+            None => self.fetching.lock().await,
+        };
         if let Some(key) = self.cached(kid, alg).filter(|_| self.is_current()) {
             return Ok(key);
         }

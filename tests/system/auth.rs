@@ -327,12 +327,14 @@ async fn keys_the_provider_publishes_are_accepted_and_removed_ones_refused() {
 }
 
 /// Issue 15, item 5: a key endpoint that fails refuses the tokens it would
-/// have vouched for (4001, nothing worse), and they work once it is back.
+/// have vouched for (4001, nothing worse), and they work once it is back;
+/// once fetched, keys keep working while it fails again, past their max age.
 #[tokio::test]
 async fn a_failing_key_endpoint_refuses_tokens_until_it_recovers() {
     const INTERVAL: Duration = Duration::from_millis(300);
+    const MAX_AGE: Duration = Duration::from_secs(1);
     let keys = KeyServer::start(None).await;
-    let system = System::start(jwks_gateway(&keys.url, INTERVAL, Duration::from_secs(600))).await;
+    let system = System::start(jwks_gateway(&keys.url, INTERVAL, MAX_AGE)).await;
     let g = system.gateways[0];
     expect_refused(
         g,
@@ -348,6 +350,19 @@ async fn a_failing_key_endpoint_refuses_tokens_until_it_recovers() {
         .await
         .assert_alive()
         .await;
+
+    keys.publish(None);
+    tokio::time::sleep(MAX_AGE).await;
+    let before = keys.hits();
+    Client::connect_with(g, &signed("test-key-1", "bob"))
+        .await
+        .assert_alive()
+        .await;
+    assert_eq!(
+        keys.hits(),
+        before + 1,
+        "the old set was fetched again, and failed"
+    );
     system.finish().await;
 }
 

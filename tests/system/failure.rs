@@ -153,9 +153,10 @@ async fn a_client_that_stops_reading_is_closed_with_4100_after_the_write_timeout
     for i in 0..120 {
         ann.chat(&room, &format!("m{i}"), &text).await.unwrap();
     }
-    // The gateway's write has blocked since about now; read again after
-    // it gave up, while its close frame may still go out.
-    tokio::time::sleep(WRITE_TIMEOUT + Duration::from_millis(500)).await;
+    // The gateway's write blocked during those sends and times out
+    // WRITE_TIMEOUT later; its close frame may then go out for as long
+    // again. Read again in the middle of that window.
+    tokio::time::sleep(WRITE_TIMEOUT.mul_f64(1.5)).await;
     let code = loop {
         match slow.recv_or_close().await {
             Ok(_) => {}
