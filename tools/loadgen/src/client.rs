@@ -38,9 +38,9 @@ pub enum ClientError {
     Unexpected(String),
     /// The URL does not point at this machine.
     #[error(
-        "{0} is not a loopback address (or, for a slow consumer, a private one); loadgen only targets this machine"
+        "{0} is not a loopback address (or, for a slow consumer, a Docker network's); loadgen only targets this machine"
     )]
-    NotLoopback(String),
+    NotLocal(String),
 }
 
 /// Where `request` goes, if that is a loopback address: loadgen loads this
@@ -51,8 +51,8 @@ async fn loopback_target(
     target(request, |ip| ip.is_loopback()).await
 }
 
-/// Like [`loopback_target`], also accepting a private IPv4 address: the
-/// address of a container on one of this machine's Docker networks. A slow
+/// Like [`loopback_target`], also accepting an address in 172.16.0.0/12,
+/// where Docker puts the containers of this machine's private networks. A slow
 /// consumer needs it: through Docker's port proxy, the proxy's buffers take
 /// megabytes that the client does not read, and the gateway never sees it
 /// fall behind.
@@ -60,12 +60,15 @@ async fn local_target(
     request: &tungstenite::handshake::client::Request,
 ) -> Result<SocketAddr, ClientError> {
     target(request, |ip| match ip {
-        IpAddr::V4(v4) => v4.is_loopback() || v4.is_private(),
+        IpAddr::V4(v4) => {
+            v4.is_loopback() || (v4.octets()[0] == 172 && v4.octets()[1] & 0xf0 == 16)
+        }
         IpAddr::V6(v6) => v6.is_loopback(),
     })
     .await
 }
 
+/// Where `request` goes, if `allowed` accepts the address.
 async fn target(
     request: &tungstenite::handshake::client::Request,
     allowed: impl Fn(IpAddr) -> bool,
@@ -84,7 +87,7 @@ async fn target(
     if allowed(target.ip()) {
         Ok(target)
     } else {
-        Err(ClientError::NotLoopback(host))
+        Err(ClientError::NotLocal(host))
     }
 }
 
@@ -243,9 +246,11 @@ mod tests {
         const CASES: &[(&str, bool)] = &[
             ("ws://127.0.0.1:8080/ws", true),
             ("ws://172.18.0.5:8080/ws", true),
-            ("ws://10.1.2.3:8080/ws", true),
+            ("ws://172.31.255.1:8080/ws", true),
+            ("ws://172.32.0.1:8080/ws", false),
+            ("ws://10.1.2.3:8080/ws", false),
+            ("ws://192.168.0.10/ws", false),
             ("ws://8.8.8.8/ws", false),
-            ("ws://100.64.0.1/ws", false),
         ];
         for (url, ok) in CASES {
             let request = url.into_client_request().unwrap();

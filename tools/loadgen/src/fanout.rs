@@ -93,6 +93,8 @@ pub struct Report {
     pub truncated: u64,
     /// Connections the gateway closed, by close code ("none" without one).
     pub closes: BTreeMap<String, u64>,
+    /// Of those, slow consumers closed with 4100 (slow consumer).
+    pub slow_closed: u64,
     /// The longest time any client went without a delivery while messages
     /// were being sent, ms.
     pub longest_silence_ms: u64,
@@ -127,6 +129,8 @@ struct Outcome {
     reconnects: u64,
     truncated: u64,
     closes: BTreeMap<String, u64>,
+    /// Whether this client was one of the plan's slow consumers.
+    slow: bool,
     longest_silence: Duration,
 }
 
@@ -307,6 +311,7 @@ async fn drive(
         reconnects: 0,
         truncated: 0,
         closes: BTreeMap::new(),
+        slow: member.pause.is_some(),
         longest_silence: Duration::ZERO,
     };
     let mut pending: VecDeque<Pending> = VecDeque::new();
@@ -482,15 +487,6 @@ const SILENT_CONNECTION: Duration = Duration::from_secs(8);
 const RECONNECT_DELAY: Duration = Duration::from_millis(250);
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(4);
 
-/// A random duration between half of `ceiling` and `ceiling`.
-fn jittered(ceiling: Duration) -> Duration {
-    use std::hash::{BuildHasher, Hasher};
-    let random = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
-    ceiling.mul_f64(0.5 + (random % 1000) as f64 / 2000.0)
-}
-
 async fn send_chat(
     client: &mut Client,
     room: &RoomId,
@@ -534,7 +530,7 @@ async fn reconnect(
                 )));
             }
             Err(_) => {
-                tokio::time::sleep(jittered(backoff)).await;
+                tokio::time::sleep(bootstrap::backoff::jittered(backoff)).await;
                 backoff = (backoff * 2).min(MAX_RECONNECT_DELAY);
             }
         }
@@ -586,6 +582,7 @@ fn report(plan: &Plan, outcomes: Vec<Outcome>) -> Report {
     let (mut latency, mut ack_latency) = (Latency::default(), Latency::default());
     let mut correctness = Correctness::default();
     let (mut errors, mut closes) = (BTreeMap::new(), BTreeMap::new());
+    let mut slow_closed = 0;
     let (mut sent, mut acked, mut deliveries) = (0, 0, 0);
     let (mut unacked, mut reconnects, mut truncated) = (0, 0, 0);
     let mut longest_silence = Duration::ZERO;
@@ -608,6 +605,9 @@ fn report(plan: &Plan, outcomes: Vec<Outcome>) -> Report {
         for (code, n) in &o.closes {
             *closes.entry(code.clone()).or_default() += n;
         }
+        if o.slow {
+            slow_closed += o.closes.get("4100").copied().unwrap_or(0);
+        }
         truncated += o.truncated;
         longest_silence = longest_silence.max(o.longest_silence);
         deliveries += o.latency.summary().count;
@@ -627,6 +627,7 @@ fn report(plan: &Plan, outcomes: Vec<Outcome>) -> Report {
         reconnects,
         truncated,
         closes,
+        slow_closed,
         longest_silence_ms: longest_silence.as_millis() as u64,
         correctness,
     }

@@ -69,7 +69,9 @@ impl Received {
     }
 }
 
-/// The three correctness counters, summed over receivers; all must be 0.
+/// The correctness counters, summed over receivers; all must be 0. A seq
+/// that came late counts both as reordered and as a live gap (its
+/// connection went past it first).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Correctness {
     /// Acked messages a receiver never got.
@@ -92,7 +94,7 @@ impl Correctness {
         self.reordered += received.reordered;
     }
 
-    /// Whether nothing was lost, duplicated or reordered.
+    /// Whether nothing was lost, duplicated, reordered or skipped live.
     pub fn is_clean(&self) -> bool {
         *self == Correctness::default()
     }

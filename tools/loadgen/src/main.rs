@@ -248,7 +248,7 @@ async fn main() -> ExitCode {
                         )
                     });
                     let acked = report.acked as f64 / report.sent.max(1) as f64;
-                    let slow_closed = report.closes.get("4100").copied().unwrap_or(0);
+                    let slow_closed = report.slow_closed;
                     if !report.correctness.is_clean() {
                         eprintln!(
                             "fanout: failed: deliveries were lost, duplicated, reordered or skipped live"
@@ -267,7 +267,7 @@ async fn main() -> ExitCode {
                         && (slow_closed < plan.slow as u64 || report.reconnects != slow_closed)
                     {
                         eprintln!(
-                            "fanout: failed: {} slow consumers, {slow_closed} closed as slow (4100), \
+                            "fanout: failed: {} slow consumers, {slow_closed} of them closed as slow (4100), \
                              {} reconnects in all; closes {:?}",
                             plan.slow, report.reconnects, report.closes
                         );
