@@ -1,14 +1,18 @@
 //! Telling the moderator that a connection left its rooms, reliably.
 //!
 //! A connection that closes cannot wait for the moderator, and the moderator
-//! may be briefly unreachable; a member left in the rooms bucket would be a
-//! ghost that holds a slot while its gateway lives on. So departures go
-//! through a queue whose worker retries each with backoff.
+//! may be unreachable for a while; a member left in the rooms bucket would be
+//! a ghost that holds a seat for as long as its gateway lives. So departures
+//! go through a queue whose worker retries each with backoff until a
+//! moderator applies it, however long the outage; only once the gateway is
+//! stopping does it give up (its members are then removed anyway, when the
+//! moderators find the gateway gone).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use schemas::client::Member;
+use schemas::code::ErrorCode;
 use schemas::event::{Action, Verdict};
 use schemas::id::{JoinId, ModeratorId, RoomId};
 use tokio::sync::{Semaphore, mpsc};
@@ -21,9 +25,14 @@ use crate::bus::Bus;
 const QUEUE_CAPACITY: usize = 4096;
 /// Departures sent at once.
 const CONCURRENCY: usize = 64;
-/// Attempts per departure, with backoff from 100 ms doubling to 5 s: about
-/// a minute in all.
-const ATTEMPTS: u32 = 16;
+/// Attempts per departure once the gateway is stopping, with backoff from
+/// 100 ms doubling to 5 s. Before that there is no limit: a departure given
+/// up after a minute, as before, left a ghost in a room after every outage
+/// longer than that.
+const ATTEMPTS_WHEN_STOPPING: u32 = 16;
+
+/// The longest wait between two attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// A connection left a room.
 #[derive(Debug)]
@@ -80,16 +89,16 @@ async fn work(bus: Bus, mut rx: mpsc::Receiver<Departure>, closing: Cancellation
             .acquire_owned()
             .await
             .expect("the semaphore is never closed");
-        let bus = bus.clone();
+        let (bus, closing) = (bus.clone(), closing.clone());
         sending.spawn(async move {
-            leave(&bus, departure).await;
+            leave(&bus, departure, &closing).await;
             drop(permit);
         });
     }
     while sending.join_next().await.is_some() {}
 }
 
-async fn leave(bus: &Bus, departure: Departure) {
+async fn leave(bus: &Bus, departure: Departure, closing: &CancellationToken) {
     let Departure {
         member,
         room,
@@ -97,18 +106,29 @@ async fn leave(bus: &Bus, departure: Departure) {
         mut moderator,
     } = departure;
     let mut backoff = Duration::from_millis(100);
-    for _ in 0..ATTEMPTS {
+    for attempts in 1.. {
         let action = Action::Leave {
             room: room.clone(),
             attempt: attempt.clone(),
         };
         match bus.moderate(&mut moderator, &member, action).await {
-            Ok(Verdict::Rejected { .. }) | Err(_) => {
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+            Ok(Verdict::Rejected { code, message })
+                if !matches!(code, ErrorCode::Unavailable | ErrorCode::RateLimited) =>
+            {
+                tracing::warn!(%room, %code, %message, "the moderator refused a departure");
+                return;
             }
+            Ok(Verdict::Rejected { .. }) | Err(_) => {}
             Ok(_) => return,
         }
+        if attempts >= ATTEMPTS_WHEN_STOPPING && closing.is_cancelled() {
+            tracing::error!(%room, conn_id = %member.conn_id, "gave up telling the moderator a member left");
+            return;
+        }
+        if attempts == ATTEMPTS_WHEN_STOPPING {
+            tracing::warn!(%room, conn_id = %member.conn_id, "still telling the moderator a member left");
+        }
+        tokio::time::sleep(bootstrap::backoff::jittered(backoff)).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
-    tracing::error!(%room, conn_id = %member.conn_id, "gave up telling the moderator a member left");
 }
