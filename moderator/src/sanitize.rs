@@ -47,4 +47,48 @@ mod tests {
             );
         }
     }
+
+    /// Markup-heavy input: tags, entities and text mixed, nested at random.
+    fn markup() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let piece = prop_oneof![
+            Just("<b>".to_owned()),
+            Just("</b>".to_owned()),
+            Just("<script>".to_owned()),
+            Just("</script>".to_owned()),
+            Just("<style>".to_owned()),
+            Just("<img src=x onerror=alert(1)>".to_owned()),
+            Just("<!--".to_owned()),
+            Just("-->".to_owned()),
+            Just("<![CDATA[".to_owned()),
+            Just("&lt;".to_owned()),
+            Just("&amp;".to_owned()),
+            Just("&#x202E;".to_owned()),
+            Just("&#0;".to_owned()),
+            Just("&#xD800;".to_owned()),
+            Just("<".to_owned()),
+            Just(">".to_owned()),
+            Just("&".to_owned()),
+            ".{0,8}",
+        ];
+        prop::collection::vec(piece, 0..40).prop_map(|pieces| pieces.concat())
+    }
+
+    proptest::proptest! {
+        /// Whatever a client sends, the moderator answers: the sanitizer
+        /// never panics, and what it keeps carries no character that could
+        /// spoof other text.
+        #[test]
+        fn any_input_gives_plain_text_without_spoofing(input in proptest::prelude::any::<String>()) {
+            let out = plain_text(&input);
+            proptest::prop_assert!(!out.chars().any(schemas::text::is_spoofing_char));
+        }
+
+        #[test]
+        fn markup_gives_plain_text_without_spoofing_or_scripts(input in markup()) {
+            let out = plain_text(&input);
+            proptest::prop_assert!(!out.chars().any(schemas::text::is_spoofing_char));
+            proptest::prop_assert_eq!(plain_text(&out).contains("<script"), false, "{:?} -> {:?}", input, out);
+        }
+    }
 }
