@@ -115,7 +115,17 @@ pub struct Nats {
     pub url: String,
     /// The HTTP monitoring endpoint (`/subsz`, `/connz`, …).
     pub monitor: SocketAddr,
+    /// Whether it runs compose's configuration, with one user per service.
+    pub with_users: bool,
 }
+
+/// The users of `docker/nats/nats.conf`, with the passwords the tests give
+/// them (compose's come from `.env`).
+pub const NATS_USERS: [(&str, &str); 3] = [
+    ("gateway", "gatewaytestpass"),
+    ("moderator", "moderatortestpass"),
+    ("history", "historytestpass"),
+];
 
 /// The in-container port of the NATS monitoring endpoint.
 const MONITOR_PORT: u16 = 8222;
@@ -128,18 +138,45 @@ const LEAK_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Nats {
     pub async fn start() -> Nats {
+        Self::launch(false).await
+    }
+
+    /// NATS as compose runs it (`docker/nats/nats.conf`): every service has
+    /// its own user, allowed only what that service needs.
+    pub async fn start_with_users() -> Nats {
+        Self::launch(true).await
+    }
+
+    async fn launch(with_users: bool) -> Nats {
         let image = nats_image();
         let (name, tag) = image.rsplit_once(':').unwrap_or((image, "latest"));
-        let container = GenericImage::new(name, tag)
+        let request = GenericImage::new(name, tag)
             .with_exposed_port(ContainerPort::Tcp(4222))
             .with_exposed_port(ContainerPort::Tcp(MONITOR_PORT))
-            .with_wait_for(WaitFor::message_on_stderr("Server is ready"))
-            .with_cmd(["--jetstream", "--store_dir", "/data", "-m", "8222"])
-            .start()
-            .await
-            .unwrap_or_else(|err| {
-                panic!("cannot start NATS image {image} (set {NATS_IMAGE_VAR}): {err}")
-            });
+            .with_wait_for(WaitFor::message_on_stderr("Server is ready"));
+        let request = if with_users {
+            let conf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docker/nats/nats.conf");
+            let mut request = request
+                .with_mount(testcontainers::core::Mount::bind_mount(
+                    conf.canonicalize()
+                        .expect("docker/nats/nats.conf exists")
+                        .display()
+                        .to_string(),
+                    "/etc/nats/nats.conf",
+                ))
+                .with_env_var("CAVLO_NATS_SYNC_INTERVAL", "2m")
+                .with_cmd(["-c", "/etc/nats/nats.conf"]);
+            for (user, password) in NATS_USERS {
+                let var = format!("CAVLO_NATS_{}_PASSWORD", user.to_uppercase());
+                request = request.with_env_var(var, password);
+            }
+            request
+        } else {
+            request.with_cmd(["--jetstream", "--store_dir", "/data", "-m", "8222"])
+        };
+        let container = request.start().await.unwrap_or_else(|err| {
+            panic!("cannot start NATS image {image} (set {NATS_IMAGE_VAR}): {err}")
+        });
         let port = container
             .get_host_port_ipv4(4222)
             .await
@@ -152,6 +189,7 @@ impl Nats {
             container,
             url: format!("nats://127.0.0.1:{port}"),
             monitor: SocketAddr::from(([127, 0, 0, 1], monitor)),
+            with_users,
         }
     }
 
@@ -170,10 +208,27 @@ impl Nats {
             .collect()
     }
 
+    /// A connection for the test itself; with users, as the moderator,
+    /// which may read the rooms bucket the leak check looks at.
     pub async fn connect(&self) -> async_nats::Client {
+        self.connect_as(self.with_users.then_some("moderator"))
+            .await
+    }
+
+    /// A connection as `user` of [`NATS_USERS`], or without a user.
+    pub async fn connect_as(&self, user: Option<&str>) -> async_nats::Client {
+        let password = user.map(|user| {
+            let (_, password) = NATS_USERS
+                .iter()
+                .find(|(name, _)| *name == user)
+                .expect("a user of nats.conf");
+            Secret((*password).to_owned())
+        });
         let config = bootstrap::nats::NatsConfig {
             url: self.url.clone(),
             request_timeout: REQUEST_TIMEOUT,
+            user: user.map(str::to_owned),
+            password,
             ..Default::default()
         };
         bootstrap::nats::connect(&config, "cavlo-test")
@@ -186,6 +241,8 @@ impl Nats {
 pub struct Options {
     pub gateways: usize,
     pub moderators: usize,
+    /// Run NATS as compose does, each service as its own user.
+    pub nats_users: bool,
     pub gateway: GatewayConfig,
     pub moderator: ModeratorConfig,
     pub history: HistoryConfig,
@@ -198,6 +255,7 @@ impl Default for Options {
         Self {
             gateways: 2,
             moderators: 2,
+            nats_users: false,
             gateway,
             moderator: ModeratorConfig::default(),
             history: HistoryConfig::default(),
@@ -234,20 +292,28 @@ impl System {
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
             .try_init();
-        let nats = Nats::start().await;
+        let nats = if options.nats_users {
+            Nats::start_with_users().await
+        } else {
+            Nats::start().await
+        };
+        let as_user = |user: &'static str| options.nats_users.then_some(user);
         let (stop_gateways, stop_backend) = (CancellationToken::new(), CancellationToken::new());
         let mut backend_tasks = Vec::new();
 
-        let history = history::start(nats.connect().await, options.history)
+        let history = history::start(nats.connect_as(as_user("history")).await, options.history)
             .await
             .expect("history starts");
         backend_tasks.push(tokio::spawn(
             history.run(stop_backend.clone().cancelled_owned()),
         ));
         for _ in 0..options.moderators {
-            let moderator = moderator::start(nats.connect().await, options.moderator.clone())
-                .await
-                .expect("moderator starts");
+            let moderator = moderator::start(
+                nats.connect_as(as_user("moderator")).await,
+                options.moderator.clone(),
+            )
+            .await
+            .expect("moderator starts");
             backend_tasks.push(tokio::spawn(
                 moderator.run(stop_backend.clone().cancelled_owned()),
             ));
@@ -257,7 +323,7 @@ impl System {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             gateways.push(listener.local_addr().unwrap());
             let (client, config, stop) = (
-                nats.connect().await,
+                nats.connect_as(as_user("gateway")).await,
                 options.gateway.clone(),
                 stop_gateways.clone(),
             );
@@ -320,9 +386,18 @@ impl System {
             leaks.push(format!("NATS subscription {subject}"));
         }
         if let Ok(rooms) = js.get_key_value(subject::ROOMS_BUCKET).await {
-            let mut keys = rooms.keys().await.expect("list room keys");
-            while let Some(key) = keys.next().await {
-                let key = key.expect("room key");
+            // Listed from the stream's info rather than with `keys()`, which
+            // makes a consumer: no service's NATS user may, and with users
+            // the check runs as the moderator.
+            let prefix = format!("$KV.{}.", subject::ROOMS_BUCKET);
+            let mut subjects = rooms
+                .stream
+                .info_with_subjects(format!("{prefix}>"))
+                .await
+                .expect("list room keys");
+            while let Some(subject) = subjects.next().await {
+                let (subject, _) = subject.expect("room key");
+                let key = subject.trim_start_matches(&prefix).to_owned();
                 let Some(entry) = rooms.get(&key).await.expect("read room") else {
                     continue;
                 };

@@ -8,6 +8,7 @@ mod harness;
 mod hub;
 mod moderation;
 mod ordering;
+mod permissions;
 mod presence;
 mod protocol;
 mod signaling;
