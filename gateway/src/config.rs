@@ -97,6 +97,13 @@ pub struct GatewayConfig {
     /// and the close frame gets as long again to go out. Default 10 s.
     #[serde(with = "humantime_serde")]
     pub write_timeout: Duration,
+    /// A connection from which nothing arrives this long, not even a pong to
+    /// the gateway's WebSocket pings (sent every third of it), is closed with
+    /// 4107: it is most likely half-open, its client gone without a close,
+    /// and would otherwise keep its seats and a slot of its user's
+    /// connection cap. At least 1 s. Default 60 s.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
     /// Time sockets get to close after shutdown starts. Default 10 s.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
@@ -152,6 +159,7 @@ impl Default for GatewayConfig {
             auth_timeout: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(10),
             history_limit: 50,
             heartbeat_interval: Duration::from_secs(3),

@@ -115,6 +115,8 @@ pub(crate) async fn serve(
         rooms: HashMap::new(),
         moderator: None,
         handle,
+        heard: Instant::now(),
+        pinged: Instant::now(),
         shared,
     };
     connection.run(socket, deliveries).instrument(span).await;
@@ -231,6 +233,10 @@ struct Connection {
     handle: MemberHandle,
     /// Cancelled when the gateway resets its connections.
     reset: CancellationToken,
+    /// When something last came from the client (a frame, or a pong).
+    heard: Instant,
+    /// When the gateway last pinged it.
+    pinged: Instant,
 }
 
 impl Connection {
@@ -289,8 +295,10 @@ impl Connection {
             return self.on_message(socket, message, ahead).await;
         }
         let gap = self.oldest_gap();
+        let keepalive = self.heard.max(self.pinged) + self.idle_timeout() / 3;
         tokio::select! {
             Some(delivery) = deliveries.recv() => self.deliver_queued(socket, delivery, deliveries).await,
+            () = tokio::time::sleep_until(keepalive) => self.keep_alive(socket).await,
             () = tokio::time::sleep_until(gap.unwrap_or_else(Instant::now)), if gap.is_some() => {
                 Box::pin(self.fill_gaps(socket)).await
             }
@@ -305,6 +313,7 @@ impl Connection {
         message: Message,
         ahead: &mut ReadAhead,
     ) -> Result<(), Exit> {
+        self.heard = Instant::now();
         match message {
             Message::Text(text) => {
                 // Boxed: request handling is a large future, and inlining it
@@ -326,6 +335,29 @@ impl Connection {
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Ok(()),
             Message::Close(_) => Err(Exit::ClientClosed),
         }
+    }
+
+    /// Pings a client that has been silent for a third of the idle timeout,
+    /// and closes one silent for all of it (4107). A client that vanished
+    /// without closing (its network dropped) leaves a half-open socket that
+    /// nothing else would notice in a quiet room: it would hold its room
+    /// seats and a slot of its user's connection cap indefinitely. Browsers
+    /// answer pings by themselves.
+    async fn keep_alive(&mut self, socket: &mut HyperWebsocketStream) -> Result<(), Exit> {
+        if self.heard.elapsed() >= self.idle_timeout() {
+            return Err(Exit::Close(CloseCode::Idle));
+        }
+        self.pinged = Instant::now();
+        write(
+            socket.send(Message::Ping(Default::default())),
+            self.shared.config.write_timeout,
+        )
+        .await
+    }
+
+    /// `gateway.idle_timeout`, at least a second: less would ping in a loop.
+    fn idle_timeout(&self) -> Duration {
+        self.shared.config.idle_timeout.max(Duration::from_secs(1))
     }
 
     /// Writes `first` and whatever else is already queued, then flushes

@@ -92,6 +92,10 @@ pub enum CloseCode {
     /// The client's address has as many unauthenticated sockets open as
     /// allowed: retry after backoff.
     TooManyUnauthenticated,
+    /// Nothing came from the client, not even an answer to the gateway's
+    /// pings, for the idle timeout: the connection is most likely dead
+    /// (half-open). A client that is still there reconnects and resumes.
+    Idle,
 }
 
 impl CloseCode {
@@ -109,6 +113,7 @@ impl CloseCode {
             CloseCode::Reset => 4104,
             CloseCode::TokenExpired => 4105,
             CloseCode::TooManyUnauthenticated => 4106,
+            CloseCode::Idle => 4107,
         }
     }
 
@@ -128,6 +133,7 @@ impl CloseCode {
             CloseCode::TooManyUnauthenticated => {
                 "too many unauthenticated sockets from this address: retry later"
             }
+            CloseCode::Idle => "no answer to pings: reconnect and resume",
         }
     }
 
@@ -155,6 +161,7 @@ mod tests {
             (CloseCode::Reset, 4104, true),
             (CloseCode::TokenExpired, 4105, true),
             (CloseCode::TooManyUnauthenticated, 4106, true),
+            (CloseCode::Idle, 4107, true),
         ];
         for (code, number, reconnect) in CASES {
             assert_eq!(code.code(), *number, "{code:?}");
@@ -201,7 +208,8 @@ mod tests {
             Some(Resync) => Some(Reset),
             Some(Reset) => Some(TokenExpired),
             Some(TokenExpired) => Some(TooManyUnauthenticated),
-            Some(TooManyUnauthenticated) => None,
+            Some(TooManyUnauthenticated) => Some(Idle),
+            Some(Idle) => None,
         };
         std::iter::successors(after(None), |code| after(Some(*code))).collect()
     }

@@ -1,6 +1,6 @@
 //! A failing dependency gives clients an error, never a hang.
 
-use schemas::client::{ClientFrame, ServerFrame};
+use schemas::client::{ClientFrame, PresenceEvent, ServerFrame};
 use schemas::code::ErrorCode;
 use schemas::id::Seq;
 
@@ -221,5 +221,47 @@ async fn a_slow_consumer_gets_its_close_code_and_resumes_with_nothing_lost() {
     assert_eq!(got, acked, "every message once, in order");
     assert!(!truncated);
     drop((ann, slow, back));
+    system.finish().await;
+}
+
+/// A client whose network dropped leaves a half-open socket that, in a quiet
+/// room, nothing written would ever fail on: it kept its seat and a slot of
+/// its user's cap for good. The gateway pings a silent client and closes
+/// one that answers nothing for the idle timeout (4107), freeing its seat,
+/// while one that reads (and so answers pings, as browsers do) stays,
+/// sending nothing. (The silent client's socket cannot show the code: by
+/// the time it reads, its answers to the queued pings hit a closed socket.)
+#[tokio::test]
+async fn a_client_that_answers_no_pings_is_closed_as_idle_and_one_that_reads_stays() {
+    const IDLE: Duration = Duration::from_secs(1);
+    let mut options = Options::one_gateway();
+    options.gateway.idle_timeout = IDLE;
+    let system = System::start(options).await;
+    let g = system.gateways[0];
+    let room = room("quiet");
+    let mut gone = Client::connect(g, "gone").await;
+    gone.join(&room, None).await;
+    let mut here = Client::connect(g, "here").await;
+    here.join(&room, None).await;
+
+    // `gone` reads nothing from now on, as if its network dropped; `here`
+    // only reads.
+    here.read_for(IDLE * 3).await;
+    match here.next_presence().await {
+        ServerFrame::Presence { event, member, .. } => {
+            assert_eq!(
+                (event, member.conn_id),
+                (PresenceEvent::Leave, gone.conn_id.clone())
+            );
+        }
+        other => panic!("expected presence, got {other:?}"),
+    }
+    assert_eq!(
+        get_json(g, "/health").await["connections"],
+        1,
+        "only `here` is left"
+    );
+    here.assert_alive().await;
+    drop((gone, here));
     system.finish().await;
 }

@@ -629,6 +629,20 @@ impl Client {
         }
     }
 
+    /// Reads for `duration`, as a browser tab does, answering the gateway's
+    /// pings; frames that arrive are kept for later `recv`s.
+    pub async fn read_for(&mut self, duration: Duration) {
+        let until = tokio::time::Instant::now() + duration;
+        while let Ok(Some(msg)) = tokio::time::timeout_at(until, self.ws.next()).await {
+            if let Message::Text(text) = msg.expect("socket error while reading") {
+                match serde_json::from_str(&text).expect("server frames parse") {
+                    frame @ ServerFrame::Presence { .. } => self.presence.push_back(frame),
+                    frame => self.pending.push_back(frame),
+                }
+            }
+        }
+    }
+
     /// Waits for the server to close the socket; returns the close code.
     pub async fn expect_close(&mut self) -> u16 {
         loop {
