@@ -265,3 +265,39 @@ async fn a_client_that_answers_no_pings_is_closed_as_idle_and_one_that_reads_sta
     drop((gone, here));
     system.finish().await;
 }
+
+/// History stopped (crashed, or being redeployed): a join, which needs the
+/// backlog, is refused with `unavailable` at once rather than after a
+/// timeout, while chat in rooms already joined still flows and is stored;
+/// once history is back, joins work and get what was said meanwhile.
+#[tokio::test]
+async fn with_history_down_joins_fail_at_once_chat_flows_and_history_back_serves_it() {
+    let mut system = System::one_gateway().await;
+    let g = system.gateways[0];
+    let room = room("historyless");
+    let mut ann = Client::connect(g, "ann").await;
+    ann.join(&room, None).await;
+    let before = ann.chat(&room, "a1", "before").await.unwrap().unwrap();
+
+    system.stop_history().await;
+    let mut bob = Client::connect(g, "bob").await;
+    let asked = Instant::now();
+    let error = bob.try_join(&room, None).await.unwrap_err();
+    assert_code(&error, ErrorCode::Unavailable, "join without history");
+    assert!(
+        asked.elapsed() < REQUEST_TIMEOUT / 2,
+        "refused after {:?}, not at once",
+        asked.elapsed()
+    );
+    let during = ann.chat(&room, "a2", "during").await.unwrap().unwrap();
+
+    system.start_history().await;
+    let (history, _, truncated) = bob.join(&room, None).await;
+    assert_eq!(
+        history.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        [before, during]
+    );
+    assert!(!truncated);
+    drop((ann, bob));
+    system.finish().await;
+}

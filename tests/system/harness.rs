@@ -283,6 +283,11 @@ pub struct System {
     /// Stops moderators and history, after the gateways.
     stop_backend: CancellationToken,
     backend_tasks: Vec<JoinHandle<()>>,
+    /// History, apart from the other services so a test can stop and
+    /// restart it: its own stop (a child of `stop_backend`) and task.
+    history: Option<(CancellationToken, JoinHandle<()>)>,
+    history_config: HistoryConfig,
+    history_user: Option<&'static str>,
 }
 
 impl System {
@@ -301,12 +306,9 @@ impl System {
         let (stop_gateways, stop_backend) = (CancellationToken::new(), CancellationToken::new());
         let mut backend_tasks = Vec::new();
 
-        let history = history::start(nats.connect_as(as_user("history")).await, options.history)
-            .await
-            .expect("history starts");
-        backend_tasks.push(tokio::spawn(
-            history.run(stop_backend.clone().cancelled_owned()),
-        ));
+        let history_user = as_user("history");
+        let history =
+            Some(Self::spawn_history(&nats, history_user, &options.history, &stop_backend).await);
         for _ in 0..options.moderators {
             let moderator = moderator::start(
                 nats.connect_as(as_user("moderator")).await,
@@ -340,7 +342,44 @@ impl System {
             gateway_tasks,
             stop_backend,
             backend_tasks,
+            history,
+            history_config: options.history,
+            history_user,
         }
+    }
+
+    async fn spawn_history(
+        nats: &Nats,
+        user: Option<&str>,
+        config: &HistoryConfig,
+        stop_backend: &CancellationToken,
+    ) -> (CancellationToken, JoinHandle<()>) {
+        let history = history::start(nats.connect_as(user).await, config.clone())
+            .await
+            .expect("history starts");
+        let stop = stop_backend.child_token();
+        let task = tokio::spawn(history.run(stop.clone().cancelled_owned()));
+        (stop, task)
+    }
+
+    /// Stops history alone, as a crash or a redeploy would.
+    pub async fn stop_history(&mut self) {
+        if let Some((stop, task)) = self.history.take() {
+            stop.cancel();
+            task.await.expect("history stops cleanly");
+        }
+    }
+
+    /// Starts history again after [`System::stop_history`].
+    pub async fn start_history(&mut self) {
+        let history = Self::spawn_history(
+            &self.nats,
+            self.history_user,
+            &self.history_config,
+            &self.stop_backend,
+        )
+        .await;
+        self.history = Some(history);
     }
 
     /// A system with one gateway and otherwise default settings.
@@ -416,6 +455,9 @@ impl System {
         join_all(&mut self.gateway_tasks).await;
         self.stop_backend.cancel();
         join_all(&mut self.backend_tasks).await;
+        if let Some((_, task)) = self.history.take() {
+            let _ = task.await;
+        }
     }
 }
 
