@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +24,7 @@ use schemas::code::{CloseCode, ErrorCode};
 use schemas::event::{Action, Verdict};
 use schemas::id::{ClientMsgId, ConnId, JoinId, ModeratorId, RoomId, Seq, UserId};
 use tokio::sync::mpsc;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -116,7 +117,6 @@ pub(crate) async fn serve(
         moderator: None,
         handle,
         heard: Instant::now(),
-        pinged: Instant::now(),
         shared,
     };
     connection.run(socket, deliveries).instrument(span).await;
@@ -235,8 +235,6 @@ struct Connection {
     reset: CancellationToken,
     /// When something last came from the client (a frame, or a pong).
     heard: Instant,
-    /// When the gateway last pinged it.
-    pinged: Instant,
 }
 
 impl Connection {
@@ -253,6 +251,11 @@ impl Connection {
         let mut ahead = ReadAhead::default();
         let expired = tokio::time::sleep_until(self.expiry.deadline);
         tokio::pin!(expired);
+        // One timer for the connection's life, moved only when it fires
+        // (see `keep_alive`), so a busy connection's steps do not each
+        // register a timer of their own.
+        let keepalive = tokio::time::sleep(self.idle_timeout() / 3);
+        tokio::pin!(keepalive);
         let exit = loop {
             // Shutdown and overflow interrupt whatever step is under way: a
             // socket write blocked on a full TCP buffer, or a request. Both
@@ -265,7 +268,7 @@ impl Connection {
                 _ = replaced.cancelled() => Err(Exit::Close(CloseCode::Replaced)),
                 _ = reset.cancelled() => Err(Exit::Close(CloseCode::Reset)),
                 () = &mut expired => Err(Exit::Close(CloseCode::TokenExpired)),
-                step = self.step(&mut socket, &mut deliveries, &mut ahead) => step,
+                step = self.step(&mut socket, &mut deliveries, &mut ahead, keepalive.as_mut()) => step,
             };
             if let Err(exit) = step {
                 break exit;
@@ -290,15 +293,15 @@ impl Connection {
         socket: &mut HyperWebsocketStream,
         deliveries: &mut mpsc::Receiver<Arc<Delivery>>,
         ahead: &mut ReadAhead,
+        mut keepalive: Pin<&mut Sleep>,
     ) -> Result<(), Exit> {
         if let Some(message) = ahead.pop() {
             return self.on_message(socket, message, ahead).await;
         }
         let gap = self.oldest_gap();
-        let keepalive = self.heard.max(self.pinged) + self.idle_timeout() / 3;
         tokio::select! {
             Some(delivery) = deliveries.recv() => self.deliver_queued(socket, delivery, deliveries).await,
-            () = tokio::time::sleep_until(keepalive) => self.keep_alive(socket).await,
+            () = keepalive.as_mut() => self.keep_alive(socket, keepalive).await,
             () = tokio::time::sleep_until(gap.unwrap_or_else(Instant::now)), if gap.is_some() => {
                 Box::pin(self.fill_gaps(socket)).await
             }
@@ -337,17 +340,28 @@ impl Connection {
         }
     }
 
-    /// Pings a client that has been silent for a third of the idle timeout,
-    /// and closes one silent for all of it (4107). A client that vanished
-    /// without closing (its network dropped) leaves a half-open socket that
-    /// nothing else would notice in a quiet room: it would hold its room
-    /// seats and a slot of its user's connection cap indefinitely. Browsers
-    /// answer pings by themselves.
-    async fn keep_alive(&mut self, socket: &mut HyperWebsocketStream) -> Result<(), Exit> {
-        if self.heard.elapsed() >= self.idle_timeout() {
+    /// Runs when the keepalive timer fires: pings a client that has been
+    /// silent for a third of the idle timeout, and closes one silent for all
+    /// of it (4107); the timer then fires again a third later, or a third
+    /// after the client was last heard. A client that vanished without
+    /// closing (its network dropped) leaves a half-open socket that nothing
+    /// else would notice in a quiet room: it would hold its room seats and a
+    /// slot of its user's connection cap indefinitely. Browsers answer pings
+    /// by themselves.
+    async fn keep_alive(
+        &mut self,
+        socket: &mut HyperWebsocketStream,
+        timer: Pin<&mut Sleep>,
+    ) -> Result<(), Exit> {
+        let (idle, silent) = (self.idle_timeout(), self.heard.elapsed());
+        if silent >= idle {
             return Err(Exit::Close(CloseCode::Idle));
         }
-        self.pinged = Instant::now();
+        if silent < idle / 3 {
+            timer.reset(self.heard + idle / 3);
+            return Ok(());
+        }
+        timer.reset(Instant::now() + idle / 3);
         write(
             socket.send(Message::Ping(Default::default())),
             self.shared.config.write_timeout,
