@@ -157,12 +157,7 @@ async fn a_client_that_stops_reading_is_closed_with_4100_after_the_write_timeout
     // WRITE_TIMEOUT later; its close frame may then go out for as long
     // again. Read again in the middle of that window.
     tokio::time::sleep(WRITE_TIMEOUT.mul_f64(1.5)).await;
-    let code = loop {
-        match slow.recv_or_close().await {
-            Ok(_) => {}
-            Err(code) => break code,
-        }
-    };
+    let (_, code) = slow.chats_until_close().await;
     assert_eq!(code, 4100);
     ann.assert_alive().await;
     drop((ann, slow));
@@ -201,14 +196,7 @@ async fn a_slow_consumer_gets_its_close_code_and_resumes_with_nothing_lost() {
         acked.push(ack.seq.expect("a first send has its seq"));
     }
 
-    let mut got = Vec::new();
-    let code = loop {
-        match slow.recv_or_close().await {
-            Ok(ServerFrame::Chat(chat)) => got.push(chat.seq),
-            Ok(_) => {}
-            Err(code) => break code,
-        }
-    };
+    let (mut got, code) = slow.chats_until_close().await;
     assert_eq!(code, 4100, "closed as a slow consumer");
     assert!(got.len() < acked.len(), "it was closed before the end");
     assert_eq!(got, acked[..got.len()], "what it got came in order");

@@ -13,12 +13,12 @@ use gateway::config::GatewayConfig;
 use history::config::HistoryConfig;
 use jsonwebtoken::{EncodingKey, Header};
 use moderator::config::ModeratorConfig;
-use schemas::client::{ChatMessage, ClientFrame, ErrorFrame, ServerFrame};
+use schemas::client::{ChatMessage, ClientFrame, ErrorFrame, ServerFrame, SignalKind};
 use schemas::code::ErrorCode;
 use schemas::event::RoomState;
-use schemas::id::{RoomId, Seq};
+use schemas::id::{ConnId, RoomId, Seq};
 use schemas::subject;
-use serde_json::json;
+use serde_json::{Value, json};
 use testcontainers::core::{ContainerPort, WaitFor};
 use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, GenericImage, ImageExt};
@@ -99,6 +99,18 @@ pub fn service_binary(name: &str) -> PathBuf {
         profile_dir
     });
     dir.join(name)
+}
+
+/// A `signal` frame; the server fills in who sent it.
+pub fn signal(room: &RoomId, to: &ConnId, kind: SignalKind, data: Value) -> ClientFrame {
+    ClientFrame::Signal {
+        room: room.clone(),
+        to: to.clone(),
+        kind,
+        data,
+        from: None,
+        user: None,
+    }
 }
 
 /// What an `ack` says.
@@ -681,6 +693,19 @@ impl Client {
                     frame @ ServerFrame::Presence { .. } => self.presence.push_back(frame),
                     frame => self.pending.push_back(frame),
                 }
+            }
+        }
+    }
+
+    /// Reads until the server closes the socket: the seqs of the chat frames
+    /// still on their way, in order, and the close code.
+    pub async fn chats_until_close(&mut self) -> (Vec<Seq>, u16) {
+        let mut seqs = Vec::new();
+        loop {
+            match self.recv_or_close().await {
+                Ok(ServerFrame::Chat(chat)) => seqs.push(chat.seq),
+                Ok(_) => {}
+                Err(code) => return (seqs, code),
             }
         }
     }

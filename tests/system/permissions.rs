@@ -8,7 +8,7 @@ use schemas::client::{ClientFrame, ServerFrame, SignalKind};
 use schemas::id::Seq;
 use serde_json::json;
 
-use crate::harness::{Client, Nats, Options, System, room};
+use crate::harness::{Client, Nats, Options, System, room, signal};
 
 /// What nats-server logged so far.
 async fn server_log(nats: &Nats) -> String {
@@ -50,14 +50,12 @@ async fn every_service_works_with_only_its_own_nats_permissions() {
     let (_, _, truncated) = bob.join(&room, Some(Seq(third.0 + 1000))).await;
     assert!(truncated, "since past the room's end");
 
-    ann.send(&ClientFrame::Signal {
-        room: room.clone(),
-        to: bob.conn_id.clone(),
-        kind: SignalKind::Offer,
-        data: json!({"type": "offer", "sdp": "v=0"}),
-        from: None,
-        user: None,
-    })
+    ann.send(&signal(
+        &room,
+        &bob.conn_id,
+        SignalKind::Offer,
+        json!({"type": "offer", "sdp": "v=0"}),
+    ))
     .await;
     loop {
         if let ServerFrame::Signal { from, .. } = bob.recv().await {

@@ -3,24 +3,13 @@
 
 use async_nats::jetstream;
 use moderator::config::ModeratorConfig;
-use schemas::client::{ClientFrame, ServerFrame, SignalKind};
+use schemas::client::{ServerFrame, SignalKind};
 use schemas::code::ErrorCode;
 use schemas::id::{ConnId, RoomId};
 use schemas::subject;
 use serde_json::{Value, json};
 
-use crate::harness::{Client, Options, System, assert_code, room};
-
-fn signal(room: &RoomId, to: &ConnId, kind: SignalKind, data: Value) -> ClientFrame {
-    ClientFrame::Signal {
-        room: room.clone(),
-        to: to.clone(),
-        kind,
-        data,
-        from: None,
-        user: None,
-    }
-}
+use crate::harness::{Client, Options, System, assert_code, room, signal};
 
 /// The next signal frame as (room, from, user id, kind, data).
 async fn next_signal(client: &mut Client) -> (RoomId, ConnId, String, SignalKind, Value) {
