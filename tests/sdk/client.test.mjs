@@ -71,6 +71,21 @@ async function connected(options) {
   return { ...made, socket };
 }
 
+/**
+ * A client with a token function answering t1, t2, …, welcomed with a token
+ * valid for `expiresIn` seconds.
+ */
+async function welcomedWithTokenFunction(expiresIn) {
+  let calls = 0;
+  const made = makeClient({ token: async () => `t${++calls}` });
+  made.client.connect();
+  await settle();
+  const socket = made.sockets.at(-1);
+  socket.accept();
+  socket.receive(welcome("c1", expiresIn));
+  return { ...made, socket };
+}
+
 describe("connecting", () => {
   test("authenticates first, is open after welcome, and exposes who it is", async () => {
     const { client, socket, of } = await connected();
@@ -96,13 +111,7 @@ describe("connecting", () => {
   });
 
   test("refreshes a token function's token before it expires, again after each refresh", async () => {
-    let calls = 0;
-    const { client, sockets, clock } = makeClient({ token: async () => `t${++calls}` });
-    client.connect();
-    await settle();
-    const socket = sockets.at(-1);
-    socket.accept();
-    socket.receive(welcome("c1", 100));
+    const { client, socket, clock } = await welcomedWithTokenFunction(100);
     // 100 s left: refreshed when a fifth of that (20 s) remains.
     clock.advance(79_999);
     await settle();
@@ -127,13 +136,7 @@ describe("connecting", () => {
   });
 
   test("a token valid for a year is refreshed near its end, not at once", async () => {
-    let calls = 0;
-    const { client, sockets, clock } = makeClient({ token: async () => `t${++calls}` });
-    client.connect();
-    await settle();
-    const socket = sockets.at(-1);
-    socket.accept();
-    socket.receive(welcome("c1", 365 * 24 * 3600));
+    const { client, socket, clock } = await welcomedWithTokenFunction(365 * 24 * 3600);
     for (let day = 0; day < 364; day += 1) {
       clock.advance(24 * 3600 * 1000);
       await settle();
