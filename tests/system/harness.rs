@@ -177,6 +177,9 @@ impl Nats {
                     "/etc/nats/nats.conf",
                 ))
                 .with_env_var("CAVLO_NATS_SYNC_INTERVAL", "2m")
+                // nats.conf names the server after $HOSTNAME; Docker's random
+                // one (hex digits) can parse as a number and fail the file.
+                .with_hostname("nats-test")
                 .with_cmd(["-c", "/etc/nats/nats.conf"]);
             for (user, password) in NATS_USERS {
                 let var = format!("CAVLO_NATS_{}_PASSWORD", user.to_uppercase());
