@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: unit and integration tests (nats-server in Docker through
-# testcontainers), the compose smoke test, the demo in a real browser, then
-# the short fault suite. CAVLO_TEST_NATS_IMAGE names
-# the NATS image; unless it is set, the image is built locally
+# testcontainers), the Autobahn WebSocket cases, the compose smoke test, the
+# demo in a real browser, then the short fault suite. CAVLO_TEST_NATS_IMAGE
+# names the NATS image; unless it is set, the image is built locally
 # (scripts/nats-image.sh), so no registry is needed.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -15,6 +15,8 @@ fi
 echo "testing against NATS image $CAVLO_TEST_NATS_IMAGE"
 node --test tests/sdk/
 cargo test --workspace --locked
+# RFC 6455: the Autobahn|Testsuite cases against the gateway's socket stack.
+scripts/autobahn.sh
 scripts/compose-smoke.sh
 # The same on a 3-node NATS cluster (chat stream and rooms bucket on 3 replicas).
 COMPOSE_FILE=compose.yaml:compose.cluster.yaml scripts/compose-smoke.sh

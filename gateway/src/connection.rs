@@ -45,7 +45,7 @@ const HISTORY_UNAVAILABLE: &str = "history unavailable; retry";
 type Failure = ErrorFrame;
 
 /// Why the connection loop ended.
-enum Exit {
+pub(crate) enum Exit {
     /// The socket failed; nothing more can be sent.
     Gone,
     /// The client sent a close frame: echo it, as RFC 6455 asks.
@@ -777,7 +777,7 @@ impl Connection {
 }
 
 /// Ends the socket as `exit` says.
-async fn end(socket: &mut HyperWebsocketStream, exit: Exit, write_timeout: Duration) {
+pub(crate) async fn end(socket: &mut HyperWebsocketStream, exit: Exit, write_timeout: Duration) {
     match exit {
         Exit::Gone => {}
         // tungstenite queued the echo when it read the close; send it.
@@ -843,7 +843,7 @@ async fn send(
 /// with 4100 like one whose queue filled, since in a quiet room the write
 /// times out long before the queue fills. The close frame then has another
 /// `timeout` to go out, so a client that reads again in time learns why.
-async fn write(
+pub(crate) async fn write(
     op: impl std::future::Future<Output = Result<(), WsError>>,
     timeout: Duration,
 ) -> Result<(), Exit> {
@@ -874,7 +874,7 @@ pub(crate) async fn close(socket: &mut HyperWebsocketStream, code: CloseCode, ti
 }
 
 /// A message from the socket, or why the connection ends.
-fn read(frame: Option<Result<Message, WsError>>) -> Result<Message, Exit> {
+pub(crate) fn read(frame: Option<Result<Message, WsError>>) -> Result<Message, Exit> {
     match frame {
         Some(Ok(message)) => Ok(message),
         Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {

@@ -18,12 +18,16 @@
 //! * [`cluster`]: heartbeats, and removing dead gateways' members.
 //! * [`auth`] and [`jwks`]: token verification.
 //! * `web`: the embedded demo app and SDK, and development tokens.
+//! * `conformance` (feature `conformance`, tests only): a WebSocket echo on
+//!   the same socket stack, for the Autobahn cases.
 
 pub mod admission;
 pub mod auth;
 pub mod bus;
 pub mod cluster;
 pub mod config;
+#[cfg(feature = "conformance")]
+mod conformance;
 mod connection;
 pub mod departures;
 pub mod hub;

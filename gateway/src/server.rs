@@ -16,6 +16,7 @@ use hyper::header;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
+use hyper_tungstenite::HyperWebsocket;
 use hyper_tungstenite::tungstenite::protocol::WebSocketConfig;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use schemas::code::CloseCode;
@@ -170,10 +171,15 @@ struct Server {
 
 type HttpResponse = Response<Full<Bytes>>;
 
+/// Why an upgrade was refused: the status and a plain-text body.
+type Refusal = (StatusCode, &'static str);
+
 impl Server {
     async fn route(&self, req: Request<Incoming>, peer: IpAddr) -> HttpResponse {
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/ws") => self.upgrade(req, peer),
+            #[cfg(feature = "conformance")]
+            (&Method::GET, crate::conformance::PATH) => self.echo(req),
             (&Method::GET, "/health") => self.health(),
             (&Method::GET, "/ready") => readiness_response(nats_connected(&self.client)),
             (&Method::POST, "/auth/dev-token") => crate::web::dev_token(&self.shared, req).await,
@@ -184,21 +190,31 @@ impl Server {
         }
     }
 
-    fn upgrade(&self, mut req: Request<Incoming>, peer: IpAddr) -> HttpResponse {
+    /// Checks a WebSocket upgrade request and answers it, with the limits
+    /// every socket gets; `Err` is the refusal to send instead.
+    fn handshake(
+        &self,
+        mut req: Request<Incoming>,
+    ) -> Result<(HttpResponse, HyperWebsocket), Refusal> {
         if !hyper_tungstenite::is_upgrade_request(&req) {
-            return plain(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade");
+            return Err((StatusCode::BAD_REQUEST, "expected a WebSocket upgrade"));
         }
         if !origin_allowed(&req, &self.shared.config.allowed_origins) {
             tracing::info!(origin = ?req.headers().get(header::ORIGIN), "origin refused");
-            return plain(StatusCode::FORBIDDEN, "origin not allowed");
+            return Err((StatusCode::FORBIDDEN, "origin not allowed"));
         }
         let ws_config = WebSocketConfig::default()
             .max_message_size(Some(self.shared.config.max_frame_bytes))
             .max_frame_size(Some(self.shared.config.max_frame_bytes))
             .read_buffer_size(self.shared.config.socket_read_buffer_bytes);
-        let (response, websocket) = match hyper_tungstenite::upgrade(&mut req, Some(ws_config)) {
+        hyper_tungstenite::upgrade(&mut req, Some(ws_config))
+            .map_err(|_| (StatusCode::BAD_REQUEST, "invalid WebSocket handshake"))
+    }
+
+    fn upgrade(&self, req: Request<Incoming>, peer: IpAddr) -> HttpResponse {
+        let (response, websocket) = match self.handshake(req) {
             Ok(upgrade) => upgrade,
-            Err(_) => return plain(StatusCode::BAD_REQUEST, "invalid WebSocket handshake"),
+            Err((status, reason)) => return plain(status, reason),
         };
         // Take the permit before the socket exists; it lives as long as the
         // socket's task.
@@ -233,6 +249,23 @@ impl Server {
                     )
                     .await;
                 }
+            }
+        });
+        response
+    }
+
+    /// The conformance echo (see `conformance`), on the same handshake.
+    #[cfg(feature = "conformance")]
+    fn echo(&self, req: Request<Incoming>) -> HttpResponse {
+        let (response, websocket) = match self.handshake(req) {
+            Ok(upgrade) => upgrade,
+            Err((status, reason)) => return plain(status, reason),
+        };
+        let write_timeout = self.shared.config.write_timeout;
+        self.tasks.spawn(async move {
+            match websocket.await {
+                Ok(socket) => crate::conformance::echo(socket, write_timeout).await,
+                Err(err) => tracing::debug!(cause = %err, "upgrade failed"),
             }
         });
         response
