@@ -289,3 +289,95 @@ async fn with_history_down_joins_fail_at_once_chat_flows_and_history_back_serves
     drop((ann, bob));
     system.finish().await;
 }
+
+/// NATS stopped and started again on its data, as a crash or a redeploy of
+/// the server does: unlike a pause, every connection to it drops. Clients
+/// on both gateways keep their sockets; once NATS is back, chat is stored
+/// and reaches every member live, exactly once and in order, nothing stored
+/// before is lost, and a client resuming from the last seq it saw gets
+/// exactly what came after.
+#[tokio::test]
+async fn after_nats_restarts_on_its_data_chat_flows_live_and_resume_works() {
+    let system = System::start(Options {
+        restartable_nats: true,
+        ..Options::default()
+    })
+    .await;
+    let room = room("restart");
+    let mut clients = Vec::new();
+    for (user, gateway) in [("ann", 0), ("bob", 0), ("cat", 1), ("dan", 1)] {
+        let mut client = Client::connect(system.gateways[gateway], user).await;
+        client.join(&room, None).await;
+        clients.push(client);
+    }
+    let before = clients[0]
+        .chat(&room, "before", "said before the restart")
+        .await
+        .unwrap()
+        .expect("a stored chat has a seq");
+    for client in &mut clients[1..] {
+        assert_eq!(client.next_chat().await.seq, before);
+    }
+
+    system.nats.stop().await;
+    system.nats.start_again().await;
+
+    // The services reconnect by themselves; meanwhile a chat is refused as
+    // `unavailable`, and the client sends it again, as the protocol asks.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let after = loop {
+        match clients[2].chat(&room, "after", "said after it").await {
+            Ok(seq) => break seq.expect("a stored chat has a seq"),
+            Err(error) => {
+                assert_code(&error, ErrorCode::Unavailable, "chat while NATS returns");
+                assert!(
+                    Instant::now() < deadline,
+                    "nothing stored 30 s after NATS returned"
+                );
+                // Within the chat rate (100 a minute after a burst of 10).
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
+    assert!(
+        after > before,
+        "seqs go on after the restart: {before} then {after}"
+    );
+    let marker = clients[0]
+        .chat(&room, "marker", "and one more")
+        .await
+        .unwrap()
+        .expect("a stored chat has a seq");
+    for (i, client) in clients.iter_mut().enumerate() {
+        let expected: &[&str] = match i {
+            0 => &["after"],
+            2 => &["marker"],
+            _ => &["after", "marker"],
+        };
+        for id in expected {
+            assert_eq!(
+                client.next_chat().await.id.as_str(),
+                *id,
+                "client {i}, live"
+            );
+        }
+    }
+
+    let mut eve = Client::connect(system.gateways[1], "eve").await;
+    let (resumed, last, truncated) = eve.join(&room, Some(before)).await;
+    let ids: Vec<&str> = resumed.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(ids, ["after", "marker"], "resumed from {before}");
+    assert_eq!((last, truncated), (marker, false));
+    let (all, _, _) = Client::connect(system.gateways[0], "fay")
+        .await
+        .join(&room, None)
+        .await;
+    let ids: Vec<&str> = all.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["before", "after", "marker"],
+        "nothing stored was lost"
+    );
+    drop((clients, eve));
+    system.finish().await;
+}

@@ -21,7 +21,7 @@ use schemas::subject;
 use serde_json::{Value, json};
 use testcontainers::core::{ContainerPort, WaitFor};
 use testcontainers::runners::AsyncRunner;
-use testcontainers::{ContainerAsync, GenericImage, ImageExt};
+use testcontainers::{ContainerAsync, ContainerRequest, GenericImage, ImageExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
@@ -129,6 +129,9 @@ pub struct Nats {
     pub monitor: SocketAddr,
     /// Whether it runs compose's configuration, with one user per service.
     pub with_users: bool,
+    /// Whether its client port on this host is fixed, so that it can be
+    /// stopped and started again with its clients finding it.
+    restartable: bool,
 }
 
 /// The users of `docker/nats/nats.conf`, with the passwords the tests give
@@ -150,22 +153,37 @@ const LEAK_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Nats {
     pub async fn start() -> Nats {
-        Self::launch(false).await
+        Self::launch(false, false).await
+    }
+
+    /// NATS whose client port on this host is fixed, so that it can be
+    /// stopped and started again ([`Nats::stop`], [`Nats::start_again`]).
+    pub async fn start_restartable() -> Nats {
+        Self::launch(false, true).await
     }
 
     /// NATS as compose runs it (`docker/nats/nats.conf`): every service has
     /// its own user, allowed only what that service needs.
     pub async fn start_with_users() -> Nats {
-        Self::launch(true).await
+        Self::launch(true, false).await
     }
 
-    async fn launch(with_users: bool) -> Nats {
+    async fn launch(with_users: bool, restartable: bool) -> Nats {
         let image = nats_image();
         let (name, tag) = image.rsplit_once(':').unwrap_or((image, "latest"));
         let request = GenericImage::new(name, tag)
             .with_exposed_port(ContainerPort::Tcp(4222))
             .with_exposed_port(ContainerPort::Tcp(MONITOR_PORT))
             .with_wait_for(WaitFor::message_on_stderr("Server is ready"));
+        // Docker maps random host ports at every start; the services keep
+        // the URL they were given, so a restartable server keeps its ports.
+        let request = if restartable {
+            request
+                .with_mapped_port(free_port(), ContainerPort::Tcp(4222))
+                .with_mapped_port(free_port(), ContainerPort::Tcp(MONITOR_PORT))
+        } else {
+            ContainerRequest::from(request)
+        };
         let request = if with_users {
             let conf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docker/nats/nats.conf");
             let mut request = request
@@ -205,6 +223,43 @@ impl Nats {
             url: format!("nats://127.0.0.1:{port}"),
             monitor: SocketAddr::from(([127, 0, 0, 1], monitor)),
             with_users,
+            restartable,
+        }
+    }
+
+    /// Stops the server as `docker stop` does: it shuts down and every
+    /// client's connection drops. Its data stays for [`Nats::start_again`].
+    pub async fn stop(&self) {
+        self.container.stop().await.expect("stop NATS");
+    }
+
+    /// Starts a stopped server again on the same data and client port, and
+    /// waits until its JetStream answers.
+    pub async fn start_again(&self) {
+        assert!(self.restartable, "start NATS with `restartable` first");
+        self.container.start().await.expect("start NATS");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = async {
+                let client = async_nats::connect(&self.url).await.ok()?;
+                async_nats::jetstream::new(client)
+                    .query_account()
+                    .await
+                    .ok()
+            };
+            if tokio::time::timeout(Duration::from_secs(2), ready)
+                .await
+                .ok()
+                .flatten()
+                .is_some()
+            {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "NATS did not come back within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
@@ -258,6 +313,8 @@ pub struct Options {
     pub moderators: usize,
     /// Run NATS as compose does, each service as its own user.
     pub nats_users: bool,
+    /// Let the test stop and start NATS again ([`Nats::stop`]).
+    pub restartable_nats: bool,
     pub gateway: GatewayConfig,
     pub moderator: ModeratorConfig,
     pub history: HistoryConfig,
@@ -271,6 +328,7 @@ impl Default for Options {
             gateways: 2,
             moderators: 2,
             nats_users: false,
+            restartable_nats: false,
             gateway,
             moderator: ModeratorConfig::default(),
             history: HistoryConfig::default(),
@@ -312,10 +370,10 @@ impl System {
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
             .try_init();
-        let nats = if options.nats_users {
-            Nats::start_with_users().await
-        } else {
-            Nats::start().await
+        let nats = match (options.nats_users, options.restartable_nats) {
+            (true, _) => Nats::start_with_users().await,
+            (false, true) => Nats::start_restartable().await,
+            (false, false) => Nats::start().await,
         };
         let as_user = |user: &'static str| options.nats_users.then_some(user);
         let (stop_gateways, stop_backend) = (CancellationToken::new(), CancellationToken::new());
@@ -878,6 +936,14 @@ impl Client {
             }
         }
     }
+}
+
+/// A port free on this host's loopback now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
 }
 
 /// GETs `path` from a gateway and parses the JSON body.
