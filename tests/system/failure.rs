@@ -1,14 +1,18 @@
 //! A failing dependency gives clients an error, never a hang.
 
-use schemas::client::{ClientFrame, PresenceEvent, ServerFrame};
+use moderator::config::ModeratorConfig;
+use schemas::client::{ClientFrame, PresenceEvent, ServerFrame, SignalKind};
 use schemas::code::ErrorCode;
 use schemas::id::Seq;
+use serde_json::json;
 
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::harness::{Client, Options, REQUEST_TIMEOUT, System, assert_code, get_json, room};
+use crate::harness::{
+    Client, Options, REQUEST_TIMEOUT, System, assert_code, get_json, room, signal,
+};
 
 #[tokio::test]
 async fn with_nats_down_requests_fail_with_unavailable_and_recover() {
@@ -379,5 +383,70 @@ async fn after_nats_restarts_on_its_data_chat_flows_live_and_resume_works() {
         "nothing stored was lost"
     );
     drop((clients, eve));
+    system.finish().await;
+}
+
+/// A connection's moderator dies, as in a crash: the connection's next
+/// requests (a chat of its room, a signal, a join) are answered by another
+/// moderator at once, without an `unavailable`, and its chat budget starts
+/// full there, as docs/architecture.md says (a crash grants at most one
+/// extra burst).
+#[tokio::test]
+async fn when_a_connections_moderator_dies_its_next_requests_go_to_another() {
+    let mut system = System::start(Options {
+        moderators: 1,
+        ..Options::one_gateway()
+    })
+    .await;
+    let g = system.gateways[0];
+    let room = room("moved");
+    let (mut ann, mut bob) = (
+        Client::connect(g, "ann").await,
+        Client::connect(g, "bob").await,
+    );
+    ann.join(&room, None).await;
+    bob.join(&room, None).await;
+    // Ann spends her whole burst at the only moderator, which also stores
+    // the room and holds her sticky budgets.
+    let burst = ModeratorConfig::default().chat_burst;
+    for i in 0..burst {
+        ann.chat(&room, &format!("burst-{i}"), "x").await.unwrap();
+    }
+    let refused = ann.chat(&room, "over", "x").await.unwrap_err();
+    assert_code(&refused, ErrorCode::RateLimited, "past the burst");
+
+    system.start_moderator().await;
+    system.kill_moderator(0).await;
+
+    let after = ann
+        .chat(&room, "after", "stored by the other moderator")
+        .await
+        .expect("the next chat is answered by the live moderator, with a full budget")
+        .expect("a stored chat has a seq");
+    ann.send(&signal(
+        &room,
+        &bob.conn_id,
+        SignalKind::Offer,
+        json!({"type": "offer", "sdp": "v=0"}),
+    ))
+    .await;
+    let other = crate::harness::room("other");
+    ann.join(&other, None).await;
+    let mut seen = Vec::new();
+    while seen.len() < burst as usize + 1 {
+        seen.push(bob.next_chat().await);
+    }
+    assert_eq!(seen.last().map(|chat| chat.seq), Some(after));
+    assert!(
+        matches!(
+            bob.recv().await,
+            ServerFrame::Signal {
+                kind: SignalKind::Offer,
+                ..
+            }
+        ),
+        "the signal was relayed"
+    );
+    drop((ann, bob));
     system.finish().await;
 }

@@ -263,6 +263,15 @@ impl Nats {
         }
     }
 
+    /// How many subscriptions the server has on exactly `subject`.
+    pub async fn subscribers_of(&self, subject: &str) -> usize {
+        let subsz = get_json(self.monitor, "/subsz?subs=1&limit=100000").await;
+        subsz["subscriptions_list"]
+            .as_array()
+            .map(|subs| subs.iter().filter(|sub| sub["subject"] == subject).count())
+            .unwrap_or_default()
+    }
+
     /// Subjects of the server's subscriptions that deliver a room
     /// (`cavlo.deliver.…`), from its monitoring endpoint.
     pub async fn room_subscriptions(&self) -> Vec<String> {
@@ -355,7 +364,10 @@ pub struct System {
     gateway_tasks: Vec<JoinHandle<()>>,
     /// Stops moderators and history, after the gateways.
     stop_backend: CancellationToken,
-    backend_tasks: Vec<JoinHandle<()>>,
+    /// The moderators' tasks; [`System::kill_moderator`] aborts one.
+    moderators: Vec<JoinHandle<()>>,
+    moderator_config: ModeratorConfig,
+    moderator_user: Option<&'static str>,
     /// History, apart from the other services so a test can stop and
     /// restart it: its own stop (a child of `stop_backend`) and task.
     history: Option<(CancellationToken, JoinHandle<()>)>,
@@ -377,21 +389,17 @@ impl System {
         };
         let as_user = |user: &'static str| options.nats_users.then_some(user);
         let (stop_gateways, stop_backend) = (CancellationToken::new(), CancellationToken::new());
-        let mut backend_tasks = Vec::new();
+        let mut moderators = Vec::new();
 
         let history_user = as_user("history");
         let history =
             Some(Self::spawn_history(&nats, history_user, &options.history, &stop_backend).await);
+        let moderator_user = as_user("moderator");
         for _ in 0..options.moderators {
-            let moderator = moderator::start(
-                nats.connect_as(as_user("moderator")).await,
-                options.moderator.clone(),
-            )
-            .await
-            .expect("moderator starts");
-            backend_tasks.push(tokio::spawn(
-                moderator.run(stop_backend.clone().cancelled_owned()),
-            ));
+            moderators.push(
+                Self::spawn_moderator(&nats, moderator_user, &options.moderator, &stop_backend)
+                    .await,
+            );
         }
         let (mut gateways, mut gateway_tasks) = (Vec::new(), Vec::new());
         for _ in 0..options.gateways {
@@ -414,10 +422,54 @@ impl System {
             stop_gateways,
             gateway_tasks,
             stop_backend,
-            backend_tasks,
+            moderators,
+            moderator_config: options.moderator,
+            moderator_user,
             history,
             history_config: options.history,
             history_user,
+        }
+    }
+
+    async fn spawn_moderator(
+        nats: &Nats,
+        user: Option<&str>,
+        config: &ModeratorConfig,
+        stop_backend: &CancellationToken,
+    ) -> JoinHandle<()> {
+        let moderator = moderator::start(nats.connect_as(user).await, config.clone())
+            .await
+            .expect("moderator starts");
+        tokio::spawn(moderator.run(stop_backend.clone().cancelled_owned()))
+    }
+
+    /// Starts one more moderator; it answers requests when this returns.
+    pub async fn start_moderator(&mut self) {
+        let moderator = Self::spawn_moderator(
+            &self.nats,
+            self.moderator_user,
+            &self.moderator_config,
+            &self.stop_backend,
+        )
+        .await;
+        self.moderators.push(moderator);
+    }
+
+    /// Kills moderator `index` (in start order), as a crash would: nothing
+    /// it held is finished or handed over. Returns once NATS has dropped its
+    /// subscriptions, as it does at once when a process dies.
+    pub async fn kill_moderator(&mut self, index: usize) {
+        let before = self.nats.subscribers_of(subject::MODERATE).await;
+        let task = self.moderators.remove(index);
+        task.abort();
+        let _ = task.await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while self.nats.subscribers_of(subject::MODERATE).await >= before {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the killed moderator still subscribes after 5 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -527,7 +579,7 @@ impl System {
         self.stop_gateways.cancel();
         join_all(&mut self.gateway_tasks).await;
         self.stop_backend.cancel();
-        join_all(&mut self.backend_tasks).await;
+        join_all(&mut self.moderators).await;
         if let Some((_, task)) = self.history.take() {
             let _ = task.await;
         }
