@@ -17,14 +17,23 @@ let room = null;
 /** {name, value, expires}: the last development token, reused while it is valid. */
 let token = null;
 
-/** A development token from this gateway for `name`. */
+/**
+ * A development token from this gateway for `name`. One close to expiry is
+ * renewed with itself, so the new one names the same user and the client's
+ * refresh is accepted; a new name, or a token already expired, gets a new user.
+ */
 async function devToken(name) {
-  if (token && token.name === name && token.expires > Date.now() + 60_000) return token.value;
-  const response = await fetch("/auth/dev-token", {
-    method: "POST",
-    headers: { "content-type": "application/json" },
-    body: JSON.stringify({ name }),
-  });
+  const current = token && token.name === name && token.expires > Date.now() ? token : null;
+  if (current && current.expires > Date.now() + 60_000) return current.value;
+  const request = (body) =>
+    fetch("/auth/dev-token", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify(body),
+    });
+  let response = await request(current ? { name, token: current.value } : { name });
+  // A gateway restarted with another secret cannot renew: start afresh.
+  if (current && response.status === 401) response = await request({ name });
   if (!response.ok) throw new Error(`the gateway gave no token (HTTP ${response.status})`);
   const value = (await response.json()).token;
   const claims = JSON.parse(atob(value.split(".")[1].replace(/-/g, "+").replace(/_/g, "/")));

@@ -88,9 +88,15 @@ pub fn file(path: &str) -> Option<Response<Full<Bytes>>> {
 #[derive(Deserialize)]
 struct DevTokenRequest {
     name: String,
+    /// A token still valid, to renew: the new one names the same user, so a
+    /// connection can take it as a `refresh`. Without it, a token names a
+    /// new user.
+    #[serde(default)]
+    token: Option<String>,
 }
 
-/// `POST /auth/dev-token` with `{"name": "…"}` → `{"token": "…"}`.
+/// `POST /auth/dev-token` with `{"name": "…"}`, or `{"name": "…", "token":
+/// "<the current one>"}` to renew it, → `{"token": "…"}`.
 pub async fn dev_token(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let json = bootstrap::health::json;
     let secret = match (&shared.config.auth.hs256_secret, shared.config.dev_tokens) {
@@ -114,8 +120,8 @@ pub async fn dev_token(shared: &Shared, req: Request<Incoming>) -> Response<Full
             );
         }
     };
-    let name = match serde_json::from_slice::<DevTokenRequest>(&body) {
-        Ok(request) => crate::auth::display_name(&request.name),
+    let request = match serde_json::from_slice::<DevTokenRequest>(&body) {
+        Ok(request) => request,
         Err(_) => {
             return json(
                 StatusCode::BAD_REQUEST,
@@ -123,6 +129,7 @@ pub async fn dev_token(shared: &Shared, req: Request<Incoming>) -> Response<Full
             );
         }
     };
+    let name = crate::auth::display_name(&request.name);
     if name.is_empty() {
         return json(
             StatusCode::BAD_REQUEST,
@@ -133,8 +140,20 @@ pub async fn dev_token(shared: &Shared, req: Request<Incoming>) -> Response<Full
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or_default();
+    let sub = match request.token {
+        None => format!("dev-{}", nuid::next()),
+        Some(current) => match shared.auth.verify(&current).await {
+            Ok(verified) => verified.user.id.as_str().to_owned(),
+            Err(reason) => {
+                return json(
+                    StatusCode::UNAUTHORIZED,
+                    serde_json::json!({"error": format!("cannot renew: {reason}")}),
+                );
+            }
+        },
+    };
     let claims = serde_json::json!({
-        "sub": format!("dev-{}", nuid::next()),
+        "sub": sub,
         "name": name,
         "exp": now + shared.config.dev_token_ttl.as_secs(),
     });

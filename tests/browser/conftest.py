@@ -50,7 +50,7 @@ def wait_for(url):
 
 
 class System:
-    def __init__(self, tmp):
+    def __init__(self, tmp, **gateway_env):
         self.tmp = tmp
         self.procs = {}
         self.gateway_ports = [free_port(), free_port()]
@@ -72,7 +72,7 @@ class System:
         self.start("moderator", [BIN / "moderator"])
         for i, port in enumerate(self.gateway_ports):
             self.start(f"gateway{i + 1}", [BIN / "gateway"], CAVLO_GATEWAY__LISTEN=f"127.0.0.1:{port}",
-                       CAVLO_GATEWAY__ID=f"gateway-{i + 1}")
+                       CAVLO_GATEWAY__ID=f"gateway-{i + 1}", **gateway_env)
         for port in self.gateway_ports:
             wait_for(f"http://127.0.0.1:{port}/ready")
 
@@ -102,6 +102,14 @@ class System:
 @pytest.fixture
 def system(tmp_path):
     system = System(tmp_path)
+    yield system
+    system.stop()
+
+
+@pytest.fixture
+def short_token_system(tmp_path):
+    """The same, with development tokens valid for 8 s."""
+    system = System(tmp_path, CAVLO_GATEWAY__DEV_TOKEN_TTL="8s")
     yield system
     system.stop()
 

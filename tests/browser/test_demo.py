@@ -24,6 +24,20 @@ def messages(page, text):
     return page.locator("#messages li", has_text=text)
 
 
+def record_statuses(page):
+    """Records, in window.statusesSeen, every status the page shows from now on.
+
+    The SDK may reconnect within milliseconds (its first retry waits a random
+    time from zero), faster than polling #status can catch "connecting".
+    """
+    page.evaluate("""() => {
+        const status = document.querySelector("#status");
+        window.statusesSeen = [];
+        new MutationObserver(() => window.statusesSeen.push(status.textContent.trim()))
+            .observe(status, { childList: true, characterData: true, subtree: true });
+    }""")
+
+
 def test_pages_on_different_gateways_see_each_other_and_chat(system, open_demo):
     r = room()
     ann = open_demo(system.page_url(0, 1), "Ann", r)
@@ -115,15 +129,7 @@ def test_a_page_fails_over_when_its_gateway_dies(system, open_demo):
     bob = open_demo(system.page_url(1, 0), "Bob", r)
     expect(ann.locator("#members li", has_text="Bob")).to_have_count(1, timeout=TIMEOUT_MS)
 
-    # Every status the page shows from now on. The SDK may reconnect to the
-    # other gateway within milliseconds (its first retry waits a random time
-    # from zero), faster than polling #status can catch "connecting".
-    ann.evaluate("""() => {
-        const status = document.querySelector("#status");
-        window.statusesSeen = [];
-        new MutationObserver(() => window.statusesSeen.push(status.textContent.trim()))
-            .observe(status, { childList: true, characterData: true, subtree: true });
-    }""")
+    record_statuses(ann)
     system.kill("gateway1")
     ann.wait_for_function("() => window.statusesSeen.some((s) => s !== 'open')", timeout=TIMEOUT_MS)
     say(ann, "typed while disconnected")
@@ -138,3 +144,25 @@ def test_a_page_fails_over_when_its_gateway_dies(system, open_demo):
     expect(messages(ann, "sent while ann was away")).to_have_count(1)
     expect(messages(bob, "typed while disconnected")).to_have_count(1)
     expect(ann.locator("#messages li.pending")).to_have_count(0)
+
+
+def test_the_demo_refreshes_its_token_before_it_expires(short_token_system, open_demo):
+    """Reported: the demo's token refresh was refused, since each development
+    token named a new user; the gateway then closed the connection at the
+    first token's expiry (4105) and the page reconnected."""
+    system = short_token_system
+    r = room()
+    ann = open_demo(system.page_url(0, 1), "Ann", r)
+    bob = open_demo(system.page_url(1, 0), "Bob", r)
+    expect(ann.locator("#members li", has_text="Bob")).to_have_count(1, timeout=TIMEOUT_MS)
+    record_statuses(ann)
+    # Tokens live 8 s; the page renews its own about 1.5 s before expiry.
+    with ann.expect_request(lambda request: request.url.endswith("/auth/dev-token"), timeout=TIMEOUT_MS):
+        pass
+    # Past the first token's expiry: a refused refresh would have closed the
+    # connection by now.
+    time.sleep(4)
+    statuses = ann.evaluate("window.statusesSeen")
+    assert statuses == [], f"the connection was interrupted: {statuses}"
+    say(ann, "still here")
+    expect(messages(bob, "still here")).to_have_count(1, timeout=TIMEOUT_MS)

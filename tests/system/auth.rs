@@ -443,14 +443,20 @@ async fn dev_tokens_are_off_by_default_and_authenticate_when_on() {
     })
     .await;
     let g = on.gateways[0];
-    let (status, body) = http(g, "POST", "/auth/dev-token", r#"{"name":"  Ann\u0000 "}"#).await;
-    assert_eq!(status, 200, "{body}");
-    let token = serde_json::from_str::<serde_json::Value>(&body).unwrap()["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let dev_token = async |body: serde_json::Value| {
+        let (status, body) = http(g, "POST", "/auth/dev-token", &body.to_string()).await;
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let token = dev_token(json!({"name": "  Ann\u{0}  "})).await;
     let mut ann = Client::from_socket(Client::open(g).await);
-    ann.send(&ClientFrame::Auth { token }).await;
+    ann.send(&ClientFrame::Auth {
+        token: token.clone(),
+    })
+    .await;
     match ann.recv().await {
         ServerFrame::Welcome { user, .. } => {
             assert_eq!(user.name, "Ann", "the name is cleaned");
@@ -458,6 +464,18 @@ async fn dev_tokens_are_off_by_default_and_authenticate_when_on() {
         }
         other => panic!("expected welcome, got {other:?}"),
     }
+    // Reported: the demo's token refresh was refused, since every dev token
+    // named a new user. Renewed with the current token, it names the same
+    // one, so the connection takes it as a refresh.
+    let renewed = dev_token(json!({"name": "Ann", "token": token})).await;
+    ann.send(&ClientFrame::Refresh { token: renewed }).await;
+    match ann.recv().await {
+        ServerFrame::Refreshed { .. } => {}
+        other => panic!("expected refreshed, got {other:?}"),
+    }
+    let forged = json!({"name": "Ann", "token": format!("{token}x")});
+    let (status, _) = http(g, "POST", "/auth/dev-token", &forged.to_string()).await;
+    assert_eq!(status, 401, "renewing needs a valid token");
     for (case, body) in [
         ("not JSON", "name=Ann"),
         ("empty name", r#"{"name":"   "}"#),
