@@ -27,11 +27,11 @@ use crate::bus::Bus;
 use crate::hub::Hub;
 
 /// How often rooms are checked for members of dead gateways.
-const SCAN_INTERVAL: Duration = Duration::from_secs(1);
+pub const SCAN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How long before the same removal is asked for again, if the first
 /// request changed nothing yet (the moderator's own view may lag by a beat).
-const REAP_RETRY: Duration = Duration::from_secs(2);
+pub const REAP_RETRY: Duration = Duration::from_secs(2);
 
 /// Heartbeat and liveness settings.
 #[derive(Clone, Copy, Debug)]

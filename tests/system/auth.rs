@@ -529,7 +529,7 @@ async fn a_connection_ends_at_its_tokens_exp_unless_refreshed() {
     assert_eq!(ann.expect_close().await, CloseCode::TokenExpired.code());
     let lasted = started.elapsed();
     assert!(
-        lasted < Duration::from_secs(3),
+        lasted < Duration::from_secs(4),
         "closed at exp, not later: {lasted:?}"
     );
 

@@ -118,9 +118,11 @@ async fn markup_is_stripped_before_anyone_sees_it() {
     system.finish().await;
 }
 
-/// A sustained flood at 10x the rate, with two moderators sharing the load:
-/// the admitted count stays within 20 % of what one bucket allows, because a
-/// connection's requests stick to one moderator.
+/// A sustained flood at up to 10x the rate, with two moderators sharing the
+/// load: the admitted count stays within what one bucket allows over the
+/// time actually measured, because a room's chat goes to one moderator.
+/// Slow round trips only lower the offered load, so a slow machine cannot
+/// fail it; two buckets would admit about twice the rate.
 #[tokio::test]
 async fn rate_limit_holds_with_two_moderators() {
     const PER_MINUTE: u32 = 600;
@@ -159,14 +161,20 @@ async fn rate_limit_holds_with_two_moderators() {
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
-    let allowed = f64::from(BURST) + per_second * elapsed;
     assert!(
-        f64::from(sent) > allowed * 5.0,
-        "the flood really was a flood: sent {sent}, allowed {allowed:.0}"
+        limited > 0,
+        "the flood outran the rate: sent {sent}, all admitted"
     );
+    // Every admitted chat took a token from a bucket during the flood. Two
+    // bursts: the gateway learns of the moderators from their heartbeats,
+    // and may move the room to its owner once, mid-flood, to a full bucket.
+    let most = 2.0 * f64::from(BURST) + per_second * elapsed + 1.0;
+    // Not stricter than the rate either, by a margin for pauses in the flood.
+    let least = (per_second * elapsed / 2.0).min(f64::from(sent));
+    let admitted_f = f64::from(admitted);
     assert!(
-        (f64::from(admitted) - allowed).abs() <= allowed * 0.2,
-        "admitted {admitted} of {sent} ({limited} limited), allowed {allowed:.1} over {elapsed:.2}s"
+        (least..=most).contains(&admitted_f),
+        "admitted {admitted} of {sent} ({limited} limited), expected {least:.1}..={most:.1} over {elapsed:.2}s"
     );
     drop(ann);
     system.finish().await;
