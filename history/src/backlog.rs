@@ -174,7 +174,10 @@ pub async fn leader_tail(
 /// Without `since`: the last `limit`. With `since`: every message after it,
 /// `truncated` when the first of them is not `since + 1`. A `since` beyond
 /// the room's last seq means the stream was reset: the client gets the last
-/// `limit` and `truncated`.
+/// `limit` and `truncated`. A room with nothing retained for a client that
+/// saw some of it lost every message to `max_age` or `max_bytes`: whether
+/// the client had seen the last of them cannot be known any more, so that
+/// is `truncated` too, rather than a silent miss.
 pub fn select(mut retained: Vec<Stored>, since: Option<Seq>, limit: usize) -> Backlog {
     let last_seq = retained.last().map_or(Seq(0), |m| m.chat.seq);
     let keep_last = |mut messages: Vec<Stored>, limit: usize| {
@@ -192,6 +195,11 @@ pub fn select(mut retained: Vec<Stored>, since: Option<Seq>, limit: usize) -> Ba
             messages: keep_last(retained, limit),
             last_seq,
             truncated: true,
+        },
+        Some(since) if retained.is_empty() => Backlog {
+            messages: Vec::new(),
+            last_seq,
+            truncated: since > Seq(0),
         },
         Some(since) => {
             retained.retain(|m| m.chat.seq > since);
@@ -333,8 +341,12 @@ mod tests {
             assert_eq!(seqs(&backlog), case.expect, "{}", case.name);
             assert_eq!(backlog.truncated, case.truncated, "{}", case.name);
         }
-        let empty = select(Vec::new(), Some(Seq(3)), 5);
-        assert_eq!((empty.last_seq, empty.truncated), (Seq(0), false));
+        // Emptied by max_age or max_bytes: a client that saw some of the
+        // room may have missed its last messages.
+        let emptied = select(Vec::new(), Some(Seq(3)), 5);
+        assert_eq!((emptied.last_seq, emptied.truncated), (Seq(0), true));
+        let never_used = select(Vec::new(), Some(Seq(0)), 5);
+        assert_eq!((never_used.last_seq, never_used.truncated), (Seq(0), false));
     }
 
     /// Rooms start at the stream's sequence, not at 1: whether messages

@@ -1,11 +1,13 @@
 //! The chat path: gateway → moderator → JetStream → gateways, and resume.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use history::config::HistoryConfig;
 use schemas::client::{ChatMessage, ServerFrame};
 use schemas::code::ErrorCode;
 use schemas::id::Seq;
+use tokio::time::Instant;
 
 use crate::harness::{Client, Options, System, assert_code, room};
 
@@ -145,6 +147,112 @@ async fn resending_a_message_id_is_idempotent() {
     let other = cat.chat(&room, "dup-1", "mine").await.unwrap();
     assert!(other > marker);
     drop((ann, bob, cat));
+    system.finish().await;
+}
+
+/// A resend whose original has left the backlog (but not the duplicate
+/// window) is recognised: acked without a seq, as docs/protocol.md says,
+/// and neither stored nor delivered again. After the duplicate window the
+/// same id is a new message: stored and delivered with a new seq.
+#[tokio::test]
+async fn a_resend_after_the_backlog_or_the_duplicate_window_moved_on() {
+    const WINDOW: Duration = Duration::from_secs(1);
+    let system = System::start(Options {
+        history: HistoryConfig {
+            backlog_size: 2,
+            duplicate_window: WINDOW,
+            ..HistoryConfig::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let room = room("resent");
+    let mut ann = Client::connect(system.gateways[0], "ann").await;
+    let mut bob = Client::connect(system.gateways[1], "bob").await;
+    ann.join(&room, None).await;
+    bob.join(&room, None).await;
+
+    let original = ann.chat(&room, "early", "first").await.unwrap().unwrap();
+    for id in ["push-1", "push-2"] {
+        ann.chat(&room, id, "trims the first").await.unwrap();
+    }
+    let resent = ann.chat_acked(&room, "early", "first").await.unwrap();
+    assert_eq!(resent.seq, None, "acked, its original out of the backlog");
+    let marker = ann.chat(&room, "marker", "next").await.unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(bob.next_chat().await.id.as_str().to_owned());
+    }
+    assert_eq!(
+        ids,
+        ["early", "push-1", "push-2", "marker"],
+        "nothing twice"
+    );
+    let (history, last, _) = bob.join(&room, None).await;
+    assert_eq!(last, marker.unwrap());
+    assert_eq!(history.len(), 2, "the resend took no place in the backlog");
+
+    // Past the window, JetStream has forgotten the id: a new message.
+    tokio::time::sleep(WINDOW + Duration::from_millis(500)).await;
+    let again = ann.chat(&room, "early", "first").await.unwrap().unwrap();
+    assert!(again > marker.unwrap() && again > original);
+    let chat = bob.next_chat().await;
+    assert_eq!((chat.id.as_str(), chat.seq), ("early", again));
+    drop((ann, bob));
+    system.finish().await;
+}
+
+/// `history.max_age` trims messages by age: a new member gets none of
+/// them, a client resuming from before them is told `truncated`, and the
+/// room's next message still gets a seq above every earlier one, so no
+/// client takes it for one it has. Found here: once every message of the
+/// room had expired, a client resuming from before the last of them got
+/// nothing and `truncated: false`, a silent miss.
+#[tokio::test]
+async fn messages_older_than_max_age_expire_and_seqs_go_on() {
+    const MAX_AGE: Duration = Duration::from_secs(1);
+    let system = System::start(Options {
+        history: HistoryConfig {
+            max_age: MAX_AGE,
+            // JetStream requires the duplicate window within max_age.
+            duplicate_window: MAX_AGE,
+            ..HistoryConfig::default()
+        },
+        ..Options::one_gateway()
+    })
+    .await;
+    let g = system.gateways[0];
+    let room = room("aging");
+    let mut ann = Client::connect(g, "ann").await;
+    ann.join(&room, None).await;
+    let first = ann.chat(&room, "old-1", "x").await.unwrap().unwrap();
+    let last = ann.chat(&room, "old-2", "x").await.unwrap().unwrap();
+
+    // JetStream expires by age on its own timer: wait for it, bounded.
+    let mut bob = Client::connect(g, "bob").await;
+    let deadline = Instant::now() + MAX_AGE * 10;
+    loop {
+        let (history, _, _) = bob.join(&room, None).await;
+        if history.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still held: {history:?}");
+        tokio::time::sleep(MAX_AGE / 4).await;
+    }
+    let (history, _, truncated) = bob.join(&room, Some(first)).await;
+    assert!(history.is_empty());
+    assert!(truncated, "old-2, after since, expired unseen");
+    // Whether a client had seen the last message can no longer be told;
+    // a client that never saw any missed nothing.
+    let (_, _, truncated) = bob.join(&room, Some(last)).await;
+    assert!(truncated, "cannot be known: said truncated");
+    let (_, _, truncated) = bob.join(&room, Some(Seq(0))).await;
+    assert!(!truncated, "a client that saw nothing");
+
+    let next = ann.chat(&room, "new", "x").await.unwrap().unwrap();
+    assert!(next > last, "seqs go on after expiry: {last} then {next}");
+    assert_eq!(bob.next_chat().await.seq, next);
+    drop((ann, bob));
     system.finish().await;
 }
 
