@@ -13,8 +13,8 @@ use schemas::id::{ConnId, RoomId};
 use tokio::time::Instant;
 
 use crate::harness::{
-    Client, FRAME_TIMEOUT, Nats, Options, REQUEST_TIMEOUT, SECRET, System, assert_code, room,
-    service_binary,
+    Client, FRAME_TIMEOUT, Nats, Options, REQUEST_TIMEOUT, SECRET, System, assert_code, get_json,
+    room, service_binary,
 };
 
 fn ids(members: &[schemas::client::Member]) -> BTreeSet<ConnId> {
@@ -438,5 +438,44 @@ async fn a_reconnecting_client_takes_over_its_old_seat_in_a_full_room() {
     let refused = eve.try_join(&room, None).await.unwrap_err();
     assert_code(&refused, ErrorCode::RoomFull, "the room is still full");
     drop((old, ann, bob, eve));
+    system.finish().await;
+}
+
+/// A connection that closes while no moderator answers still leaves its
+/// rooms: its gateway retries the departure until a moderator applies it,
+/// so no ghost keeps the seat once moderators are back.
+#[tokio::test]
+async fn a_departure_is_retried_until_a_moderator_answers() {
+    let mut system = System::start(Options {
+        moderators: 1,
+        ..Options::one_gateway()
+    })
+    .await;
+    let g = system.gateways[0];
+    let room = room("departed");
+    let mut ann = Client::connect(g, "ann").await;
+    let mut bob = Client::connect(g, "bob").await;
+    ann.join(&room, None).await;
+    bob.join(&room, None).await;
+    let ann_id = ann.conn_id.clone();
+
+    system.kill_moderator(0).await;
+    ann.close().await;
+    // The connection is gone, its departure queued and failing (no
+    // responders): attempts at 0.1, 0.2, 0.4 and 0.8 s fail meanwhile.
+    let closed = Instant::now();
+    while get_json(g, "/health").await["connections"] != 1 {
+        assert!(closed.elapsed() < FRAME_TIMEOUT, "ann's connection stays");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    system.start_moderator().await;
+    assert_eq!(
+        next_presence(&mut bob).await,
+        (PresenceEvent::Leave, ann_id),
+        "ann's departure is applied once a moderator answers"
+    );
+    drop(bob);
     system.finish().await;
 }
