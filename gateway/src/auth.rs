@@ -122,6 +122,11 @@ impl Authenticator {
         let data = jsonwebtoken::decode::<Claims>(token, &key, &self.validation(header.alg))
             .map_err(classify)?;
         let Claims { sub, name, exp } = data.claims;
+        // RFC 7519: now must be before `exp`; the library lets the exp
+        // second itself through.
+        if exp <= jsonwebtoken::get_current_timestamp() {
+            return Err(AuthError::Expired);
+        }
         if sub.is_empty() {
             return Err(AuthError::WrongClaim);
         }
@@ -189,6 +194,33 @@ pub(crate) fn display_name(raw: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the fuzz test (`tests/fuzz_auth.rs`): a token whose `exp`
+    /// is the current second verified, although RFC 7519 asks that the
+    /// current time be before `exp`.
+    #[tokio::test]
+    async fn a_token_is_refused_from_its_exp_second_on() {
+        let secret = "unit-test-secret-0123456789abcdef";
+        let auth = Authenticator::new(&AuthConfig {
+            hs256_secret: Some(bootstrap::config::Secret(secret.into())),
+            ..AuthConfig::default()
+        })
+        .unwrap();
+        let token = |exp: u64| {
+            jsonwebtoken::encode(
+                &jsonwebtoken::Header::default(),
+                &serde_json::json!({"sub": "ann", "exp": exp}),
+                &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+            )
+            .unwrap()
+        };
+        let now = jsonwebtoken::get_current_timestamp();
+        assert_eq!(
+            auth.verify(&token(now)).await.err(),
+            Some(AuthError::Expired)
+        );
+        assert!(auth.verify(&token(now + 60)).await.is_ok());
+    }
 
     #[test]
     fn display_names_are_cleaned() {
