@@ -50,7 +50,7 @@ def wait_for(url):
 
 
 class System:
-    def __init__(self, tmp, **gateway_env):
+    def __init__(self, tmp, gateway_env=None, moderator_env=None):
         self.tmp = tmp
         self.procs = {}
         self.gateway_ports = [free_port(), free_port()]
@@ -69,10 +69,10 @@ class System:
                             "--port", str(nats_port), "--http_port", str(monitor_port)])
         wait_for(f"http://127.0.0.1:{monitor_port}/healthz")
         self.start("history", [BIN / "history"])
-        self.start("moderator", [BIN / "moderator"])
+        self.start("moderator", [BIN / "moderator"], **(moderator_env or {}))
         for i, port in enumerate(self.gateway_ports):
             self.start(f"gateway{i + 1}", [BIN / "gateway"], CAVLO_GATEWAY__LISTEN=f"127.0.0.1:{port}",
-                       CAVLO_GATEWAY__ID=f"gateway-{i + 1}", **gateway_env)
+                       CAVLO_GATEWAY__ID=f"gateway-{i + 1}", **(gateway_env or {}))
         for port in self.gateway_ports:
             wait_for(f"http://127.0.0.1:{port}/ready")
 
@@ -109,9 +109,31 @@ def system(tmp_path):
 @pytest.fixture
 def short_token_system(tmp_path):
     """The same, with development tokens valid for 8 s."""
-    system = System(tmp_path, CAVLO_GATEWAY__DEV_TOKEN_TTL="8s")
+    system = System(tmp_path, gateway_env={"CAVLO_GATEWAY__DEV_TOKEN_TTL": "8s"})
     yield system
     system.stop()
+
+
+@pytest.fixture
+def chatty_system(tmp_path):
+    """The same, with chat limits high enough for a corpus sent at once."""
+    system = System(tmp_path, moderator_env={
+        "CAVLO_MODERATOR__CHAT_RATE_PER_MINUTE": "6000",
+        "CAVLO_MODERATOR__CHAT_BURST": "200",
+    })
+    yield system
+    system.stop()
+
+
+# Runs in every page before its own scripts: records what a successful
+# injection would do (an alert) and any Content-Security-Policy violation.
+WATCH = """
+window.__alerts = [];
+window.alert = (message) => window.__alerts.push(String(message));
+window.__csp = [];
+document.addEventListener("securitypolicyviolation",
+    (e) => window.__csp.push(`${e.violatedDirective} ${e.blockedURI}`));
+"""
 
 
 @pytest.fixture(scope="session")
@@ -130,6 +152,7 @@ def open_demo(browser):
 
     def open_demo(url, name, room):
         context = browser.new_context(viewport={"width": 1100, "height": 760})
+        context.add_init_script(WATCH)
         contexts.append(context)
         page = context.new_page()
         page.goto(url)

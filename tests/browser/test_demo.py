@@ -1,5 +1,6 @@
 """The demo app in a real browser, two pages on two different gateways."""
 
+import pathlib
 import time
 import uuid
 
@@ -22,6 +23,31 @@ def say(page, text):
 
 def messages(page, text):
     return page.locator("#messages li", has_text=text)
+
+
+def test_a_corpus_of_xss_payloads_is_shown_as_text_and_runs_nothing(chatty_system, open_demo):
+    """Each payload of xss_payloads.txt, between markers so that none is
+    left empty by the server's sanitizing, goes through chat: on both pages
+    each shows up once as a line of text, no element but the demo's own
+    appears in the list, nothing runs, and no CSP violation is reported."""
+    system = chatty_system
+    lines = (pathlib.Path(__file__).parent / "xss_payloads.txt").read_text().splitlines()
+    corpus = [line for line in lines if line and not line.startswith("#")]
+    assert len(corpus) >= 50
+    r = room()
+    ann = open_demo(system.page_url(0, 1), "Ann", r)
+    bob = open_demo(system.page_url(1, 0), "Bob", r)
+    expect(ann.locator("#members li", has_text="Bob")).to_have_count(1, timeout=TIMEOUT_MS)
+    for i, payload in enumerate(corpus):
+        say(ann, f"[x{i:03}] {payload} [/x{i:03}]")
+    for page in (ann, bob):
+        for i in range(len(corpus)):
+            expect(messages(page, f"[x{i:03}]")).to_have_count(1, timeout=TIMEOUT_MS)
+        expect(page.locator("#messages li.pending")).to_have_count(0, timeout=TIMEOUT_MS)
+        assert page.locator("#messages *:not(li):not(span.who):not(span.text)").count() == 0
+        assert page.evaluate("window.__alerts") == []
+        assert page.evaluate("window.__xss") is None
+        assert page.evaluate("window.__csp") == []
 
 
 def record_statuses(page):
