@@ -1,6 +1,6 @@
 """Judges a kosoku (Autobahn|Testsuite) report of the gateway's echo.
 
-    python3 verdict.py REPORT_DIR [--limit-closes]
+    python3 verdict.py REPORT_DIR --cases N [--limit-closes]
 
 Prints a line per outcome and the cases that were not plain OK, and exits 1
 when any case failed. The rules, which docs/security.md explains:
@@ -13,7 +13,8 @@ when any case failed. The rules, which docs/security.md explains:
   too big) passes as refused by the size limit: the default run sends
   messages of up to 16 MiB, past `gateway.max_frame_bytes`. A second run
   with the limit raised must pass those cases outright.
-* Anything else (FAILED, ERROR, a wrong close) fails.
+* Anything else (FAILED, ERROR, a wrong close) fails, and so does a report
+  of other than N cases: a run cut short must not pass.
 """
 
 import argparse
@@ -39,6 +40,7 @@ def verdict(case, result, report, limit_closes):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("reports", type=pathlib.Path)
+    parser.add_argument("--cases", type=int, required=True)
     parser.add_argument("--limit-closes", action="store_true")
     args = parser.parse_args()
 
@@ -65,6 +67,9 @@ def main():
                 f"close={result['behaviorClose']} code={report.get('remoteCloseCode')}: "
                 f"{report.get('result')}"
             )
+    if len(results) != args.cases:
+        print(f"expected {args.cases} cases, the report has {len(results)}")
+        sys.exit(1)
     if outcomes["FAILED"]:
         sys.exit(1)
 
