@@ -135,6 +135,34 @@ describe("connecting", () => {
     assert.equal(socket.sent.filter((f) => f.type === "refresh").length, 2);
   });
 
+  test("after a reconnect the refresh follows the new socket's token, not the old one's", async () => {
+    let calls = 0;
+    const { sockets, clock, client } = makeClient({ token: async () => `t${++calls}`, random: () => 0 });
+    client.connect();
+    await settle();
+    const first = sockets.at(-1);
+    first.accept();
+    first.receive(welcome("c1", 100));
+    // Dropped 50 s in; the new connection's token has 1,000 s.
+    clock.advance(50_000);
+    first.drop(1006);
+    clock.advance(0);
+    await settle();
+    const second = sockets.at(-1);
+    second.accept();
+    second.receive(welcome("c2", 1000));
+    // The old schedule (at 80 s) is gone: nothing at 100 s on either socket.
+    clock.advance(50_000);
+    await settle();
+    assert.equal(first.sent.filter((f) => f.type === "refresh").length, 0);
+    assert.equal(second.sent.filter((f) => f.type === "refresh").length, 0);
+    // The new one is refreshed a minute before its end, on its own socket.
+    clock.advance(890_000);
+    await settle();
+    assert.deepEqual(second.sent.filter((f) => f.type === "refresh"), [{ type: "refresh", token: "t3" }]);
+    assert.equal(first.sent.filter((f) => f.type === "refresh").length, 0);
+  });
+
   test("a token valid for a year is refreshed near its end, not at once", async () => {
     const { client, socket, clock } = await welcomedWithTokenFunction(365 * 24 * 3600);
     for (let day = 0; day < 364; day += 1) {
