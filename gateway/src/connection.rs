@@ -664,6 +664,11 @@ impl Connection {
             tracing::warn!(other = %verified.user.id, "refresh with another user's token");
             return Err(refused("the token is for another user"));
         }
+        if verified.expires_at <= self.expiry.exp {
+            return Err(refused(
+                "the token does not expire later than the current one",
+            ));
+        }
         self.expiry = Expiry::at(verified.expires_at);
         Ok(ServerFrame::Refreshed {
             expires_in: self.expiry.seconds_left(),
@@ -803,6 +808,8 @@ pub(crate) async fn end(socket: &mut HyperWebsocketStream, exit: Exit, write_tim
 #[derive(Debug, Clone, Copy)]
 struct Expiry {
     deadline: Instant,
+    /// The token's `exp`, seconds since the Unix epoch.
+    exp: u64,
 }
 
 impl Expiry {
@@ -818,6 +825,7 @@ impl Expiry {
             .min(Duration::from_secs(10 * 365 * 24 * 3600));
         Self {
             deadline: Instant::now() + left,
+            exp,
         }
     }
 

@@ -543,6 +543,17 @@ async fn a_connection_ends_at_its_tokens_exp_unless_refreshed() {
         ServerFrame::Refreshed { expires_in } => assert!(expires_in > 590, "{expires_in}"),
         other => panic!("expected refreshed, got {other:?}"),
     }
+    // A refresh must extend: a token ending before the current one is
+    // refused and changes nothing.
+    cat.send(&ClientFrame::Refresh {
+        token: token_with("cat", json!({"exp": now() + 300})),
+    })
+    .await;
+    assert_code(
+        &cat.next_error().await,
+        ErrorCode::Unauthorized,
+        "an earlier exp",
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
     cat.assert_alive().await;
     drop((ann, cat));
