@@ -279,7 +279,8 @@ async fn keys_the_provider_publishes_are_accepted_and_removed_ones_refused() {
     assert!(interval <= Duration::from_secs(5), "default {interval:?}");
     let keys = KeyServer::start(None).await;
     keys.publish(Some(&[ES256_JWKS]));
-    let system = System::start(jwks_gateway(&keys.url, interval, Duration::from_secs(2))).await;
+    // A max age of an hour: only an unknown kid can make it fetch again.
+    let system = System::start(jwks_gateway(&keys.url, interval, Duration::from_secs(3600))).await;
     let g = system.gateways[0];
 
     Client::connect_with(g, &signed("test-key-1", "ann"))
@@ -313,11 +314,21 @@ async fn keys_the_provider_publishes_are_accepted_and_removed_ones_refused() {
         keys.hits() - before
     );
 
-    // The provider drops the ES256 key; once the set is older than its
-    // max age (and the last fetch older than the interval), the next token
-    // fetches it again and the key is gone.
+    system.finish().await;
+
+    // The provider drops the ES256 key: on a gateway whose set goes stale
+    // after 2 s, the first token after that fetches it again and the key
+    // is gone.
+    const MAX_AGE: Duration = Duration::from_secs(2);
+    keys.publish(Some(&[ES256_JWKS, RS256_JWKS]));
+    let system = System::start(jwks_gateway(&keys.url, Duration::from_millis(300), MAX_AGE)).await;
+    let g = system.gateways[0];
+    Client::connect_with(g, &signed("test-key-1", "ann"))
+        .await
+        .assert_alive()
+        .await;
     keys.publish(Some(&[RS256_JWKS]));
-    tokio::time::sleep(interval.max(Duration::from_secs(2))).await;
+    tokio::time::sleep(MAX_AGE).await;
     expect_refused(g, &auth_frame(&signed("test-key-1", "ann")), "removed key").await;
     Client::connect_with(g, &signed("rs-key-1", "bob"))
         .await
