@@ -39,6 +39,11 @@ pub struct GatewayConfig {
     /// clients that send no `Origin` (non-browsers) are always allowed; any
     /// other origin gets HTTP 403. Default: none.
     pub allowed_origins: Vec<String>,
+    /// WebSocket URLs of the other gateways the demo page may fail over to
+    /// (its `?gateways=` list), e.g. `wss://chat2.example.com/ws`: the
+    /// page's Content-Security-Policy lets it connect to this gateway and
+    /// to these only. Default: none.
+    pub demo_gateways: Vec<String>,
     /// WebSockets open at once. Past it, a new socket is closed with code
     /// 4102 (reconnect elsewhere). Default 10 000.
     pub max_connections: usize,
@@ -145,6 +150,7 @@ impl Default for GatewayConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             id: None,
             allowed_origins: Vec::new(),
+            demo_gateways: Vec::new(),
             max_connections: 10_000,
             max_frame_bytes: 128 * 1024,
             socket_read_buffer_bytes: 2 * 1024,

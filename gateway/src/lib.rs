@@ -17,7 +17,8 @@
 //! * [`departures`]: reliable "left the room" notices for closed connections.
 //! * [`cluster`]: heartbeats, and removing dead gateways' members.
 //! * [`auth`] and [`jwks`]: token verification.
-//! * `web`: the embedded demo app and SDK, and development tokens.
+//! * [`web`]: the embedded demo app and SDK, their security headers, and
+//!   development tokens.
 //! * `conformance` (feature `conformance`, tests only): a WebSocket echo on
 //!   the same socket stack, for the Autobahn cases.
 
@@ -35,7 +36,7 @@ pub mod jwks;
 pub mod reorder;
 pub mod routing;
 pub mod server;
-mod web;
+pub mod web;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -65,6 +66,8 @@ pub(crate) struct Shared {
     bus: Bus,
     departures: Departures,
     auth: Authenticator,
+    /// The demo page's Content-Security-Policy.
+    demo_policy: crate::web::DemoPolicy,
     /// Sockets not yet authenticated, per client address.
     unauthenticated: Counter<IpAddr>,
     /// Authenticated connections, per user.

@@ -46,6 +46,9 @@ pub enum RunError {
     /// The gateway's signal subject could not be subscribed.
     #[error(transparent)]
     Subscribe(#[from] crate::hub::SubscribeError),
+    /// A URL in `gateway.demo_gateways` cannot go into the demo's policy.
+    #[error(transparent)]
+    DemoGateways(#[from] crate::web::InvalidDemoGateway),
 }
 
 /// Serves WebSockets and the other routes on `listener` until `shutdown`
@@ -83,6 +86,7 @@ pub async fn run(
         tasks: TaskTracker::new(),
         shared: Arc::new(Shared {
             auth: Authenticator::new(&config.auth)?,
+            demo_policy: crate::web::DemoPolicy::new(&config.demo_gateways)?,
             unauthenticated: Counter::new(config.max_unauthenticated_per_ip),
             per_user: Counter::new(config.max_connections_per_user),
             hub,
@@ -184,7 +188,9 @@ impl Server {
             (&Method::GET, "/ready") => readiness_response(nats_connected(&self.client)),
             (&Method::POST, "/auth/dev-token") => crate::web::dev_token(&self.shared, req).await,
             (&Method::GET, path) => {
-                crate::web::file(path).unwrap_or_else(|| plain(StatusCode::NOT_FOUND, "not found"))
+                let cached = req.headers().get(header::IF_NONE_MATCH);
+                crate::web::file(path, cached, &self.shared.demo_policy)
+                    .unwrap_or_else(|| plain(StatusCode::NOT_FOUND, "not found"))
             }
             _ => plain(StatusCode::NOT_FOUND, "not found"),
         }

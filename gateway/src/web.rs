@@ -42,18 +42,16 @@ const FILES: &[(&str, &str, &str)] = &[
     ),
 ];
 
-/// Sent with every file. The demo renders chat as text, never HTML; the
+/// The Content-Security-Policy sent with every file, but for `connect-src`
+/// (see [`DemoPolicy`]). The demo renders chat as text, never HTML; the
 /// policy forbids inline and foreign script besides, so an injection bug in
-/// a page would still run nothing. WebSockets may go to any gateway (the SDK
-/// fails over across URLs), media come from the camera and peers.
+/// a page would still run nothing. Media come from the camera and peers.
+const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
+     media-src 'self' blob: mediastream:; img-src 'self' data:; object-src 'none'; \
+     base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+
+/// Sent with every file besides the policy.
 const SECURITY_HEADERS: &[(&str, &str)] = &[
-    (
-        "content-security-policy",
-        "default-src 'self'; script-src 'self'; style-src 'self'; \
-         connect-src 'self' ws: wss:; media-src 'self' blob: mediastream:; \
-         img-src 'self' data:; object-src 'none'; base-uri 'none'; \
-         form-action 'self'; frame-ancestors 'none'",
-    ),
     ("x-content-type-options", "nosniff"),
     ("referrer-policy", "no-referrer"),
     ("x-frame-options", "DENY"),
@@ -62,20 +60,73 @@ const SECURITY_HEADERS: &[(&str, &str)] = &[
         "permissions-policy",
         "camera=(self), microphone=(self), geolocation=(), payment=()",
     ),
+    // The files are not fingerprinted: a browser must ask again each time
+    // (cheap with the ETag), or a new gateway version would run old code.
+    ("cache-control", "no-cache"),
 ];
+
+/// A URL in `gateway.demo_gateways` that cannot go into the policy.
+#[derive(Debug, thiserror::Error)]
+#[error("gateway.demo_gateways: {0:?} is not a ws:// or wss:// URL")]
+pub struct InvalidDemoGateway(String);
+
+/// The demo's Content-Security-Policy: WebSockets only to this gateway
+/// (`'self'`) and to the other gateways it may fail over to
+/// (`gateway.demo_gateways`), nowhere else.
+#[derive(Clone, Debug)]
+pub struct DemoPolicy(header::HeaderValue);
+
+impl DemoPolicy {
+    /// The policy allowing `gateways` besides this one.
+    pub fn new(gateways: &[String]) -> Result<Self, InvalidDemoGateway> {
+        let mut connect = String::from("connect-src 'self'");
+        for url in gateways {
+            let plain = url
+                .chars()
+                .all(|c| c.is_ascii_graphic() && !matches!(c, ';' | ',' | '\'' | '"'));
+            if !plain || !(url.starts_with("ws://") || url.starts_with("wss://")) {
+                return Err(InvalidDemoGateway(url.clone()));
+            }
+            connect.push(' ');
+            connect.push_str(url);
+        }
+        let policy = format!("{CSP}; {connect}");
+        let value = header::HeaderValue::from_str(&policy)
+            .map_err(|_| InvalidDemoGateway(gateways.join(" ")))?;
+        Ok(Self(value))
+    }
+}
 
 /// Largest dev-token request body; it only carries a name.
 const MAX_DEV_TOKEN_BODY: usize = 1024;
 
-/// A static file, if `path` names one.
-pub fn file(path: &str) -> Option<Response<Full<Bytes>>> {
+/// A static file, if `path` names one: `304 Not Modified` when the
+/// browser's copy (`if_none_match`) is current.
+pub(crate) fn file(
+    path: &str,
+    if_none_match: Option<&header::HeaderValue>,
+    policy: &DemoPolicy,
+) -> Option<Response<Full<Bytes>>> {
     let (_, content_type, body) = FILES.iter().find(|(p, _, _)| *p == path)?;
-    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    let etag = etag(body);
+    let current = if_none_match.is_some_and(|tag| tag.as_bytes() == etag.as_bytes());
+    let mut response = if current {
+        let mut response = Response::new(Full::new(Bytes::new()));
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+        response
+    } else {
+        Response::new(Full::new(Bytes::from_static(body.as_bytes())))
+    };
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
         header::HeaderValue::from_static(content_type),
     );
+    headers.insert(
+        header::ETAG,
+        header::HeaderValue::from_str(&etag).expect("an ETag is ASCII"),
+    );
+    headers.insert(header::CONTENT_SECURITY_POLICY, policy.0.clone());
     for (name, value) in SECURITY_HEADERS {
         headers.insert(
             header::HeaderName::from_static(name),
@@ -83,6 +134,15 @@ pub fn file(path: &str) -> Option<Response<Full<Bytes>>> {
         );
     }
     Some(response)
+}
+
+/// A file's entity tag: a hash of its content, the same in every gateway
+/// built from the same sources.
+fn etag(body: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    body.hash(&mut hasher);
+    format!("\"{:016x}\"", hasher.finish())
 }
 
 #[derive(Deserialize)]
@@ -97,7 +157,7 @@ struct DevTokenRequest {
 
 /// `POST /auth/dev-token` with `{"name": "…"}`, or `{"name": "…", "token":
 /// "<the current one>"}` to renew it, → `{"token": "…"}`.
-pub async fn dev_token(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
+pub(crate) async fn dev_token(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let json = bootstrap::health::json;
     let secret = match (&shared.config.auth.hs256_secret, shared.config.dev_tokens) {
         (Some(secret), true) => secret,
@@ -173,8 +233,9 @@ mod tests {
 
     #[test]
     fn every_file_carries_the_security_headers() {
+        let policy = DemoPolicy::new(&["ws://other.example:8081/ws".to_owned()]).unwrap();
         for (path, _, _) in FILES {
-            let response = file(path).expect("served");
+            let response = file(path, None, &policy).expect("served");
             let headers = response.headers();
             let csp = headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
             for directive in [
@@ -182,13 +243,56 @@ mod tests {
                 "script-src 'self'",
                 "object-src 'none'",
                 "frame-ancestors 'none'",
+                "connect-src 'self' ws://other.example:8081/ws",
             ] {
                 assert!(csp.contains(directive), "{path}: {csp} lacks {directive}");
             }
             assert!(!csp.contains("unsafe"), "{path}: {csp}");
+            assert!(
+                !csp.contains(" ws: ") && !csp.ends_with(" ws:"),
+                "{path}: {csp}"
+            );
             assert_eq!(headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff", "{path}");
             assert_eq!(headers[header::X_FRAME_OPTIONS], "DENY", "{path}");
             assert_eq!(headers[header::REFERRER_POLICY], "no-referrer", "{path}");
+            assert_eq!(headers[header::CACHE_CONTROL], "no-cache", "{path}");
+        }
+    }
+
+    #[test]
+    fn a_current_copy_is_answered_not_modified() {
+        let policy = DemoPolicy::new(&[]).unwrap();
+        let first = file("/app.js", None, &policy).unwrap();
+        assert_eq!(first.status(), StatusCode::OK);
+        let tag = first.headers()[header::ETAG].clone();
+        let again = file("/app.js", Some(&tag), &policy).unwrap();
+        assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+        assert_eq!(again.headers()[header::ETAG], tag);
+        let stale = header::HeaderValue::from_static("\"0\"");
+        assert_eq!(
+            file("/app.js", Some(&stale), &policy).unwrap().status(),
+            StatusCode::OK
+        );
+    }
+
+    #[test]
+    fn only_websocket_urls_go_into_the_policy() {
+        let only_self = DemoPolicy::new(&[]).unwrap();
+        assert!(
+            only_self
+                .0
+                .to_str()
+                .unwrap()
+                .ends_with("connect-src 'self'")
+        );
+        for bad in [
+            "http://other:8081/ws",
+            "ws://a; script-src *",
+            "ws://a b",
+            "ws:",
+            "*",
+        ] {
+            assert!(DemoPolicy::new(&[bad.to_owned()]).is_err(), "{bad}");
         }
     }
 }

@@ -71,8 +71,11 @@ class System:
         self.start("history", [BIN / "history"])
         self.start("moderator", [BIN / "moderator"], **(moderator_env or {}))
         for i, port in enumerate(self.gateway_ports):
+            # The demo page may connect to its own gateway and fail over to the other one.
+            other = self.gateway_ports[1 - i]
             self.start(f"gateway{i + 1}", [BIN / "gateway"], CAVLO_GATEWAY__LISTEN=f"127.0.0.1:{port}",
-                       CAVLO_GATEWAY__ID=f"gateway-{i + 1}", **(gateway_env or {}))
+                       CAVLO_GATEWAY__ID=f"gateway-{i + 1}",
+                       CAVLO_GATEWAY__DEMO_GATEWAYS=f"[ws://127.0.0.1:{other}/ws]", **(gateway_env or {}))
         for port in self.gateway_ports:
             wait_for(f"http://127.0.0.1:{port}/ready")
 
