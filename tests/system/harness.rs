@@ -973,6 +973,44 @@ pub fn assert_code(error: &ErrorFrame, code: ErrorCode, case: &str) {
 
 impl Client {
     /// The next frame, or the close code if the server closes first.
+    /// The code of the server's close frame, read from the TCP stream
+    /// without answering anything on the way: for a client that stopped
+    /// answering pings (tungstenite would answer the queued pings, and that
+    /// write hits the socket the server has closed).
+    pub async fn close_code_unanswered(mut self) -> u16 {
+        use tokio::io::AsyncReadExt;
+        let MaybeTlsStream::Plain(tcp) = self.ws.get_mut() else {
+            panic!("tests connect over plain TCP");
+        };
+        loop {
+            let mut head = [0u8; 2];
+            tokio::time::timeout(FRAME_TIMEOUT, tcp.read_exact(&mut head))
+                .await
+                .expect("timed out waiting for a frame")
+                .expect("a frame header");
+            let len = match head[1] & 0x7f {
+                126 => {
+                    let mut len = [0u8; 2];
+                    tcp.read_exact(&mut len).await.expect("a length");
+                    usize::from(u16::from_be_bytes(len))
+                }
+                127 => {
+                    let mut len = [0u8; 8];
+                    tcp.read_exact(&mut len).await.expect("a length");
+                    usize::try_from(u64::from_be_bytes(len)).expect("a length that fits")
+                }
+                len => usize::from(len),
+            };
+            let mut payload = vec![0u8; len];
+            tcp.read_exact(&mut payload).await.expect("a frame payload");
+            // Opcode 8: close, its payload starting with the code.
+            if head[0] & 0x0f == 8 {
+                assert!(payload.len() >= 2, "a close frame without a code");
+                return u16::from_be_bytes([payload[0], payload[1]]);
+            }
+        }
+    }
+
     pub async fn recv_or_close(&mut self) -> Result<ServerFrame, u16> {
         loop {
             let msg = tokio::time::timeout(FRAME_TIMEOUT, self.ws.next())

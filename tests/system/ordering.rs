@@ -6,8 +6,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use moderator::config::ModeratorConfig;
-use schemas::client::{ClientFrame, ServerFrame};
+use schemas::client::{ChatMessage, ClientFrame, Member, ServerFrame, User};
+use schemas::code::CloseCode;
 use schemas::id::{ClientMsgId, Seq};
+use schemas::{event, subject};
 
 use crate::harness::{Client, Options, System, get_json, room};
 
@@ -207,5 +209,57 @@ async fn a_rooms_chat_is_stored_by_one_moderator() {
         MEMBERS * EACH
     );
     drop(members);
+    system.finish().await;
+}
+
+/// A gap in a room's chat that history cannot fill (a delivery with a seq
+/// that was never stored, as after a lost stream) closes the connection
+/// with 4103, a close frame the client sees, and the client resumes with
+/// what was really stored.
+#[tokio::test]
+async fn a_gap_history_cannot_fill_closes_with_4103_and_the_client_resumes() {
+    let system = System::one_gateway().await;
+    let g = system.gateways[0];
+    let room = room("unfillable");
+    let mut ann = Client::connect(g, "ann").await;
+    let mut bob = Client::connect(g, "bob").await;
+    ann.join(&room, None).await;
+    bob.join(&room, None).await;
+    let stored = ann.chat(&room, "real", "stored").await.unwrap().unwrap();
+    assert_eq!(bob.next_chat().await.seq, stored);
+
+    // A delivery five seqs ahead, published straight on the delivery
+    // subject: the four before it exist nowhere.
+    let ghost = ChatMessage {
+        room: room.clone(),
+        seq: Seq(stored.0 + 5),
+        id: "ghost".into(),
+        from: Member {
+            conn_id: "nobody".into(),
+            user: User {
+                id: "nobody".into(),
+                name: "Nobody".into(),
+            },
+        },
+        text: "never stored".into(),
+        ts: 0,
+    };
+    let nats = system.nats.connect().await;
+    nats.publish(subject::chat_deliver(&room), event::encode(&ghost).into())
+        .await
+        .unwrap();
+    nats.flush().await.unwrap();
+    let (seen, code) = bob.chats_until_close().await;
+    assert_eq!(code, CloseCode::Resync.code(), "told to resync");
+    assert!(
+        seen.is_empty(),
+        "nothing out of order was delivered: {seen:?}"
+    );
+
+    let mut bob = Client::connect(g, "bob").await;
+    let (history, last, _) = bob.join(&room, Some(stored)).await;
+    assert!(history.is_empty(), "nothing after {stored} was stored");
+    assert_eq!(last, stored);
+    drop((ann, bob));
     system.finish().await;
 }

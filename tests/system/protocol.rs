@@ -1,8 +1,11 @@
 //! Bad frames get a clear error and change nothing else.
 
+use std::time::Duration;
+
 use gateway::config::GatewayConfig;
 use schemas::client::{ClientFrame, ServerFrame};
 use schemas::code::{CloseCode, ErrorCode};
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::harness::{Client, Options, System, assert_code, room};
@@ -283,5 +286,83 @@ async fn invalid_utf8_closes_with_1007_and_a_clients_close_is_echoed() {
         );
     }
     drop((ann, early));
+    system.finish().await;
+}
+
+/// Slowloris: a client that sends its HTTP headers a byte at a time holds
+/// a socket only until `gateway.handshake_timeout`, not for as long as it
+/// keeps trickling.
+#[tokio::test]
+async fn a_handshake_that_trickles_in_is_cut_at_the_handshake_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const TIMEOUT: Duration = Duration::from_secs(1);
+    let system = System::start(Options {
+        gateway: GatewayConfig {
+            handshake_timeout: TIMEOUT,
+            ..Options::default().gateway
+        },
+        ..Options::one_gateway()
+    })
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(system.gateways[0])
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let request = b"GET /ws HTTP/1.1\r\nHost: x\r\nX-Slow: ";
+    stream.write_all(request).await.unwrap();
+    // One more byte every 100 ms, for up to ten times the timeout.
+    let cut = loop {
+        if stream.write_all(b"a").await.is_err() {
+            break started.elapsed();
+        }
+        let mut buf = [0u8; 256];
+        match tokio::time::timeout(Duration::from_millis(100), stream.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => break started.elapsed(),
+            // hyper may answer 408 before closing.
+            Ok(Ok(_)) => {}
+            Err(_) => {}
+        }
+        assert!(
+            started.elapsed() < TIMEOUT * 10,
+            "still open after {:?}",
+            started.elapsed()
+        );
+    };
+    assert!(cut >= TIMEOUT, "cut before the timeout: {cut:?}");
+    assert!(
+        cut < TIMEOUT * 3,
+        "cut at {cut:?}, the timeout is {TIMEOUT:?}"
+    );
+    system.finish().await;
+}
+
+/// The gateway offers no WebSocket extension: permessage-deflate stays
+/// off, so no inflated message can outgrow `max_frame_bytes`.
+#[tokio::test]
+async fn no_extension_is_negotiated_even_when_offered() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let system = System::one_gateway().await;
+    let g = system.gateways[0];
+    let mut stream = tokio::net::TcpStream::connect(g).await.unwrap();
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: {g}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte))
+            .await
+            .expect("an answer to the handshake")
+            .unwrap();
+        assert_eq!(read, 1, "closed during the handshake: {head:?}");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(!head.contains("sec-websocket-extensions"), "{head}");
+    drop(stream);
     system.finish().await;
 }
