@@ -73,94 +73,195 @@ async fn every_service_works_with_only_its_own_nats_permissions() {
     system.finish().await;
 }
 
-/// What each service's user must not do, from docs/architecture.md
-/// ("NATS permissions"): the server refuses each, and logs it.
+/// Every kind of subject cavlo uses, one concrete subject each, and the
+/// JetStream API subjects that read or change its two streams.
+const SUBJECTS: &[&str] = &[
+    "cavlo.moderate",
+    "cavlo.moderate.m1",
+    "cavlo.history.backlog",
+    "cavlo.gateway.heartbeat",
+    "cavlo.moderator.heartbeat",
+    "cavlo.roundtrip.x",
+    "cavlo.deliver.r.chat",
+    "cavlo.deliver.r.presence",
+    "cavlo.signal.g1",
+    "cavlo.chat.r",
+    "$KV.CAVLO_ROOMS.r",
+    "_INBOX.x",
+    "$JS.API.INFO",
+    "$JS.API.STREAM.CREATE.CAVLO_CHAT",
+    "$JS.API.STREAM.UPDATE.CAVLO_CHAT",
+    "$JS.API.STREAM.DELETE.CAVLO_CHAT",
+    "$JS.API.STREAM.PURGE.CAVLO_CHAT",
+    "$JS.API.STREAM.INFO.CAVLO_CHAT",
+    "$JS.API.STREAM.MSG.GET.CAVLO_CHAT",
+    "$JS.API.STREAM.MSG.DELETE.CAVLO_CHAT",
+    "$JS.API.DIRECT.GET.CAVLO_CHAT",
+    "$JS.API.DIRECT.GET.CAVLO_CHAT.cavlo.chat.r",
+    "$JS.API.CONSUMER.CREATE.CAVLO_CHAT",
+    "$JS.API.STREAM.CREATE.KV_CAVLO_ROOMS",
+    "$JS.API.STREAM.UPDATE.KV_CAVLO_ROOMS",
+    "$JS.API.STREAM.DELETE.KV_CAVLO_ROOMS",
+    "$JS.API.STREAM.PURGE.KV_CAVLO_ROOMS",
+    "$JS.API.STREAM.INFO.KV_CAVLO_ROOMS",
+    "$JS.API.STREAM.MSG.GET.KV_CAVLO_ROOMS",
+    "$JS.API.DIRECT.GET.KV_CAVLO_ROOMS",
+];
+
+/// What each service needs, as docs/architecture.md ("NATS permissions")
+/// states it: (user, may publish, may subscribe), in NATS wildcards.
+const NEEDS: &[(&str, &[&str], &[&str])] = &[
+    (
+        "gateway",
+        &[
+            "cavlo.moderate",
+            "cavlo.moderate.*",
+            "cavlo.history.backlog",
+            "cavlo.gateway.heartbeat",
+            "cavlo.roundtrip.>",
+        ],
+        &[
+            "cavlo.deliver.*.*",
+            "cavlo.signal.*",
+            "cavlo.gateway.heartbeat",
+            "cavlo.moderator.heartbeat",
+            "_INBOX.>",
+        ],
+    ),
+    (
+        "moderator",
+        &[
+            "cavlo.chat.*",
+            "cavlo.deliver.>",
+            "cavlo.signal.*",
+            "cavlo.roundtrip.>",
+            "cavlo.moderator.heartbeat",
+            "$JS.API.INFO",
+            "$JS.API.STREAM.INFO.CAVLO_CHAT",
+            "$JS.API.STREAM.MSG.GET.CAVLO_CHAT",
+            "$JS.API.DIRECT.GET.CAVLO_CHAT",
+            "$JS.API.DIRECT.GET.CAVLO_CHAT.>",
+            "$JS.API.STREAM.CREATE.KV_CAVLO_ROOMS",
+            "$JS.API.STREAM.UPDATE.KV_CAVLO_ROOMS",
+            "$JS.API.STREAM.INFO.KV_CAVLO_ROOMS",
+            "$JS.API.STREAM.MSG.GET.KV_CAVLO_ROOMS",
+            "$JS.API.DIRECT.GET.KV_CAVLO_ROOMS",
+            "$JS.API.DIRECT.GET.KV_CAVLO_ROOMS.>",
+            "$KV.CAVLO_ROOMS.>",
+        ],
+        &[
+            "cavlo.moderate",
+            "cavlo.moderate.*",
+            "cavlo.gateway.heartbeat",
+            "_INBOX.>",
+        ],
+    ),
+    (
+        "history",
+        &[
+            "cavlo.roundtrip.>",
+            "$JS.API.INFO",
+            "$JS.API.STREAM.CREATE.CAVLO_CHAT",
+            "$JS.API.STREAM.UPDATE.CAVLO_CHAT",
+            "$JS.API.STREAM.INFO.CAVLO_CHAT",
+            "$JS.API.STREAM.MSG.GET.CAVLO_CHAT",
+            "$JS.API.DIRECT.GET.CAVLO_CHAT",
+        ],
+        &["cavlo.history.backlog", "_INBOX.>"],
+    ),
+];
+
+/// Whether NATS subject `subject` matches `pattern` (`*` one token, `>`
+/// the rest).
+fn matches(pattern: &str, subject: &str) -> bool {
+    let mut subject = subject.split('.');
+    for token in pattern.split('.') {
+        match (token, subject.next()) {
+            (">", Some(_)) => return true,
+            ("*", Some(_)) => {}
+            (token, Some(part)) if token == part => {}
+            _ => return false,
+        }
+    }
+    subject.next().is_none()
+}
+
+#[test]
+fn subject_patterns_match_as_nats_does() {
+    assert!(matches("cavlo.moderate.*", "cavlo.moderate.m1"));
+    assert!(!matches("cavlo.moderate.*", "cavlo.moderate"));
+    assert!(!matches("cavlo.moderate", "cavlo.moderate.m1"));
+    assert!(matches("cavlo.deliver.>", "cavlo.deliver.r.chat"));
+    assert!(!matches("cavlo.deliver.>", "cavlo.deliver"));
+    assert!(matches("$JS.API.INFO", "$JS.API.INFO"));
+}
+
+/// The whole matrix: every user publishes to and subscribes to every
+/// subject of [`SUBJECTS`]. The server must refuse, and log, exactly what
+/// its service does not need ([`NEEDS`]), and nothing else.
 #[tokio::test]
-async fn each_service_user_is_refused_what_its_service_must_not_do() {
-    const REFUSED: &[(&str, &[&str])] = &[
-        (
-            "gateway",
-            &[
-                "cavlo.deliver.r.chat",
-                "cavlo.signal.someone",
-                "cavlo.chat.r",
-                "cavlo.moderator.heartbeat",
-                "$KV.CAVLO_ROOMS.r",
-                "$JS.API.STREAM.CREATE.CAVLO_CHAT",
-                "$JS.API.STREAM.PURGE.CAVLO_CHAT",
-            ],
-        ),
-        (
-            "history",
-            &[
-                "cavlo.deliver.r.chat",
-                "cavlo.chat.r",
-                "cavlo.moderate",
-                "$KV.CAVLO_ROOMS.r",
-                "$JS.API.STREAM.DELETE.CAVLO_CHAT",
-                "$JS.API.STREAM.PURGE.CAVLO_CHAT",
-            ],
-        ),
-        (
-            "moderator",
-            &[
-                "cavlo.history.backlog",
-                "cavlo.gateway.heartbeat",
-                "$JS.API.STREAM.CREATE.CAVLO_CHAT",
-                "$JS.API.STREAM.DELETE.CAVLO_CHAT",
-                "$JS.API.STREAM.PURGE.CAVLO_CHAT",
-            ],
-        ),
-    ];
+async fn each_service_user_may_do_exactly_what_its_service_needs() {
     let nats = Nats::start_with_users().await;
-    for (user, subjects) in REFUSED {
+    let mut clients = Vec::new();
+    for (user, _, _) in NEEDS {
         let client = nats.connect_as(Some(user)).await;
-        for subject in *subjects {
+        let mut subscriptions = Vec::new();
+        for subject in SUBJECTS {
             client
                 .publish(subject.to_string(), "forged".into())
                 .await
                 .expect("a publish is queued");
+            subscriptions.push(
+                client
+                    .subscribe(subject.to_string())
+                    .await
+                    .expect("a subscription is queued"),
+            );
         }
-        client.flush().await.expect("flushed");
+        bootstrap::nats::round_trip(&client)
+            .await
+            .expect("the server has processed it all");
+        clients.push((client, subscriptions));
     }
-    // An allowed publish, to show the check can tell them apart.
-    let gateway = nats.connect_as(Some("gateway")).await;
-    gateway
-        .publish("cavlo.gateway.heartbeat", "{}".into())
-        .await
-        .unwrap();
-    gateway.flush().await.unwrap();
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    let mut missing = Vec::new();
+    // A violation is logged as `… - "user:<user>" - … Publish Violation …
+    // Subject "<subject>"` (or `Subscription Violation`).
+    let refused = |log: &str, user: &str, kind: &str, subject: &str| {
+        log.lines().any(|line| {
+            line.contains(&format!("user:{user}\""))
+                && line.contains(kind)
+                && line.contains(&format!("Subject \"{subject}\""))
+        })
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut wrong = Vec::new();
     loop {
         let log = server_log(&nats).await;
-        missing.clear();
-        for (user, subjects) in REFUSED {
-            for subject in *subjects {
-                let refused = log.lines().any(|line| {
-                    line.contains(&format!("user:{user}\""))
-                        && line.contains("Publish Violation")
-                        && line.contains(&format!("Subject \"{subject}\""))
-                });
-                if !refused {
-                    missing.push(format!("{user} may publish to {subject}"));
+        wrong.clear();
+        for (user, publish, subscribe) in NEEDS {
+            for subject in SUBJECTS {
+                for (kind, needed) in [
+                    ("Publish Violation", publish),
+                    ("Subscription Violation", subscribe),
+                ] {
+                    let needs = needed.iter().any(|pattern| matches(pattern, subject));
+                    if needs == refused(&log, user, kind, subject) {
+                        let what = if needs { "refused" } else { "allowed" };
+                        wrong.push(format!("{user}: {kind} on {subject}: {what}"));
+                    }
                 }
             }
         }
-        let allowed_refused = log.lines().any(|line| {
-            line.contains("Violation")
-                && line.contains("Subject \"cavlo.gateway.heartbeat\"")
-                && line.contains("user:gateway\"")
-        });
-        assert!(
-            !allowed_refused,
-            "the gateway's own heartbeat was refused:\n{log}"
-        );
-        if missing.is_empty() || tokio::time::Instant::now() > deadline {
+        // Refusals are logged as they come; what is allowed never is, so
+        // wait until every refusal is in, then judge once more.
+        let missing_refusals = wrong.iter().any(|w| w.ends_with(": allowed"));
+        if !missing_refusals || tokio::time::Instant::now() > deadline {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(missing.is_empty(), "not refused: {missing:#?}");
+    if !wrong.is_empty() {
+        eprintln!("LOG:\n{}", server_log(&nats).await);
+    }
+    assert!(wrong.is_empty(), "not as the services need: {wrong:#?}");
 }
