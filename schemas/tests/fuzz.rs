@@ -4,7 +4,8 @@
 //! never panics, and what decodes encodes back to something that decodes
 //! the same.
 //!
-//! CI runs proptest's default number of cases; the long run is
+//! A corpus of known-nasty inputs runs every time. CI runs proptest's
+//! default number of cases; the long run is
 //! `PROPTEST_CASES=1000000 cargo test --release -p schemas --test fuzz`
 //! (passed on 2026-11-26: a million cases per property in 45 s).
 
@@ -79,6 +80,68 @@ fn round_trips(frame: &ClientFrame) -> Result<(), TestCaseError> {
     let reencoded = serde_json::to_string(&again.unwrap()).unwrap();
     prop_assert_eq!(reencoded, encoded);
     Ok(())
+}
+
+/// Client frames that break or strain JSON decoders elsewhere: deep
+/// nesting, duplicate keys, numbers out of range, lone surrogates, a byte
+/// order mark, NUL. Run every time, beside the generated cases.
+fn client_corpus() -> Vec<String> {
+    let mut corpus: Vec<String> = [
+        "",
+        "null",
+        "[]",
+        "{}",
+        "\u{feff}{\"type\":\"ping\"}",
+        "{\"type\":\"ping\",\"type\":\"auth\"}",
+        "{\"type\":\"auth\",\"token\":\"\\ud800\"}",
+        "{\"type\":\"join\",\"room\":\"a\",\"since\":-1}",
+        "{\"type\":\"join\",\"room\":\"a\",\"since\":1e400}",
+        "{\"type\":\"join\",\"room\":\"a\",\"since\":18446744073709551616}",
+        "{\"type\":\"chat\",\"room\":\"a\",\"id\":\"\\u0000\",\"text\":\"x\"}",
+        "{\"type\":\"signal\",\"room\":\"a\",\"to\":\"b\",\"kind\":\"offer\",\"data\":null}",
+        "{\"type\":\"chat\"",
+        "{\"type\":\"\\u0063hat\",\"room\":\"a\",\"id\":\"1\",\"text\":\"x\"}",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    corpus.push("[".repeat(100_000));
+    corpus.push(format!(
+        "{{\"type\":\"signal\",\"data\":{}1{}}}",
+        "[".repeat(10_000),
+        "]".repeat(10_000)
+    ));
+    corpus
+}
+
+/// MessagePack that breaks or strains decoders: reserved byte 0xc1,
+/// lengths far past the input, deep nesting, a truncated string.
+fn event_corpus() -> Vec<Vec<u8>> {
+    let mut corpus = vec![
+        vec![],
+        vec![0xc1],
+        vec![0xdf, 0xff, 0xff, 0xff, 0xff],
+        vec![0xdd, 0xff, 0xff, 0xff, 0xff],
+        vec![0xdb, 0xff, 0xff, 0xff, 0xff, b'a'],
+        vec![0x81, 0xa4, b't', b'y', b'p', b'e'],
+    ];
+    corpus.push(vec![0x91; 100_000]);
+    corpus
+}
+
+#[test]
+fn the_corpus_decodes_or_is_refused() {
+    for text in client_corpus() {
+        if let Ok(frame) = ClientFrame::decode(&text) {
+            round_trips(&frame).unwrap();
+        }
+    }
+    for bytes in event_corpus() {
+        let _ = event::decode::<ModerationRequest>(&bytes);
+        let _ = event::decode::<BacklogReply>(&bytes);
+        let _ = event::decode::<RoomState>(&bytes);
+        let _ = event::decode::<SignalDelivery>(&bytes);
+    }
 }
 
 proptest! {
