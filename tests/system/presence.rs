@@ -441,9 +441,10 @@ async fn a_reconnecting_client_takes_over_its_old_seat_in_a_full_room() {
     system.finish().await;
 }
 
-/// A connection that closes while no moderator answers still leaves its
-/// rooms: its gateway retries the departure until a moderator applies it,
-/// so no ghost keeps the seat once moderators are back.
+/// A leave sent while no moderator answers, and a connection that closes
+/// meanwhile, still take effect: the client is told `left` at once, and
+/// its gateway retries each departure until a moderator applies it, so no
+/// ghost keeps a seat once moderators are back.
 #[tokio::test]
 async fn a_departure_is_retried_until_a_moderator_answers() {
     let mut system = System::start(Options {
@@ -455,27 +456,40 @@ async fn a_departure_is_retried_until_a_moderator_answers() {
     let room = room("departed");
     let mut ann = Client::connect(g, "ann").await;
     let mut bob = Client::connect(g, "bob").await;
+    let mut cat = Client::connect(g, "cat").await;
     ann.join(&room, None).await;
+    cat.join(&room, None).await;
     bob.join(&room, None).await;
-    let ann_id = ann.conn_id.clone();
+    let (ann_id, cat_id) = (ann.conn_id.clone(), cat.conn_id.clone());
 
     system.kill_moderator(0).await;
+    cat.send(&ClientFrame::Leave { room: room.clone() }).await;
+    match cat.recv().await {
+        ServerFrame::Left { room: left } => assert_eq!(left, room),
+        other => panic!("expected left, got {other:?}"),
+    }
     ann.close().await;
     // The connection is gone, its departure queued and failing (no
     // responders): attempts at 0.1, 0.2, 0.4 and 0.8 s fail meanwhile.
     let closed = Instant::now();
-    while get_json(g, "/health").await["connections"] != 1 {
+    while get_json(g, "/health").await["connections"] != 2 {
         assert!(closed.elapsed() < FRAME_TIMEOUT, "ann's connection stays");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     system.start_moderator().await;
+    let mut gone = BTreeSet::new();
+    for _ in 0..2 {
+        let (event, id) = next_presence(&mut bob).await;
+        assert_eq!(event, PresenceEvent::Leave);
+        gone.insert(id);
+    }
     assert_eq!(
-        next_presence(&mut bob).await,
-        (PresenceEvent::Leave, ann_id),
-        "ann's departure is applied once a moderator answers"
+        gone,
+        [ann_id, cat_id].into(),
+        "both departures are applied once a moderator answers"
     );
-    drop(bob);
+    drop((bob, cat));
     system.finish().await;
 }
