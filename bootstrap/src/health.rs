@@ -1,8 +1,10 @@
-//! `/health` and `/ready` over HTTP, for container orchestrators.
+//! `/health`, `/ready` and `/metrics` over HTTP, for container
+//! orchestrators and Prometheus.
 //!
 //! `/health` answers 200 while the process runs. `/ready` answers 200 only
 //! when the service can do its work (NATS connected, its stream or bucket
-//! present) and 503 with the reason otherwise.
+//! present) and 503 with the reason otherwise. `/metrics` is the service's
+//! [`Metrics`].
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -19,12 +21,15 @@ use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
+use crate::metrics::Metrics;
+
 /// Health endpoint settings (`[health]`, `CAVLO_HEALTH__…`).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct HealthConfig {
-    /// Address for `/health` and `/ready` (moderator and history; the
-    /// gateway serves them on its own port). Unset: no endpoint. Default unset.
+    /// Address for `/health`, `/ready` and `/metrics` (moderator and
+    /// history; the gateway serves them on its own port). Unset: no
+    /// endpoint. Default unset.
     pub listen: Option<SocketAddr>,
 }
 
@@ -111,9 +116,9 @@ pub fn streams_ready(client: &async_nats::Client, streams: &'static [&'static st
     })
 }
 
-/// Serves `/health` and `/ready` on `listener` until `shutdown` resolves;
-/// requests under way then end with it.
-pub async fn serve(listener: TcpListener, ready: Check, shutdown: impl Future) {
+/// Serves `/health`, `/ready` and `/metrics` on `listener` until
+/// `shutdown` resolves; requests under way then end with it.
+pub async fn serve(listener: TcpListener, ready: Check, metrics: Metrics, shutdown: impl Future) {
     tokio::pin!(shutdown);
     let mut connections = tokio::task::JoinSet::new();
     loop {
@@ -125,14 +130,15 @@ pub async fn serve(listener: TcpListener, ready: Check, shutdown: impl Future) {
                 Err(_) => continue,
             },
         };
-        let ready = ready.clone();
+        let (ready, metrics) = (ready.clone(), metrics.clone());
         connections.spawn(async move {
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                let ready = ready.clone();
+                let (ready, metrics) = (ready.clone(), metrics.clone());
                 async move {
                     let response = match req.uri().path() {
                         "/health" => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
                         "/ready" => readiness_response(ready().await),
+                        "/metrics" => metrics.response(),
                         _ => json(
                             StatusCode::NOT_FOUND,
                             serde_json::json!({"status": "not found"}),
@@ -180,7 +186,12 @@ mod tests {
             })
         });
         let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(serve(listener, check, stopped));
+        let client = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connect("nats://127.0.0.1:1")
+            .await
+            .expect("connects lazily");
+        tokio::spawn(serve(listener, check, Metrics::new(&client), stopped));
 
         assert!(get(addr, "/health").await.starts_with("HTTP/1.1 200"));
         let response = get(addr, "/ready").await;
@@ -189,6 +200,9 @@ mod tests {
         ready.store(true, std::sync::atomic::Ordering::SeqCst);
         assert!(get(addr, "/ready").await.starts_with("HTTP/1.1 200"));
         assert!(get(addr, "/other").await.starts_with("HTTP/1.1 404"));
+        let metrics = get(addr, "/metrics").await;
+        assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+        assert!(metrics.contains("cavlo_nats_connected 0"), "{metrics}");
     }
 
     #[tokio::test]

@@ -3,7 +3,8 @@
 //! * [`config`]: layered configuration (defaults < TOML file < `CAVLO_…` env).
 //! * [`telemetry`]: tracing, human-readable or JSON.
 //! * [`nats`]: the NATS connection settings and connect call.
-//! * [`health`]: `/health` and `/ready` endpoints.
+//! * [`health`]: `/health`, `/ready` and `/metrics` endpoints.
+//! * [`metrics`]: the Prometheus registry every service records into.
 //! * [`liveness`]: which gateways and moderators are alive, from their heartbeats.
 //! * [`shutdown`]: the future that resolves on Ctrl-C or SIGTERM.
 //! * [`service`]: the body of every service's `main`.
@@ -15,6 +16,7 @@ pub mod backoff;
 pub mod config;
 pub mod health;
 pub mod liveness;
+pub mod metrics;
 pub mod nats;
 pub mod service;
 pub mod shutdown;

@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::health::{Check, HealthConfig, Started};
+use crate::metrics::Metrics;
 use crate::nats::NatsConfig;
 use crate::telemetry::LogConfig;
 
@@ -40,8 +41,10 @@ pub type Shutdown = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// service until SIGTERM or Ctrl-C, then drains the NATS connection so
 /// replies and announcements in flight are sent.
 ///
-/// If `[health] listen` is set, `/health` and `/ready` are served there:
-/// ready once the service has called [`Started::set`] and `ready` agrees.
+/// If `[health] listen` is set, `/health`, `/ready` and `/metrics` are
+/// served there: ready once the service has called [`Started::set`] and
+/// `ready` agrees; the metrics are those the service registered in the
+/// [`Metrics`] it is handed.
 pub async fn main<C, F, Fut, E>(
     name: &'static str,
     about: &'static str,
@@ -50,7 +53,7 @@ pub async fn main<C, F, Fut, E>(
 ) -> ExitCode
 where
     C: ServiceConfig,
-    F: FnOnce(async_nats::Client, C, Shutdown, Started) -> Fut,
+    F: FnOnce(async_nats::Client, C, Shutdown, Started, Metrics) -> Fut,
     Fut: Future<Output = Result<(), E>>,
     E: Display,
 {
@@ -78,11 +81,13 @@ where
     // `stop_health` ends it, and it is awaited before the process exits.
     let (stop_health, health_stopped) = tokio::sync::oneshot::channel::<()>();
     let started = Started::default();
+    let metrics = Metrics::new(&client);
     let health = match config.common().health.listen {
         Some(addr) => match tokio::net::TcpListener::bind(addr).await {
             Ok(listener) => Some(tokio::spawn(crate::health::serve(
                 listener,
                 started.gate(ready(&client)),
+                metrics.clone(),
                 health_stopped,
             ))),
             Err(err) => {
@@ -93,7 +98,7 @@ where
         None => None,
     };
     let shutdown = Box::pin(crate::shutdown::signal());
-    let result = service(client.clone(), config, shutdown, started).await;
+    let result = service(client.clone(), config, shutdown, started, metrics).await;
     drop(stop_health);
     if let Some(health) = health {
         let _ = health.await;

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use async_nats::RequestErrorKind;
+use prometheus_client::metrics::histogram::Histogram;
 use schemas::client::Member;
 use schemas::event::{
     self, Action, Backlog, BacklogReply, BacklogRequest, ModerationReply, ModerationRequest,
@@ -51,15 +52,18 @@ pub struct Bus {
     client: async_nats::Client,
     gateway: GatewayId,
     moderators: Arc<Moderators>,
+    backlog_seconds: Histogram,
 }
 
 impl Bus {
     /// Requests go out on `client` in the name of `gateway`.
-    pub fn new(client: async_nats::Client, gateway: GatewayId) -> Self {
+    /// `backlog_seconds` records how long each backlog query waits.
+    pub fn new(client: async_nats::Client, gateway: GatewayId, backlog_seconds: Histogram) -> Self {
         Self {
             client,
             gateway,
             moderators: Arc::default(),
+            backlog_seconds,
         }
     }
 
@@ -147,11 +151,13 @@ impl Bus {
             since,
             limit,
         };
-        let msg = self
+        let asked = std::time::Instant::now();
+        let answer = self
             .client
             .request(subject::HISTORY_BACKLOG, event::encode(&request).into())
-            .await?;
-        match event::decode(&msg.payload)? {
+            .await;
+        self.backlog_seconds.observe(asked.elapsed().as_secs_f64());
+        match event::decode(&answer?.payload)? {
             BacklogReply::Backlog(backlog) => Ok(backlog),
             BacklogReply::Unavailable => Err(BusError::Unavailable),
         }

@@ -8,19 +8,19 @@
 //! anyone without authentication, so it is compiled only with the
 //! `conformance` feature and never into a deployed gateway.
 
-use std::time::Duration;
-
 use futures_util::{SinkExt, StreamExt};
 use hyper_tungstenite::HyperWebsocketStream;
 use hyper_tungstenite::tungstenite::Message;
 
+use crate::Shared;
 use crate::connection::{Exit, end, read, write};
 
 /// Where the echo is served.
 pub(crate) const PATH: &str = "/conformance/echo";
 
 /// Sends back every text and binary message until the socket ends.
-pub(crate) async fn echo(mut socket: HyperWebsocketStream, write_timeout: Duration) {
+pub(crate) async fn echo(mut socket: HyperWebsocketStream, shared: &Shared) {
+    let write_timeout = shared.config.write_timeout;
     let exit = loop {
         let message = match read(socket.next().await) {
             Ok(message) => message,
@@ -36,5 +36,5 @@ pub(crate) async fn echo(mut socket: HyperWebsocketStream, write_timeout: Durati
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
         }
     };
-    end(&mut socket, exit, write_timeout).await;
+    end(&mut socket, exit, shared).await;
 }

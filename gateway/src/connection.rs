@@ -73,12 +73,7 @@ pub(crate) async fn serve(
     };
     let Some(user_slot) = shared.per_user.try_enter(verified.user.id.clone()) else {
         tracing::info!(user = %verified.user.id, "too many connections for one user");
-        close(
-            &mut socket,
-            CloseCode::TooManyConnections,
-            shared.config.write_timeout,
-        )
-        .await;
+        close(&mut socket, CloseCode::TooManyConnections, &shared).await;
         return;
     };
     let member = Member {
@@ -94,6 +89,8 @@ pub(crate) async fn serve(
         limits: shared.limits(),
         expires_in: expiry.seconds_left(),
     };
+    shared.metrics.authenticated.inc();
+    shared.metrics.sent(&welcome);
     if send(
         &mut socket,
         welcome.to_json().into(),
@@ -102,6 +99,7 @@ pub(crate) async fn serve(
     .await
     .is_err()
     {
+        shared.metrics.closed(CLOSED_WITHOUT_FRAME);
         return;
     }
     let (queue, deliveries) = mpsc::channel(shared.config.send_queue_capacity.max(1));
@@ -141,11 +139,21 @@ enum AuthFailure {
 async fn authenticate(socket: &mut HyperWebsocketStream, shared: &Shared) -> Option<Verified> {
     let token = match tokio::time::timeout(shared.config.auth_timeout, next_text(socket)).await {
         Ok(Ok(text)) => match ClientFrame::decode(&text) {
-            Ok(ClientFrame::Auth { token }) => Ok(token),
-            _ => Err(AuthFailure::NotAuth),
+            Ok(ClientFrame::Auth { token }) => {
+                shared.metrics.received("auth");
+                Ok(token)
+            }
+            Ok(other) => {
+                shared.metrics.received(other.kind());
+                Err(AuthFailure::NotAuth)
+            }
+            Err(_) => {
+                shared.metrics.received("invalid");
+                Err(AuthFailure::NotAuth)
+            }
         },
         Ok(Err(exit)) => {
-            end(socket, exit, shared.config.write_timeout).await;
+            end(socket, exit, shared).await;
             return None;
         }
         Err(_) => Err(AuthFailure::TimedOut),
@@ -162,11 +170,14 @@ async fn authenticate(socket: &mut HyperWebsocketStream, shared: &Shared) -> Opt
                 ErrorCode::Unauthorized,
                 "authentication failed",
             ));
+            shared.metrics.sent(&error);
             if send(socket, error.to_json().into(), shared.config.write_timeout)
                 .await
                 .is_ok()
             {
-                close(socket, CloseCode::Unauthorized, shared.config.write_timeout).await;
+                close(socket, CloseCode::Unauthorized, shared).await;
+            } else {
+                shared.metrics.closed(CLOSED_WITHOUT_FRAME);
             }
             None
         }
@@ -282,7 +293,7 @@ impl Connection {
         for room in rooms {
             self.depart(room).await;
         }
-        end(&mut socket, exit, self.shared.config.write_timeout).await;
+        end(&mut socket, exit, &self.shared).await;
         tracing::debug!("disconnected");
     }
 
@@ -329,6 +340,7 @@ impl Connection {
                 }
             }
             Message::Binary(_) => {
+                self.shared.metrics.received("binary");
                 let error = ErrorFrame::new(
                     ErrorCode::InvalidMessage,
                     "binary frames are not part of the protocol",
@@ -422,6 +434,7 @@ impl Connection {
         if delivery.about.as_ref() == Some(&self.member.conn_id) {
             return Ok(());
         }
+        self.shared.metrics.delivered(delivery.kind);
         write(
             socket.feed(Message::Text(delivery.frame.clone())),
             self.shared.config.write_timeout,
@@ -499,9 +512,11 @@ impl Connection {
     /// The answer to one text frame; `None` when it has none (a relayed
     /// signal). Writes nothing, so it can run while the socket is read.
     async fn respond(&mut self, text: &str) -> Option<ServerFrame> {
+        let metrics = &self.shared.metrics;
         let frame = match ClientFrame::decode(text) {
             Ok(frame) => frame,
             Err(err) => {
+                metrics.received("invalid");
                 return Some(ServerFrame::Error(ErrorFrame {
                     code: ErrorCode::InvalidMessage,
                     message: err.message().into(),
@@ -510,6 +525,7 @@ impl Connection {
                 }));
             }
         };
+        metrics.received(frame.kind());
         let reply = match frame {
             ClientFrame::Auth { .. } => Err(ErrorFrame::new(
                 ErrorCode::InvalidMessage,
@@ -533,7 +549,15 @@ impl Connection {
                 Ok(()) => return None,
                 Err(error) => Err(error),
             },
-            ClientFrame::Chat { room, id, text } => self.chat(room, id, text).await,
+            ClientFrame::Chat { room, id, text } => {
+                let received = Instant::now();
+                let reply = self.chat(room, id, text).await;
+                self.shared
+                    .metrics
+                    .chat_ack
+                    .observe(received.elapsed().as_secs_f64());
+                reply
+            }
         };
         Some(reply.unwrap_or_else(ServerFrame::Error))
     }
@@ -557,6 +581,7 @@ impl Connection {
                 return Err(Exit::Close(CloseCode::InvalidFrames));
             }
         }
+        self.shared.metrics.sent(&frame);
         send(
             socket,
             frame.to_json().into(),
@@ -781,20 +806,30 @@ impl Connection {
     }
 }
 
-/// Ends the socket as `exit` says.
-pub(crate) async fn end(socket: &mut HyperWebsocketStream, exit: Exit, write_timeout: Duration) {
+/// What `cavlo_gateway_closed_total` counts for a connection that ended
+/// without a close frame: the code a browser reports for it.
+const CLOSED_WITHOUT_FRAME: u16 = 1006;
+
+/// What it counts for a client's close, echoed (whatever its code).
+const CLOSED_BY_CLIENT: u16 = 1000;
+
+/// Ends the socket as `exit` says, and counts how.
+pub(crate) async fn end(socket: &mut HyperWebsocketStream, exit: Exit, shared: &Shared) {
+    let write_timeout = shared.config.write_timeout;
     match exit {
-        Exit::Gone => {}
+        Exit::Gone => shared.metrics.closed(CLOSED_WITHOUT_FRAME),
         // tungstenite queued the echo when it read the close; send it.
         Exit::ClientClosed => {
+            shared.metrics.closed(CLOSED_BY_CLIENT);
             let _ = tokio::time::timeout(write_timeout, socket.flush()).await;
         }
         Exit::Close(code) => {
             tracing::info!(code = code.code(), "closing");
-            close(socket, code, write_timeout).await;
+            close(socket, code, shared).await;
         }
         Exit::Protocol(code, reason) => {
             tracing::info!(code = u16::from(code), reason, "closing");
+            shared.metrics.closed(u16::from(code));
             let frame = CloseFrame {
                 code,
                 reason: reason.into(),
@@ -865,12 +900,15 @@ pub(crate) async fn write(
 /// How long a closed socket waits for the client's answering close frame.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
-/// Sends a close frame with `code`, giving up after `timeout`, then reads
+/// Counts and sends a close frame with `code`, giving up after the write
+/// timeout, then reads
 /// (and drops) what the client still sends until its answering close
 /// frame, for at most [`CLOSE_LINGER`]: closing a TCP socket with unread
 /// data in it sends a reset, which can destroy the close frame on its way,
 /// and a client that woke up and sent something saw 1006 instead of why.
-pub(crate) async fn close(socket: &mut HyperWebsocketStream, code: CloseCode, timeout: Duration) {
+pub(crate) async fn close(socket: &mut HyperWebsocketStream, code: CloseCode, shared: &Shared) {
+    shared.metrics.closed(code.code());
+    let timeout = shared.config.write_timeout;
     let frame = CloseFrame {
         code: WsCloseCode::from(code.code()),
         reason: code.reason().into(),

@@ -229,6 +229,12 @@ impl Hub {
         self.rooms.lock().expect("hub lock poisoned").len()
     }
 
+    /// Memberships of local connections, over all rooms.
+    pub fn local_member_count(&self) -> usize {
+        let rooms = self.rooms.lock().expect("hub lock poisoned");
+        rooms.values().map(|room| room.locals.len()).sum()
+    }
+
     /// `(room, gateway)` pairs where this gateway's rooms list members of a
     /// gateway that `is_dead`: someone must remove them and tell the others.
     pub fn members_of_dead_gateways(

@@ -17,6 +17,7 @@
 //! * [`departures`]: reliable "left the room" notices for closed connections.
 //! * [`cluster`]: heartbeats, and removing dead gateways' members.
 //! * [`auth`] and [`jwks`]: token verification.
+//! * [`metrics`]: what the gateway counts for Prometheus.
 //! * [`web`]: the embedded demo app and SDK, their security headers, and
 //!   development tokens.
 //! * `conformance` (feature `conformance`, tests only): a WebSocket echo on
@@ -33,6 +34,7 @@ mod connection;
 pub mod departures;
 pub mod hub;
 pub mod jwks;
+pub mod metrics;
 pub mod reorder;
 pub mod routing;
 pub mod server;
@@ -68,6 +70,7 @@ pub(crate) struct Shared {
     auth: Authenticator,
     /// The demo page's Content-Security-Policy.
     demo_policy: crate::web::DemoPolicy,
+    metrics: crate::metrics::GatewayMetrics,
     /// Sockets not yet authenticated, per client address.
     unauthenticated: Counter<IpAddr>,
     /// Authenticated connections, per user.

@@ -11,10 +11,10 @@ async fn main() -> ExitCode {
         "cavlo gateway: the WebSocket endpoint browsers connect to",
         gateway::readiness,
         // The gateway serves its own /ready on its port once it listens.
-        |client, config: Config, shutdown, started: bootstrap::health::Started| async move {
+        |client, config: Config, shutdown, started: bootstrap::health::Started, metrics| async move {
             started.set();
             let listener = tokio::net::TcpListener::bind(config.gateway.listen).await?;
-            gateway::run(listener, client, config.gateway, shutdown).await?;
+            gateway::run(listener, client, config.gateway, metrics, shutdown).await?;
             Ok::<_, Box<dyn std::error::Error>>(())
         },
     )

@@ -1,7 +1,7 @@
 //! HTTP: accepting sockets, routing, the connection limit and shutdown.
 //!
 //! One port serves everything: `GET /ws` (the WebSocket), `/health`,
-//! `/ready`, the demo app and SDK as static files, and, when development
+//! `/ready`, `/metrics`, the demo app and SDK as static files, and, when development
 //! tokens are on, `POST /auth/dev-token` (see `web`).
 
 use std::convert::Infallible;
@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use bootstrap::health::{json, nats_connected, readiness_response};
+use bootstrap::metrics::Metrics;
 
 use crate::Shared;
 use crate::admission::{Counter, Entry};
@@ -36,6 +37,7 @@ use crate::cluster;
 use crate::config::GatewayConfig;
 use crate::departures::Departures;
 use crate::hub::Hub;
+use crate::metrics::GatewayMetrics;
 
 /// The gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +60,7 @@ pub async fn run(
     listener: TcpListener,
     client: async_nats::Client,
     config: GatewayConfig,
+    metrics: Metrics,
     shutdown: impl Future,
 ) -> Result<(), RunError> {
     // Unique per process even when the name is configured: a gateway
@@ -65,8 +68,9 @@ pub async fn run(
     // process left behind, which the others remove once that id goes silent.
     let name = config.id.as_deref().unwrap_or("gw");
     let id = GatewayId(format!("{name}-{}", nuid::next()));
-    let bus = Bus::new(client.clone(), id.clone());
     let hub = Arc::new(Hub::new(client.clone()));
+    let gateway_metrics = GatewayMetrics::register(&metrics, hub.clone());
+    let bus = Bus::new(client.clone(), id.clone(), gateway_metrics.backlog.clone());
     hub.route_signals(&id).await?;
     let closing = CancellationToken::new();
     let (departures, departures_done) = Departures::start(bus.clone(), closing.clone());
@@ -87,6 +91,7 @@ pub async fn run(
         shared: Arc::new(Shared {
             auth: Authenticator::new(&config.auth)?,
             demo_policy: crate::web::DemoPolicy::new(&config.demo_gateways)?,
+            metrics: gateway_metrics,
             unauthenticated: Counter::new(config.max_unauthenticated_per_ip),
             per_user: Counter::new(config.max_connections_per_user),
             hub,
@@ -97,6 +102,7 @@ pub async fn run(
             config,
         }),
         client,
+        metrics,
     });
     tracing::info!(gateway = %server.shared.id, addr = ?listener.local_addr().ok(), "gateway ready");
     if server.shared.config.dev_tokens {
@@ -169,6 +175,8 @@ pub async fn run(
 struct Server {
     shared: Arc<Shared>,
     client: async_nats::Client,
+    /// Everything `/metrics` reports.
+    metrics: Metrics,
     connections: Arc<Semaphore>,
     tasks: TaskTracker,
 }
@@ -186,6 +194,7 @@ impl Server {
             (&Method::GET, crate::conformance::PATH) => self.echo(req),
             (&Method::GET, "/health") => self.health(),
             (&Method::GET, "/ready") => readiness_response(nats_connected(&self.client)),
+            (&Method::GET, "/metrics") => self.metrics.response(),
             (&Method::POST, "/auth/dev-token") => crate::web::dev_token(&self.shared, req).await,
             (&Method::GET, path) => {
                 let cached = req.headers().get(header::IF_NONE_MATCH);
@@ -234,14 +243,10 @@ impl Server {
                     return;
                 }
             };
+            let _open = shared.metrics.open();
             let Some(permit) = permit else {
                 tracing::warn!("connection limit reached");
-                crate::connection::close(
-                    &mut socket,
-                    CloseCode::GatewayFull,
-                    shared.config.write_timeout,
-                )
-                .await;
+                crate::connection::close(&mut socket, CloseCode::GatewayFull, &shared).await;
                 return;
             };
             match shared.unauthenticated.try_enter(peer) {
@@ -251,7 +256,7 @@ impl Server {
                     crate::connection::close(
                         &mut socket,
                         CloseCode::TooManyUnauthenticated,
-                        shared.config.write_timeout,
+                        &shared,
                     )
                     .await;
                 }
@@ -267,10 +272,10 @@ impl Server {
             Ok(upgrade) => upgrade,
             Err((status, reason)) => return plain(status, reason),
         };
-        let write_timeout = self.shared.config.write_timeout;
+        let shared = self.shared.clone();
         self.tasks.spawn(async move {
             match websocket.await {
-                Ok(socket) => crate::conformance::echo(socket, write_timeout).await,
+                Ok(socket) => crate::conformance::echo(socket, &shared).await,
                 Err(err) => tracing::debug!(cause = %err, "upgrade failed"),
             }
         });

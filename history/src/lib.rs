@@ -4,12 +4,14 @@
 //! * [`stream`]: the stream's configuration (bounded per room).
 //! * [`backlog`]: reading a room's retained messages and choosing what a
 //!   join or resume gets.
+//! * [`metrics`]: what history counts for Prometheus.
 //!
 //! Any number of history instances can run; they share queries through a
 //! queue group and all apply the same stream configuration.
 
 pub mod backlog;
 pub mod config;
+pub mod metrics;
 pub mod stream;
 
 use std::future::Future;
@@ -24,6 +26,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::config::HistoryConfig;
+use crate::metrics::{HistoryMetrics, Outcome};
 
 /// History could not start.
 #[derive(Debug, thiserror::Error)]
@@ -44,9 +47,11 @@ pub struct Running {
     client: Client,
     js: async_nats::jetstream::Context,
     queries: async_nats::Subscriber,
-    max_concurrent_queries: usize,
+    /// Bounds the queries answered at once.
+    permits: Arc<Semaphore>,
     /// Messages a room keeps at most: the size of one read.
     backlog_size: usize,
+    metrics: HistoryMetrics,
 }
 
 /// How long one backlog read may take: less than the gateways' request
@@ -59,7 +64,11 @@ const ANSWER_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Creates or updates the chat stream and subscribes to queries. When this
 /// returns, the stream exists and queries sent from now on are answered.
-pub async fn start(client: Client, config: HistoryConfig) -> Result<Running, RunError> {
+pub async fn start(
+    client: Client,
+    config: HistoryConfig,
+    metrics: &bootstrap::metrics::Metrics,
+) -> Result<Running, RunError> {
     let js = async_nats::jetstream::new(client.clone());
     bootstrap::nats::set_up("creating the chat stream", || stream::ensure(&js, &config)).await?;
     let queries = client
@@ -67,11 +76,14 @@ pub async fn start(client: Client, config: HistoryConfig) -> Result<Running, Run
         .await?;
     bootstrap::nats::round_trip(&client).await?;
     tracing::info!(backlog_size = config.backlog_size, "history ready");
+    let max_concurrent = config.max_concurrent_queries.max(1);
+    let permits = Arc::new(Semaphore::new(max_concurrent));
     Ok(Running {
         client,
         js,
         queries,
-        max_concurrent_queries: config.max_concurrent_queries,
+        metrics: HistoryMetrics::register(metrics, permits.clone(), max_concurrent),
+        permits,
         backlog_size: usize::try_from(config.backlog_size)
             .unwrap_or(usize::MAX)
             .max(1),
@@ -91,10 +103,10 @@ impl Running {
             client,
             js,
             mut queries,
-            max_concurrent_queries,
+            permits,
             backlog_size,
+            metrics,
         } = self;
-        let permits = Arc::new(Semaphore::new(max_concurrent_queries.max(1)));
         let mut tasks = JoinSet::new();
         tokio::pin!(shutdown);
         loop {
@@ -104,15 +116,21 @@ impl Running {
                     // Wait for a permit here, not in the task, so a burst of
                     // queries queues in NATS rather than in memory.
                     let permit = permits.clone().acquire_owned().await.expect("the semaphore is never closed");
-                    let (client, js) = (client.clone(), js.clone());
+                    let (client, js, metrics) = (client.clone(), js.clone(), metrics.clone());
                     tasks.spawn(async move {
+                        let arrived = std::time::Instant::now();
                         // Bounded as a whole, not only the read: a query that
                         // hangs anywhere (a subscribe or publish while the
                         // client reconnects) must give its permit back, or
                         // enough of them stop history for good.
-                        if tokio::time::timeout(ANSWER_LIMIT, answer(&client, &js, backlog_size, msg)).await.is_err() {
-                            tracing::warn!("backlog query abandoned after {ANSWER_LIMIT:?}");
-                        }
+                        let outcome = tokio::time::timeout(ANSWER_LIMIT, answer(&client, &js, backlog_size, msg))
+                            .await
+                            .unwrap_or_else(|_| {
+                                tracing::warn!("backlog query abandoned after {ANSWER_LIMIT:?}");
+                                Outcome::Abandoned
+                            });
+                        metrics.ended(outcome);
+                        metrics.query.observe(arrived.elapsed().as_secs_f64());
                         drop(permit);
                     });
                 }
@@ -125,33 +143,33 @@ impl Running {
     }
 }
 
+/// Answers one query; says how it ended.
 async fn answer(
     client: &Client,
     js: &async_nats::jetstream::Context,
     backlog_size: usize,
     msg: Message,
-) {
-    let Some(reply_to) = msg.reply else { return };
-    let request: BacklogRequest = match event::decode(&msg.payload) {
-        Ok(request) => request,
-        Err(err) => {
-            tracing::warn!(cause = %err, "dropping malformed backlog query");
-            return;
-        }
+) -> Outcome {
+    let (Some(reply_to), Ok(request)) = (msg.reply, event::decode::<BacklogRequest>(&msg.payload))
+    else {
+        tracing::warn!("dropping a malformed backlog query");
+        return Outcome::Malformed;
     };
-    let reply = match read_current(client, js, &request, backlog_size).await {
+    let (reply, outcome) = match read_current(client, js, &request, backlog_size).await {
         Ok(retained) => {
             let selected = backlog::select(retained, request.since, request.limit);
-            BacklogReply::Backlog(backlog::fit(selected, reply_budget(client)))
+            let backlog = backlog::fit(selected, reply_budget(client));
+            (BacklogReply::Backlog(backlog), Outcome::Answered)
         }
         Err(err) => {
             tracing::warn!(cause = %err, room = %request.room, "backlog query failed");
-            BacklogReply::Unavailable
+            (BacklogReply::Unavailable, Outcome::Unavailable)
         }
     };
     if let Err(err) = client.publish(reply_to, event::encode(&reply).into()).await {
         tracing::warn!(cause = %err, "failed to send backlog");
     }
+    outcome
 }
 
 /// The wait before reading again from a replica that was behind, or when

@@ -11,8 +11,8 @@ async fn main() -> ExitCode {
         "history",
         "cavlo history: owns the chat stream and answers backlog queries",
         history::readiness,
-        |client, config: Config, shutdown, started| async move {
-            let history = history::start(client, config.history).await?;
+        |client, config: Config, shutdown, started, metrics| async move {
+            let history = history::start(client, config.history, &metrics).await?;
             started.set();
             history.run(shutdown).await;
             Ok::<_, history::RunError>(())

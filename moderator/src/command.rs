@@ -20,6 +20,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use crate::metrics::ModeratorMetrics;
 use crate::rate_limit::{CandidateBudget, RateLimiter};
 use crate::relay::{self, Signal};
 use crate::room_writer::Accepted;
@@ -76,6 +77,19 @@ pub enum Command {
         /// The signal.
         signal: Signal,
     },
+}
+
+impl Command {
+    /// The action's name, as the `action` label of the request metric.
+    pub fn action(&self) -> &'static str {
+        match self {
+            Command::Chat { .. } => "chat",
+            Command::Join { .. } => "join",
+            Command::Leave { .. } => "leave",
+            Command::Reap { .. } => "reap",
+            Command::Signal { .. } => "signal",
+        }
+    }
 }
 
 impl From<ModerationRequest> for Command {
@@ -136,11 +150,15 @@ pub struct Reply {
     client: Client,
     moderator: ModeratorId,
     to: Option<Subject>,
+    metrics: ModeratorMetrics,
 }
 
 impl Reply {
     /// Sends `verdict` to the requesting gateway.
     pub async fn send(self, verdict: Verdict) {
+        if let Verdict::Rejected { code, .. } = &verdict {
+            self.metrics.rejected(*code);
+        }
         let Some(to) = self.to else { return };
         let reply = ModerationReply {
             moderator: self.moderator,
@@ -166,6 +184,7 @@ pub(crate) struct Moderator {
     pub(crate) requests: JoinSet<()>,
     /// Bounds `requests`.
     pub(crate) permits: Arc<Semaphore>,
+    pub(crate) metrics: ModeratorMetrics,
 }
 
 impl Moderator {
@@ -186,8 +205,11 @@ impl Moderator {
             client: self.client.clone(),
             moderator: self.id.clone(),
             to: msg.reply,
+            metrics: self.metrics.clone(),
         };
-        self.apply(Command::from(request), reply).await;
+        let command = Command::from(request);
+        self.metrics.request(command.action());
+        self.apply(command, reply).await;
     }
 
     /// Runs the method for the command's action.

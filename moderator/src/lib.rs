@@ -18,6 +18,7 @@
 //! * [`membership`]: the rooms bucket, changed by compare-and-set.
 //! * [`roster`]: join, leave and dead-gateway removal, announced as presence.
 //! * [`relay`]: signals from one member to another.
+//! * [`metrics`]: what the moderator counts for Prometheus.
 //!
 //! Many moderators can run. Each announces itself with a heartbeat, and
 //! gateways send each room's chat to one live moderator chosen by the room
@@ -29,6 +30,7 @@
 pub mod command;
 pub mod config;
 pub mod membership;
+pub mod metrics;
 pub mod rate_limit;
 pub mod relay;
 pub mod room_writer;
@@ -53,6 +55,7 @@ use tokio::time::Instant;
 use crate::command::Moderator;
 use crate::config::ModeratorConfig;
 use crate::membership::Membership;
+use crate::metrics::ModeratorMetrics;
 use crate::rate_limit::{CandidateBudget, RateLimiter};
 use crate::roster::Roster;
 use crate::rules::{RuleError, Rules};
@@ -88,8 +91,15 @@ pub struct Running {
 /// Opens the rooms bucket and subscribes to the request subjects. When this
 /// returns the server has the subscriptions, so requests sent from now on
 /// reach this moderator.
-pub async fn start(client: Client, config: ModeratorConfig) -> Result<Running, RunError> {
+pub async fn start(
+    client: Client,
+    config: ModeratorConfig,
+    metrics: &bootstrap::metrics::Metrics,
+) -> Result<Running, RunError> {
     let id = ModeratorId(nuid::next().to_string());
+    let max_concurrent = config.max_concurrent_requests.max(1);
+    let permits = Arc::new(Semaphore::new(max_concurrent));
+    let metrics = ModeratorMetrics::register(metrics, permits.clone(), max_concurrent);
     let js = async_nats::jetstream::new(client.clone());
     let roster = Arc::new(Roster {
         client: client.clone(),
@@ -108,9 +118,11 @@ pub async fn start(client: Client, config: ModeratorConfig) -> Result<Running, R
             client.clone(),
             config.room_queue_capacity,
             config.room_idle_timeout,
+            metrics.clone(),
         ),
         requests: JoinSet::new(),
-        permits: Arc::new(Semaphore::new(config.max_concurrent_requests.max(1))),
+        permits,
+        metrics,
         client: client.clone(),
         roster,
         id,

@@ -11,8 +11,8 @@ async fn main() -> ExitCode {
         "moderator",
         "cavlo moderator: checks, rate-limits and sanitizes client events and stores chat",
         moderator::readiness,
-        |client, config: Config, shutdown, started| async move {
-            let moderator = moderator::start(client, config.moderator).await?;
+        |client, config: Config, shutdown, started, metrics| async move {
+            let moderator = moderator::start(client, config.moderator, &metrics).await?;
             started.set();
             moderator.run(shutdown).await;
             Ok::<_, moderator::RunError>(())

@@ -24,6 +24,8 @@ use schemas::id::{ClientMsgId, RoomId, Seq};
 use schemas::subject;
 use tokio::time::Instant;
 
+use crate::metrics::ModeratorMetrics;
+
 /// How long a publish keeps retrying after losing the race for the room's
 /// tail. A budget in time, not in attempts: a writer that just stored holds
 /// a fresh tail and wins again while its queue lasts, so another moderator
@@ -89,14 +91,22 @@ pub struct RoomWriter {
     store_subject: String,
     deliver_subject: String,
     tail: Option<Tail>,
+    metrics: ModeratorMetrics,
 }
 
 impl RoomWriter {
-    /// A writer for `room`; it reads the tail on first use.
-    pub fn new(js: jetstream::Context, client: async_nats::Client, room: RoomId) -> Self {
+    /// A writer for `room`; it reads the tail on first use, and records
+    /// its publishes in `metrics`.
+    pub fn new(
+        js: jetstream::Context,
+        client: async_nats::Client,
+        room: RoomId,
+        metrics: ModeratorMetrics,
+    ) -> Self {
         Self {
             js,
             client,
+            metrics,
             store_subject: subject::chat_store(&room),
             deliver_subject: subject::chat_deliver(&room),
             room,
@@ -132,6 +142,7 @@ impl RoomWriter {
                 .message_id(&dedupe_key)
                 .header(subject::PREV_SEQ_HEADER, prev.to_string().as_str())
                 .expected_last_subject_sequence(tail.stream_seq);
+            let sent = Instant::now();
             let result = match self
                 .js
                 .send_publish(self.store_subject.clone(), publish)
@@ -140,6 +151,7 @@ impl RoomWriter {
                 Ok(ack) => ack.await,
                 Err(err) => Err(err),
             };
+            self.metrics.store.observe(sent.elapsed().as_secs_f64());
             match result {
                 Ok(ack) if ack.duplicate => return Ok(self.original_seq(ack.sequence).await),
                 Ok(ack) => {
@@ -158,7 +170,10 @@ impl RoomWriter {
                     }
                     return Ok(Some(chat.seq));
                 }
-                Err(err) if lost_tail_race(&err) => self.tail = None,
+                Err(err) if lost_tail_race(&err) => {
+                    self.metrics.tail_races.inc();
+                    self.tail = None;
+                }
                 Err(err) => {
                     self.tail = None;
                     return Err(err.into());

@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::command::Reply;
+use crate::metrics::ModeratorMetrics;
 use crate::room_writer::{Accepted, RoomWriter};
 
 /// A chat message waiting for its room's writer.
@@ -38,15 +39,22 @@ pub struct Writers {
     idle_timeout: Duration,
     senders: HashMap<RoomId, mpsc::Sender<Job>>,
     tasks: JoinSet<RoomId>,
+    metrics: ModeratorMetrics,
 }
 
 impl Writers {
     /// No writers yet. Each room's queue holds `queue_capacity` jobs; a
     /// writer exits after `idle_timeout` without any.
-    pub fn new(client: Client, queue_capacity: usize, idle_timeout: Duration) -> Self {
+    pub fn new(
+        client: Client,
+        queue_capacity: usize,
+        idle_timeout: Duration,
+        metrics: ModeratorMetrics,
+    ) -> Self {
         Self {
             js: async_nats::jetstream::new(client.clone()),
             client,
+            metrics,
             queue_capacity: queue_capacity.max(1),
             idle_timeout,
             senders: HashMap::new(),
@@ -69,7 +77,12 @@ impl Writers {
         let (tx, rx) = mpsc::channel(self.queue_capacity);
         tx.try_send(job)
             .expect("a fresh channel with capacity >= 1 has room for one job");
-        let writer = RoomWriter::new(self.js.clone(), self.client.clone(), room.clone());
+        let writer = RoomWriter::new(
+            self.js.clone(),
+            self.client.clone(),
+            room.clone(),
+            self.metrics.clone(),
+        );
         self.tasks
             .spawn(write_room(writer, rx, self.idle_timeout, room.clone()));
         self.senders.insert(room, tx);

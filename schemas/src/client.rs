@@ -319,6 +319,37 @@ impl ServerFrame {
         // so serialization to a String cannot fail.
         serde_json::to_string(self).expect("server frames always serialize")
     }
+
+    /// Its `type` on the wire.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ServerFrame::Welcome { .. } => "welcome",
+            ServerFrame::Refreshed { .. } => "refreshed",
+            ServerFrame::Joined { .. } => "joined",
+            ServerFrame::Left { .. } => "left",
+            ServerFrame::Chat(_) => "chat",
+            ServerFrame::Ack { .. } => "ack",
+            ServerFrame::Signal { .. } => "signal",
+            ServerFrame::Presence { .. } => "presence",
+            ServerFrame::Pong => "pong",
+            ServerFrame::Error(_) => "error",
+        }
+    }
+}
+
+impl ClientFrame {
+    /// Its `type` on the wire.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientFrame::Auth { .. } => "auth",
+            ClientFrame::Refresh { .. } => "refresh",
+            ClientFrame::Join { .. } => "join",
+            ClientFrame::Leave { .. } => "leave",
+            ClientFrame::Chat { .. } => "chat",
+            ClientFrame::Signal { .. } => "signal",
+            ClientFrame::Ping {} => "ping",
+        }
+    }
 }
 
 #[cfg(test)]
@@ -326,6 +357,28 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn kind_is_the_type_on_the_wire() {
+        let frames = [
+            ServerFrame::Pong,
+            ServerFrame::Left { room: "r".into() },
+            ServerFrame::Error(ErrorFrame::new(ErrorCode::RoomFull, "full")),
+        ];
+        for frame in frames {
+            let json: serde_json::Value = serde_json::from_str(&frame.to_json()).unwrap();
+            assert_eq!(json["type"], frame.kind());
+        }
+        for text in [
+            r#"{"type":"ping"}"#,
+            r#"{"type":"leave","room":"r"}"#,
+            r#"{"type":"auth","token":"t"}"#,
+        ] {
+            let frame = ClientFrame::decode(text).unwrap();
+            let json: serde_json::Value = serde_json::from_str(text).unwrap();
+            assert_eq!(json["type"], frame.kind());
+        }
+    }
 
     fn member() -> Member {
         Member {

@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use bootstrap::config::Secret;
+use bootstrap::metrics::Metrics;
 use futures_util::{SinkExt, StreamExt};
 use gateway::config::GatewayConfig;
 use history::config::HistoryConfig;
@@ -373,6 +374,10 @@ pub struct System {
     history: Option<(CancellationToken, JoinHandle<()>)>,
     history_config: HistoryConfig,
     history_user: Option<&'static str>,
+    /// Each moderator's metrics, in start order (killed ones included).
+    pub moderator_metrics: Vec<Metrics>,
+    /// The running history's metrics.
+    pub history_metrics: Metrics,
 }
 
 impl System {
@@ -392,14 +397,17 @@ impl System {
         let mut moderators = Vec::new();
 
         let history_user = as_user("history");
-        let history =
-            Some(Self::spawn_history(&nats, history_user, &options.history, &stop_backend).await);
+        let (history, history_metrics) =
+            Self::spawn_history(&nats, history_user, &options.history, &stop_backend).await;
+        let history = Some(history);
+        let mut moderator_metrics = Vec::new();
         let moderator_user = as_user("moderator");
         for _ in 0..options.moderators {
-            moderators.push(
+            let (moderator, metrics) =
                 Self::spawn_moderator(&nats, moderator_user, &options.moderator, &stop_backend)
-                    .await,
-            );
+                    .await;
+            moderators.push(moderator);
+            moderator_metrics.push(metrics);
         }
         let (mut gateways, mut gateway_tasks) = (Vec::new(), Vec::new());
         for _ in 0..options.gateways {
@@ -411,7 +419,8 @@ impl System {
                 stop_gateways.clone(),
             );
             gateway_tasks.push(tokio::spawn(async move {
-                gateway::run(listener, client, config, stop.cancelled_owned())
+                let metrics = Metrics::new(&client);
+                gateway::run(listener, client, config, metrics, stop.cancelled_owned())
                     .await
                     .expect("gateway runs");
             }));
@@ -428,6 +437,8 @@ impl System {
             history,
             history_config: options.history,
             history_user,
+            moderator_metrics,
+            history_metrics,
         }
     }
 
@@ -436,16 +447,19 @@ impl System {
         user: Option<&str>,
         config: &ModeratorConfig,
         stop_backend: &CancellationToken,
-    ) -> JoinHandle<()> {
-        let moderator = moderator::start(nats.connect_as(user).await, config.clone())
+    ) -> (JoinHandle<()>, Metrics) {
+        let client = nats.connect_as(user).await;
+        let metrics = Metrics::new(&client);
+        let moderator = moderator::start(client, config.clone(), &metrics)
             .await
             .expect("moderator starts");
-        tokio::spawn(moderator.run(stop_backend.clone().cancelled_owned()))
+        let task = tokio::spawn(moderator.run(stop_backend.clone().cancelled_owned()));
+        (task, metrics)
     }
 
     /// Starts one more moderator; it answers requests when this returns.
     pub async fn start_moderator(&mut self) {
-        let moderator = Self::spawn_moderator(
+        let (moderator, metrics) = Self::spawn_moderator(
             &self.nats,
             self.moderator_user,
             &self.moderator_config,
@@ -453,6 +467,7 @@ impl System {
         )
         .await;
         self.moderators.push(moderator);
+        self.moderator_metrics.push(metrics);
     }
 
     /// Kills moderator `index` (in start order), as a crash would: nothing
@@ -478,13 +493,15 @@ impl System {
         user: Option<&str>,
         config: &HistoryConfig,
         stop_backend: &CancellationToken,
-    ) -> (CancellationToken, JoinHandle<()>) {
-        let history = history::start(nats.connect_as(user).await, config.clone())
+    ) -> ((CancellationToken, JoinHandle<()>), Metrics) {
+        let client = nats.connect_as(user).await;
+        let metrics = Metrics::new(&client);
+        let history = history::start(client, config.clone(), &metrics)
             .await
             .expect("history starts");
         let stop = stop_backend.child_token();
         let task = tokio::spawn(history.run(stop.clone().cancelled_owned()));
-        (stop, task)
+        ((stop, task), metrics)
     }
 
     /// Stops history alone, as a crash or a redeploy would.
@@ -497,7 +514,7 @@ impl System {
 
     /// Starts history again after [`System::stop_history`].
     pub async fn start_history(&mut self) {
-        let history = Self::spawn_history(
+        let (history, metrics) = Self::spawn_history(
             &self.nats,
             self.history_user,
             &self.history_config,
@@ -505,6 +522,7 @@ impl System {
         )
         .await;
         self.history = Some(history);
+        self.history_metrics = metrics;
     }
 
     /// A system with one gateway and otherwise default settings.

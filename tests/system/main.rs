@@ -6,6 +6,7 @@ mod env_example;
 mod failure;
 mod harness;
 mod hub;
+mod metrics;
 mod moderation;
 mod ordering;
 mod permissions;

@@ -1,0 +1,79 @@
+//! What history counts, for Prometheus (`cavlo_history_…`, on the health
+//! listener's `/metrics`; docs/operations.md lists them).
+
+use std::sync::Arc;
+
+use bootstrap::metrics::{LATENCY_BUCKETS, Metrics, PermitsInUse};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use tokio::sync::Semaphore;
+
+/// How a backlog query ended.
+#[derive(Clone, Copy, Debug)]
+pub enum Outcome {
+    /// The backlog was sent.
+    Answered,
+    /// The read failed; the gateway was told `unavailable`.
+    Unavailable,
+    /// It ran past the answer limit and was dropped.
+    Abandoned,
+    /// It could not be decoded.
+    Malformed,
+}
+
+impl Outcome {
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::Answered => "answered",
+            Outcome::Unavailable => "unavailable",
+            Outcome::Abandoned => "abandoned",
+            Outcome::Malformed => "malformed",
+        }
+    }
+}
+
+/// History's metrics; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct HistoryMetrics {
+    queries: Family<[(&'static str, &'static str); 1], Counter>,
+    /// From a query's arrival to its answer going out.
+    pub query: Histogram,
+}
+
+impl HistoryMetrics {
+    /// History's metrics, registered in `metrics`; `permits` bounds the
+    /// queries answered at once (`max_concurrent`).
+    pub fn register(metrics: &Metrics, permits: Arc<Semaphore>, max_concurrent: usize) -> Self {
+        let this = Self {
+            queries: Family::default(),
+            query: Histogram::new(LATENCY_BUCKETS),
+        };
+        metrics.register("history", |registry| {
+            registry.register(
+                "queries",
+                "Backlog queries, by outcome",
+                this.queries.clone(),
+            );
+            registry.register(
+                "query_seconds",
+                "Backlog queries, from arrival to answer",
+                this.query.clone(),
+            );
+            registry.register_collector(Box::new(PermitsInUse {
+                name: "queries_in_flight",
+                help: "Backlog queries being answered",
+                permits,
+                max: max_concurrent,
+            }));
+        });
+        this
+    }
+
+    /// Counts a query that ended as `outcome`.
+    pub fn ended(&self, outcome: Outcome) {
+        self.queries
+            .get_or_create(&[("outcome", outcome.label())])
+            .inc();
+    }
+}
