@@ -478,6 +478,9 @@ async fn dev_tokens_are_off_by_default_and_authenticate_when_on() {
     // Reported: the demo's token refresh was refused, since every dev token
     // named a new user. Renewed with the current token, it names the same
     // one, so the connection takes it as a refresh.
+    // `exp` counts whole seconds, and a refresh must extend: renew a second
+    // later, as the demo does shortly before expiry.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let renewed = dev_token(json!({"name": "Ann", "token": token})).await;
     ann.send(&ClientFrame::Refresh { token: renewed }).await;
     match ann.recv().await {
