@@ -105,6 +105,8 @@ export class CavloClient extends EventTarget {
   #resendTimers = new Set();
   /** Fires when the token should be refreshed (only with a token function). */
   #refreshTimer = null;
+  /** Fires when a draining gateway asked this client to move. */
+  #moveTimer = null;
   /**
    * Whether the connection since the last `welcome` already got a fresh
    * token after a 4001: a second refusal is final.
@@ -196,6 +198,8 @@ export class CavloClient extends EventTarget {
     this.#retryTimer = null;
     this.#timers.clearTimeout(this.#refreshTimer);
     this.#refreshTimer = null;
+    this.#timers.clearTimeout(this.#moveTimer);
+    this.#moveTimer = null;
     for (const timer of this.#resendTimers) this.#timers.clearTimeout(timer);
     this.#resendTimers.clear();
     const ws = this.#ws;
@@ -294,6 +298,8 @@ export class CavloClient extends EventTarget {
     this.#ws = null;
     this.#timers.clearTimeout(this.#refreshTimer);
     this.#refreshTimer = null;
+    this.#timers.clearTimeout(this.#moveTimer);
+    this.#moveTimer = null;
     this.#setState("closed");
     // A refused token may only be stale (the provider rotated its keys, or
     // it expired while the tab slept): with a token function, get a fresh
@@ -348,6 +354,28 @@ export class CavloClient extends EventTarget {
       }
       if (this.#ws === ws) this.#write({ type: "refresh", token });
     }, delay);
+  }
+
+  /**
+   * The gateway is draining (it is being stopped): after the delay it chose,
+   * spread so its clients do not all arrive at once elsewhere, close this
+   * connection and open one to the next gateway, which resumes every room
+   * as after any reconnect. The connection works until then.
+   */
+  #moveAfter(delayMs) {
+    const ws = this.#ws;
+    this.#timers.clearTimeout(this.#moveTimer);
+    this.#moveTimer = this.#timers.setTimeout(() => {
+      this.#moveTimer = null;
+      if (this.#ws !== ws || this.#stopped) return;
+      // Cleared first, so that this socket's close event is not taken for a drop.
+      this.#ws = null;
+      this.#timers.clearTimeout(this.#refreshTimer);
+      this.#refreshTimer = null;
+      ws.close(1000);
+      this.#urlIndex += 1;
+      this.#open();
+    }, Math.max(0, Number(delayMs) || 0));
   }
 
   /** Schedules the next attempt on the next gateway, with full jitter. */
@@ -455,6 +483,9 @@ export class CavloClient extends EventTarget {
         this.#emit("signal", frame);
         break;
       case "pong":
+        break;
+      case "draining":
+        this.#moveAfter(frame.reconnect_in_ms);
         break;
       case "error":
         if (frame.id && RETRYABLE_ERRORS.has(frame.code)) this.#resendLater(frame.id);

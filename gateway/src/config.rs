@@ -109,7 +109,15 @@ pub struct GatewayConfig {
     /// connection cap. At least 1 s. Default 60 s.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
-    /// Time sockets get to close after shutdown starts. Default 10 s.
+    /// On SIGTERM, how long the gateway drains before it closes what is
+    /// left: `/ready` fails and new WebSockets are refused at once, and each
+    /// client is sent `draining` with a time to move to another gateway,
+    /// spread over the first three quarters of this period so the clients
+    /// do not all arrive at once elsewhere. It ends early once every client
+    /// has gone. `0s`: no draining. Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// Time sockets get to close after draining ends (with 4101). Default 10 s.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
     /// Messages in `joined.history` when the join has no `since`. Default 50.
@@ -166,6 +174,7 @@ impl Default for GatewayConfig {
             handshake_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            drain_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(10),
             history_limit: 50,
             heartbeat_interval: Duration::from_secs(3),

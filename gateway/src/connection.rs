@@ -256,6 +256,8 @@ impl Connection {
     ) {
         tracing::debug!("connected");
         let shutdown = self.shared.shutdown.clone();
+        let draining = self.shared.draining.clone();
+        let mut told_to_move = false;
         let slow = self.handle.slow.clone();
         let replaced = self.handle.replaced.clone();
         let reset = self.reset.clone();
@@ -279,6 +281,10 @@ impl Connection {
                 _ = replaced.cancelled() => Err(Exit::Close(CloseCode::Replaced)),
                 _ = reset.cancelled() => Err(Exit::Close(CloseCode::Reset)),
                 () = &mut expired => Err(Exit::Close(CloseCode::TokenExpired)),
+                () = draining.cancelled(), if !told_to_move => {
+                    told_to_move = true;
+                    self.tell_to_move(&mut socket).await
+                }
                 step = self.step(&mut socket, &mut deliveries, &mut ahead, keepalive.as_mut()) => step,
             };
             if let Err(exit) = step {
@@ -379,6 +385,19 @@ impl Connection {
             self.shared.config.write_timeout,
         )
         .await
+    }
+
+    /// Tells the client the gateway is draining, and when to move: a random
+    /// moment in the first three quarters of the drain, so its clients
+    /// spread over the other gateways instead of arriving all at once, and
+    /// have time to reconnect before the rest are closed.
+    async fn tell_to_move(&mut self, socket: &mut HyperWebsocketStream) -> Result<(), Exit> {
+        let window = self.shared.config.drain_timeout * 3 / 4;
+        let after = bootstrap::backoff::spread(window);
+        let frame = ServerFrame::Draining {
+            reconnect_in_ms: u64::try_from(after.as_millis()).unwrap_or(u64::MAX),
+        };
+        self.reply(socket, frame).await
     }
 
     /// `gateway.idle_timeout`, at least a second: less would ping in a loop.

@@ -75,7 +75,9 @@ pub(crate) struct Shared {
     unauthenticated: Counter<IpAddr>,
     /// Authenticated connections, per user.
     per_user: Counter<UserId>,
-    /// Cancelled when the gateway starts shutting down.
+    /// Cancelled when the gateway starts draining (see `server::run`).
+    draining: CancellationToken,
+    /// Cancelled when the gateway closes what is left, after draining.
     shutdown: CancellationToken,
 }
 

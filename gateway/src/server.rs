@@ -54,7 +54,10 @@ pub enum RunError {
 }
 
 /// Serves WebSockets and the other routes on `listener` until `shutdown`
-/// resolves, then closes every socket with 4101 (reconnect) and waits for
+/// resolves, then drains: `/ready` fails and new WebSockets are refused
+/// (so a load balancer moves on), and every client is told when to move
+/// to another gateway, until all have gone or `drain_timeout` passes.
+/// Then it closes every socket left with 4101 (reconnect) and waits for
 /// them, up to `shutdown_timeout`.
 pub async fn run(
     listener: TcpListener,
@@ -97,6 +100,7 @@ pub async fn run(
             hub,
             bus,
             departures,
+            draining: CancellationToken::new(),
             shutdown: CancellationToken::new(),
             id,
             config,
@@ -111,10 +115,11 @@ pub async fn run(
         );
     }
 
-    tokio::pin!(shutdown);
+    let drained = server.clone().drain(shutdown);
+    tokio::pin!(drained);
     loop {
         let (stream, peer) = tokio::select! {
-            _ = &mut shutdown => break,
+            () = &mut drained => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => (stream, peer.ip()),
                 Err(err) => {
@@ -151,7 +156,7 @@ pub async fn run(
         });
     }
 
-    tracing::info!("gateway shutting down");
+    tracing::info!("gateway closing its last connections");
     drop(listener);
     server.shared.shutdown.cancel();
     server.tasks.close();
@@ -187,12 +192,37 @@ type HttpResponse = Response<Full<Bytes>>;
 type Refusal = (StatusCode, &'static str);
 
 impl Server {
+    /// Waits for `shutdown`, then drains (see [`run`]); returns when every
+    /// WebSocket is gone or `drain_timeout` has passed.
+    async fn drain(self: Arc<Self>, shutdown: impl Future) {
+        shutdown.await;
+        let config = &self.shared.config;
+        tracing::info!(timeout = ?config.drain_timeout, "gateway draining");
+        self.shared.draining.cancel();
+        // Every permit back means every socket has closed.
+        let all = u32::try_from(config.max_connections).unwrap_or(u32::MAX);
+        let gone = self.connections.clone().acquire_many_owned(all);
+        if tokio::time::timeout(config.drain_timeout, gone)
+            .await
+            .is_err()
+        {
+            tracing::info!("drain timeout: closing the connections left");
+        }
+    }
+
     async fn route(&self, req: Request<Incoming>, peer: IpAddr) -> HttpResponse {
         match (req.method(), req.uri().path()) {
+            (&Method::GET, "/ws") if self.shared.draining.is_cancelled() => plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "draining; use another gateway",
+            ),
             (&Method::GET, "/ws") => self.upgrade(req, peer),
             #[cfg(feature = "conformance")]
             (&Method::GET, crate::conformance::PATH) => self.echo(req),
             (&Method::GET, "/health") => self.health(),
+            (&Method::GET, "/ready") if self.shared.draining.is_cancelled() => {
+                readiness_response(Err("draining".to_owned()))
+            }
             (&Method::GET, "/ready") => readiness_response(nats_connected(&self.client)),
             (&Method::GET, "/metrics") => self.metrics.response(),
             (&Method::POST, "/auth/dev-token") => crate::web::dev_token(&self.shared, req).await,

@@ -181,6 +181,15 @@ pub enum ServerFrame {
     },
     /// Answer to `ping`.
     Pong,
+    /// The gateway is shutting down: move to another gateway after
+    /// `reconnect_in_ms` (resuming with `since` and `replaces`, as after any
+    /// reconnect). The connection works until then; a client still here
+    /// when draining ends is closed with 4101.
+    Draining {
+        /// When to move, in milliseconds from now: spread by the gateway so
+        /// its clients do not all arrive at once elsewhere.
+        reconnect_in_ms: u64,
+    },
     /// A request failed; the connection stays usable.
     Error(ErrorFrame),
 }
@@ -332,6 +341,7 @@ impl ServerFrame {
             ServerFrame::Signal { .. } => "signal",
             ServerFrame::Presence { .. } => "presence",
             ServerFrame::Pong => "pong",
+            ServerFrame::Draining { .. } => "draining",
             ServerFrame::Error(_) => "error",
         }
     }

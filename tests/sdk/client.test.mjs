@@ -245,6 +245,46 @@ describe("reconnecting", () => {
     assert.ok(delays.slice(4).every((delay) => delay < MAX), "capped at maxDelay");
   });
 
+  test("a draining gateway's client moves to the next gateway when told, and resumes", async () => {
+    const { client, socket, sockets, clock, of } = await connected();
+    client.join("lobby");
+    socket.receive(joined("lobby", { lastSeq: 7 }));
+    socket.receive({ type: "draining", reconnect_in_ms: 2500 });
+    // Until then the connection works as before.
+    clock.advance(2499);
+    await settle();
+    assert.equal(sockets.length, 1);
+    assert.equal(socket.closedWith, null);
+    clock.advance(1);
+    await settle();
+    assert.equal(socket.closedWith, 1000, "the old connection is closed by the client");
+    assert.equal(sockets.length, 2);
+    const next = sockets[1];
+    assert.equal(next.url, "ws://gw2/ws", "to the next gateway, at once");
+    next.accept();
+    next.receive(welcome("c2"));
+    assert.deepEqual(next.sent.find((f) => f.type === "join"), {
+      type: "join",
+      room: "lobby",
+      since: 7,
+      replaces: "c1",
+    });
+    assert.equal(client.state, "open");
+    assert.equal(of("error").length, 0, "a move is not an error");
+  });
+
+  test("a draining notice is dropped with its connection", async () => {
+    const { socket, sockets, clock } = await connected({ random: () => 0 });
+    socket.receive({ type: "draining", reconnect_in_ms: 5000 });
+    socket.drop(4101);
+    clock.advance(0);
+    const second = await welcomeNext(sockets, "c2");
+    clock.advance(10_000);
+    await settle();
+    assert.equal(second.closedWith, null, "the old notice does not move the new connection");
+    assert.equal(sockets.length, 2);
+  });
+
   test("fails over to the next gateway on every attempt", async () => {
     const { urls } = await failRepeatedly(() => 0, 4);
     assert.deepEqual(urls, ["ws://gw1/ws", "ws://gw2/ws", "ws://gw1/ws", "ws://gw2/ws", "ws://gw1/ws"]);

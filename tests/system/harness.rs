@@ -334,6 +334,9 @@ impl Default for Options {
     fn default() -> Self {
         let mut gateway = GatewayConfig::default();
         gateway.auth.hs256_secret = Some(Secret(SECRET.into()));
+        // Short, so stopping a system with clients still connected does not
+        // wait the default 10 s.
+        gateway.drain_timeout = Duration::from_secs(1);
         Self {
             gateways: 2,
             moderators: 2,
@@ -362,6 +365,8 @@ pub struct System {
     pub gateways: Vec<SocketAddr>,
     /// Stops the gateways, which tell the moderators about closed connections.
     stop_gateways: CancellationToken,
+    /// Each gateway's own stop (children of `stop_gateways`).
+    gateway_stops: Vec<CancellationToken>,
     gateway_tasks: Vec<JoinHandle<()>>,
     /// Stops moderators and history, after the gateways.
     stop_backend: CancellationToken,
@@ -409,14 +414,16 @@ impl System {
             moderators.push(moderator);
             moderator_metrics.push(metrics);
         }
-        let (mut gateways, mut gateway_tasks) = (Vec::new(), Vec::new());
+        let (mut gateways, mut gateway_tasks, mut gateway_stops) =
+            (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..options.gateways {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             gateways.push(listener.local_addr().unwrap());
-            let (client, config, stop) = (
+            let stop = stop_gateways.child_token();
+            gateway_stops.push(stop.clone());
+            let (client, config) = (
                 nats.connect_as(as_user("gateway")).await,
                 options.gateway.clone(),
-                stop_gateways.clone(),
             );
             gateway_tasks.push(tokio::spawn(async move {
                 let metrics = Metrics::new(&client);
@@ -429,6 +436,7 @@ impl System {
             nats,
             gateways,
             stop_gateways,
+            gateway_stops,
             gateway_tasks,
             stop_backend,
             moderators,
@@ -455,6 +463,13 @@ impl System {
             .expect("moderator starts");
         let task = tokio::spawn(moderator.run(stop_backend.clone().cancelled_owned()));
         (task, metrics)
+    }
+
+    /// Starts stopping gateway `index`, as SIGTERM does: it drains, then
+    /// closes what is left. Returns at once; [`System::finish`] and
+    /// [`System::shutdown`] wait for it.
+    pub fn stop_gateway(&self, index: usize) {
+        self.gateway_stops[index].cancel();
     }
 
     /// Starts one more moderator; it answers requests when this returns.
@@ -556,7 +571,12 @@ impl System {
     /// What is still held, as readable lines; empty when nothing is.
     async fn leaks(&self, js: &async_nats::jetstream::Context) -> Vec<String> {
         let mut leaks = Vec::new();
-        for gateway in &self.gateways {
+        let running = self
+            .gateways
+            .iter()
+            .zip(&self.gateway_stops)
+            .filter(|(_, stop)| !stop.is_cancelled());
+        for (gateway, _) in running {
             let health = get_json(*gateway, "/health").await;
             for what in ["connections", "rooms"] {
                 if health[what] != 0 {

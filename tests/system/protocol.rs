@@ -193,17 +193,93 @@ async fn health_reports_connections_and_rooms() {
     system.finish().await;
 }
 
+/// A gateway told to stop drains (issue 11): `/ready` fails and new
+/// WebSockets are refused at once, so a load balancer moves on; each
+/// client is sent `draining` with a time to move within the first three
+/// quarters of `drain_timeout`; one that moves resumes on the other
+/// gateway with nothing lost, and one that stays is closed with 4101 when
+/// the drain ends, not before.
 #[tokio::test]
-async fn shutdown_closes_sockets_with_the_reconnect_code() {
-    let system = System::one_gateway().await;
-    let mut ann = Client::connect(system.gateways[0], "ann").await;
-    ann.join(&room("shutdown"), None).await;
-    let stopping = tokio::spawn(system.shutdown());
-    assert_eq!(
-        ann.expect_close().await,
-        schemas::code::CloseCode::ShuttingDown.code()
+async fn a_stopping_gateway_drains_its_clients_to_the_others() {
+    const DRAIN: Duration = Duration::from_secs(3);
+    let system = System::start(Options {
+        gateway: GatewayConfig {
+            drain_timeout: DRAIN,
+            ..Options::default().gateway
+        },
+        ..Options::default()
+    })
+    .await;
+    let (g1, g2) = (system.gateways[0], system.gateways[1]);
+    let room = room("drained");
+    let mut ann = Client::connect(g1, "ann").await;
+    let mut bob = Client::connect(g1, "bob").await;
+    let mut cat = Client::connect(g2, "cat").await;
+    for client in [&mut ann, &mut bob, &mut cat] {
+        client.join(&room, None).await;
+    }
+    let before = cat.chat(&room, "before", "x").await.unwrap().unwrap();
+    for client in [&mut ann, &mut bob] {
+        assert_eq!(client.next_chat().await.seq, before);
+    }
+
+    let stopped = Instant::now();
+    system.stop_gateway(0);
+    for client in [&mut ann, &mut bob] {
+        match client.recv().await {
+            ServerFrame::Draining { reconnect_in_ms } => assert!(
+                Duration::from_millis(reconnect_in_ms) <= DRAIN * 3 / 4,
+                "move within the first three quarters: {reconnect_in_ms} ms"
+            ),
+            other => panic!("expected draining, got {other:?}"),
+        }
+    }
+    let (status, body) = crate::harness::http(g1, "GET", "/ready", "").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("draining"), "{body}");
+    let (status, _) = crate::harness::http(g1, "GET", "/ws", "").await;
+    assert_eq!(status, 503, "no new WebSocket while draining");
+
+    // Ann moves, as the SDK does: to the other gateway, resuming.
+    let during = cat.chat(&room, "during", "x").await.unwrap().unwrap();
+    let old = ann.conn_id.clone();
+    let mut ann = Client::connect(g2, "ann").await;
+    ann.send(&ClientFrame::Join {
+        room: room.clone(),
+        since: Some(before),
+        replaces: Some(old),
+    })
+    .await;
+    let joined = ann.join_reply(&room).await.expect("rejoined");
+    let seqs: Vec<_> = joined.history.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, [during], "resumed with exactly what it missed");
+
+    // Bob stays: closed with 4101 when the drain ends, not before.
+    let (_, code) = bob.chats_until_close().await;
+    let after = stopped.elapsed();
+    assert_eq!(code, CloseCode::ShuttingDown.code());
+    assert!(
+        after >= DRAIN - Duration::from_millis(200),
+        "closed after {after:?}"
     );
-    stopping.await.expect("services stop cleanly");
+    assert!(after < DRAIN * 3, "closed after {after:?}");
+    drop((ann, bob, cat));
+    system.shutdown().await;
+}
+
+/// With nobody connected, a stopping gateway does not wait for the drain.
+#[tokio::test]
+async fn a_gateway_with_no_clients_stops_at_once() {
+    let mut options = Options::one_gateway();
+    options.gateway.drain_timeout = Duration::from_secs(30);
+    let system = System::start(options).await;
+    let started = Instant::now();
+    system.shutdown().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
 }
 
 /// Reported: 10,000 `{}` frames in 0.12 s got 10,000 `invalid_message`
