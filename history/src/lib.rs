@@ -17,7 +17,9 @@ pub mod stream;
 use std::future::Future;
 use std::sync::Arc;
 
-use async_nats::{Client, Message};
+use async_nats::Client;
+use async_nats::service::endpoint::Endpoint;
+use async_nats::service::{Request, Service, ServiceExt};
 use futures_util::StreamExt;
 use schemas::event::{self, BacklogReply, BacklogRequest};
 use schemas::id::Seq;
@@ -40,13 +42,20 @@ pub enum RunError {
     /// The server did not confirm the subscription.
     #[error(transparent)]
     RoundTrip(#[from] bootstrap::nats::RoundTripError),
+    /// Registering with the NATS services API failed.
+    #[error("cannot register the service: {0}")]
+    Service(String),
 }
+
+/// History's name in the NATS services API (`$SRV.PING.cavlo-history`, …).
+pub const SERVICE_NAME: &str = "cavlo-history";
 
 /// A history instance whose stream and subscription are in place.
 pub struct Running {
     client: Client,
     js: async_nats::jetstream::Context,
-    queries: async_nats::Subscriber,
+    service: Service,
+    queries: Endpoint,
     /// Bounds the queries answered at once.
     permits: Arc<Semaphore>,
     /// Messages a room keeps at most: the size of one read.
@@ -71,9 +80,22 @@ pub async fn start(
 ) -> Result<Running, RunError> {
     let js = async_nats::jetstream::new(client.clone());
     bootstrap::nats::set_up("creating the chat stream", || stream::ensure(&js, &config)).await?;
-    let queries = client
-        .queue_subscribe(subject::HISTORY_BACKLOG, subject::HISTORY_QUEUE.into())
-        .await?;
+    // Queries arrive through the NATS services API, so `nats micro`-style
+    // tools list each instance with its stats.
+    let service_error = |err: async_nats::Error| RunError::Service(err.to_string());
+    let service = client
+        .service_builder()
+        .description("cavlo history: the chat stream and backlog queries")
+        .queue_group(subject::HISTORY_QUEUE)
+        .start(SERVICE_NAME, env!("CARGO_PKG_VERSION"))
+        .await
+        .map_err(service_error)?;
+    let queries = service
+        .endpoint_builder()
+        .name("backlog")
+        .add(subject::HISTORY_BACKLOG)
+        .await
+        .map_err(service_error)?;
     bootstrap::nats::round_trip(&client).await?;
     tracing::info!(backlog_size = config.backlog_size, "history ready");
     let max_concurrent = config.max_concurrent_queries.max(1);
@@ -81,6 +103,7 @@ pub async fn start(
     Ok(Running {
         client,
         js,
+        service,
         queries,
         metrics: HistoryMetrics::register(metrics, permits.clone(), max_concurrent),
         permits,
@@ -102,6 +125,7 @@ impl Running {
         let Running {
             client,
             js,
+            service,
             mut queries,
             permits,
             backlog_size,
@@ -138,7 +162,10 @@ impl Running {
             }
         }
         tracing::info!("history shutting down");
-        let _ = queries.unsubscribe().await;
+        // Out of the queue group first, so new queries go to the others
+        // while this one answers what it holds.
+        let _ = queries.stop().await;
+        let _ = service.stop().await;
         while tasks.join_next().await.is_some() {}
     }
 }
@@ -148,10 +175,9 @@ async fn answer(
     client: &Client,
     js: &async_nats::jetstream::Context,
     backlog_size: usize,
-    msg: Message,
+    query: Request,
 ) -> Outcome {
-    let (Some(reply_to), Ok(request)) = (msg.reply, event::decode::<BacklogRequest>(&msg.payload))
-    else {
+    let Ok(request) = event::decode::<BacklogRequest>(&query.message.payload) else {
         tracing::warn!("dropping a malformed backlog query");
         return Outcome::Malformed;
     };
@@ -166,7 +192,7 @@ async fn answer(
             (BacklogReply::Unavailable, Outcome::Unavailable)
         }
     };
-    if let Err(err) = client.publish(reply_to, event::encode(&reply).into()).await {
+    if let Err(err) = query.respond(Ok(event::encode(&reply).into())).await {
         tracing::warn!(cause = %err, "failed to send backlog");
     }
     outcome

@@ -11,7 +11,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use async_nats::{Client, Subject};
+use async_nats::Client;
+use async_nats::service;
 use schemas::client::{Member, SignalKind};
 use schemas::code::ErrorCode;
 use schemas::event::{self, Action, ModerationReply, ModerationRequest, RoomMember, Verdict};
@@ -147,9 +148,10 @@ impl From<ModerationRequest> for Command {
 #[must_use = "every request must be answered"]
 #[derive(Debug)]
 pub struct Reply {
-    client: Client,
+    /// The request, answered through the NATS services API so that its
+    /// per-endpoint stats count it.
+    request: service::Request,
     moderator: ModeratorId,
-    to: Option<Subject>,
     metrics: ModeratorMetrics,
 }
 
@@ -159,12 +161,11 @@ impl Reply {
         if let Verdict::Rejected { code, .. } = &verdict {
             self.metrics.rejected(*code);
         }
-        let Some(to) = self.to else { return };
         let reply = ModerationReply {
             moderator: self.moderator,
             verdict,
         };
-        if let Err(err) = self.client.publish(to, event::encode(&reply).into()).await {
+        if let Err(err) = self.request.respond(Ok(event::encode(&reply).into())).await {
             tracing::warn!(cause = %err, "failed to send moderation reply");
         }
     }
@@ -191,8 +192,8 @@ impl Moderator {
     /// Parses one request and applies it. Checks run here, in arrival
     /// order, so rate limits and budgets see a connection's events in the
     /// order it sent them.
-    pub(crate) async fn handle(&mut self, msg: async_nats::Message) {
-        let request: ModerationRequest = match event::decode(&msg.payload) {
+    pub(crate) async fn handle(&mut self, msg: service::Request) {
+        let request: ModerationRequest = match event::decode(&msg.message.payload) {
             Ok(request) => request,
             Err(err) => {
                 tracing::warn!(cause = %err, "dropping malformed moderation request");
@@ -202,9 +203,8 @@ impl Moderator {
         // A gateway that sends requests is alive, heartbeat or not.
         self.roster.heard(request.gateway.clone());
         let reply = Reply {
-            client: self.client.clone(),
+            request: msg,
             moderator: self.id.clone(),
-            to: msg.reply,
             metrics: self.metrics.clone(),
         };
         let command = Command::from(request);

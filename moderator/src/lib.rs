@@ -42,6 +42,8 @@ pub mod writers;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
+use async_nats::service::endpoint::Endpoint;
+use async_nats::service::{Service, ServiceExt};
 use async_nats::{Client, Subscriber};
 use bootstrap::liveness::Liveness;
 use futures_util::StreamExt;
@@ -76,15 +78,22 @@ pub enum RunError {
     /// The server did not confirm the subscriptions.
     #[error(transparent)]
     RoundTrip(#[from] bootstrap::nats::RoundTripError),
+    /// Registering with the NATS services API failed.
+    #[error("cannot register the service: {0}")]
+    Service(String),
 }
+
+/// The moderators' name in the NATS services API (`$SRV.PING.cavlo-moderator`, …).
+pub const SERVICE_NAME: &str = "cavlo-moderator";
 
 /// A moderator whose subscriptions are in place.
 pub struct Running {
     moderator: Moderator,
     gateway_timeout: std::time::Duration,
     heartbeat_interval: std::time::Duration,
-    any: Subscriber,
-    direct: Subscriber,
+    service: Service,
+    any: Endpoint,
+    direct: Endpoint,
     heartbeats: Subscriber,
 }
 
@@ -127,12 +136,32 @@ pub async fn start(
         roster,
         id,
     };
-    let any = client
-        .queue_subscribe(subject::MODERATE, subject::MODERATOR_QUEUE.into())
-        .await?;
-    let direct = client
-        .subscribe(subject::moderate_direct(&moderator.id))
-        .await?;
+    // Requests arrive through the NATS services API, so `nats micro`-style
+    // tools list each moderator with its endpoints' stats.
+    let service_error = |err: async_nats::Error| RunError::Service(err.to_string());
+    let service = client
+        .service_builder()
+        .description(
+            "cavlo moderator: checks, rate limits and sanitizes client events, stores chat",
+        )
+        .queue_group(subject::MODERATOR_QUEUE)
+        .start(SERVICE_NAME, env!("CARGO_PKG_VERSION"))
+        .await
+        .map_err(service_error)?;
+    let any = service
+        .endpoint_builder()
+        .name("moderate")
+        .add(subject::MODERATE)
+        .await
+        .map_err(service_error)?;
+    // Only this moderator listens on its direct subject: the queue group
+    // changes nothing there.
+    let direct = service
+        .endpoint_builder()
+        .name("direct")
+        .add(subject::moderate_direct(&moderator.id))
+        .await
+        .map_err(service_error)?;
     let heartbeats = client.subscribe(subject::GATEWAY_HEARTBEAT).await?;
     bootstrap::nats::round_trip(&client).await?;
     tracing::info!(moderator = %moderator.id, "moderator ready");
@@ -140,6 +169,7 @@ pub async fn start(
         moderator,
         gateway_timeout: config.gateway_timeout,
         heartbeat_interval: config.heartbeat_interval,
+        service,
         any,
         direct,
         heartbeats,
@@ -159,6 +189,7 @@ impl Running {
             mut moderator,
             gateway_timeout,
             heartbeat_interval,
+            service,
             mut any,
             mut direct,
             mut heartbeats,
@@ -191,9 +222,13 @@ impl Running {
             }
         }
         tracing::info!("moderator shutting down");
-        for subscriber in [&mut any, &mut direct, &mut heartbeats] {
-            let _ = subscriber.unsubscribe().await;
+        // Out of the queue group first, so new requests go to the others
+        // while this one finishes what it holds.
+        for endpoint in [&mut any, &mut direct] {
+            let _ = endpoint.stop().await;
         }
+        let _ = heartbeats.unsubscribe().await;
+        let _ = service.stop().await;
         moderator.finish().await;
     }
 }

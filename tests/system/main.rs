@@ -2,6 +2,7 @@
 
 mod auth;
 mod chat;
+mod discovery;
 mod env_example;
 mod failure;
 mod harness;

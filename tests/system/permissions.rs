@@ -73,8 +73,9 @@ async fn every_service_works_with_only_its_own_nats_permissions() {
     system.finish().await;
 }
 
-/// Every kind of subject cavlo uses, one concrete subject each, and the
-/// JetStream API subjects that read or change its two streams.
+/// Every kind of subject cavlo uses, one concrete subject each, the NATS
+/// services API's, and the JetStream API subjects that read or change its
+/// two streams.
 const SUBJECTS: &[&str] = &[
     "cavlo.moderate",
     "cavlo.moderate.m1",
@@ -88,6 +89,9 @@ const SUBJECTS: &[&str] = &[
     "cavlo.chat.r",
     "$KV.CAVLO_ROOMS.r",
     "_INBOX.x",
+    "$SRV.PING",
+    "$SRV.INFO.cavlo-moderator",
+    "$SRV.STATS.cavlo-history.h1",
     "$JS.API.INFO",
     "$JS.API.STREAM.CREATE.CAVLO_CHAT",
     "$JS.API.STREAM.UPDATE.CAVLO_CHAT",
@@ -154,6 +158,7 @@ const NEEDS: &[(&str, &[&str], &[&str])] = &[
             "cavlo.moderate.*",
             "cavlo.gateway.heartbeat",
             "_INBOX.>",
+            "$SRV.>",
         ],
     ),
     (
@@ -167,7 +172,7 @@ const NEEDS: &[(&str, &[&str], &[&str])] = &[
             "$JS.API.STREAM.MSG.GET.CAVLO_CHAT",
             "$JS.API.DIRECT.GET.CAVLO_CHAT",
         ],
-        &["cavlo.history.backlog", "_INBOX.>"],
+        &["cavlo.history.backlog", "_INBOX.>", "$SRV.>"],
     ),
 ];
 
