@@ -18,13 +18,20 @@ let room = null;
 let token = null;
 
 /**
+ * Tokens with less left than this are renewed rather than reused: more than
+ * the SDK's refresh lead (at most a minute before expiry), so that its
+ * refresh gets a token that expires later, which the gateway requires.
+ */
+const RENEW_BEFORE_MS = 5 * 60_000;
+
+/**
  * A development token from this gateway for `name`. One close to expiry is
  * renewed with itself, so the new one names the same user and the client's
  * refresh is accepted; a new name, or a token already expired, gets a new user.
  */
 async function devToken(name) {
   const current = token && token.name === name && token.expires > Date.now() ? token : null;
-  if (current && current.expires > Date.now() + 60_000) return current.value;
+  if (current && current.expires > Date.now() + RENEW_BEFORE_MS) return current.value;
   const request = (body) =>
     fetch("/auth/dev-token", {
       method: "POST",

@@ -27,9 +27,10 @@ use crate::metrics::Metrics;
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct HealthConfig {
-    /// Address for `/health`, `/ready` and `/metrics` (moderator and
-    /// history; the gateway serves them on its own port). Unset: no
-    /// endpoint. Default unset.
+    /// Address for `/health`, `/ready` and `/metrics`, on a private
+    /// network: the gateway also answers `/health` and `/ready` on its
+    /// public port, but its metrics only here. Unset: no endpoint.
+    /// Default unset.
     pub listen: Option<SocketAddr>,
 }
 

@@ -1,6 +1,5 @@
-//! Prometheus metrics, served at `/metrics` in the OpenMetrics text format:
-//! on the health listener by moderator and history, on its own port by the
-//! gateway.
+//! Prometheus metrics, served at `/metrics` on the health listener
+//! (`health.listen`, a private port) in the OpenMetrics text format.
 //!
 //! Every metric is named `cavlo_…`. Each service registers its own under
 //! its name (`cavlo_gateway_…`, `cavlo_moderator_…`, `cavlo_history_…`);
@@ -24,7 +23,7 @@ use prometheus_client::registry::{Registry, Unit};
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Buckets, in seconds, for the latencies cavlo measures: a millisecond to
-/// ten seconds, the request timeout's order.
+/// thirty seconds, past every request timeout.
 pub const LATENCY_BUCKETS: [f64; 14] = [
     0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
 ];

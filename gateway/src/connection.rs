@@ -90,7 +90,6 @@ pub(crate) async fn serve(
         expires_in: expiry.seconds_left(),
     };
     shared.metrics.authenticated.inc();
-    shared.metrics.sent(&welcome);
     if send(
         &mut socket,
         welcome.to_json().into(),
@@ -102,6 +101,7 @@ pub(crate) async fn serve(
         shared.metrics.closed(CLOSED_WITHOUT_FRAME);
         return;
     }
+    shared.metrics.sent(&welcome);
     let (queue, deliveries) = mpsc::channel(shared.config.send_queue_capacity.max(1));
     let handle = MemberHandle::new(queue);
     let reset = shared.hub.connect(member.conn_id.clone(), handle.clone());
@@ -170,11 +170,11 @@ async fn authenticate(socket: &mut HyperWebsocketStream, shared: &Shared) -> Opt
                 ErrorCode::Unauthorized,
                 "authentication failed",
             ));
-            shared.metrics.sent(&error);
             if send(socket, error.to_json().into(), shared.config.write_timeout)
                 .await
                 .is_ok()
             {
+                shared.metrics.sent(&error);
                 close(socket, CloseCode::Unauthorized, shared).await;
             } else {
                 shared.metrics.closed(CLOSED_WITHOUT_FRAME);
@@ -453,12 +453,13 @@ impl Connection {
         if delivery.about.as_ref() == Some(&self.member.conn_id) {
             return Ok(());
         }
-        self.shared.metrics.delivered(delivery.kind);
         write(
             socket.feed(Message::Text(delivery.frame.clone())),
             self.shared.config.write_timeout,
         )
-        .await
+        .await?;
+        self.shared.metrics.delivered(delivery.kind);
+        Ok(())
     }
 
     /// When the oldest gap in any room's chat times out.
@@ -600,13 +601,14 @@ impl Connection {
                 return Err(Exit::Close(CloseCode::InvalidFrames));
             }
         }
-        self.shared.metrics.sent(&frame);
         send(
             socket,
             frame.to_json().into(),
             self.shared.config.write_timeout,
         )
-        .await
+        .await?;
+        self.shared.metrics.sent(&frame);
+        Ok(())
     }
 
     /// Joins: subscribe, then the moderator's admission (capacity, members),

@@ -1,8 +1,8 @@
 //! What the gateway counts, for Prometheus (`cavlo_gateway_…`, served at
-//! `/metrics` on the gateway's port; docs/operations.md lists them).
+//! `/metrics` on the health listener; docs/operations.md lists them).
 //!
-//! Counters with a label are resolved to their series once, here, so the
-//! hot path (every frame in and out) only touches an atomic.
+//! A labelled count looks its series up in a small map under a read lock,
+//! then bumps an atomic.
 
 use std::sync::Arc;
 

@@ -1,7 +1,7 @@
 //! HTTP: accepting sockets, routing, the connection limit and shutdown.
 //!
-//! One port serves everything: `GET /ws` (the WebSocket), `/health`,
-//! `/ready`, `/metrics`, the demo app and SDK as static files, and, when development
+//! One port serves everything public: `GET /ws` (the WebSocket), `/health`,
+//! `/ready`, the demo app and SDK as static files, and, when development
 //! tokens are on, `POST /auth/dev-token` (see `web`).
 
 use std::convert::Infallible;
@@ -38,6 +38,9 @@ use crate::config::GatewayConfig;
 use crate::departures::Departures;
 use crate::hub::Hub;
 use crate::metrics::GatewayMetrics;
+
+/// How often a draining gateway checks whether its sockets are all gone.
+const DRAIN_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// The gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -106,7 +109,6 @@ pub async fn run(
             config,
         }),
         client,
-        metrics,
     });
     tracing::info!(gateway = %server.shared.id, addr = ?listener.local_addr().ok(), "gateway ready");
     if server.shared.config.dev_tokens {
@@ -140,6 +142,7 @@ pub async fn run(
         }
         let handshake_timeout = server.shared.config.handshake_timeout;
         let server_for_conn = server.clone();
+        let closing = server.shared.shutdown.clone();
         server.tasks.spawn(async move {
             let service = service_fn(move |req| {
                 let server = server_for_conn.clone();
@@ -150,7 +153,18 @@ pub async fn run(
                 .header_read_timeout(handshake_timeout)
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades();
-            if let Err(err) = connection.await {
+            tokio::pin!(connection);
+            // A kept-alive HTTP connection (a health checker's) would hold
+            // the shutdown for its whole timeout: end it after its current
+            // request. An upgraded one has handed its socket over already.
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                () = closing.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(err) = result {
                 tracing::debug!(cause = %err, "http connection ended with an error");
             }
         });
@@ -180,8 +194,6 @@ pub async fn run(
 struct Server {
     shared: Arc<Shared>,
     client: async_nats::Client,
-    /// Everything `/metrics` reports.
-    metrics: Metrics,
     connections: Arc<Semaphore>,
     tasks: TaskTracker,
 }
@@ -197,11 +209,18 @@ impl Server {
     async fn drain(self: Arc<Self>, shutdown: impl Future) {
         shutdown.await;
         let config = &self.shared.config;
+        if config.drain_timeout.is_zero() {
+            return;
+        }
         tracing::info!(timeout = ?config.drain_timeout, "gateway draining");
         self.shared.draining.cancel();
-        // Every permit back means every socket has closed.
-        let all = u32::try_from(config.max_connections).unwrap_or(u32::MAX);
-        let gone = self.connections.clone().acquire_many_owned(all);
+        // Every permit back means every socket has closed. Polled rather
+        // than acquired, so /health keeps counting the sockets left.
+        let gone = async {
+            while self.connections.available_permits() < config.max_connections {
+                tokio::time::sleep(DRAIN_POLL).await;
+            }
+        };
         if tokio::time::timeout(config.drain_timeout, gone)
             .await
             .is_err()
@@ -224,7 +243,6 @@ impl Server {
                 readiness_response(Err("draining".to_owned()))
             }
             (&Method::GET, "/ready") => readiness_response(nats_connected(&self.client)),
-            (&Method::GET, "/metrics") => self.metrics.response(),
             (&Method::POST, "/auth/dev-token") => crate::web::dev_token(&self.shared, req).await,
             (&Method::GET, path) => {
                 let cached = req.headers().get(header::IF_NONE_MATCH);

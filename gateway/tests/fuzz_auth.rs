@@ -5,9 +5,10 @@
 //! verifies; and the name it yields is fit for other users' screens.
 //!
 //! CI runs proptest's default number of cases; the long run is
-//! `PROPTEST_CASES=100000 cargo test --release -p gateway --test fuzz_auth`.
-//! proptest keeps any failing input it finds in `proptest-regressions/`,
-//! and the inputs in `CORPUS` run every time.
+//! `PROPTEST_CASES=1000000 cargo test --release -p gateway --test fuzz_auth`.
+//! proptest keeps the seed of any failing input it finds in
+//! `fuzz_auth.proptest-regressions` next to this file, and the inputs in
+//! `CORPUS` run every time.
 
 use std::sync::OnceLock;
 

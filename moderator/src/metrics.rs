@@ -22,6 +22,8 @@ pub struct ModeratorMetrics {
     pub store: Histogram,
     /// Publishes that lost the race for a room's tail and were retried.
     pub tail_races: Counter,
+    /// Chat messages stored (a resend recognised as a duplicate is not).
+    pub stored: Counter,
 }
 
 impl ModeratorMetrics {
@@ -33,6 +35,7 @@ impl ModeratorMetrics {
             rejections: Family::default(),
             store: Histogram::new(LATENCY_BUCKETS),
             tail_races: Counter::default(),
+            stored: Counter::default(),
         };
         metrics.register("moderator", |registry| {
             registry.register(
@@ -49,6 +52,11 @@ impl ModeratorMetrics {
                 "store_seconds",
                 "JetStream publish of a chat message, from send to ack",
                 this.store.clone(),
+            );
+            registry.register(
+                "stored",
+                "Chat messages stored (resends recognised as duplicates excluded)",
+                this.stored.clone(),
             );
             registry.register(
                 "tail_races",

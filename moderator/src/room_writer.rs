@@ -155,6 +155,7 @@ impl RoomWriter {
             match result {
                 Ok(ack) if ack.duplicate => return Ok(self.original_seq(ack.sequence).await),
                 Ok(ack) => {
+                    self.metrics.stored.inc();
                     self.tail = Some(Tail {
                         stream_seq: ack.sequence,
                         seq: chat.seq,

@@ -379,6 +379,8 @@ pub struct System {
     history: Option<(CancellationToken, JoinHandle<()>)>,
     history_config: HistoryConfig,
     history_user: Option<&'static str>,
+    /// Each gateway's metrics, in start order.
+    pub gateway_metrics: Vec<Metrics>,
     /// Each moderator's metrics, in start order (killed ones included).
     pub moderator_metrics: Vec<Metrics>,
     /// The running history's metrics.
@@ -414,8 +416,8 @@ impl System {
             moderators.push(moderator);
             moderator_metrics.push(metrics);
         }
-        let (mut gateways, mut gateway_tasks, mut gateway_stops) =
-            (Vec::new(), Vec::new(), Vec::new());
+        let (mut gateways, mut gateway_tasks, mut gateway_stops, mut gateway_metrics) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..options.gateways {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             gateways.push(listener.local_addr().unwrap());
@@ -425,8 +427,9 @@ impl System {
                 nats.connect_as(as_user("gateway")).await,
                 options.gateway.clone(),
             );
+            let metrics = Metrics::new(&client);
+            gateway_metrics.push(metrics.clone());
             gateway_tasks.push(tokio::spawn(async move {
-                let metrics = Metrics::new(&client);
                 gateway::run(listener, client, config, metrics, stop.cancelled_owned())
                     .await
                     .expect("gateway runs");
@@ -445,6 +448,7 @@ impl System {
             history,
             history_config: options.history,
             history_user,
+            gateway_metrics,
             moderator_metrics,
             history_metrics,
         }
@@ -1010,7 +1014,6 @@ pub fn assert_code(error: &ErrorFrame, code: ErrorCode, case: &str) {
 }
 
 impl Client {
-    /// The next frame, or the close code if the server closes first.
     /// The code of the server's close frame, read from the TCP stream
     /// without answering anything on the way: for a client that stopped
     /// answering pings (tungstenite would answer the queued pings, and that
@@ -1049,6 +1052,7 @@ impl Client {
         }
     }
 
+    /// The next frame, or the close code if the server closes first.
     pub async fn recv_or_close(&mut self) -> Result<ServerFrame, u16> {
         loop {
             let msg = tokio::time::timeout(FRAME_TIMEOUT, self.ws.next())

@@ -243,6 +243,7 @@ async fn a_stopping_gateway_drains_its_clients_to_the_others() {
     // Ann moves, as the SDK does: to the other gateway, resuming.
     let during = cat.chat(&room, "during", "x").await.unwrap().unwrap();
     let old = ann.conn_id.clone();
+    let moved = ann;
     let mut ann = Client::connect(g2, "ann").await;
     ann.send(&ClientFrame::Join {
         room: room.clone(),
@@ -253,6 +254,8 @@ async fn a_stopping_gateway_drains_its_clients_to_the_others() {
     let joined = ann.join_reply(&room).await.expect("rejoined");
     let seqs: Vec<_> = joined.history.iter().map(|m| m.seq).collect();
     assert_eq!(seqs, [during], "resumed with exactly what it missed");
+    // Its seat moved with `replaces`: the old connection is closed (4002).
+    drop(moved);
 
     // Bob stays: closed with 4101 when the drain ends, not before.
     let (_, code) = bob.chats_until_close().await;
