@@ -15,7 +15,10 @@
 #
 # FAULTs (default: all but none): none (the load alone), kill-gateway
 # kill-moderator kill-nats-leader kill-nats-follower restart-nats
-# stop-gateway cut-gateway cut-nats slow-consumer. slow-consumer makes
+# stop-gateway cut-gateway cut-nats slow-consumer, and rolling-restart
+# (not in the default list: gateways, moderators and history stopped and
+# started one at a time, each waiting for the last to be healthy; gateways
+# drain). slow-consumer makes
 # chats larger (3,000 bytes) and one client stops reading for 20 s: only it
 # may be closed (4100), and it resumes with `since`; it needs the full 40 s
 # of load. Each run also
@@ -100,6 +103,14 @@ inject() {
     stop-gateway) docker kill -s STOP "$(container gateway-1)" >/dev/null; sleep "$outage"; docker kill -s CONT "$(container gateway-1)" >/dev/null ;;
     cut-gateway) docker network disconnect "$network" "$(container gateway-1)"; sleep "$cut"; docker network connect "$network" "$(container gateway-1)" ;;
     cut-nats) docker network disconnect "$network" "$(container nats-3)"; sleep "$cut"; docker network connect "$network" "$(container nats-3)" ;;
+    rolling-restart)
+      for service in gateway-1 gateway-2 moderator-1 moderator-2 history; do
+        # As an orchestrator does: SIGTERM with room for the drain, then
+        # the next one only once this one is healthy again.
+        docker stop -t 35 "$(container "$service")" >/dev/null
+        docker start "$(container "$service")" >/dev/null
+        until [ "$(docker inspect -f '{{.State.Health.Status}}' "$(container "$service")")" = healthy ]; do sleep 0.5; done
+      done ;;
     none | slow-consumer) ;;
     *) echo "unknown fault $1" >&2; return 2 ;;
   esac

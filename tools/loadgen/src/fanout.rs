@@ -317,6 +317,8 @@ async fn drive(
     let mut pending: VecDeque<Pending> = VecDeque::new();
     let mut next_send = schedule.first;
     let mut last_delivery = schedule.first;
+    // When a draining gateway asked this client to move, as the SDK does.
+    let mut move_at: Option<Instant> = None;
     let micros = |at: Instant| at.duration_since(schedule.origin).as_micros() as u64;
     loop {
         let sending = next_send < schedule.stop_sending;
@@ -336,6 +338,9 @@ async fn drive(
             .map(|p| p.sent_at.max(member.connected_at) + SILENT_CONNECTION);
         if member.resume {
             wake = wake.min(deadline.unwrap_or(wake));
+        }
+        if let Some(at) = move_at {
+            wake = wake.min(at);
         }
         if let Some((from, until)) = member.pause {
             if Instant::now() >= from {
@@ -365,6 +370,12 @@ async fn drive(
         let frame = match step {
             Some(frame) => frame,
             None if Instant::now() >= schedule.stop => break,
+            None if move_at.is_some_and(|at| Instant::now() >= at) => {
+                move_at = None;
+                client =
+                    reconnect(client, &mut member, &mut outcome, &pending, schedule.stop).await?;
+                continue;
+            }
             None if member.resume && deadline.is_some_and(|d| Instant::now() >= d) => {
                 client =
                     reconnect(client, &mut member, &mut outcome, &pending, schedule.stop).await?;
@@ -415,6 +426,9 @@ async fn drive(
                 if schedule.interval.is_none() {
                     next_send = now;
                 }
+            }
+            ServerFrame::Draining { reconnect_in_ms } if member.resume => {
+                move_at = Some(now + Duration::from_millis(reconnect_in_ms));
             }
             ServerFrame::Chat(chat) => {
                 outcome.received.record(chat.seq.0);
