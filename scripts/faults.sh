@@ -116,7 +116,7 @@ inject() {
   esac
 }
 
-printf '%-19s %6s %6s %6s %5s %7s %10s %9s %10s %8s  %s\n' fault lost dup order gaps unacked reconnects truncated silence_ms gw_rss_mb "errors; closes"
+printf '%-19s %6s %6s %6s %5s %7s %10s %7s %9s %10s %8s  %s\n' fault lost dup order gaps unacked reconnects peak/s truncated silence_ms gw_rss_mb "errors; closes"
 failed=0
 for fault in "${faults[@]}"; do
   [ -n "$fault" ] || continue
@@ -152,7 +152,7 @@ except ValueError:
     sys.exit(1)
 c = r["correctness"]
 print(f'{fault:<19} {c["lost"]:>6} {c["duplicated"]:>6} {c["reordered"]:>6} {c["live_gaps"]:>5} {r["unacked"]:>7} '
-      f'{r["reconnects"]:>10} {r["truncated"]:>9} {r["longest_silence_ms"]:>10} {rss // 1024:>8}  '
+      f'{r["reconnects"]:>10} {r["peak_reconnects_per_second"]:>7} {r["truncated"]:>9} {r["longest_silence_ms"]:>10} {rss // 1024:>8}  '
       f'{r["errors"]}; {r["closes"]}')
 sys.exit(0 if c["lost"] == c["duplicated"] == c["reordered"] == c["live_gaps"] == r["unacked"] == 0 else 1)
 EOF

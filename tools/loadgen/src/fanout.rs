@@ -89,6 +89,9 @@ pub struct Report {
     pub unacked: u64,
     /// Connections re-established after a fault (with `resume`).
     pub reconnects: u64,
+    /// The most reconnects in any one second of the run: how hard the
+    /// clients of a failed or draining gateway hit the others.
+    pub peak_reconnects_per_second: u64,
     /// Rejoins whose backlog said messages had been trimmed.
     pub truncated: u64,
     /// Connections the gateway closed, by close code ("none" without one).
@@ -127,6 +130,8 @@ struct Outcome {
     sent: u64,
     unacked: u64,
     reconnects: u64,
+    /// When each reconnect started.
+    reconnected_at: Vec<Instant>,
     truncated: u64,
     closes: BTreeMap<String, u64>,
     /// Whether this client was one of the plan's slow consumers.
@@ -309,6 +314,7 @@ async fn drive(
         sent: 0,
         unacked: 0,
         reconnects: 0,
+        reconnected_at: Vec::new(),
         truncated: 0,
         closes: BTreeMap::new(),
         slow: member.pause.is_some(),
@@ -529,6 +535,7 @@ async fn reconnect(
     // Bounded: a gateway cut off the network never answers the close.
     let _ = tokio::time::timeout(Duration::from_secs(1), old.close()).await;
     outcome.reconnects += 1;
+    outcome.reconnected_at.push(Instant::now());
     let mut backoff = RECONNECT_DELAY;
     loop {
         member.gateway = (member.gateway + 1) % member.gateways.len();
@@ -585,6 +592,22 @@ async fn rejoin(
     Ok(client)
 }
 
+/// The most of `moments` that fall in any one-second bucket, counted from
+/// the earliest of them.
+fn peak_per_second(moments: impl Iterator<Item = Instant>) -> u64 {
+    let moments: Vec<Instant> = moments.collect();
+    let Some(first) = moments.iter().min().copied() else {
+        return 0;
+    };
+    let mut buckets: HashMap<u64, u64> = HashMap::new();
+    for at in moments {
+        *buckets
+            .entry(at.duration_since(first).as_secs())
+            .or_default() += 1;
+    }
+    buckets.into_values().max().unwrap_or(0)
+}
+
 fn report(plan: &Plan, outcomes: Vec<Outcome>) -> Report {
     let mut acked_by_room: HashMap<usize, Vec<(usize, Vec<u64>)>> = HashMap::new();
     for o in &outcomes {
@@ -627,6 +650,11 @@ fn report(plan: &Plan, outcomes: Vec<Outcome>) -> Report {
         deliveries += o.latency.summary().count;
     }
     let seconds = plan.duration.as_secs_f64();
+    let peak_reconnects_per_second = peak_per_second(
+        outcomes
+            .iter()
+            .flat_map(|o| o.reconnected_at.iter().copied()),
+    );
     Report {
         sent,
         acked,
@@ -639,10 +667,25 @@ fn report(plan: &Plan, outcomes: Vec<Outcome>) -> Report {
         errors,
         unacked,
         reconnects,
+        peak_reconnects_per_second,
         truncated,
         closes,
         slow_closed,
         longest_silence_ms: longest_silence.as_millis() as u64,
         correctness,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peak_per_second_counts_the_busiest_second() {
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let moments = [0, 100, 900, 1_000, 2_100, 2_200, 2_300, 2_900].map(at);
+        assert_eq!(peak_per_second(moments.into_iter()), 4, "2.1 to 2.9 s");
+        assert_eq!(peak_per_second(std::iter::empty()), 0);
     }
 }

@@ -217,7 +217,7 @@ async fn main() -> ExitCode {
                              delivery latency µs: p50 {} p90 {} p99 {} p99.9 {} max {}\n\
                              ack latency µs:      p50 {} p90 {} p99 {} p99.9 {} max {}\n\
                              errors {:?}  closes by code {:?}\n\
-                             unacked {} reconnects {} truncated rejoins {} longest silence {} ms\n\
+                             unacked {} reconnects {} (peak {}/s) truncated rejoins {} longest silence {} ms\n\
                              lost {} duplicated {} reordered {} live gaps {}",
                             report.sent,
                             report.acked,
@@ -239,6 +239,7 @@ async fn main() -> ExitCode {
                             report.closes,
                             report.unacked,
                             report.reconnects,
+                            report.peak_reconnects_per_second,
                             report.truncated,
                             report.longest_silence_ms,
                             report.correctness.lost,
