@@ -74,6 +74,21 @@ impl Metrics {
     }
 }
 
+/// A label set of one `(name, value)` pair, the only kind cavlo uses.
+pub type Label = [(&'static str, &'static str); 1];
+
+/// Encodes one gauge read at scrape time, for a [`Collector`].
+pub fn encode_gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    value: i64,
+) -> Result<(), std::fmt::Error> {
+    let gauge = ConstGauge::new(value);
+    gauge.encode(encoder.encode_descriptor(name, help, unit, gauge.metric_type())?)
+}
+
 /// A gauge of the permits of `permits` in use, out of `max`, read at
 /// scrape time: how much of a bounded pool of work is under way.
 #[derive(Debug)]
@@ -91,8 +106,7 @@ pub struct PermitsInUse {
 impl Collector for PermitsInUse {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let busy = self.max.saturating_sub(self.permits.available_permits());
-        let gauge = ConstGauge::new(busy as i64);
-        gauge.encode(encoder.encode_descriptor(self.name, self.help, None, gauge.metric_type())?)
+        encode_gauge(&mut encoder, self.name, self.help, None, busy as i64)
     }
 }
 
@@ -106,13 +120,13 @@ impl Collector for NatsCollector {
             self.0.connection_state(),
             async_nats::connection::State::Connected
         );
-        let gauge = ConstGauge::new(i64::from(connected));
-        gauge.encode(encoder.encode_descriptor(
+        encode_gauge(
+            &mut encoder,
             "nats_connected",
             "1 while the connection to NATS is up",
             None,
-            gauge.metric_type(),
-        )?)?;
+            i64::from(connected),
+        )?;
         let stats = self.0.statistics();
         let counters = [
             (
@@ -167,22 +181,22 @@ struct ProcessCollector;
 impl Collector for ProcessCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         if let Some(bytes) = resident_memory_bytes() {
-            let gauge = ConstGauge::new(bytes);
-            gauge.encode(encoder.encode_descriptor(
+            encode_gauge(
+                &mut encoder,
                 "process_resident_memory",
                 "Resident memory of the process",
                 Some(&Unit::Bytes),
-                gauge.metric_type(),
-            )?)?;
+                bytes,
+            )?;
         }
         if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
-            let gauge = ConstGauge::new(fds.count() as i64);
-            gauge.encode(encoder.encode_descriptor(
+            encode_gauge(
+                &mut encoder,
                 "process_open_fds",
                 "Open file descriptors of the process (sockets included)",
                 None,
-                gauge.metric_type(),
-            )?)?;
+                fds.count() as i64,
+            )?;
         }
         Ok(())
     }

@@ -6,20 +6,17 @@
 
 use std::sync::Arc;
 
-use bootstrap::metrics::{LATENCY_BUCKETS, Metrics};
+use bootstrap::metrics::{LATENCY_BUCKETS, Label, Metrics, encode_gauge};
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use schemas::client::ServerFrame;
 use schemas::code::ErrorCode;
 
 use crate::hub::{DeliveryKind, Hub};
-
-/// A label set of one `(name, value)` pair.
-type Label = [(&'static str, &'static str); 1];
 
 /// The gateway's metrics; cheap to clone (every metric is shared).
 #[derive(Clone, Debug)]
@@ -171,8 +168,7 @@ impl Collector for HubCollector {
             ),
         ];
         for (name, help, value) in gauges {
-            let gauge = ConstGauge::new(value as i64);
-            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+            encode_gauge(&mut encoder, name, help, None, value as i64)?;
         }
         Ok(())
     }

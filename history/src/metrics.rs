@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use bootstrap::metrics::{LATENCY_BUCKETS, Metrics, PermitsInUse};
+use bootstrap::metrics::{LATENCY_BUCKETS, Label, Metrics, PermitsInUse};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
@@ -36,7 +36,7 @@ impl Outcome {
 /// History's metrics; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct HistoryMetrics {
-    queries: Family<[(&'static str, &'static str); 1], Counter>,
+    queries: Family<Label, Counter>,
     /// From a query's arrival to its answer going out.
     pub query: Histogram,
 }

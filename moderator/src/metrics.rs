@@ -3,15 +3,12 @@
 
 use std::sync::Arc;
 
-use bootstrap::metrics::{LATENCY_BUCKETS, Metrics, PermitsInUse};
+use bootstrap::metrics::{LATENCY_BUCKETS, Label, Metrics, PermitsInUse};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use schemas::code::ErrorCode;
 use tokio::sync::Semaphore;
-
-/// A label set of one `(name, value)` pair.
-type Label = [(&'static str, &'static str); 1];
 
 /// The moderator's metrics; cheap to clone.
 #[derive(Clone, Debug)]
