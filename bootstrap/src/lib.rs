@@ -2,7 +2,8 @@
 //!
 //! * [`config`]: layered configuration (defaults < TOML file < `CAVLO_…` env).
 //! * [`telemetry`]: tracing, human-readable or JSON.
-//! * [`nats`]: the NATS connection settings and connect call.
+//! * [`nats`]: the NATS connection settings and connect call, and
+//!   registration with the NATS services API.
 //! * [`health`]: `/health`, `/ready` and `/metrics` endpoints.
 //! * [`metrics`]: the Prometheus registry every service records into.
 //! * [`liveness`]: which gateways and moderators are alive, from their heartbeats.

@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use async_nats::service::endpoint::Endpoint;
+use async_nats::service::{Service, ServiceExt};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Secret;
@@ -76,6 +78,45 @@ pub async fn round_trip(client: &async_nats::Client) -> Result<(), RoundTripErro
         Err(err) => Err(err.into()),
         Ok(_) => Ok(()),
     }
+}
+
+/// Registering with the NATS services API failed.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot register with the NATS services API: {0}")]
+pub struct ServiceError(#[source] async_nats::Error);
+
+/// Registers this process with the NATS services API as an instance of
+/// `name`, whose endpoints share `queue_group`: `nats micro`-style tools
+/// then list each instance, and `$SRV.STATS` counts the requests each
+/// endpoint answered.
+pub async fn register_service(
+    client: &async_nats::Client,
+    name: &str,
+    description: &str,
+    queue_group: &str,
+) -> Result<Service, ServiceError> {
+    client
+        .service_builder()
+        .description(description)
+        .queue_group(queue_group)
+        .start(name, env!("CARGO_PKG_VERSION"))
+        .await
+        .map_err(ServiceError)
+}
+
+/// Adds endpoint `name` on `subject` to `service`; its requests arrive on
+/// the returned stream.
+pub async fn add_endpoint(
+    service: &Service,
+    name: &str,
+    subject: impl ToString,
+) -> Result<Endpoint, ServiceError> {
+    service
+        .endpoint_builder()
+        .name(name)
+        .add(subject)
+        .await
+        .map_err(ServiceError)
 }
 
 /// How many times a service tries a JetStream setup step at start-up.

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use async_nats::Client;
 use async_nats::service::endpoint::Endpoint;
-use async_nats::service::{Request, Service, ServiceExt};
+use async_nats::service::{Request, Service};
 use futures_util::StreamExt;
 use schemas::event::{self, BacklogReply, BacklogRequest};
 use schemas::id::Seq;
@@ -43,8 +43,8 @@ pub enum RunError {
     #[error(transparent)]
     RoundTrip(#[from] bootstrap::nats::RoundTripError),
     /// Registering with the NATS services API failed.
-    #[error("cannot register the service: {0}")]
-    Service(String),
+    #[error(transparent)]
+    Service(#[from] bootstrap::nats::ServiceError),
 }
 
 /// History's name in the NATS services API (`$SRV.PING.cavlo-history`, …).
@@ -82,20 +82,15 @@ pub async fn start(
     bootstrap::nats::set_up("creating the chat stream", || stream::ensure(&js, &config)).await?;
     // Queries arrive through the NATS services API, so `nats micro`-style
     // tools list each instance with its stats.
-    let service_error = |err: async_nats::Error| RunError::Service(err.to_string());
-    let service = client
-        .service_builder()
-        .description("cavlo history: the chat stream and backlog queries")
-        .queue_group(subject::HISTORY_QUEUE)
-        .start(SERVICE_NAME, env!("CARGO_PKG_VERSION"))
-        .await
-        .map_err(service_error)?;
-    let queries = service
-        .endpoint_builder()
-        .name("backlog")
-        .add(subject::HISTORY_BACKLOG)
-        .await
-        .map_err(service_error)?;
+    let service = bootstrap::nats::register_service(
+        &client,
+        SERVICE_NAME,
+        "cavlo history: the chat stream and backlog queries",
+        subject::HISTORY_QUEUE,
+    )
+    .await?;
+    let queries =
+        bootstrap::nats::add_endpoint(&service, "backlog", subject::HISTORY_BACKLOG).await?;
     bootstrap::nats::round_trip(&client).await?;
     tracing::info!(backlog_size = config.backlog_size, "history ready");
     let max_concurrent = config.max_concurrent_queries.max(1);

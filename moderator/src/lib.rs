@@ -42,8 +42,8 @@ pub mod writers;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
+use async_nats::service::Service;
 use async_nats::service::endpoint::Endpoint;
-use async_nats::service::{Service, ServiceExt};
 use async_nats::{Client, Subscriber};
 use bootstrap::liveness::Liveness;
 use futures_util::StreamExt;
@@ -79,8 +79,8 @@ pub enum RunError {
     #[error(transparent)]
     RoundTrip(#[from] bootstrap::nats::RoundTripError),
     /// Registering with the NATS services API failed.
-    #[error("cannot register the service: {0}")]
-    Service(String),
+    #[error(transparent)]
+    Service(#[from] bootstrap::nats::ServiceError),
 }
 
 /// The moderators' name in the NATS services API (`$SRV.PING.cavlo-moderator`, …).
@@ -138,30 +138,19 @@ pub async fn start(
     };
     // Requests arrive through the NATS services API, so `nats micro`-style
     // tools list each moderator with its endpoints' stats.
-    let service_error = |err: async_nats::Error| RunError::Service(err.to_string());
-    let service = client
-        .service_builder()
-        .description(
-            "cavlo moderator: checks, rate limits and sanitizes client events, stores chat",
-        )
-        .queue_group(subject::MODERATOR_QUEUE)
-        .start(SERVICE_NAME, env!("CARGO_PKG_VERSION"))
-        .await
-        .map_err(service_error)?;
-    let any = service
-        .endpoint_builder()
-        .name("moderate")
-        .add(subject::MODERATE)
-        .await
-        .map_err(service_error)?;
+    let service = bootstrap::nats::register_service(
+        &client,
+        SERVICE_NAME,
+        "cavlo moderator: checks, rate limits and sanitizes client events, stores chat",
+        subject::MODERATOR_QUEUE,
+    )
+    .await?;
+    let any = bootstrap::nats::add_endpoint(&service, "moderate", subject::MODERATE).await?;
     // Only this moderator listens on its direct subject: the queue group
     // changes nothing there.
-    let direct = service
-        .endpoint_builder()
-        .name("direct")
-        .add(subject::moderate_direct(&moderator.id))
-        .await
-        .map_err(service_error)?;
+    let direct =
+        bootstrap::nats::add_endpoint(&service, "direct", subject::moderate_direct(&moderator.id))
+            .await?;
     let heartbeats = client.subscribe(subject::GATEWAY_HEARTBEAT).await?;
     bootstrap::nats::round_trip(&client).await?;
     tracing::info!(moderator = %moderator.id, "moderator ready");
