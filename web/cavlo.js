@@ -196,17 +196,25 @@ export class CavloClient extends EventTarget {
     this.#session += 1;
     this.#timers.clearTimeout(this.#retryTimer);
     this.#retryTimer = null;
+    for (const timer of this.#resendTimers) this.#timers.clearTimeout(timer);
+    this.#resendTimers.clear();
+    this.#detach()?.close(1000);
+    this.#setState("closed");
+  }
+
+  /**
+   * Forgets the current socket, if any, and the timers that belong to it
+   * (token refresh, move), and returns it. Cleared first, so that a close
+   * event of that socket is not taken for a drop.
+   */
+  #detach() {
+    const ws = this.#ws;
+    this.#ws = null;
     this.#timers.clearTimeout(this.#refreshTimer);
     this.#refreshTimer = null;
     this.#timers.clearTimeout(this.#moveTimer);
     this.#moveTimer = null;
-    for (const timer of this.#resendTimers) this.#timers.clearTimeout(timer);
-    this.#resendTimers.clear();
-    const ws = this.#ws;
-    // Cleared first, so that this socket's close event is not taken for a drop.
-    this.#ws = null;
-    if (ws) ws.close(1000);
-    this.#setState("closed");
+    return ws;
   }
 
   /** Joins a room; after a reconnect the SDK rejoins it by itself. */
@@ -295,11 +303,7 @@ export class CavloClient extends EventTarget {
 
   #closed(ws, { code, reason }) {
     if (this.#ws !== ws) return;
-    this.#ws = null;
-    this.#timers.clearTimeout(this.#refreshTimer);
-    this.#refreshTimer = null;
-    this.#timers.clearTimeout(this.#moveTimer);
-    this.#moveTimer = null;
+    this.#detach();
     this.#setState("closed");
     // A refused token may only be stale (the provider rotated its keys, or
     // it expired while the tab slept): with a token function, get a fresh
@@ -368,11 +372,7 @@ export class CavloClient extends EventTarget {
     this.#moveTimer = this.#timers.setTimeout(() => {
       this.#moveTimer = null;
       if (this.#ws !== ws || this.#stopped) return;
-      // Cleared first, so that this socket's close event is not taken for a drop.
-      this.#ws = null;
-      this.#timers.clearTimeout(this.#refreshTimer);
-      this.#refreshTimer = null;
-      ws.close(1000);
+      this.#detach().close(1000);
       this.#urlIndex += 1;
       this.#open();
     }, Math.max(0, Number(delayMs) || 0));
