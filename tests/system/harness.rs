@@ -137,10 +137,11 @@ pub struct Nats {
 
 /// The users of `docker/nats/nats.conf`, with the passwords the tests give
 /// them (compose's come from `.env`).
-pub const NATS_USERS: [(&str, &str); 3] = [
+pub const NATS_USERS: [(&str, &str); 4] = [
     ("gateway", "gatewaytestpass"),
     ("moderator", "moderatortestpass"),
     ("history", "historytestpass"),
+    ("archiver", "archivertestpass"),
 ];
 
 /// The in-container port of the NATS monitoring endpoint.

@@ -1,5 +1,6 @@
 //! End-to-end behaviour of a whole cavlo system against a real NATS.
 
+mod archiving;
 mod auth;
 mod chat;
 mod discovery;

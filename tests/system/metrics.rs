@@ -11,7 +11,7 @@ use crate::harness::{Client, FRAME_TIMEOUT, Options, System, assert_code, room};
 
 /// The value of series `series` (name and labels exactly as encoded) in
 /// OpenMetrics text, if present.
-fn sample(text: &str, series: &str) -> Option<f64> {
+pub fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines().find_map(|line| {
         let value = line.strip_prefix(series)?.strip_prefix(' ')?;
         value.split(' ').next()?.parse().ok()
