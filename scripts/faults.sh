@@ -15,10 +15,20 @@
 #
 # FAULTs (default: all but none): none (the load alone), kill-gateway
 # kill-moderator kill-nats-leader kill-nats-follower restart-nats
-# stop-gateway cut-gateway cut-nats slow-consumer, and rolling-restart
-# (not in the default list: gateways, moderators and history stopped and
-# started one at a time, each waiting for the last to be healthy; gateways
-# drain). slow-consumer makes
+# stop-gateway cut-gateway cut-nats slow-consumer; and, not in the default
+# list, the two operations runs:
+#   rolling-restart  gateways, moderators, history and each NATS node
+#                    stopped and started one at a time, each waiting for
+#                    the last to be healthy; gateways drain.
+#   scale            scales out under load (two more moderators, a second
+#                    history, an extra gateway, and the archiver started
+#                    live), brings a second wave of clients, then scales
+#                    back in (the extra gateway drains). Prints each
+#                    instance's share of the work from its /metrics, fails
+#                    if one took less than a quarter of an even share,
+#                    and checks the archive: every stored message once, in
+#                    order. Its load runs longer (scale_duration).
+# slow-consumer makes
 # chats larger (3,000 bytes) and one client stops reading for 20 s: only it
 # may be closed (4100), and it resumes with `since`; it needs the full 40 s
 # of load. Each run also
@@ -39,9 +49,14 @@ cd "$root"
 # heals just as sending stops, and a healed NATS node forces new elections
 # (its term ran ahead while it was alone), so clients need time after that.
 duration=40 outage=20 cut=30 warmup=10 drain=30
+# scale: how long the second wave sends, and how long the main load sends,
+# which must outlast scaling out, the wave and scaling back in. The load
+# of a rolling restart sends until every service has restarted.
+wave=20 scale_duration=75 restart_duration=110
 if [ "${1:-}" = "--short" ]; then
   shift
   duration=15 outage=8 cut=10 warmup=4 drain=15
+  wave=10 scale_duration=50 restart_duration=95
 fi
 faults=("$@")
 [ "${#faults[@]}" -gt 0 ] || faults=(kill-gateway kill-moderator kill-nats-leader
@@ -52,6 +67,7 @@ faults=("$@")
 export COMPOSE_FILE=compose.yaml:compose.cluster.yaml
 export COMPOSE_PROJECT_NAME=cavlo-faults
 export CAVLO_GATEWAY_1_PORT=18080 CAVLO_GATEWAY_2_PORT=18081 CAVLO_NATS_PORT=14222
+export CAVLO_GATEWAY_EXTRA_PORTS=18082-18089
 mkdir -p target/compose
 export CAVLO_ENV_FILE="$root/target/compose/faults.env"
 scripts/new-env.sh "$CAVLO_ENV_FILE"
@@ -72,6 +88,9 @@ trap teardown EXIT
 
 scripts/up.sh >/dev/null
 set -a; . "$CAVLO_ENV_FILE"; set +a
+# The services started only by the scale run: known to compose from here
+# on (so that it can scale, find and take them down), but not started.
+export COMPOSE_PROFILES=scale-out,archiver
 network="${COMPOSE_PROJECT_NAME}_default"
 container() { compose ps -q "$1"; }
 gateways=(--gateway "ws://127.0.0.1:$CAVLO_GATEWAY_1_PORT/ws" --gateway "ws://127.0.0.1:$CAVLO_GATEWAY_2_PORT/ws")
@@ -89,6 +108,113 @@ print(next(s["cluster"]["leader"] for a in d.get("account_details",[]) for s in 
 peak_rss() { docker exec -u cavlo "$(container "$1")" awk '/^VmHWM:/ { print $2 }' /proc/1/status || true; }
 reset_peak_rss() { docker exec -u cavlo "$(container "$1")" sh -c 'echo 5 >/proc/1/clear_refs' || true; }
 follower() { for node in nats nats-2 nats-3; do [ "$node" = "$1" ] || { echo "$node"; return; }; done; }
+# Waits until every container of service $1 reports healthy.
+healthy() {
+  for id in $(container "$1"); do
+    until [ "$(docker inspect -f '{{.State.Health.Status}}' "$id")" = healthy ]; do sleep 0.5; done
+  done
+}
+# One line per container of service $1: its name and the value of series
+# $2 in its /metrics (0 if absent), read over the private network.
+sample() {
+  for id in $(container "$1"); do
+    ip="$(docker inspect -f "{{(index .NetworkSettings.Networks \"$network\").IPAddress}}" "$id")"
+    value="$(curl -sf --max-time 2 "http://$ip:9090/metrics" | awk -v series="$2" '$1 == series { print $2 }')"
+    echo "$(docker inspect -f '{{.Name}}' "$id" | tr -d /) ${value:-0}"
+  done
+}
+# The stored-chat counter of every moderator instance, as sample does.
+chats_stored() {
+  for service in moderator-1 moderator-2; do sample "$service" 'cavlo_moderator_requests_total{action="chat"}'; done
+}
+# Prints each instance's share of what a series grew by between two sample
+# files ($2 before, $3 after; $1 says what it counts), and fails if any
+# instance took less than a quarter of an even share. Rooms go to
+# moderators by rendezvous hashing, so their shares vary by a few rooms;
+# a quarter still catches an instance left out.
+share() {
+  python3 - "$@" <<'EOF'
+import sys
+def read(path):
+    return {name: float(value) for name, value in (line.split() for line in open(path) if line.strip())}
+what, before, after = sys.argv[1], read(sys.argv[2]), read(sys.argv[3])
+grew = {name: value - before.get(name, 0) for name, value in after.items()}
+total = sum(grew.values()) or 1
+even = 1 / len(grew)
+print(f"  {what}: " + ", ".join(f"{name} {int(d)} ({d / total:.0%})" for name, d in sorted(grew.items())))
+short = [name for name, d in grew.items() if d / total < even / 4]
+if short:
+    sys.exit(f"  {what}: less than a quarter of an even share ({even:.0%}): {', '.join(short)}")
+EOF
+}
+# Scale out under load, a second wave of clients, scale back in (see the
+# top). The extra gateway takes a third of the wave's connections;
+# draining it sends them to the others, and their rejoins are the backlog
+# queries the two history instances share.
+scale() {
+  local dir wave_report extra wave_load
+  dir="$(mktemp -d)" wave_report="$(mktemp)"
+  compose up -d --no-recreate --no-deps --scale moderator-1=3 --scale history=2 \
+    --scale gateway-extra=1 moderator-1 history gateway-extra archiver >/dev/null 2>&1
+  for service in moderator-1 history gateway-extra archiver; do healthy "$service"; done
+  # Every gateway hears the new moderators within a heartbeat (3 s).
+  sleep 4
+  extra="ws://127.0.0.1:$(compose port gateway-extra 8080 | cut -d: -f2)/ws"
+  chats_stored >"$dir/chat.0"
+  for gateway in gateway-1 gateway-2 gateway-extra; do sample "$gateway" cavlo_gateway_authenticated_total; done >"$dir/auth.0"
+  target/release/loadgen --json fanout --resume "${gateways[@]}" --gateway "$extra" --rooms 30 --clients 10 \
+    --rate 300 --duration "$wave" --drain "$drain" >"$wave_report" 2>"$dir/wave.log" &
+  wave_load=$!
+  sleep "$((wave - 2))"
+  chats_stored >"$dir/chat.1"
+  for gateway in gateway-1 gateway-2 gateway-extra; do sample "$gateway" cavlo_gateway_authenticated_total; done >"$dir/auth.1"
+  sample history 'cavlo_history_queries_total{outcome="answered"}' >"$dir/history.0"
+  # Scale in: the extra gateway drains, and its clients rejoin elsewhere.
+  compose up -d --no-recreate --no-deps --scale gateway-extra=0 gateway-extra >/dev/null 2>&1
+  sample history 'cavlo_history_queries_total{outcome="answered"}' >"$dir/history.1"
+  compose up -d --no-recreate --no-deps --scale moderator-1=1 --scale history=1 moderator-1 history >/dev/null 2>&1
+  share "moderators, chats stored" "$dir/chat.0" "$dir/chat.1" || scale_failed=1
+  share "gateways, new connections" "$dir/auth.0" "$dir/auth.1" || scale_failed=1
+  share "history, backlog queries answered" "$dir/history.0" "$dir/history.1" || scale_failed=1
+  wait "$wave_load" || { scale_failed=1; grep -a 'fanout:' "$dir/wave.log" | tail -1; }
+  python3 - "$wave_report" <<'EOF' || scale_failed=1
+import json, sys
+r = json.load(open(sys.argv[1]))
+c = r["correctness"]
+print(f'  second wave: {r["acked"]} acked; lost {c["lost"]}, duplicated {c["duplicated"]}, '
+      f'out of order {c["reordered"]}, live gaps {c["live_gaps"]}, unacked {r["unacked"]}; {r["reconnects"]} reconnects')
+sys.exit(0 if c["lost"] == c["duplicated"] == c["reordered"] == c["live_gaps"] == r["unacked"] == 0 else 1)
+EOF
+  rm -rf "$dir" "$wave_report"
+}
+# After a scale run: once the archiver has read everything, its files hold
+# every stored message once, in order, with no gap (the backlog outlasts
+# the run, so it loses nothing).
+check_archive() {
+  local dir stored gaps
+  dir="$(mktemp -d)"
+  until [ "$(sample archiver cavlo_archiver_pending | awk '{ print $2 }')" = 0 ]; do sleep 1; done
+  docker cp -q "$(container archiver):/var/lib/cavlo/archive" "$dir"
+  stored="$(docker exec "$(container nats)" wget -qO- 'http://127.0.0.1:8222/jsz?streams=true' |
+    python3 -c 'import json,sys
+d=json.load(sys.stdin)
+print(next(s["state"]["messages"] for a in d.get("account_details",[]) for s in a.get("stream_detail",[]) if s["name"]=="CAVLO_CHAT"))')"
+  gaps="$(sample archiver cavlo_archiver_gaps_total | awk '{ print $2 }')"
+  python3 - "$dir/archive" "$stored" "$gaps" <<'EOF'
+import json, os, sys
+root, stored, gaps = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+lines = broken = 0
+rooms = os.listdir(root)
+for name in rooms:
+    seqs = [json.loads(line)["seq"] for line in open(os.path.join(root, name))]
+    lines += len(seqs)
+    broken += any(b != a + 1 for a, b in zip(seqs, seqs[1:]))
+print(f"  archive: {lines} messages in {len(rooms)} rooms (the stream holds {stored}); "
+      f"rooms out of sequence {broken}, gaps {int(gaps)}")
+sys.exit(0 if lines == stored and broken == 0 and gaps == 0 else 1)
+EOF
+  rm -rf "$dir"
+}
 
 inject() {
   case "$1" in
@@ -104,20 +230,26 @@ inject() {
     cut-gateway) docker network disconnect "$network" "$(container gateway-1)"; sleep "$cut"; docker network connect "$network" "$(container gateway-1)" ;;
     cut-nats) docker network disconnect "$network" "$(container nats-3)"; sleep "$cut"; docker network connect "$network" "$(container nats-3)" ;;
     rolling-restart)
-      for service in gateway-1 gateway-2 moderator-1 moderator-2 history; do
+      local took=()
+      for service in gateway-1 gateway-2 moderator-1 moderator-2 history nats-3 nats-2 nats; do
+        local start=$SECONDS
         # As an orchestrator does: SIGTERM with room for the drain, then
-        # the next one only once this one is healthy again.
+        # the next one only once this one is healthy again (for a NATS
+        # node, /healthz: its streams have caught up with the others).
         docker stop -t 35 "$(container "$service")" >/dev/null
         docker start "$(container "$service")" >/dev/null
-        until [ "$(docker inspect -f '{{.State.Health.Status}}' "$(container "$service")")" = healthy ]; do sleep 0.5; done
-      done ;;
+        healthy "$service"
+        took+=("$service $((SECONDS - start)) s")
+      done
+      echo "  (restarted, each until healthy: $(IFS=,; echo "${took[*]}" | sed 's/,/, /g'))" ;;
+    scale) scale ;;
     none | slow-consumer) ;;
     *) echo "unknown fault $1" >&2; return 2 ;;
   esac
 }
 
 printf '%-19s %6s %6s %6s %5s %7s %10s %7s %9s %10s %8s  %s\n' fault lost dup order gaps unacked reconnects peak/s truncated silence_ms gw_rss_mb "errors; closes"
-failed=0
+failed=0 scale_failed=
 for fault in "${faults[@]}"; do
   [ -n "$fault" ] || continue
   scripts/wait-ready.sh "$CAVLO_GATEWAY_1_PORT" "$CAVLO_GATEWAY_2_PORT"
@@ -135,8 +267,13 @@ for fault in "${faults[@]}"; do
     shape+=(--size 3000 --slow 1 --slow-pause 20 --slow-gateway "ws://$direct:8080/ws")
   fi
   for gateway in gateway-1 gateway-2; do reset_peak_rss "$gateway"; done
+  case "$fault" in
+    scale) length="$scale_duration" ;;
+    rolling-restart) length="$restart_duration" ;;
+    *) length="$duration" ;;
+  esac
   target/release/loadgen --json fanout --resume "${gateways[@]}" --rooms 100 --clients 10 "${shape[@]}" \
-    --duration "$duration" --drain "$drain" >"$report" 2>"$log" &
+    --duration "$length" --drain "$drain" >"$report" 2>"$log" &
   load=$!
   sleep "$warmup"
   inject "$fault"
@@ -158,6 +295,10 @@ sys.exit(0 if c["lost"] == c["duplicated"] == c["reordered"] == c["live_gaps"] =
 EOF
   # The load generator's own verdict, when it failed (it says why last).
   grep -a 'fanout:' "$log" | tail -1 || true
+  if [ "$fault" = scale ]; then
+    check_archive || failed=1
+    [ -z "$scale_failed" ] || failed=1
+  fi
   rm -f "$report" "$log"
 done
 exit "$failed"

@@ -23,8 +23,10 @@ COMPOSE_FILE=compose.yaml:compose.cluster.yaml scripts/compose-smoke.sh
 scripts/browser-test.sh
 # The short fault suite: the cluster deployment under load while a gateway,
 # a moderator, the stream's NATS leader or another node is killed, the
-# whole NATS cluster restarts, or a gateway is stopped. Nothing acked may be
-# lost, duplicated or reordered, and every message must be acked. The full
-# suite is `scripts/faults.sh` (docs/reliability.md).
+# whole NATS cluster restarts, or a gateway is stopped; then the operations
+# runs: a rolling restart of every service and NATS node, and scaling out
+# and in (with the archiver started live). Nothing acked may be lost,
+# duplicated or reordered, and every message must be acked. The full suite
+# is `scripts/faults.sh` (docs/reliability.md, docs/operations.md).
 scripts/faults.sh --short kill-gateway kill-moderator kill-nats-leader kill-nats-follower \
-  restart-nats stop-gateway
+  restart-nats stop-gateway rolling-restart scale
