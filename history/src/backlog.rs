@@ -72,8 +72,11 @@ impl Stored {
     }
 }
 
-/// Every retained message of `room`, oldest first, read with one batched
-/// direct get (at most `max` messages: the stream keeps no more per room).
+/// The retained messages of `room` from stream sequence `from` on, oldest
+/// first, read with one batched direct get (at most `max` messages: the
+/// stream keeps no more per room). From 1, that is all of them;
+/// [`read_from`] says where to start for a query that needs only the last
+/// few.
 ///
 /// A direct get is answered by any replica without creating anything on
 /// the server; a consumer per query, as before, is a cluster-wide operation
@@ -82,6 +85,7 @@ impl Stored {
 pub async fn read_room(
     client: &async_nats::Client,
     room: &RoomId,
+    from: u64,
     max: usize,
     timeout: Duration,
 ) -> Result<Vec<Stored>, ReadError> {
@@ -91,7 +95,7 @@ pub async fn read_room(
         .await
         .map_err(|_| ReadError::TimedOut(timeout))??;
     let request = serde_json::json!({
-        "seq": 1,
+        "seq": from.max(1),
         "next_by_subj": subject::chat_store(room),
         "batch": max,
     });
@@ -130,6 +134,67 @@ pub async fn read_room(
     Ok(messages)
 }
 
+/// A room's last stored message, as the stream's leader knows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tail {
+    /// Its room seq.
+    pub seq: Seq,
+    /// Its stream sequence.
+    pub stream_seq: u64,
+    /// How many stream sequences lie between it and the room's message
+    /// before it (other rooms' messages in between, plus one); 0 when it
+    /// is the room's first. How densely the room sits in the stream.
+    pub spacing: u64,
+}
+
+/// Where in the stream to start reading a room whose tail is `tail`, to
+/// get at least its last `wanted` messages, with a margin: rooms interleave
+/// in the stream, so its messages are `tail.spacing` apart on average if
+/// its rate held. Starting from 1 reads the whole retained room, which for
+/// a resume a few messages back can be thousands of messages: a gateway's
+/// clients all rejoining at once then swamp history. If the estimate falls
+/// short, [`covers`] says so and the read starts further back.
+pub fn read_from(tail: Option<Tail>, wanted: u64) -> u64 {
+    match tail {
+        Some(tail) if tail.spacing > 0 => tail
+            .stream_seq
+            .saturating_sub(
+                wanted
+                    .saturating_add(1)
+                    .saturating_mul(tail.spacing)
+                    .saturating_mul(2),
+            )
+            .max(1),
+        _ => 1,
+    }
+}
+
+/// Where to start reading again when a read from `from` fell short: four
+/// times as far back from the tail.
+pub fn further_back(tail: Tail, from: u64) -> u64 {
+    tail.stream_seq
+        .saturating_sub(tail.stream_seq.saturating_sub(from).saturating_mul(4))
+        .max(1)
+}
+
+/// Whether `retained`, read from part-way into the room, holds all a
+/// query needs: the message right after `since` (or one before it), or
+/// `wanted` messages without `since`; or the room's first message, before
+/// which there is nothing to read.
+pub fn covers(retained: &[Stored], since: Option<Seq>, wanted: u64) -> bool {
+    let Some(first) = retained.first() else {
+        return false;
+    };
+    if first.prev == Some(Seq(0)) {
+        return true;
+    }
+    let last = retained.last().map_or(Seq(0), |m| m.chat.seq);
+    match since {
+        Some(since) if since < last => first.chat.seq <= since.next(),
+        _ => retained.len() as u64 >= wanted,
+    }
+}
+
 /// Whether a read lacks messages the stream has. `leader_tail` is the
 /// room's last seq as the stream's leader knows it: a read that does not
 /// reach it came from a replica that is behind (by a few ms, or by a
@@ -147,13 +212,12 @@ pub fn is_behind(
     }
 }
 
-/// The seq of `room`'s last stored message as the stream's leader knows it
-/// (`None`: the room has none). A leader read, unlike a direct get, is never
-/// behind.
+/// `room`'s last stored message as the stream's leader knows it (`None`:
+/// the room has none). A leader read, unlike a direct get, is never behind.
 pub async fn leader_tail(
     js: &async_nats::jetstream::Context,
     room: &RoomId,
-) -> Result<Option<Seq>, ReadError> {
+) -> Result<Option<Tail>, ReadError> {
     use async_nats::jetstream::stream::LastRawMessageErrorKind;
     let stream = js
         .get_stream_no_info(subject::CHAT_STREAM)
@@ -163,7 +227,24 @@ pub async fn leader_tail(
         .get_last_raw_message_by_subject(&subject::chat_store(room))
         .await
     {
-        Ok(last) => Ok(Some(event::decode::<ChatMessage>(&last.payload)?.seq)),
+        Ok(last) => {
+            // The moderator stores each message expecting the room's
+            // previous one at this stream sequence (0 for its first).
+            let previous = last
+                .headers
+                .get(async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE)
+                .and_then(|value| value.as_str().parse::<u64>().ok())
+                .unwrap_or(0);
+            Ok(Some(Tail {
+                seq: event::decode::<ChatMessage>(&last.payload)?.seq,
+                stream_seq: last.sequence,
+                spacing: if previous == 0 {
+                    0
+                } else {
+                    last.sequence.saturating_sub(previous)
+                },
+            }))
+        }
         Err(err) if err.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
         Err(err) => Err(err.into()),
     }
@@ -237,6 +318,44 @@ mod tests {
             prev: Some(Seq(seq - 1)),
         })
         .collect()
+    }
+
+    #[test]
+    fn a_read_starts_near_the_tail_by_the_room_s_spacing() {
+        let tail = Tail {
+            seq: Seq(300),
+            stream_seq: 600,
+            spacing: 2,
+        };
+        // 3 wanted, 2 apart, twice over: 16 stream sequences back.
+        assert_eq!(read_from(Some(tail), 3), 584);
+        assert_eq!(read_from(Some(tail), 1_000), 1, "never before the stream");
+        let first = Tail { spacing: 0, ..tail };
+        assert_eq!(read_from(Some(first), 3), 1, "spacing unknown: all of it");
+        assert_eq!(read_from(None, 3), 1, "no word from the leader: all of it");
+        assert_eq!(further_back(tail, 584), 536);
+        assert_eq!(further_back(tail, 200), 1);
+    }
+
+    #[test]
+    fn a_partial_read_covers_a_query_only_with_what_it_needs() {
+        let read = messages(290..=300);
+        // since 295 needs 296 on: present, and 289 or later reached.
+        assert!(covers(&read, Some(Seq(295)), 5));
+        assert!(covers(&read, Some(Seq(289)), 11));
+        assert!(!covers(&read, Some(Seq(288)), 12), "289 may be missing");
+        // Without since: as many as wanted.
+        assert!(covers(&read, None, 11));
+        assert!(!covers(&read, None, 12));
+        // A `since` at or past the end asks for the last `limit`.
+        assert!(covers(&read, Some(Seq(300)), 5));
+        assert!(!covers(&read, Some(Seq(400)), 50));
+        // The room's first message: nothing before it to read.
+        let mut from_start = messages(290..=300);
+        from_start[0].prev = Some(Seq(0));
+        assert!(covers(&from_start, Some(Seq(10)), 290));
+        assert!(covers(&from_start, None, 50));
+        assert!(!covers(&[], None, 1), "an empty read covers nothing");
     }
 
     fn chat(seq: u64) -> ChatMessage {

@@ -142,7 +142,7 @@ impl Running {
                         // hangs anywhere (a subscribe or publish while the
                         // client reconnects) must give its permit back, or
                         // enough of them stop history for good.
-                        let outcome = tokio::time::timeout(ANSWER_LIMIT, answer(&client, &js, backlog_size, msg))
+                        let outcome = tokio::time::timeout(ANSWER_LIMIT, answer(&client, &js, &metrics, backlog_size, msg))
                             .await
                             .unwrap_or_else(|_| {
                                 tracing::warn!("backlog query abandoned after {ANSWER_LIMIT:?}");
@@ -169,6 +169,7 @@ impl Running {
 async fn answer(
     client: &Client,
     js: &async_nats::jetstream::Context,
+    metrics: &HistoryMetrics,
     backlog_size: usize,
     query: Request,
 ) -> Outcome {
@@ -176,7 +177,7 @@ async fn answer(
         tracing::warn!("dropping a malformed backlog query");
         return Outcome::Malformed;
     };
-    let (reply, outcome) = match read_current(client, js, &request, backlog_size).await {
+    let (reply, outcome) = match read_current(client, js, metrics, &request, backlog_size).await {
         Ok(retained) => {
             let selected = backlog::select(retained, request.since, request.limit);
             let backlog = backlog::fit(selected, reply_budget(client));
@@ -197,7 +198,14 @@ async fn answer(
 /// none answered.
 const BEHIND_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// Reads the room's retained messages, as current as the stream's leader.
+/// Reads what a query needs of the room's retained messages, as current as
+/// the stream's leader.
+///
+/// The leader is asked first for the room's last message: where the room
+/// ends and how densely it sits in the stream tell where to start reading
+/// so that only about what the query needs is read ([`backlog::read_from`]),
+/// rather than the whole retained room; a read that falls short starts
+/// further back.
 ///
 /// A direct get is answered by whichever replica the server picks, and a
 /// replica back from a partition, or just a few ms behind, can lack the
@@ -205,33 +213,21 @@ const BEHIND_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
 /// room's next message revealed the gap; one whose `since` lay past the
 /// replica's end looked like a reset stream, and the client was sent its
 /// last messages again: the duplicates and reorderings of the 30 s
-/// partition in the fault suite. So the leader is asked for the room's last
-/// message alongside the read (one small leader read per query), and the
-/// read is repeated until it reaches it, within the read timeout (else the
-/// query fails and the client retries). If the leader does not answer (an
-/// election), the read is trusted unless it ends before `since`.
+/// partition in the fault suite. So the read is repeated until it reaches
+/// the leader's last message, within the read timeout (else the query fails
+/// and the client retries). If the leader does not answer (an election),
+/// the whole room is read, and trusted unless it ends before `since`.
 async fn read_current(
     client: &Client,
     js: &async_nats::jetstream::Context,
+    metrics: &HistoryMetrics,
     request: &BacklogRequest,
     backlog_size: usize,
 ) -> Result<Vec<backlog::Stored>, backlog::ReadError> {
     let deadline = tokio::time::Instant::now() + READ_TIMEOUT;
-    // While no replica answers direct gets (one catching up after a restart
-    // stops answering them), ask again until the deadline rather than fail
-    // the join at once.
-    let read = async || loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match backlog::read_room(client, &request.room, backlog_size, left).await {
-            Err(backlog::ReadError::NoResponders) if left > BEHIND_RETRY => {
-                tokio::time::sleep(BEHIND_RETRY).await;
-            }
-            read => return read,
-        }
-    };
-    let leader = tokio::time::timeout_at(deadline, backlog::leader_tail(js, &request.room));
-    let (retained, leader) = tokio::join!(read(), leader);
-    let leader = match leader {
+    let tail = match tokio::time::timeout_at(deadline, backlog::leader_tail(js, &request.room))
+        .await
+    {
         Ok(Ok(tail)) => Some(tail),
         Ok(Err(err)) => {
             tracing::debug!(cause = %err, room = %request.room, "no word from the leader; trusting the read");
@@ -239,16 +235,46 @@ async fn read_current(
         }
         Err(_) => None,
     };
-    let mut retained = retained?;
-    while backlog::is_behind(&retained, leader, request.since) {
-        if tokio::time::Instant::now() + BEHIND_RETRY >= deadline {
-            let behind = leader.flatten().or(request.since).unwrap_or(Seq(0));
-            return Err(backlog::ReadError::Behind(behind));
+    // While no replica answers direct gets (one catching up after a restart
+    // stops answering them), ask again until the deadline rather than fail
+    // the join at once.
+    let read = async |from: u64| loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match backlog::read_room(client, &request.room, from, backlog_size, left).await {
+            Err(backlog::ReadError::NoResponders) if left > BEHIND_RETRY => {
+                tokio::time::sleep(BEHIND_RETRY).await;
+            }
+            read => {
+                if let Ok(messages) = &read {
+                    metrics.read.inc_by(messages.len() as u64);
+                }
+                return read;
+            }
         }
-        tokio::time::sleep(BEHIND_RETRY).await;
-        retained = read().await?;
+    };
+    let last = tail.map(|tail| tail.map(|tail| tail.seq));
+    let wanted = match (request.since, last.flatten()) {
+        (Some(since), Some(last)) if since < last => last.0 - since.0,
+        _ => request.limit as u64,
+    };
+    let mut from = backlog::read_from(tail.flatten(), wanted);
+    loop {
+        let mut retained = read(from).await?;
+        while backlog::is_behind(&retained, last, request.since) {
+            if tokio::time::Instant::now() + BEHIND_RETRY >= deadline {
+                let behind = last.flatten().or(request.since).unwrap_or(Seq(0));
+                return Err(backlog::ReadError::Behind(behind));
+            }
+            tokio::time::sleep(BEHIND_RETRY).await;
+            retained = read(from).await?;
+        }
+        match tail.flatten() {
+            Some(tail) if from > 1 && !backlog::covers(&retained, request.since, wanted) => {
+                from = backlog::further_back(tail, from);
+            }
+            _ => return Ok(retained),
+        }
     }
-    Ok(retained)
 }
 
 /// Bytes a reply may take: the server's payload limit less room for headers.

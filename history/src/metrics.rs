@@ -37,6 +37,9 @@ impl Outcome {
 #[derive(Clone, Debug)]
 pub struct HistoryMetrics {
     queries: Family<Label, Counter>,
+    /// Stored messages read from the stream to answer queries: what a
+    /// query costs, which should follow what it asked for, not the backlog.
+    pub read: Counter,
     /// From a query's arrival to its answer going out.
     pub query: Histogram,
 }
@@ -47,6 +50,7 @@ impl HistoryMetrics {
     pub fn register(metrics: &Metrics, permits: Arc<Semaphore>, max_concurrent: usize) -> Self {
         let this = Self {
             queries: Family::default(),
+            read: Counter::default(),
             query: Histogram::new(LATENCY_BUCKETS),
         };
         metrics.register("history", |registry| {
@@ -54,6 +58,11 @@ impl HistoryMetrics {
                 "queries",
                 "Backlog queries, by outcome",
                 this.queries.clone(),
+            );
+            registry.register(
+                "read_messages",
+                "Stored messages read from the chat stream to answer backlog queries",
+                this.read.clone(),
             );
             registry.register(
                 "query_seconds",
