@@ -4,7 +4,7 @@
 # including the NATS permission check, then short runs of the load modes
 # (which fail on any lost, duplicated or reordered message or any message
 # not acked), checks that Prometheus (the monitoring profile) has a sample
-# of every service, and always takes everything down again (volumes
+# of every service, the archiver (its profile) included, and always takes everything down again (volumes
 # included).
 # It runs as its own compose project, with its own settings file and ports,
 # so it never touches a deployment started with scripts/up.sh.
@@ -14,7 +14,7 @@ cd "$root"
 
 export COMPOSE_PROJECT_NAME=cavlo-smoke
 export CAVLO_GATEWAY_1_PORT=28080 CAVLO_GATEWAY_2_PORT=28081 CAVLO_NATS_PORT=24222
-export CAVLO_PROMETHEUS_PORT=29091 COMPOSE_PROFILES=monitoring
+export CAVLO_PROMETHEUS_PORT=29091 COMPOSE_PROFILES=monitoring,archiver
 mkdir -p target/compose
 export CAVLO_ENV_FILE="$root/target/compose/smoke.env"
 scripts/new-env.sh "$CAVLO_ENV_FILE"

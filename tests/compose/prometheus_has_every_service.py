@@ -1,6 +1,7 @@
 """Checks that the compose deployment's Prometheus has scraped every cavlo
 service: a `cavlo_nats_connected` sample equal to 1 from both gateways,
-both moderators and history, and a service-specific metric from each job.
+both moderators, history and the archiver, and a service-specific metric
+from each job.
 
     python3 prometheus_has_every_service.py http://127.0.0.1:9091
 
@@ -19,6 +20,7 @@ EXPECTED = {
     "gateway": (2, "cavlo_gateway_connections"),
     "moderator": (2, "cavlo_moderator_requests_in_flight"),
     "history": (1, "cavlo_history_queries_in_flight"),
+    "archiver": (1, "cavlo_archiver_pending"),
 }
 
 
