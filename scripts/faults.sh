@@ -162,8 +162,10 @@ scale() {
   extra="ws://127.0.0.1:$(compose port gateway-extra 8080 | cut -d: -f2)/ws"
   chats_stored >"$dir/chat.0"
   for gateway in gateway-1 gateway-2 gateway-extra; do sample "$gateway" cavlo_gateway_authenticated_total; done >"$dir/auth.0"
+  # It sends on through scaling in, so the extra gateway's clients move
+  # (and rejoin) while it still runs.
   target/release/loadgen --json fanout --resume "${gateways[@]}" --gateway "$extra" --rooms 30 --clients 10 \
-    --rate 300 --duration "$wave" --drain "$drain" >"$wave_report" 2>"$dir/wave.log" &
+    --rate 300 --duration "$((2 * wave))" --drain "$drain" >"$wave_report" 2>"$dir/wave.log" &
   wave_load=$!
   sleep "$((wave - 2))"
   chats_stored >"$dir/chat.1"
