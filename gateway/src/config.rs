@@ -140,6 +140,8 @@ pub struct GatewayConfig {
     pub dev_token_ttl: Duration,
     /// Token verification.
     pub auth: AuthConfig,
+    /// STUN and TURN servers handed to clients for their calls.
+    pub ice: IceConfig,
 }
 
 impl GatewayConfig {
@@ -182,6 +184,37 @@ impl Default for GatewayConfig {
             dev_tokens: false,
             dev_token_ttl: Duration::from_secs(3600),
             auth: AuthConfig::default(),
+            ice: IceConfig::default(),
+        }
+    }
+}
+
+/// The ICE servers clients get in `welcome` and on `ice`
+/// (`[gateway.ice]`, `CAVLO_GATEWAY__ICE__…`; see [`crate::ice`]).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct IceConfig {
+    /// STUN URLs, e.g. `stun:stun.example.com:3478`. Default: none.
+    pub stun_urls: Vec<String>,
+    /// TURN URLs, e.g. `turn:turn.example.com:3478?transport=udp`; each
+    /// client gets credentials for them. Needs `turn_secret`. Default: none.
+    pub turn_urls: Vec<String>,
+    /// The secret shared with the TURN server (coturn's
+    /// `static-auth-secret`). Never sent to clients.
+    pub turn_secret: Option<Secret>,
+    /// How long TURN credentials are valid; clients ask for new ones before
+    /// then. Default 1 h.
+    #[serde(with = "humantime_serde")]
+    pub turn_ttl: Duration,
+}
+
+impl Default for IceConfig {
+    fn default() -> Self {
+        Self {
+            stun_urls: Vec::new(),
+            turn_urls: Vec::new(),
+            turn_secret: None,
+            turn_ttl: Duration::from_secs(3600),
         }
     }
 }

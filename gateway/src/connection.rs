@@ -88,6 +88,7 @@ pub(crate) async fn serve(
         gateway: shared.id.clone(),
         limits: shared.limits(),
         expires_in: expiry.seconds_left(),
+        ice: shared.ice.servers_for(&member.user.id),
     };
     shared.metrics.authenticated.inc();
     if send(
@@ -553,6 +554,9 @@ impl Connection {
             )),
             ClientFrame::Refresh { token } => self.refresh(&token).await,
             ClientFrame::Ping {} => Ok(ServerFrame::Pong),
+            ClientFrame::Ice {} => Ok(ServerFrame::Ice(
+                self.shared.ice.servers_for(&self.member.user.id),
+            )),
             ClientFrame::Join {
                 room,
                 since,

@@ -17,6 +17,7 @@
 //! * [`departures`]: reliable "left the room" notices for closed connections.
 //! * [`cluster`]: heartbeats, and removing dead gateways' members.
 //! * [`auth`] and [`jwks`]: token verification.
+//! * [`ice`]: STUN and TURN servers for calls, with per-user TURN credentials.
 //! * [`metrics`]: what the gateway counts for Prometheus.
 //! * [`web`]: the embedded demo app and SDK, their security headers, and
 //!   development tokens.
@@ -33,6 +34,7 @@ mod conformance;
 mod connection;
 pub mod departures;
 pub mod hub;
+pub mod ice;
 pub mod jwks;
 pub mod metrics;
 pub mod reorder;
@@ -68,6 +70,7 @@ pub(crate) struct Shared {
     bus: Bus,
     departures: Departures,
     auth: Authenticator,
+    ice: crate::ice::Ice,
     /// The demo page's Content-Security-Policy.
     demo_policy: crate::web::DemoPolicy,
     metrics: crate::metrics::GatewayMetrics,

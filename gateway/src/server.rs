@@ -54,6 +54,9 @@ pub enum RunError {
     /// A URL in `gateway.demo_gateways` cannot go into the demo's policy.
     #[error(transparent)]
     DemoGateways(#[from] crate::web::InvalidDemoGateway),
+    /// `gateway.ice` is not usable.
+    #[error(transparent)]
+    Ice(#[from] crate::ice::IceSetupError),
 }
 
 /// Serves WebSockets and the other routes on `listener` until `shutdown`
@@ -96,6 +99,7 @@ pub async fn run(
         tasks: TaskTracker::new(),
         shared: Arc::new(Shared {
             auth: Authenticator::new(&config.auth)?,
+            ice: crate::ice::Ice::new(&config.ice)?,
             demo_policy: crate::web::DemoPolicy::new(&config.demo_gateways)?,
             metrics: gateway_metrics,
             unauthenticated: Counter::new(config.max_unauthenticated_per_ip),

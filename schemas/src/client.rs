@@ -72,6 +72,9 @@ pub enum ClientFrame {
     /// Liveness check; answered with `pong`. A struct variant so that, like
     /// every other frame, it rejects unknown fields.
     Ping {},
+    /// Asks for fresh ICE servers (new TURN credentials) before the ones in
+    /// `welcome` expire; answered with `ice`.
+    Ice {},
 }
 
 /// The kind of a WebRTC signal.
@@ -116,6 +119,8 @@ pub enum ServerFrame {
         /// connection with 4105, unless a `refresh` comes first. Relative,
         /// so a client's clock does not need to agree with the gateway's.
         expires_in: u64,
+        /// STUN and TURN servers for this user's calls.
+        ice: IceServers,
     },
     /// A `refresh` was accepted.
     Refreshed {
@@ -190,8 +195,34 @@ pub enum ServerFrame {
         /// its clients do not all arrive at once elsewhere.
         reconnect_in_ms: u64,
     },
+    /// Fresh ICE servers, the answer to `ice`.
+    Ice(IceServers),
     /// A request failed; the connection stays usable.
     Error(ErrorFrame),
+}
+
+/// ICE servers for a WebRTC call, with how long their credentials last.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IceServers {
+    /// For `RTCPeerConnection`'s `iceServers`, as they are.
+    pub servers: Vec<IceServer>,
+    /// Seconds until the TURN credentials expire (0 when there are none):
+    /// ask again with `ice` before then. Relative, like `expires_in`.
+    pub expires_in: u64,
+}
+
+/// One entry of `RTCPeerConnection`'s `iceServers`, in the browser's shape.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IceServer {
+    /// `stun:` or `turn:` URLs.
+    pub urls: Vec<String>,
+    /// For TURN: `<expiry>:<user id>`, the expiry in Unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// For TURN: base64(HMAC-SHA1(shared secret, username)), which the TURN
+    /// server recomputes (coturn's `use-auth-secret`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
 }
 
 /// The body of an `error` frame.
@@ -342,6 +373,7 @@ impl ServerFrame {
             ServerFrame::Presence { .. } => "presence",
             ServerFrame::Pong => "pong",
             ServerFrame::Draining { .. } => "draining",
+            ServerFrame::Ice(_) => "ice",
             ServerFrame::Error(_) => "error",
         }
     }
@@ -358,6 +390,7 @@ impl ClientFrame {
             ClientFrame::Chat { .. } => "chat",
             ClientFrame::Signal { .. } => "signal",
             ClientFrame::Ping {} => "ping",
+            ClientFrame::Ice {} => "ice",
         }
     }
 }

@@ -14,7 +14,7 @@ use gateway::config::GatewayConfig;
 use history::config::HistoryConfig;
 use jsonwebtoken::{EncodingKey, Header};
 use moderator::config::ModeratorConfig;
-use schemas::client::{ChatMessage, ClientFrame, ErrorFrame, ServerFrame, SignalKind};
+use schemas::client::{ChatMessage, ClientFrame, ErrorFrame, IceServers, ServerFrame, SignalKind};
 use schemas::code::ErrorCode;
 use schemas::event::RoomState;
 use schemas::id::{ConnId, RoomId, Seq};
@@ -692,6 +692,8 @@ pub struct Client {
     pub conn_id: schemas::id::ConnId,
     /// Seconds until its token expires, as `welcome` said.
     pub expires_in: u64,
+    /// The ICE servers `welcome` gave.
+    pub ice: IceServers,
     /// Frames read while looking for another one, returned by `recv` first.
     pending: std::collections::VecDeque<ServerFrame>,
     /// Presence frames, kept apart so tests about other frames can ignore
@@ -743,10 +745,12 @@ impl Client {
             ServerFrame::Welcome {
                 conn_id,
                 expires_in,
+                ice,
                 ..
             } => {
                 client.conn_id = conn_id;
                 client.expires_in = expires_in;
+                client.ice = ice;
             }
             other => panic!("expected welcome, got {other:?}"),
         }
@@ -758,6 +762,7 @@ impl Client {
             ws,
             conn_id: "".into(),
             expires_in: 0,
+            ice: IceServers::default(),
             pending: Default::default(),
             presence: Default::default(),
         }

@@ -2,14 +2,15 @@
 //! by the moderator, never stored.
 
 use async_nats::jetstream;
+use base64::Engine;
 use moderator::config::ModeratorConfig;
-use schemas::client::{ServerFrame, SignalKind};
+use schemas::client::{ClientFrame, IceServers, ServerFrame, SignalKind};
 use schemas::code::ErrorCode;
 use schemas::id::{ConnId, RoomId};
 use schemas::subject;
 use serde_json::{Value, json};
 
-use crate::harness::{Client, Options, System, assert_code, room, signal};
+use crate::harness::{Client, Options, System, assert_code, now, room, signal};
 
 /// The next signal frame as (room, from, user id, kind, data).
 async fn next_signal(client: &mut Client) -> (RoomId, ConnId, String, SignalKind, Value) {
@@ -247,6 +248,52 @@ async fn signaling_is_never_stored() {
         history.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
         ["c1"]
     );
+    drop((ann, bob));
+    system.finish().await;
+}
+
+/// Every client gets ICE servers in `welcome`: STUN as configured, and
+/// TURN with credentials made for its own user by coturn's shared-secret
+/// scheme, valid for `turn_ttl`; `ice` renews them. The secret is never
+/// sent. (The browser tests show coturn accepting them.)
+#[tokio::test]
+async fn clients_get_turn_credentials_for_their_user_and_can_renew_them() {
+    const SECRET: &str = "turn-test-secret";
+    let mut options = Options::one_gateway();
+    options.gateway.ice = gateway::config::IceConfig {
+        stun_urls: vec!["stun:stun.test:3478".into()],
+        turn_urls: vec!["turn:turn.test:3478?transport=udp".into()],
+        turn_secret: Some(bootstrap::config::Secret(SECRET.into())),
+        turn_ttl: std::time::Duration::from_secs(600),
+    };
+    let system = System::start(options).await;
+    let check = |ice: &IceServers, user: &str| {
+        let json = serde_json::to_string(ice).unwrap();
+        assert!(!json.contains(SECRET), "the secret was sent: {json}");
+        assert_eq!(ice.expires_in, 600);
+        assert_eq!(ice.servers[0].urls, ["stun:stun.test:3478"]);
+        assert_eq!(ice.servers[0].username, None);
+        let turn = &ice.servers[1];
+        assert_eq!(turn.urls, ["turn:turn.test:3478?transport=udp"]);
+        let username = turn.username.as_deref().expect("a TURN username");
+        let (expiry, name) = username.split_once(':').expect("<expiry>:<user>");
+        assert_eq!(name, user);
+        let expiry: u64 = expiry.parse().unwrap();
+        assert!(expiry.abs_diff(now() + 600) <= 5, "expires in 600 s: {expiry}");
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, SECRET.as_bytes());
+        let expected = base64::engine::general_purpose::STANDARD
+            .encode(ring::hmac::sign(&key, username.as_bytes()));
+        assert_eq!(turn.credential.as_deref(), Some(expected.as_str()));
+    };
+    let mut ann = Client::connect(system.gateways[0], "ann").await;
+    let bob = Client::connect(system.gateways[0], "bob").await;
+    check(&ann.ice, "ann");
+    check(&bob.ice, "bob");
+    ann.send(&ClientFrame::Ice {}).await;
+    match ann.recv().await {
+        ServerFrame::Ice(ice) => check(&ice, "ann"),
+        other => panic!("expected ice, got {other:?}"),
+    }
     drop((ann, bob));
     system.finish().await;
 }
