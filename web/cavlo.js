@@ -64,7 +64,8 @@ const MAX_EARLY_SIGNALS = 200;
 /**
  * A connection to cavlo gateways. Events (all `CustomEvent`, data in
  * `detail`): `state` ({state}: "connecting" | "open" | "closed"),
- * `welcome`, `joined`, `left`, `chat`, `ack`, `presence`, `signal`, `error`.
+ * `welcome`, `joined`, `left`, `chat`, `ack`, `presence`, `signal`, `error`,
+ * and `ice` ({servers}: fresh ICE servers, see `iceServers`).
  */
 export class CavloClient extends EventTarget {
   #urls;
@@ -107,6 +108,9 @@ export class CavloClient extends EventTarget {
   #refreshTimer = null;
   /** Fires when a draining gateway asked this client to move. */
   #moveTimer = null;
+  /** Fires when the TURN credentials should be renewed. */
+  #iceTimer = null;
+  #iceServers = [];
   /**
    * Whether the connection since the last `welcome` already got a fresh
    * token after a 4001: a second refusal is final.
@@ -165,6 +169,15 @@ export class CavloClient extends EventTarget {
     return this.#user;
   }
 
+  /**
+   * The ICE servers the gateway gave (STUN, and TURN with credentials for
+   * this user), for `RTCPeerConnection`'s `iceServers`; renewed before
+   * the credentials expire, with an `ice` event. Empty before `welcome`.
+   */
+  get iceServers() {
+    return this.#iceServers;
+  }
+
   /** A copy: room → highest seq seen (null before any), for every joined room. */
   get rooms() {
     return new Map(this.#rooms);
@@ -214,6 +227,8 @@ export class CavloClient extends EventTarget {
     this.#refreshTimer = null;
     this.#timers.clearTimeout(this.#moveTimer);
     this.#moveTimer = null;
+    this.#timers.clearTimeout(this.#iceTimer);
+    this.#iceTimer = null;
     return ws;
   }
 
@@ -361,6 +376,25 @@ export class CavloClient extends EventTarget {
   }
 
   /**
+   * Keeps `ice` as the current ICE servers and asks for new ones when four
+   * fifths of their credentials' life has passed (`expires_in` 0: they do
+   * not expire).
+   */
+  #setIce(ice) {
+    this.#timers.clearTimeout(this.#iceTimer);
+    this.#iceTimer = null;
+    if (!ice) return;
+    this.#iceServers = ice.servers;
+    if (ice.expires_in > 0) {
+      const delay = Math.min(MAX_TIMER_MS, ice.expires_in * 800);
+      this.#iceTimer = this.#timers.setTimeout(() => {
+        this.#iceTimer = null;
+        this.#write({ type: "ice" });
+      }, delay);
+    }
+  }
+
+  /**
    * The gateway is draining (it is being stopped): after the delay it chose,
    * spread so its clients do not all arrive at once elsewhere, close this
    * connection and open one to the next gateway, which resumes every room
@@ -438,6 +472,7 @@ export class CavloClient extends EventTarget {
         // after the rejoins.
         this.#resume();
         this.#scheduleRefresh(frame.expires_in);
+        this.#setIce(frame.ice);
         this.#refusedOnce = false;
         this.#setState("open");
         this.#emit("welcome", frame);
@@ -481,6 +516,10 @@ export class CavloClient extends EventTarget {
       }
       case "signal":
         this.#emit("signal", frame);
+        break;
+      case "ice":
+        this.#setIce(frame);
+        this.#emit("ice", { servers: frame.servers });
         break;
       case "pong":
         break;
@@ -528,7 +567,9 @@ export class CavloClient extends EventTarget {
  *
  * Create it when you join the room, before any call: until it starts it
  * keeps the room's call signals, and an incoming offer starts it (the call
- * answers by itself). Events: `start` ({stream}, the local stream), `stream`
+ * answers by itself). Its ICE servers are the gateway's (`client.iceServers`,
+ * TURN credentials included), kept current as the client renews them; a
+ * connection that fails restarts ICE. Events: `start` ({stream}, the local stream), `stream`
  * ({connId, stream}), `peerstate` ({connId, state}), `hangup` ({connId}),
  * `error` ({error}, when answering could not get the local media).
  */
@@ -536,7 +577,9 @@ export class MeshCall extends EventTarget {
   #client;
   #room;
   #media;
+  /** Explicit ICE servers, or null for the gateway's. */
   #iceServers;
+  #iceTransportPolicy;
   #RTCPeerConnection;
   #timers;
 
@@ -555,6 +598,7 @@ export class MeshCall extends EventTarget {
   #applying = Promise.resolve();
   #onSignal;
   #onPresence;
+  #onIce;
 
   /**
    * @param {CavloClient} client
@@ -563,14 +607,23 @@ export class MeshCall extends EventTarget {
    * @param {MediaStream | (() => MediaStream | Promise<MediaStream>)} options.media
    *   the local stream, or a function getting it, called once, when the call
    *   starts; it is the place to ask the user, and throwing declines
-   * @param {RTCIceServer[]} [options.iceServers=[]]
+   * @param {RTCIceServer[]} [options.iceServers] fixed ICE servers instead of
+   *   the gateway's (`client.iceServers`, renewed as they expire)
+   * @param {"all" | "relay"} [options.iceTransportPolicy="all"] "relay" uses
+   *   TURN only, hiding the peers' addresses from each other
    * @param {typeof RTCPeerConnection} [options.RTCPeerConnection=globalThis.RTCPeerConnection]
    * @param {{setTimeout: Function, clearTimeout: Function}} [options.timers=globalThis]
    */
   constructor(
     client,
     room,
-    { media, iceServers = [], RTCPeerConnection = globalThis.RTCPeerConnection, timers = globalThis } = {},
+    {
+      media,
+      iceServers = null,
+      iceTransportPolicy = "all",
+      RTCPeerConnection = globalThis.RTCPeerConnection,
+      timers = globalThis,
+    } = {},
   ) {
     super();
     if (!media) throw new Error("cavlo: a MeshCall needs `media`, a MediaStream or a function returning one");
@@ -578,14 +631,22 @@ export class MeshCall extends EventTarget {
     this.#room = room;
     this.#media = media;
     this.#iceServers = iceServers;
+    this.#iceTransportPolicy = iceTransportPolicy;
     this.#RTCPeerConnection = RTCPeerConnection;
     this.#timers = timers;
     this.#onSignal = ({ detail }) => this.#receive(detail);
     this.#onPresence = ({ detail }) => {
       if (detail.room === this.#room && detail.event === "leave") this.#forget(detail.member.conn_id);
     };
+    // Renewed TURN credentials: for ICE restarts and new candidates of the
+    // connections already open, too.
+    this.#onIce = () => {
+      if (this.#iceServers) return;
+      for (const { pc } of this.#peers.values()) pc.setConfiguration(this.#configuration());
+    };
     client.addEventListener("signal", this.#onSignal);
     client.addEventListener("presence", this.#onPresence);
+    client.addEventListener("ice", this.#onIce);
   }
 
   /** "idle", "starting", "active" or "stopped". */
@@ -624,6 +685,7 @@ export class MeshCall extends EventTarget {
     this.#early = [];
     this.#client.removeEventListener("signal", this.#onSignal);
     this.#client.removeEventListener("presence", this.#onPresence);
+    this.#client.removeEventListener("ice", this.#onIce);
   }
 
   // --- internals -----------------------------------------------------------
@@ -673,7 +735,7 @@ export class MeshCall extends EventTarget {
   #peer(connId) {
     let peer = this.#peers.get(connId);
     if (peer) return peer;
-    const pc = new this.#RTCPeerConnection({ iceServers: this.#iceServers });
+    const pc = new this.#RTCPeerConnection(this.#configuration());
     // The peer with the larger connection id yields in a collision.
     peer = { pc, polite: this.#client.connId > connId, makingOffer: false, ignoreOffer: false, answered: 0, offerTimer: null };
     this.#peers.set(connId, peer);
@@ -711,8 +773,21 @@ export class MeshCall extends EventTarget {
       });
     };
     pc.ontrack = ({ streams }) => this.#emit("stream", { connId, stream: streams[0] });
-    pc.onconnectionstatechange = () => this.#emit("peerstate", { connId, state: pc.connectionState });
+    pc.onconnectionstatechange = () => {
+      // A path that stopped working (a network change, an expired relay
+      // allocation): look for a new one. The renegotiation this causes
+      // goes through onnegotiationneeded like any other.
+      if (pc.connectionState === "failed") pc.restartIce();
+      this.#emit("peerstate", { connId, state: pc.connectionState });
+    };
     return peer;
+  }
+
+  #configuration() {
+    return {
+      iceServers: this.#iceServers ?? this.#client.iceServers,
+      iceTransportPolicy: this.#iceTransportPolicy,
+    };
   }
 
   async #apply(signal) {

@@ -673,3 +673,47 @@ describe("close()", () => {
     assert.equal(timeouts(), before);
   });
 });
+
+describe("ICE servers", () => {
+  const TURN = (username) => ({ urls: ["turn:turn.example.com:3478"], username, credential: `pw-${username}` });
+
+  test("come with welcome and are renewed at four fifths of their life", async () => {
+    const { client, sockets, clock } = makeClient();
+    const renewed = [];
+    client.addEventListener("ice", ({ detail }) => renewed.push(detail.servers));
+    assert.deepEqual(client.iceServers, [], "none before welcome");
+    client.connect();
+    await settle();
+    const socket = sockets[0];
+    socket.accept();
+    socket.receive({ ...welcome("c1"), ice: { servers: [TURN("100:u1")], expires_in: 100 } });
+    assert.deepEqual(client.iceServers, [TURN("100:u1")]);
+
+    clock.advance(79_999);
+    assert.equal(socket.frames("ice").length, 0, "not yet");
+    clock.advance(1);
+    assert.equal(socket.frames("ice").length, 1, "asked at 80 s of 100");
+
+    socket.receive({ type: "ice", servers: [TURN("200:u1")], expires_in: 100 });
+    assert.deepEqual(client.iceServers, [TURN("200:u1")]);
+    assert.deepEqual(renewed, [[TURN("200:u1")]]);
+    clock.advance(80_000);
+    assert.equal(socket.frames("ice").length, 2, "and again for the new ones");
+  });
+
+  test("without expiry are not renewed, and a closed client asks nothing", async () => {
+    const { client, sockets, clock } = makeClient();
+    client.connect();
+    await settle();
+    const socket = sockets[0];
+    socket.accept();
+    socket.receive({ ...welcome("c1"), ice: { servers: [{ urls: ["stun:s:3478"] }], expires_in: 0 } });
+    clock.advance(10 * 3600_000);
+    assert.equal(socket.frames("ice").length, 0);
+
+    socket.receive({ ...welcome("c1"), ice: { servers: [TURN("100:u1")], expires_in: 100 } });
+    client.close();
+    clock.advance(200_000);
+    assert.equal(socket.frames("ice").length, 0);
+  });
+});

@@ -190,6 +190,15 @@ export function fakeRTCPeerConnection() {
       });
     }
 
+    setConfiguration(config) {
+      this.config = config;
+      this.log.push("configuration");
+    }
+
+    restartIce() {
+      this.log.push("restart ice");
+    }
+
     close() {
       this.signalingState = "closed";
       this.connectionState = "closed";

@@ -17,7 +17,11 @@ function member(connId) {
  * A client welcomed as `me` in ROOM with `others`, and a MeshCall on it.
  * `media` defaults to a ready stream.
  */
-async function callIn(me, others, { media = fakeStream(), rtc = fakeRTCPeerConnection(), clock = new FakeClock() } = {}) {
+async function callIn(
+  me,
+  others,
+  { media = fakeStream(), rtc = fakeRTCPeerConnection(), clock = new FakeClock(), ice, callOptions = {} } = {},
+) {
   const { FakeWebSocket, sockets } = fakeWebSocket();
   const client = new CavloClient({ urls: ["ws://gw/ws"], token: "t", WebSocket: FakeWebSocket, timers: clock });
   client.connect();
@@ -25,7 +29,7 @@ async function callIn(me, others, { media = fakeStream(), rtc = fakeRTCPeerConne
   await settle();
   const socket = sockets[0];
   socket.accept();
-  socket.receive({ type: "welcome", conn_id: me, user: member(me).user, gateway: "gw", limits: {} });
+  socket.receive({ type: "welcome", conn_id: me, user: member(me).user, gateway: "gw", limits: {}, ice });
   socket.receive({
     type: "joined",
     room: ROOM,
@@ -38,6 +42,7 @@ async function callIn(me, others, { media = fakeStream(), rtc = fakeRTCPeerConne
     media,
     RTCPeerConnection: rtc.FakeRTCPeerConnection,
     timers: clock,
+    ...callOptions,
   });
   const events = [];
   for (const type of ["start", "stream", "peerstate", "hangup", "error"]) {
@@ -276,5 +281,51 @@ describe("stop", () => {
     side.socket.receive({ type: "presence", room: ROOM, event: "leave", member: member("b") });
     assert.equal(side.connections[0].signalingState, "closed");
     assert.deepEqual(side.events.filter((e) => e.type === "hangup").map((e) => e.detail.connId), ["b"]);
+  });
+});
+
+describe("ICE", () => {
+  const turn = (username) => ({ urls: ["turn:t:3478"], username, credential: `pw-${username}` });
+
+  test("connections use the gateway's servers, and take renewed ones", async () => {
+    const side = await callIn("a", ["b"], {
+      ice: { servers: [turn("1:u-a")], expires_in: 3600 },
+      callOptions: { iceTransportPolicy: "relay" },
+    });
+    await side.call.start();
+    await settle();
+    const [pc] = side.connections;
+    assert.deepEqual(pc.config, { iceServers: [turn("1:u-a")], iceTransportPolicy: "relay" });
+
+    side.socket.receive({ type: "ice", servers: [turn("2:u-a")], expires_in: 3600 });
+    assert.deepEqual(pc.config, { iceServers: [turn("2:u-a")], iceTransportPolicy: "relay" });
+  });
+
+  test("fixed servers stay fixed", async () => {
+    const fixed = [{ urls: ["stun:mine:3478"] }];
+    const side = await callIn("a", ["b"], {
+      ice: { servers: [turn("1:u-a")], expires_in: 3600 },
+      callOptions: { iceServers: fixed },
+    });
+    await side.call.start();
+    await settle();
+    const [pc] = side.connections;
+    side.socket.receive({ type: "ice", servers: [turn("2:u-a")], expires_in: 3600 });
+    assert.deepEqual(pc.config.iceServers, fixed);
+    assert.ok(!pc.log.includes("configuration"));
+  });
+
+  test("a failed connection restarts ICE", async () => {
+    const side = await callIn("a", ["b"]);
+    await side.call.start();
+    await settle();
+    const [pc] = side.connections;
+    pc.connectionState = "disconnected";
+    pc.onconnectionstatechange();
+    assert.ok(!pc.log.includes("restart ice"), "a disconnection may heal by itself");
+    pc.connectionState = "failed";
+    pc.onconnectionstatechange();
+    assert.ok(pc.log.includes("restart ice"));
+    assert.deepEqual(side.events.filter((e) => e.type === "peerstate").map((e) => e.detail.state), ["disconnected", "failed"]);
   });
 });
