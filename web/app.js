@@ -91,17 +91,57 @@ function renderMembers() {
   }
 }
 
-function videoFor(connId, label) {
-  let video = document.querySelector(`video[data-conn-id="${CSS.escape(connId)}"]`);
-  if (!video) {
-    video = document.createElement("video");
-    video.dataset.connId = connId;
+/** The name to show for a connection of this room. */
+function nameOf(connId) {
+  if (connId === client.connId) return `${client.user?.name ?? "You"} (you)`;
+  return client.membersOf(room).get(connId)?.user.name ?? "Someone";
+}
+
+/**
+ * The tile of a connection in the call, made on first use: its video, its
+ * name, and what it has turned off.
+ */
+function tileFor(connId) {
+  let tile = document.querySelector(`#videos figure[data-conn-id="${CSS.escape(connId)}"]`);
+  if (!tile) {
+    tile = document.createElement("figure");
+    tile.dataset.connId = connId;
+    const video = document.createElement("video");
     video.autoplay = true;
     video.playsInline = true;
-    video.title = label;
-    $("videos").append(video);
+    const caption = document.createElement("figcaption");
+    const name = document.createElement("span");
+    name.className = "name";
+    const state = document.createElement("span");
+    state.className = "state";
+    caption.append(name, state);
+    tile.append(video, caption);
+    $("videos").append(tile);
   }
-  return video;
+  const name = nameOf(connId);
+  tile.querySelector(".name").textContent = name;
+  tile.querySelector("video").title = connId === client.connId ? "you" : name;
+  return tile;
+}
+
+/** Shows what a tile's person has turned off. */
+function showMedia(tile, { audio, video }) {
+  tile.dataset.audio = audio ? "on" : "off";
+  tile.dataset.video = video ? "on" : "off";
+  const off = [!audio && "muted", !video && "camera off"].filter(Boolean);
+  tile.querySelector(".state").textContent = off.join(" · ");
+}
+
+/** The call controls for `inCall`, with the mute and camera state. */
+function showCallControls(inCall) {
+  $("call").hidden = inCall;
+  $("call").disabled = false;
+  $("call-controls").hidden = !inCall;
+  const media = call?.media ?? { audio: true, video: true };
+  $("mic").textContent = media.audio ? "Mute" : "Unmute";
+  $("mic").setAttribute("aria-pressed", String(!media.audio));
+  $("camera").textContent = media.video ? "Camera off" : "Camera on";
+  $("camera").setAttribute("aria-pressed", String(!media.video));
 }
 
 /** The room's call: it starts on a click or on the first incoming offer. */
@@ -111,32 +151,49 @@ function prepareCall() {
     iceTransportPolicy,
   });
   call.addEventListener("start", ({ detail }) => {
-    const mine = videoFor(client.connId, "you");
-    mine.muted = true;
-    mine.srcObject = detail.stream;
-    $("call").textContent = "In call";
-    $("call").disabled = true;
+    const mine = tileFor(client.connId);
+    const video = mine.querySelector("video");
+    video.muted = true;
+    video.srcObject = detail.stream;
+    showMedia(mine, call.media);
+    showCallControls(true);
   });
   call.addEventListener("stream", ({ detail }) => {
-    const video = videoFor(detail.connId, client.membersOf(room).get(detail.connId)?.user.name || "peer");
+    const video = tileFor(detail.connId).querySelector("video");
     video.srcObject = detail.stream;
     video.play().catch(() => {});
   });
   call.addEventListener("peerstate", ({ detail }) => {
-    videoFor(detail.connId, "peer").dataset.peerState = detail.state;
+    const tile = tileFor(detail.connId);
+    tile.dataset.peerState = detail.state;
+    tile.querySelector("video").dataset.peerState = detail.state;
   });
+  call.addEventListener("media", ({ detail }) => showMedia(tileFor(detail.connId), detail));
   call.addEventListener("hangup", ({ detail }) => {
-    document.querySelector(`video[data-conn-id="${CSS.escape(detail.connId)}"]`)?.remove();
+    document.querySelector(`#videos figure[data-conn-id="${CSS.escape(detail.connId)}"]`)?.remove();
   });
   call.addEventListener("error", ({ detail }) => showError(`Cannot join the call: ${detail.error.message}`));
+}
+
+/** Leaves the call but not the room: hangs up, releases the camera, and gets a new call ready. */
+function hangUp() {
+  for (const track of call?.localStream?.getTracks() ?? []) track.stop();
+  call?.stop();
+  $("videos").replaceChildren();
+  prepareCall();
+  showCallControls(false);
 }
 
 function enter(name, roomName) {
   room = roomName;
   client = new CavloClient({ urls: gateways, token: () => devToken(name) });
+  let wasOpen = false;
   client.addEventListener("state", ({ detail }) => {
-    $("status").textContent = detail.state;
+    // After the first welcome, "connecting" means the socket dropped and
+    // the SDK is resuming: say so.
+    $("status").textContent = detail.state === "connecting" && wasOpen ? "reconnecting…" : detail.state;
     $("status").dataset.state = detail.state;
+    wasOpen ||= detail.state === "open";
   });
   client.addEventListener("welcome", () => showError(""));
   client.addEventListener("joined", renderMembers);
@@ -186,8 +243,7 @@ function exit(reason = "") {
   client = null;
   for (const id of ["messages", "members", "videos"]) $(id).replaceChildren();
   showError("");
-  $("call").textContent = "Start call";
-  $("call").disabled = false;
+  showCallControls(false);
   $("app").hidden = true;
   $("login").hidden = false;
   $("login-error").textContent = reason;
@@ -222,8 +278,23 @@ $("composer").addEventListener("submit", (event) => {
 });
 
 $("call").addEventListener("click", () => {
-  call.start().catch((err) => showError(`Cannot start the call: ${err.message}`));
+  $("call").disabled = true;
+  call.start().catch((err) => {
+    $("call").disabled = false;
+    showError(`Cannot start the call: ${err.message}`);
+  });
 });
+$("mic").addEventListener("click", () => {
+  call.setMedia({ audio: !call.media.audio });
+  showMedia(tileFor(client.connId), call.media);
+  showCallControls(true);
+});
+$("camera").addEventListener("click", () => {
+  call.setMedia({ video: !call.media.video });
+  showMedia(tileFor(client.connId), call.media);
+  showCallControls(true);
+});
+$("hangup").addEventListener("click", hangUp);
 
 $("leave").addEventListener("click", () => exit());
 

@@ -569,8 +569,10 @@ export class CavloClient extends EventTarget {
  * keeps the room's call signals, and an incoming offer starts it (the call
  * answers by itself). Its ICE servers are the gateway's (`client.iceServers`,
  * TURN credentials included), kept current as the client renews them; a
- * connection that fails restarts ICE. Events: `start` ({stream}, the local stream), `stream`
+ * connection that fails restarts ICE. `setMedia` turns the microphone and
+ * camera off and on, and tells the peers. Events: `start` ({stream}, the local stream), `stream`
  * ({connId, stream}), `peerstate` ({connId, state}), `hangup` ({connId}),
+ * `media` ({connId, audio, video}: a peer's microphone and camera),
  * `error` ({error}, when answering could not get the local media).
  */
 export class MeshCall extends EventTarget {
@@ -585,6 +587,8 @@ export class MeshCall extends EventTarget {
 
   /** "idle", "starting" (waiting for media), "active" or "stopped". */
   #state = "idle";
+  /** Whether this side's microphone and camera are on. */
+  #sending = { audio: true, video: true };
   #starting = null;
   #localStream = null;
   /** remote conn_id → {pc, polite, makingOffer, ignoreOffer, answered, offerTimer}. */
@@ -665,6 +669,29 @@ export class MeshCall extends EventTarget {
     return reports;
   }
 
+  /** {audio, video}: whether this side's microphone and camera are on. */
+  get media() {
+    return { ...this.#sending };
+  }
+
+  /**
+   * Turns this side's microphone (`audio`) and camera (`video`) on or off
+   * (the tracks keep running, disabled: no renegotiation) and tells every
+   * peer with a `media` signal; peers that connect later are told when they
+   * do. Fields left out stay as they are.
+   */
+  setMedia({ audio = this.#sending.audio, video = this.#sending.video } = {}) {
+    this.#sending = { audio: Boolean(audio), video: Boolean(video) };
+    this.#applyMedia();
+    for (const connId of this.#peers.keys()) this.#client.signal(this.#room, connId, "media", this.#sending);
+  }
+
+  #applyMedia() {
+    for (const track of this.#localStream?.getTracks() ?? []) {
+      track.enabled = this.#sending[track.kind] ?? true;
+    }
+  }
+
   /** The local stream once the call started, else null. */
   get localStream() {
     return this.#localStream;
@@ -710,6 +737,7 @@ export class MeshCall extends EventTarget {
       return;
     }
     this.#localStream = stream;
+    this.#applyMedia();
     this.#state = "active";
     this.#emit("start", { stream });
     for (const connId of this.#client.membersOf(this.#room).keys()) {
@@ -720,6 +748,11 @@ export class MeshCall extends EventTarget {
 
   #receive(signal) {
     if (signal.room !== this.#room) return;
+    if (signal.kind === "media") {
+      if (this.#state === "stopped") return;
+      const { audio, video } = signal.data;
+      return this.#emit("media", { connId: signal.from, audio, video });
+    }
     if (this.#state === "active") return this.#enqueue(signal);
     if (this.#state === "stopped") return;
     if (signal.kind === "bye") {
@@ -751,6 +784,7 @@ export class MeshCall extends EventTarget {
     peer = { pc, polite: this.#client.connId > connId, makingOffer: false, ignoreOffer: false, answered: 0, offerTimer: null };
     this.#peers.set(connId, peer);
     for (const track of this.#localStream.getTracks()) pc.addTrack(track, this.#localStream);
+    if (!this.#sending.audio || !this.#sending.video) this.#client.signal(this.#room, connId, "media", this.#sending);
     pc.onnegotiationneeded = async () => {
       try {
         // The polite side lets a crossing offer arrive first (see

@@ -113,13 +113,16 @@ impl Rules {
                 .get("candidate")
                 .is_some_and(|c| c.is_string() || c.is_null()),
             SignalKind::Bye => true,
+            SignalKind::Media => ["audio", "video"]
+                .iter()
+                .all(|key| object.get(*key).is_some_and(|v| v.is_boolean())),
         };
         if well_formed {
             Ok(())
         } else {
             Err(Violation::new(
                 ErrorCode::InvalidMessage,
-                "offer and answer need a string sdp, candidate needs candidate",
+                "offer and answer need a string sdp, candidate needs candidate, media needs boolean audio and video",
             ))
         }
     }
@@ -185,6 +188,17 @@ mod tests {
             ),
             (SignalKind::Candidate, json!({"candidate": null}), None),
             (SignalKind::Bye, json!({}), None),
+            (SignalKind::Media, json!({"audio": false, "video": true}), None),
+            (
+                SignalKind::Media,
+                json!({"audio": "off", "video": true}),
+                Some(ErrorCode::InvalidMessage),
+            ),
+            (
+                SignalKind::Media,
+                json!({"audio": false}),
+                Some(ErrorCode::InvalidMessage),
+            ),
             (
                 SignalKind::Offer,
                 json!({"sdp": 42}),

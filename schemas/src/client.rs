@@ -89,6 +89,10 @@ pub enum SignalKind {
     Candidate,
     /// The peer hangs up.
     Bye,
+    /// The sender's microphone and camera, on or off; `data` holds the
+    /// booleans `audio` and `video`. Sent to each peer of a call when they
+    /// change, so every tile can show it.
+    Media,
 }
 
 /// Whether a member arrived or left.

@@ -131,10 +131,48 @@ def test_video_call_connects_and_plays(system, open_demo):
     # Ann starts the call; Bob's page joins it when her offer arrives, as the
     # demo answers any call. Both starting at once is the next test.
     ann.click("#call")
-    expect(bob.locator("#call")).to_have_text("In call", timeout=TIMEOUT_MS)
+    expect(bob.locator("#hangup")).to_be_visible(timeout=TIMEOUT_MS)
     playing_remote_video(ann)
     playing_remote_video(bob)
     ann.screenshot(path=str(OUT / "call.png"))
+
+
+def tile(page, name):
+    return page.locator("#videos figure", has=page.locator(".name", has_text=name))
+
+
+def test_names_mute_camera_and_leaving_the_call_are_seen_by_the_other_page(system, open_demo):
+    r = room()
+    ann = open_demo(system.page_url(0, 1), "Ann", r)
+    bob = open_demo(system.page_url(1, 0), "Bob", r)
+    expect(ann.locator("#members li", has_text="Bob")).to_have_count(1, timeout=TIMEOUT_MS)
+    ann.click("#call")
+    playing_remote_video(bob)
+    expect(tile(ann, "Ann (you)")).to_have_count(1)
+    expect(tile(ann, "Bob")).to_have_count(1)
+    expect(tile(bob, "Ann")).to_have_attribute("data-peer-state", "connected")
+
+    ann.click("#mic")
+    expect(tile(bob, "Ann")).to_have_attribute("data-audio", "off", timeout=TIMEOUT_MS)
+    expect(tile(bob, "Ann").locator(".state")).to_have_text("muted")
+    expect(ann.locator("#mic")).to_have_text("Unmute")
+    ann.click("#camera")
+    expect(tile(bob, "Ann")).to_have_attribute("data-video", "off", timeout=TIMEOUT_MS)
+    expect(tile(bob, "Ann").locator(".state")).to_have_text("muted · camera off")
+    expect(tile(ann, "Ann (you)").locator(".state")).to_have_text("muted · camera off")
+    bob.screenshot(path=str(OUT / "call-muted.png"))
+    ann.click("#mic")
+    expect(tile(bob, "Ann")).to_have_attribute("data-audio", "on", timeout=TIMEOUT_MS)
+    expect(tile(bob, "Ann").locator(".state")).to_have_text("camera off")
+
+    ann.click("#hangup")
+    expect(tile(bob, "Ann")).to_have_count(0, timeout=TIMEOUT_MS)
+    expect(ann.locator("#videos figure")).to_have_count(0)
+    expect(ann.locator("#call")).to_be_visible()
+    # Back in the call: bob sees ann again, with her camera on.
+    ann.click("#call")
+    expect(tile(bob, "Ann")).to_have_attribute("data-peer-state", "connected", timeout=TIMEOUT_MS)
+    expect(tile(bob, "Ann").locator(".state")).to_have_text("")
 
 
 def test_both_pages_start_the_call_at_once(system, open_demo):
@@ -157,6 +195,7 @@ def test_a_page_fails_over_when_its_gateway_dies(system, open_demo):
     record_statuses(ann)
     system.kill("gateway1")
     ann.wait_for_function("() => window.statusesSeen.some((s) => s !== 'open')", timeout=TIMEOUT_MS)
+    assert "reconnecting…" in ann.evaluate("window.statusesSeen"), "the page says it is reconnecting"
     say(ann, "typed while disconnected")
     say(bob, "sent while ann was away")
     expect(ann.locator("#status")).to_have_text("open", timeout=TIMEOUT_MS)

@@ -329,3 +329,47 @@ describe("ICE", () => {
     assert.deepEqual(side.events.filter((e) => e.type === "peerstate").map((e) => e.detail.state), ["disconnected", "failed"]);
   });
 });
+
+describe("microphone and camera", () => {
+  function stream() {
+    const tracks = ["audio", "video"].map((kind) => ({ kind, enabled: true, stop() {} }));
+    return { getTracks: () => tracks, tracks };
+  }
+
+  test("setMedia disables the tracks and tells every peer; later peers are told when they connect", async () => {
+    const media = stream();
+    const side = await callIn("a", ["b"], { media });
+    await side.call.start();
+    await settle();
+    side.call.setMedia({ audio: false });
+    assert.deepEqual(media.tracks.map((t) => [t.kind, t.enabled]), [["audio", false], ["video", true]]);
+    assert.deepEqual(side.call.media, { audio: false, video: true });
+    const media_signals = () => side.socket.frames("signal").filter((f) => f.kind === "media").map((f) => [f.to, f.data]);
+    assert.deepEqual(media_signals(), [["b", { audio: false, video: true }]]);
+
+    // c arrives and offers: the connection to it starts with the state.
+    side.socket.receive({ type: "presence", room: ROOM, event: "join", member: member("c") });
+    side.signal("c", "offer", { type: "offer", sdp: "offer-from-c" });
+    await settle();
+    assert.deepEqual(media_signals(), [["b", { audio: false, video: true }], ["c", { audio: false, video: true }]]);
+  });
+
+  test("set before the call starts, it applies to the stream when it comes", async () => {
+    const media = stream();
+    const side = await callIn("a", ["b"], { media });
+    side.call.setMedia({ video: false });
+    await side.call.start();
+    await settle();
+    assert.deepEqual(media.tracks.map((t) => t.enabled), [true, false]);
+  });
+
+  test("a peer's media signal is an event, even before the call starts", async () => {
+    const side = await callIn("a", ["b"]);
+    const seen = [];
+    side.call.addEventListener("media", ({ detail }) => seen.push(detail));
+    side.signal("b", "media", { audio: false, video: false });
+    await settle();
+    assert.deepEqual(seen, [{ connId: "b", audio: false, video: false }]);
+    assert.equal(side.call.state, "idle", "it does not start the call");
+  });
+});
