@@ -42,11 +42,12 @@ impl Ice {
     /// Checks `config`: STUN URLs start `stun:`/`stuns:`, TURN URLs
     /// `turn:`/`turns:` and come with a secret.
     pub fn new(config: &IceConfig) -> Result<Self, IceSetupError> {
-        let check = |urls: &[String], schemes: [&str; 2], kind| {
-            match urls.iter().find(|url| !schemes.iter().any(|s| url.starts_with(s))) {
-                Some(url) => Err(IceSetupError::Scheme(url.clone(), kind)),
-                None => Ok(()),
-            }
+        let check = |urls: &[String], schemes: [&str; 2], kind| match urls
+            .iter()
+            .find(|url| !schemes.iter().any(|s| url.starts_with(s)))
+        {
+            Some(url) => Err(IceSetupError::Scheme(url.clone(), kind)),
+            None => Ok(()),
         };
         check(&config.stun_urls, ["stun:", "stuns:"], "STUN")?;
         check(&config.turn_urls, ["turn:", "turns:"], "TURN")?;

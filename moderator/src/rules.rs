@@ -188,7 +188,11 @@ mod tests {
             ),
             (SignalKind::Candidate, json!({"candidate": null}), None),
             (SignalKind::Bye, json!({}), None),
-            (SignalKind::Media, json!({"audio": false, "video": true}), None),
+            (
+                SignalKind::Media,
+                json!({"audio": false, "video": true}),
+                None,
+            ),
             (
                 SignalKind::Media,
                 json!({"audio": "off", "video": true}),

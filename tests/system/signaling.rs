@@ -279,8 +279,12 @@ async fn clients_get_turn_credentials_for_their_user_and_can_renew_them() {
         let (expiry, name) = username.split_once(':').expect("<expiry>:<user>");
         assert_eq!(name, user);
         let expiry: u64 = expiry.parse().unwrap();
-        assert!(expiry.abs_diff(now() + 600) <= 5, "expires in 600 s: {expiry}");
-        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, SECRET.as_bytes());
+        assert!(
+            expiry.abs_diff(now() + 600) <= 5,
+            "expires in 600 s: {expiry}"
+        );
+        let key =
+            ring::hmac::Key::new(ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, SECRET.as_bytes());
         let expected = base64::engine::general_purpose::STANDARD
             .encode(ring::hmac::sign(&key, username.as_bytes()));
         assert_eq!(turn.credential.as_deref(), Some(expected.as_str()));
