@@ -189,9 +189,11 @@ function enter(name, roomName) {
   client = new CavloClient({ urls: gateways, token: () => devToken(name) });
   let wasOpen = false;
   client.addEventListener("state", ({ detail }) => {
-    // After the first welcome, "connecting" means the socket dropped and
-    // the SDK is resuming: say so.
-    $("status").textContent = detail.state === "connecting" && wasOpen ? "reconnecting…" : detail.state;
+    // After the first welcome, any other state means the socket dropped
+    // and the SDK is resuming ("closed" while it waits to retry,
+    // "connecting" while it tries): say so. A final close leaves the room
+    // (see the "closed" error below).
+    $("status").textContent = detail.state !== "open" && wasOpen ? "reconnecting…" : detail.state;
     $("status").dataset.state = detail.state;
     wasOpen ||= detail.state === "open";
   });
