@@ -19,6 +19,10 @@ use schemas::client::ChatMessage;
 use schemas::id::{RoomId, Seq};
 use schemas::subject;
 
+/// The longest file name (less `.jsonl`) used as it is: file systems allow
+/// 255 bytes.
+const MAX_PLAIN_NAME: usize = 200;
+
 /// What [`Archive::append`] did with a message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Appended {
@@ -91,9 +95,19 @@ impl Archive {
 
     /// The file that holds `room`'s messages: the room's name when it is
     /// made of `[A-Za-z0-9_-]`, else its hex form behind `=` (as in the
-    /// rooms bucket), so no room name can reach outside the directory.
+    /// rooms bucket), so no room name can reach outside the directory. A
+    /// form longer than file names may be (room names go up to 128 bytes,
+    /// twice that in hex) is replaced by its SHA-256 behind `~`.
     pub fn path_of(dir: &Path, room: &RoomId) -> PathBuf {
-        dir.join(format!("{}.jsonl", subject::room_key(room)))
+        let key = subject::room_key(room);
+        let name = if key.len() <= MAX_PLAIN_NAME {
+            key
+        } else {
+            let digest = ring::digest::digest(&ring::digest::SHA256, room.as_str().as_bytes());
+            let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+            format!("~{hex}")
+        };
+        dir.join(format!("{name}.jsonl"))
     }
 
     /// Appends `message` to its room's file unless it is already there.
@@ -132,7 +146,9 @@ impl Archive {
     /// Flushes every file written since the last call to disk, so that
     /// acknowledging what they hold cannot lose it.
     pub fn sync(&mut self) -> Result<(), ArchiveError> {
-        for room in self.unsynced.drain() {
+        // Each room leaves the set only once synced: after a failure, the
+        // next call tries the rest again.
+        for room in self.unsynced.clone() {
             // Not open any more: closing it wrote it, sync it by path.
             let synced = match self.open.peek(&room) {
                 Some(open) => open.file.sync_data().map_err(|e| (open.path.clone(), e)),
@@ -144,6 +160,7 @@ impl Archive {
                 }
             };
             synced.map_err(|(path, source)| ArchiveError::Io { path, source })?;
+            self.unsynced.remove(&room);
         }
         Ok(())
     }
@@ -153,7 +170,17 @@ impl Archive {
     fn room(&mut self, room: &RoomId) -> Result<&mut RoomFile, ArchiveError> {
         if !self.open.contains(room) {
             let path = Self::path_of(&self.dir, room);
+            let new = !path.exists();
             let opened = open_room(&path)?;
+            if new {
+                // A new file's name is durable only once its directory is.
+                File::open(&self.dir)
+                    .and_then(|dir| dir.sync_all())
+                    .map_err(|source| ArchiveError::Io {
+                        path: self.dir.clone(),
+                        source,
+                    })?;
+            }
             self.open.put(room.clone(), opened);
         }
         Ok(self.open.get_mut(room).expect("just opened"))
@@ -356,5 +383,23 @@ mod tests {
             Archive::path_of(dir, &RoomId::from("lobby-1")),
             Path::new("/archive/lobby-1.jsonl")
         );
+    }
+
+    /// Found in review: a 128-byte room name with one character outside
+    /// `[A-Za-z0-9_-]` made a 257-byte file name, which no file system
+    /// takes; the archiver exited on it, and again after every restart.
+    #[test]
+    fn the_longest_room_names_get_a_file() {
+        let dir = dir();
+        let mut archive = Archive::open(&dir, one_file()).unwrap();
+        let long = format!("{}:", "x".repeat(127));
+        assert_eq!(append(&mut archive, &long, 1, "a"), Appended::Written);
+        archive.sync().unwrap();
+        let other = format!("{};", "x".repeat(127));
+        assert_ne!(
+            Archive::path_of(&dir, &RoomId::from(long.as_str())),
+            Archive::path_of(&dir, &RoomId::from(other.as_str()))
+        );
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }
