@@ -194,6 +194,10 @@ async fn answer(
     outcome
 }
 
+/// How long a query waits for the stream leader's word on where the room
+/// ends before reading the whole room without it.
+const LEADER_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The wait before reading again from a replica that was behind, or when
 /// none answered.
 const BEHIND_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
@@ -225,7 +229,9 @@ async fn read_current(
     backlog_size: usize,
 ) -> Result<Vec<backlog::Stored>, backlog::ReadError> {
     let deadline = tokio::time::Instant::now() + READ_TIMEOUT;
-    let tail = match tokio::time::timeout_at(deadline, backlog::leader_tail(js, &request.room))
+    // A stream without a leader (an election) may not answer at all: wait
+    // for it only briefly, and leave the read its time.
+    let tail = match tokio::time::timeout(LEADER_WAIT, backlog::leader_tail(js, &request.room))
         .await
     {
         Ok(Ok(tail)) => Some(tail),
