@@ -108,18 +108,25 @@ print(next(s["cluster"]["leader"] for a in d.get("account_details",[]) for s in 
 peak_rss() { docker exec -u cavlo "$(container "$1")" awk '/^VmHWM:/ { print $2 }' /proc/1/status || true; }
 reset_peak_rss() { docker exec -u cavlo "$(container "$1")" sh -c 'echo 5 >/proc/1/clear_refs' || true; }
 follower() { for node in nats nats-2 nats-3; do [ "$node" = "$1" ] || { echo "$node"; return; }; done; }
-# Waits until every container of service $1 reports healthy.
+# Waits until every container of service $1 reports healthy; fails after
+# two minutes.
 healthy() {
+  local id deadline=$((SECONDS + 120))
   for id in $(container "$1"); do
-    until [ "$(docker inspect -f '{{.State.Health.Status}}' "$id")" = healthy ]; do sleep 0.5; done
+    until [ "$(docker inspect -f '{{.State.Health.Status}}' "$id")" = healthy ]; do
+      [ "$SECONDS" -lt "$deadline" ] || { echo "$1 not healthy after 120 s" >&2; return 1; }
+      sleep 0.5
+    done
   done
 }
 # One line per container of service $1: its name and the value of series
 # $2 in its /metrics (0 if absent), read over the private network.
 sample() {
+  local id ip value
   for id in $(container "$1"); do
     ip="$(docker inspect -f "{{(index .NetworkSettings.Networks \"$network\").IPAddress}}" "$id")"
-    value="$(curl -sf --max-time 2 "http://$ip:9090/metrics" | awk -v series="$2" '$1 == series { print $2 }')"
+    # A scrape that fails reads as 0 rather than ending the suite.
+    value="$(curl -sf --max-time 2 "http://$ip:9090/metrics" | awk -v series="$2" '$1 == series { print $2 }' || true)"
     echo "$(docker inspect -f '{{.Name}}' "$id" | tr -d /) ${value:-0}"
   done
 }
@@ -156,7 +163,7 @@ scale() {
   dir="$(mktemp -d)" wave_report="$(mktemp)"
   compose up -d --no-recreate --no-deps --scale moderator-1=3 --scale history=2 \
     --scale gateway-extra=1 moderator-1 history gateway-extra archiver >/dev/null 2>&1
-  for service in moderator-1 history gateway-extra archiver; do healthy "$service"; done
+  for service in moderator-1 history gateway-extra archiver; do healthy "$service" || scale_failed=1; done
   # Every gateway hears the new moderators within a heartbeat (3 s).
   sleep 4
   extra="ws://127.0.0.1:$(compose port gateway-extra 8080 | cut -d: -f2)/ws"
@@ -195,7 +202,11 @@ EOF
 check_archive() {
   local dir stored gaps
   dir="$(mktemp -d)"
-  until [ "$(sample archiver cavlo_archiver_pending | awk '{ print $2 }')" = 0 ]; do sleep 1; done
+  local deadline=$((SECONDS + 120))
+  until [ "$(sample archiver cavlo_archiver_pending | awk '{ print $2 }')" = 0 ]; do
+    [ "$SECONDS" -lt "$deadline" ] || { echo "  archive: the archiver has not caught up after 120 s" >&2; return 1; }
+    sleep 1
+  done
   docker cp -q "$(container archiver):/var/lib/cavlo/archive" "$dir"
   stored="$(docker exec "$(container nats)" wget -qO- 'http://127.0.0.1:8222/jsz?streams=true' |
     python3 -c 'import json,sys

@@ -145,6 +145,7 @@ class Turn:
             except (OSError, ValueError):
                 pass
             if time.monotonic() > deadline:
+                self.stop()
                 raise TimeoutError("coturn never answered")
             time.sleep(0.2)
 
@@ -156,14 +157,16 @@ class Turn:
 def turn_system(tmp_path):
     """The system with the gateways handing out credentials for a real coturn."""
     turn = Turn()
-    system = System(tmp_path, gateway_env={
-        "CAVLO_GATEWAY__ICE__TURN_URLS": f"[{turn.url}]",
-        "CAVLO_GATEWAY__ICE__TURN_SECRET": TURN_SECRET,
-    })
-    system.turn = turn
-    yield system
-    system.stop()
-    turn.stop()
+    try:
+        system = System(tmp_path, gateway_env={
+            "CAVLO_GATEWAY__ICE__TURN_URLS": f"[{turn.url}]",
+            "CAVLO_GATEWAY__ICE__TURN_SECRET": TURN_SECRET,
+        })
+        system.turn = turn
+        yield system
+        system.stop()
+    finally:
+        turn.stop()
 
 
 @pytest.fixture
