@@ -174,6 +174,17 @@ pub async fn connect(config: &NatsConfig, name: &str) -> Result<async_nats::Clie
     Ok(options.connect(server_urls(&config.url)).await?)
 }
 
+/// The room seq stored right before a chat message, from its
+/// [`PREV_SEQ_HEADER`](schemas::subject::PREV_SEQ_HEADER): `Seq(0)` when the
+/// room had no retained message, `None` when the header is missing or not
+/// a number. Stored messages carry it, and so do the announces gateways get.
+pub fn previous_seq(headers: Option<&async_nats::HeaderMap>) -> Option<schemas::id::Seq> {
+    headers
+        .and_then(|headers| headers.get(schemas::subject::PREV_SEQ_HEADER))
+        .and_then(|value| value.as_str().parse().ok())
+        .map(schemas::id::Seq)
+}
+
 /// The server URLs in `url`, comma-separated: a cluster's nodes, any of
 /// which the client may connect or reconnect to.
 fn server_urls(url: &str) -> Vec<&str> {

@@ -433,8 +433,9 @@ impl Connection {
         };
         let mut ready = Vec::new();
         match delivery.kind {
-            DeliveryKind::Chat(seq) => {
-                view.chat.offer(seq, delivery, Instant::now(), &mut ready)?
+            DeliveryKind::Chat { seq, prev } => {
+                view.chat
+                    .offer(seq, prev, delivery, Instant::now(), &mut ready)?
             }
             DeliveryKind::Presence(revision) if revision <= view.members_revision => {}
             DeliveryKind::Presence(_) | DeliveryKind::Signal => ready.push(delivery),
@@ -516,8 +517,8 @@ impl Connection {
             let mut ready = Vec::new();
             for chat in backlog.messages {
                 let seq = chat.seq;
-                let delivery = Arc::new(Delivery::chat(&room, chat));
-                view.chat.offer(seq, delivery, now, &mut ready)?;
+                let delivery = Arc::new(Delivery::chat(&room, chat, None));
+                view.chat.offer(seq, None, delivery, now, &mut ready)?;
             }
             if view.chat.gap_since().is_some() {
                 tracing::warn!(%room, last = %view.chat.last(), "history lacks a missed message; resync");

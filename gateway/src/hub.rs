@@ -36,11 +36,15 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    /// A chat message of `room`, live or fetched from history.
-    pub fn chat(room: &RoomId, chat: ChatMessage) -> Self {
+    /// A chat message of `room`, live or fetched from history, with the
+    /// seq stored right before it when known.
+    pub fn chat(room: &RoomId, chat: ChatMessage, prev: Option<Seq>) -> Self {
         Delivery {
             room: room.clone(),
-            kind: DeliveryKind::Chat(chat.seq),
+            kind: DeliveryKind::Chat {
+                seq: chat.seq,
+                prev,
+            },
             about: Some(chat.from.conn_id.clone()),
             frame: ServerFrame::Chat(chat).to_json().into(),
         }
@@ -51,8 +55,14 @@ impl Delivery {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeliveryKind {
     /// A chat message; delivered in `seq` order, dropped if the connection
-    /// has it already.
-    Chat(Seq),
+    /// has it already. `prev`, the seq stored right before it, comes with
+    /// live messages: `Seq(0)` there marks the room's first message.
+    Chat {
+        /// Its seq.
+        seq: Seq,
+        /// The seq stored right before it, if known.
+        prev: Option<Seq>,
+    },
     /// A membership change; dropped if the `joined` member list already
     /// included it (revision at or below the join's).
     Presence(u64),
@@ -349,7 +359,7 @@ async fn fan_out(
         };
         let is_chat = msg.subject.as_str().ends_with(subject::CHAT_TOKEN);
         let decoded = if is_chat {
-            chat_delivery(&room, &msg.payload)
+            chat_delivery(&room, &msg)
         } else {
             presence_delivery(&room, &msg.payload)
         };
@@ -393,9 +403,10 @@ struct Membership {
     replaced: Option<ConnId>,
 }
 
-fn chat_delivery(room: &RoomId, payload: &[u8]) -> Result<Decoded, event::DecodeError> {
-    let chat: ChatMessage = event::decode(payload)?;
-    Ok((Delivery::chat(room, chat), None))
+fn chat_delivery(room: &RoomId, msg: &async_nats::Message) -> Result<Decoded, event::DecodeError> {
+    let chat: ChatMessage = event::decode(&msg.payload)?;
+    let prev = bootstrap::nats::previous_seq(msg.headers.as_ref());
+    Ok((Delivery::chat(room, chat, prev), None))
 }
 
 fn presence_delivery(room: &RoomId, payload: &[u8]) -> Result<Decoded, event::DecodeError> {

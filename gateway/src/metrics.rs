@@ -122,7 +122,7 @@ impl GatewayMetrics {
     /// Counts a room delivery sent to a client.
     pub fn delivered(&self, kind: DeliveryKind) {
         let kind = match kind {
-            DeliveryKind::Chat(_) => "chat",
+            DeliveryKind::Chat { .. } => "chat",
             DeliveryKind::Presence(_) => "presence",
             DeliveryKind::Signal => "signal",
         };

@@ -62,9 +62,15 @@ impl<T> Reorder<T> {
     /// Offers the item with `seq`; whatever is now in order is pushed to
     /// `ready`, oldest first. A seq already released is dropped; one after a
     /// gap is held, at most `max_held` of them.
+    ///
+    /// `prev`, the seq stored right before this one if known, lets an item
+    /// follow what was released even where seqs do not count up by one: a
+    /// room's first message (`prev` is `Seq(0)`) starts the room for a
+    /// member who joined it empty and so has `last` 0.
     pub fn offer(
         &mut self,
         seq: Seq,
+        prev: Option<Seq>,
         item: T,
         now: Instant,
         ready: &mut Vec<T>,
@@ -72,7 +78,7 @@ impl<T> Reorder<T> {
         if seq <= self.last {
             return Ok(());
         }
-        if seq != self.last.next() {
+        if seq != self.last.next() && prev != Some(self.last) {
             if self.held.len() >= self.max_held && !self.held.contains_key(&seq) {
                 return Err(Overflow);
             }
@@ -100,7 +106,7 @@ mod tests {
         let mut ready = Vec::new();
         for &seq in seqs {
             order
-                .offer(Seq(seq), seq, Instant::now(), &mut ready)
+                .offer(Seq(seq), None, seq, Instant::now(), &mut ready)
                 .expect("within the bound");
         }
         ready
@@ -126,21 +132,77 @@ mod tests {
     }
 
     #[test]
+    fn an_item_that_names_the_last_released_seq_as_its_prev_follows_it() {
+        // Name, last seq before, (seq, prev) offered, seqs released.
+        type PrevCase = (
+            &'static str,
+            u64,
+            &'static [(u64, Option<u64>)],
+            &'static [u64],
+        );
+        const CASES: &[PrevCase] = &[
+            (
+                "a room's first message starts a member who joined it empty",
+                0,
+                &[(500, Some(0)), (501, Some(500))],
+                &[500, 501],
+            ),
+            (
+                "what was held behind it follows",
+                0,
+                &[(501, Some(500)), (500, Some(0))],
+                &[500, 501],
+            ),
+            (
+                "without a prev it waits for the gap",
+                0,
+                &[(500, None)],
+                &[],
+            ),
+            (
+                "a room's first message is no start for a member with a seq",
+                7,
+                &[(500, Some(0))],
+                &[],
+            ),
+            ("a prev further back is a gap", 0, &[(502, Some(501))], &[]),
+        ];
+        for (name, start, offered, released) in CASES {
+            let mut order = Reorder::new(Seq(*start), 16);
+            let mut ready = Vec::new();
+            for &(seq, prev) in *offered {
+                order
+                    .offer(Seq(seq), prev.map(Seq), seq, Instant::now(), &mut ready)
+                    .unwrap();
+            }
+            assert_eq!(ready, *released, "{name}");
+            assert_eq!(
+                order.gap_since().is_some(),
+                released.len() < offered.len(),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
     fn a_gap_is_timed_from_when_it_opened_and_closes_when_filled() {
         let mut order = Reorder::new(Seq(0), 16);
         let mut ready = Vec::new();
         let opened = Instant::now();
-        order.offer(Seq(2), 2, opened, &mut ready).unwrap();
+        order.offer(Seq(2), None, 2, opened, &mut ready).unwrap();
         order
             .offer(
                 Seq(3),
+                None,
                 3,
                 opened + std::time::Duration::from_secs(1),
                 &mut ready,
             )
             .unwrap();
         assert_eq!(order.gap_since(), Some(opened), "the oldest gap counts");
-        order.offer(Seq(1), 1, Instant::now(), &mut ready).unwrap();
+        order
+            .offer(Seq(1), None, 1, Instant::now(), &mut ready)
+            .unwrap();
         assert_eq!(ready, [1, 2, 3]);
         assert_eq!(order.gap_since(), None);
     }
@@ -151,11 +213,11 @@ mod tests {
         let mut ready = Vec::new();
         for seq in 2..4 {
             order
-                .offer(Seq(seq), seq, Instant::now(), &mut ready)
+                .offer(Seq(seq), None, seq, Instant::now(), &mut ready)
                 .unwrap();
         }
         assert_eq!(
-            order.offer(Seq(9), 9, Instant::now(), &mut ready),
+            order.offer(Seq(9), None, 9, Instant::now(), &mut ready),
             Err(Overflow)
         );
         assert!(ready.is_empty());

@@ -116,12 +116,7 @@ pub async fn read_room(
             Some(status) if status >= 300 => return Err(ReadError::Status(status)),
             _ => {}
         }
-        let prev = msg
-            .headers
-            .as_ref()
-            .and_then(|headers| headers.get(subject::PREV_SEQ_HEADER))
-            .and_then(|value| value.as_str().parse().ok())
-            .map(Seq);
+        let prev = bootstrap::nats::previous_seq(msg.headers.as_ref());
         match event::decode::<ChatMessage>(&msg.payload) {
             Ok(chat) => messages.push(Stored { chat, prev }),
             Err(err) => tracing::warn!(cause = %err, %room, "skipping unreadable stored message"),

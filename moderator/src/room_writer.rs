@@ -161,10 +161,14 @@ impl RoomWriter {
                         seq: chat.seq,
                     });
                     // Stored: from here on the message is safe. If this announce
-                    // is lost, gateways and clients find it in the backlog.
+                    // is lost, gateways and clients find it in the backlog. It
+                    // names the seq before it too, so that a member who joined
+                    // the room empty knows the room's first message as such.
+                    let mut headers = async_nats::HeaderMap::new();
+                    headers.insert(subject::PREV_SEQ_HEADER, prev.to_string().as_str());
                     if let Err(err) = self
                         .client
-                        .publish(self.deliver_subject.clone(), payload)
+                        .publish_with_headers(self.deliver_subject.clone(), headers, payload)
                         .await
                     {
                         tracing::warn!(cause = %err, room = %self.room, "failed to announce stored chat");

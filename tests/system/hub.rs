@@ -70,7 +70,10 @@ async fn rooms_are_subscribed_only_while_they_have_local_members() {
             .unwrap();
         assert_eq!(
             delivery.kind,
-            DeliveryKind::Chat(Seq(1)),
+            DeliveryKind::Chat {
+                seq: Seq(1),
+                prev: None
+            },
             "delivered to {member}"
         );
         assert!(delivery.frame.as_str().contains(r#""type":"chat""#));
@@ -126,7 +129,13 @@ async fn a_member_whose_queue_overflows_is_flagged_slow_and_others_are_unaffecte
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(delivery.kind, DeliveryKind::Chat(Seq(seq)));
+        assert_eq!(
+            delivery.kind,
+            DeliveryKind::Chat {
+                seq: Seq(seq),
+                prev: None
+            }
+        );
     }
     assert!(!fast.slow.is_cancelled());
     tokio::time::timeout(Duration::from_secs(5), hub.shutdown())

@@ -106,18 +106,6 @@ pub async fn start(
     })
 }
 
-/// The room seq stored right before `message` ([`subject::PREV_SEQ_HEADER`]);
-/// `Seq(0)`, "none", when the header is missing or unreadable, so that no
-/// gap is reported that cannot be shown.
-fn previous_seq(message: &Message) -> Seq {
-    message
-        .headers
-        .as_ref()
-        .and_then(|headers| headers.get(subject::PREV_SEQ_HEADER))
-        .and_then(|value| value.as_str().parse().ok())
-        .map_or(Seq(0), Seq)
-}
-
 impl Running {
     /// Archives the stream until `shutdown` resolves; a batch being written
     /// is finished first. Returns an error only if the archive cannot be
@@ -173,7 +161,12 @@ impl Running {
         let chats: Vec<(ChatMessage, Seq)> = messages
             .iter()
             .filter_map(|message| match rmp_serde::from_slice(&message.payload) {
-                Ok(chat) => Some((chat, previous_seq(message))),
+                // A missing or unreadable header counts as "none before", so
+                // that no gap is reported that cannot be shown.
+                Ok(chat) => Some((
+                    chat,
+                    bootstrap::nats::previous_seq(message.headers.as_ref()).unwrap_or(Seq(0)),
+                )),
                 Err(err) => {
                     tracing::warn!(subject = %message.subject, cause = %err, "not a chat message; skipped");
                     self.metrics.malformed();
