@@ -95,13 +95,16 @@ network="${COMPOSE_PROJECT_NAME}_default"
 container() { compose ps -q "$1"; }
 gateways=(--gateway "ws://127.0.0.1:$CAVLO_GATEWAY_1_PORT/ws" --gateway "ws://127.0.0.1:$CAVLO_GATEWAY_2_PORT/ws")
 
-# The NATS node leading the chat stream, from a node's monitoring endpoint.
-stream_leader() {
+# A field of the chat stream's details ("cluster" or "state") and a key in
+# it, from a node's monitoring endpoint.
+chat_stream() {
   docker exec "$(container nats)" wget -qO- 'http://127.0.0.1:8222/jsz?streams=true' |
     python3 -c 'import json,sys
 d=json.load(sys.stdin)
-print(next(s["cluster"]["leader"] for a in d.get("account_details",[]) for s in a.get("stream_detail",[]) if s["name"]=="CAVLO_CHAT"))'
+print(next(s[sys.argv[1]][sys.argv[2]] for a in d.get("account_details",[]) for s in a.get("stream_detail",[]) if s["name"]=="CAVLO_CHAT"))' "$1" "$2"
 }
+# The NATS node leading the chat stream.
+stream_leader() { chat_stream cluster leader; }
 # A gateway's peak resident memory (kB) since the last reset_peak_rss, read
 # and reset as the service's own user (it runs as PID 1 in its container).
 # Neither may end the suite: a gateway that just died has no memory to read.
@@ -208,10 +211,7 @@ check_archive() {
     sleep 1
   done
   docker cp -q "$(container archiver):/var/lib/cavlo/archive" "$dir"
-  stored="$(docker exec "$(container nats)" wget -qO- 'http://127.0.0.1:8222/jsz?streams=true' |
-    python3 -c 'import json,sys
-d=json.load(sys.stdin)
-print(next(s["state"]["messages"] for a in d.get("account_details",[]) for s in a.get("stream_detail",[]) if s["name"]=="CAVLO_CHAT"))')"
+  stored="$(chat_stream state messages)"
   gaps="$(sample archiver cavlo_archiver_gaps_total | awk '{ print $2 }')"
   python3 - "$dir/archive" "$stored" "$gaps" <<'EOF'
 import json, os, sys

@@ -286,16 +286,14 @@ $("call").addEventListener("click", () => {
     showError(`Cannot start the call: ${err.message}`);
   });
 });
-$("mic").addEventListener("click", () => {
-  call.setMedia({ audio: !call.media.audio });
+/** Turns one kind of media, "audio" or "video", on or off for the call. */
+function toggle(kind) {
+  call.setMedia({ [kind]: !call.media[kind] });
   showMedia(tileFor(client.connId), call.media);
   showCallControls(true);
-});
-$("camera").addEventListener("click", () => {
-  call.setMedia({ video: !call.media.video });
-  showMedia(tileFor(client.connId), call.media);
-  showCallControls(true);
-});
+}
+$("mic").addEventListener("click", () => toggle("audio"));
+$("camera").addEventListener("click", () => toggle("video"));
 $("hangup").addEventListener("click", hangUp);
 
 $("leave").addEventListener("click", () => exit());
