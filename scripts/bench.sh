@@ -1,28 +1,38 @@
 #!/usr/bin/env bash
-# Runs one benchmark against a fresh local system: nats-server, history, a
+# Runs benchmarks against a fresh local system: nats-server, history, a
 # moderator and two gateways as processes on this machine (loopback only),
-# with chat rate limits lifted and room for many connections. Prints the
-# loadgen report and each process's CPU seconds during the run.
+# with chat rate limits lifted and room for many connections.
 #
+#   scripts/bench.sh rates 500,2000,4000,8000 [--against REV] [loadgen fanout options]
 #   scripts/bench.sh fanout --rooms 10 --clients 10 --duration 20
 #   scripts/bench.sh connections --count 100000 --sources 8
 #   scripts/bench.sh interest --rooms 10 --clients 10 --duration 10
 #
-# `interest` runs fanout with every client on gateway 1 and reports what
-# gateway 2 received from NATS meanwhile.
+# `rates` runs fan-out (rooms of 10 over both gateways, 20 s each unless
+# given) at each total chat rate on a fresh system and prints one table:
+# deliveries/s, send → delivery p50 / p99, lost / duplicated / reordered,
+# and each process's CPU per 1,000 deliveries. With `--against REV` it
+# first builds REV's services (in target/bench/) and runs the same rates on
+# them, then on this tree, so a comparison with an older commit is one
+# command; the load generator is this tree's in both.
+#
+# `fanout` and `connections` print the load generator's report and each
+# process's CPU seconds during the run. `interest` runs fan-out with every
+# client on gateway 1 and reports what gateway 2 received from NATS meanwhile.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
-mode="${1:?usage: bench.sh fanout|connections|interest [loadgen options]}"
+mode="${1:?usage: bench.sh rates|fanout|connections|interest [options]}"
 shift
 
 ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 cargo build --release --locked --bins >&2
 nats_server="$(scripts/nats-server.sh)"
-state="$(mktemp -d)"
-pids=()
-stop() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$state"; }
-trap stop EXIT
+loadgen=(target/release/loadgen --secret bench-secret)
+gateways=(--gateway ws://127.0.0.1:18080/ws --gateway ws://127.0.0.1:18081/ws)
+names=(nats history moderator gw1 gw2)
+declare -A pid
+state=""
 
 export CAVLO_LOG__FILTER=warn
 export CAVLO_NATS__URL=nats://127.0.0.1:14222
@@ -32,25 +42,46 @@ export CAVLO_MODERATOR__CHAT_RATE_PER_MINUTE=100000000
 export CAVLO_MODERATOR__CHAT_BURST=1000000
 export CAVLO_MODERATOR__ROOM_CAPACITY=1000
 
-"$nats_server" --jetstream --store_dir "$state/js" --addr 127.0.0.1 --port 14222 --http_port 18222 >"$state/nats.log" 2>&1 &
-pids+=($!); nats_pid=$!
-for _ in $(seq 100); do
-  python3 -c 'import urllib.request; urllib.request.urlopen("http://127.0.0.1:18222/healthz")' 2>/dev/null && break
-  sleep 0.1
-done
-target/release/history & pids+=($!); history_pid=$!
-target/release/moderator & pids+=($!); moderator_pid=$!
-CAVLO_GATEWAY__LISTEN=127.0.0.1:18080 target/release/gateway & pids+=($!); gw1_pid=$!
-CAVLO_GATEWAY__LISTEN=127.0.0.1:18081 target/release/gateway & pids+=($!); gw2_pid=$!
-for port in 18080 18081; do
+wait_for() {
   for _ in $(seq 100); do
-    python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/ready')" 2>/dev/null && break
+    python3 -c "import urllib.request; urllib.request.urlopen('$1')" 2>/dev/null && return
     sleep 0.1
   done
-done
+  echo "bench: $1 did not answer" >&2
+  return 1
+}
+
+# Starts nats-server and the services built in directory $1; their logs go
+# to the state directory, so reports stay readable.
+start_system() {
+  local bin="$1"
+  state="$(mktemp -d)"
+  "$nats_server" --jetstream --store_dir "$state/js" --addr 127.0.0.1 --port 14222 --http_port 18222 >"$state/nats.log" 2>&1 &
+  pid[nats]=$!
+  wait_for http://127.0.0.1:18222/healthz
+  "$bin/history" >"$state/history.log" 2>&1 & pid[history]=$!
+  "$bin/moderator" >"$state/moderator.log" 2>&1 & pid[moderator]=$!
+  CAVLO_GATEWAY__LISTEN=127.0.0.1:18080 "$bin/gateway" >"$state/gw1.log" 2>&1 & pid[gw1]=$!
+  CAVLO_GATEWAY__LISTEN=127.0.0.1:18081 "$bin/gateway" >"$state/gw2.log" 2>&1 & pid[gw2]=$!
+  wait_for http://127.0.0.1:18080/ready
+  wait_for http://127.0.0.1:18081/ready
+}
+
+stop_system() {
+  [ -n "$state" ] || return 0
+  kill "${pid[@]}" 2>/dev/null || true
+  wait "${pid[@]}" 2>/dev/null || true
+  rm -rf "$state"
+  state=""
+}
+trap stop_system EXIT
 
 # CPU seconds (user + system) a process has used so far.
 cpu() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$1/stat"; }
+declare -A cpu_before
+cpu_mark() { for name in "${names[@]}"; do cpu_before[$name]=$(cpu "${pid[$name]}"); done; }
+cpu_used() { awk -v a="${cpu_before[$1]}" -v b="$(cpu "${pid[$1]}")" 'BEGIN { printf "%.2f", b - a }'; }
+
 # Messages and bytes NATS has sent to gateway 2's connection.
 gw2_in() {
   python3 - <<'PY'
@@ -62,23 +93,74 @@ print(gw[-1]["out_msgs"], gw[-1]["out_bytes"]) if gw else print(0, 0)
 PY
 }
 
-declare -A before
-for name in nats history moderator gw1 gw2; do pid_var="${name}_pid"; before[$name]=$(cpu "${!pid_var}"); done
-loadgen=(target/release/loadgen --secret bench-secret)
+# One row per rate for the services in directory $1: fan-out at each rate
+# of the comma-separated list $2, with the remaining loadgen options.
+rates_table() {
+  local bin="$1" list="$2"
+  shift 2
+  printf '| chats/s offered | deliveries/s | p50 / p99 ms | lost / dup / reordered | CPU ms per 1,000 deliveries: total (nats, moderator, gateways, history) |\n'
+  printf '|---|---|---|---|---|\n'
+  local rate report
+  for rate in ${list//,/ }; do
+    start_system "$bin"
+    cpu_mark
+    report="$("${loadgen[@]}" --json fanout "${gateways[@]}" --rooms 10 --clients 10 --duration 20 "$@" --rate "$rate" 2>/dev/null || true)"
+    local used=()
+    for name in "${names[@]}"; do used+=("$name=$(cpu_used "$name")"); done
+    stop_system
+    REPORT="$report" python3 - "$rate" "${used[@]}" <<'PY'
+import json, os, sys
+rate, used = sys.argv[1], dict(arg.split("=") for arg in sys.argv[2:])
+try:
+    r = json.loads(os.environ["REPORT"])
+except ValueError:
+    print(f"| {rate} | failed: the load generator gave no report | | | |")
+    sys.exit()
+d = r["deliveries"]
+per = lambda *names: sum(float(used[n]) for n in names) * 1e6 / d if d else float("nan")
+c, lat = r["correctness"], r["delivery_latency"]
+print(f"| {rate} | {r['deliveries_per_second']:,.0f} | {lat['p50']/1000:.2f} / {lat['p99']/1000:.2f}"
+      f" | {c['lost']} / {c['duplicated']} / {c['reordered']}"
+      f" | {per('nats','moderator','gw1','gw2','history'):.1f} ({per('nats'):.1f}, {per('moderator'):.1f},"
+      f" {per('gw1'):.1f} + {per('gw2'):.1f}, {per('history'):.2f}) |")
+PY
+  done
+}
+
 case "$mode" in
+  rates)
+    list="${1:?usage: bench.sh rates RATE,RATE,... [--against REV] [loadgen fanout options]}"
+    shift
+    against=""
+    if [ "${1:-}" = "--against" ]; then against="${2:?--against needs a revision}"; shift 2; fi
+    if [ -n "$against" ]; then
+      commit="$(git rev-parse --short "$against^{commit}")"
+      src="target/bench/src-$commit"
+      git worktree add --force --detach "$src" "$commit" >&2
+      (cd "$src" && CARGO_TARGET_DIR="$root/target/bench/target" cargo build --release --locked --bins -p gateway -p moderator -p history >&2)
+      git worktree remove --force "$src"
+      echo "Services of $commit:"
+      rates_table "target/bench/target/release" "$list" "$@"
+      echo
+    fi
+    echo "Services of $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . ':!docs' || echo ' with uncommitted changes'):"
+    rates_table target/release "$list" "$@"
+    ;;
   fanout)
-    "${loadgen[@]}" fanout --gateway ws://127.0.0.1:18080/ws --gateway ws://127.0.0.1:18081/ws "$@" ;;
+    start_system target/release; cpu_mark
+    "${loadgen[@]}" fanout "${gateways[@]}" "$@" ;;
   interest)
+    start_system target/release; cpu_mark
     read -r msgs0 bytes0 < <(gw2_in)
     "${loadgen[@]}" fanout --gateway ws://127.0.0.1:18080/ws "$@"
     read -r msgs1 bytes1 < <(gw2_in)
     echo "gateway 2 received from NATS meanwhile: $((msgs1 - msgs0)) messages, $((bytes1 - bytes0)) bytes" ;;
   connections)
-    "${loadgen[@]}" connections --gateway ws://127.0.0.1:18080/ws --gateway-pid "$gw1_pid" "$@" ;;
+    start_system target/release; cpu_mark
+    "${loadgen[@]}" connections --gateway ws://127.0.0.1:18080/ws --gateway-pid "${pid[gw1]}" "$@" ;;
   *) echo "unknown mode $mode" >&2; exit 2 ;;
 esac
-echo "CPU seconds during the run:"
-for name in nats history moderator gw1 gw2; do
-  pid_var="${name}_pid"
-  printf '  %-10s %s\n' "$name" "$(awk -v a="${before[$name]}" -v b="$(cpu "${!pid_var}")" 'BEGIN { printf "%.2f", b - a }')"
-done
+if [ "$mode" != rates ]; then
+  echo "CPU seconds during the run:"
+  for name in "${names[@]}"; do printf '  %-10s %s\n' "$name" "$(cpu_used "$name")"; done
+fi
