@@ -84,8 +84,8 @@ pub struct GatewayConfig {
     /// Default 256.
     pub send_queue_capacity: usize,
     /// How long a room's chat waits for a missing seq before it is fetched
-    /// from history. Several moderators can announce a room's messages out of
-    /// order; a connection delivers them in seq order and holds later ones
+    /// from history. Live deliveries can be lost or, during an upgrade, come
+    /// out of order; a connection delivers them in seq order and holds later ones
     /// (at most `send_queue_capacity` per room, else it closes with 4103 and
     /// the client resumes). Default 300 ms.
     #[serde(with = "humantime_serde")]

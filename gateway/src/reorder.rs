@@ -1,13 +1,14 @@
 //! Putting a room's chat back in seq order for one connection.
 //!
-//! Moderators store a room's messages with gap-free seqs but announce each
-//! as its own store finishes, so with several moderators seq 12 can be
-//! announced before 11 (and an announce can be lost outright when a
-//! moderator dies between storing and announcing). A connection therefore
-//! delivers seq n only right after n − 1: a later seq is held until the gap
-//! is filled, live or, once the gap is older than the reorder timeout, from
-//! history. Every member gets every stored message once, in order; a gap
-//! history cannot fill either ends the connection with a resync close.
+//! Seqs are gap-free per room and the chat stream republishes each stored
+//! message in order, but at most once (core NATS), and while moderators of
+//! an older version still announce chat themselves, twice and out of
+//! order. A connection therefore delivers seq n only right after n − 1 (or
+//! after the seq the message names as its previous one): a later seq is
+//! held until the gap is filled, live or, once the gap is older than the
+//! reorder timeout, from history. Every member gets every stored message
+//! once, in order; a gap history cannot fill either ends the connection
+//! with a resync close.
 
 use std::collections::BTreeMap;
 

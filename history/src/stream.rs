@@ -10,7 +10,9 @@ pub type EnsureStreamError = jetstream::context::CreateStreamError;
 
 /// The stream configuration for `config`. Trimming is per room
 /// (`max_messages_per_subject`), so one busy room never pushes out another
-/// room's backlog; `max_bytes` bounds the whole.
+/// room's backlog; `max_bytes` bounds the whole. The stream republishes
+/// every message it stores to the room's delivery subject, so gateways get
+/// it without the moderator publishing it a second time.
 pub fn chat_stream(config: &HistoryConfig) -> stream::Config {
     stream::Config {
         name: subject::CHAT_STREAM.into(),
@@ -24,6 +26,11 @@ pub fn chat_stream(config: &HistoryConfig) -> stream::Config {
         discard: stream::DiscardPolicy::Old,
         storage: stream::StorageType::File,
         allow_direct: true,
+        republish: Some(stream::Republish {
+            source: subject::CHAT_STORE_ALL.into(),
+            destination: subject::CHAT_REPUBLISH.into(),
+            headers_only: false,
+        }),
         ..Default::default()
     }
 }

@@ -3,8 +3,9 @@
 //! Gateways send [`ModerationRequest`]s over NATS request/reply. Each request
 //! is parsed once into a [`Command`](command::Command) and applied by the
 //! method for its action: chat is rate-limited, checked, sanitized and
-//! handed to its room's writer, which stores it in JetStream and only then
-//! announces it and acknowledges the sender; joins, leaves and reaps change
+//! handed to its room's writer, which stores it in JetStream (the stream
+//! then republishes it to gateways) and only then acknowledges the sender;
+//! joins, leaves and reaps change
 //! the room's membership; signals are relayed to the target's gateway.
 //!
 //! * [`config`]: the settings and their defaults.

@@ -86,10 +86,8 @@ struct Tail {
 /// Writes one room's messages, one at a time, in arrival order.
 pub struct RoomWriter {
     js: jetstream::Context,
-    client: async_nats::Client,
     room: RoomId,
     store_subject: String,
-    deliver_subject: String,
     tail: Option<Tail>,
     metrics: ModeratorMetrics,
 }
@@ -97,24 +95,17 @@ pub struct RoomWriter {
 impl RoomWriter {
     /// A writer for `room`; it reads the tail on first use, and records
     /// its publishes in `metrics`.
-    pub fn new(
-        js: jetstream::Context,
-        client: async_nats::Client,
-        room: RoomId,
-        metrics: ModeratorMetrics,
-    ) -> Self {
+    pub fn new(js: jetstream::Context, room: RoomId, metrics: ModeratorMetrics) -> Self {
         Self {
             js,
-            client,
             metrics,
             store_subject: subject::chat_store(&room),
-            deliver_subject: subject::chat_deliver(&room),
             room,
             tail: None,
         }
     }
 
-    /// Stores `msg` and announces it to gateways. Returns its seq, or for a
+    /// Stores `msg`, which the stream then announces to gateways. Returns its seq, or for a
     /// resend of a message stored before, the original's seq (`None` if that
     /// one has left the backlog already).
     pub async fn store(&mut self, msg: Accepted) -> Result<Option<Seq>, StoreError> {
@@ -134,11 +125,10 @@ impl RoomWriter {
                 None => self.read_tail().await?,
             };
             chat.seq = tail.seq.next();
-            let payload = Bytes::from(event::encode(&chat));
             // With no retained message the tail is only a floor, not a message.
             let prev = if tail.stream_seq == 0 { 0 } else { tail.seq.0 };
             let publish = PublishMessage::build()
-                .payload(payload.clone())
+                .payload(Bytes::from(event::encode(&chat)))
                 .message_id(&dedupe_key)
                 .header(subject::PREV_SEQ_HEADER, prev.to_string().as_str())
                 .expected_last_subject_sequence(tail.stream_seq);
@@ -155,24 +145,14 @@ impl RoomWriter {
             match result {
                 Ok(ack) if ack.duplicate => return Ok(self.original_seq(ack.sequence).await),
                 Ok(ack) => {
+                    // Stored: the stream republishes it to the room's
+                    // gateways (subject::CHAT_REPUBLISH); any they miss, they
+                    // and their clients find in the backlog.
                     self.metrics.stored.inc();
                     self.tail = Some(Tail {
                         stream_seq: ack.sequence,
                         seq: chat.seq,
                     });
-                    // Stored: from here on the message is safe. If this announce
-                    // is lost, gateways and clients find it in the backlog. It
-                    // names the seq before it too, so that a member who joined
-                    // the room empty knows the room's first message as such.
-                    let mut headers = async_nats::HeaderMap::new();
-                    headers.insert(subject::PREV_SEQ_HEADER, prev.to_string().as_str());
-                    if let Err(err) = self
-                        .client
-                        .publish_with_headers(self.deliver_subject.clone(), headers, payload)
-                        .await
-                    {
-                        tracing::warn!(cause = %err, room = %self.room, "failed to announce stored chat");
-                    }
                     return Ok(Some(chat.seq));
                 }
                 Err(err) if lost_tail_race(&err) => {

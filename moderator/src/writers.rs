@@ -34,7 +34,6 @@ pub struct Busy(pub Box<Job>);
 /// The running room writers.
 pub struct Writers {
     js: async_nats::jetstream::Context,
-    client: Client,
     queue_capacity: usize,
     idle_timeout: Duration,
     senders: HashMap<RoomId, mpsc::Sender<Job>>,
@@ -52,8 +51,7 @@ impl Writers {
         metrics: ModeratorMetrics,
     ) -> Self {
         Self {
-            js: async_nats::jetstream::new(client.clone()),
-            client,
+            js: async_nats::jetstream::new(client),
             metrics,
             queue_capacity: queue_capacity.max(1),
             idle_timeout,
@@ -77,12 +75,7 @@ impl Writers {
         let (tx, rx) = mpsc::channel(self.queue_capacity);
         tx.try_send(job)
             .expect("a fresh channel with capacity >= 1 has room for one job");
-        let writer = RoomWriter::new(
-            self.js.clone(),
-            self.client.clone(),
-            room.clone(),
-            self.metrics.clone(),
-        );
+        let writer = RoomWriter::new(self.js.clone(), room.clone(), self.metrics.clone());
         self.tasks
             .spawn(write_room(writer, rx, self.idle_timeout, room.clone()));
         self.senders.insert(room, tx);

@@ -47,14 +47,20 @@ pub fn chat_store(room: &RoomId) -> String {
     format!("cavlo.chat.{room}")
 }
 
-/// Where the moderator announces a chat message once JetStream has stored it.
-/// Gateways subscribe (via [`room_deliveries`]) while the room has local
-/// members. Not stored (core NATS, at most once); a gateway that misses one
-/// finds it in the backlog. Not ordered: each writer announces when its own
-/// store finishes, so with several moderators a higher seq can come first.
+/// Where a chat message is announced once JetStream has stored it: the
+/// stream republishes each stored message here itself ([`CHAT_REPUBLISH`]),
+/// payload and headers ([`PREV_SEQ_HEADER`] included), so no moderator
+/// publishes a second copy. Gateways subscribe (via [`room_deliveries`])
+/// while the room has local members. Not stored (core NATS, at most once);
+/// a gateway that misses one finds it in the backlog.
 pub fn chat_deliver(room: &RoomId) -> String {
     format!("cavlo.deliver.{room}.chat")
 }
+
+/// The republish destination of [`CHAT_STREAM`]: `cavlo.chat.<room>` maps to
+/// [`chat_deliver`]`(<room>)`. Only the stream's leader republishes, once
+/// per stored message, in stream order (checked on a 3-node cluster).
+pub const CHAT_REPUBLISH: &str = "cavlo.deliver.{{wildcard(1)}}.chat";
 
 /// Where the moderator announces a membership change
 /// ([`PresenceChange`](crate::event::PresenceChange)) after writing it to
@@ -144,6 +150,11 @@ mod tests {
         assert!(chat_deliver(&room).ends_with(CHAT_TOKEN));
         assert_eq!(moderate_direct(&"m1".into()), "cavlo.moderate.m1");
         assert!(CHAT_STORE_ALL.starts_with("cavlo.chat."));
+        assert_eq!(
+            CHAT_REPUBLISH.replace("{{wildcard(1)}}", room.as_str()),
+            chat_deliver(&room),
+            "the stream republishes where gateways listen"
+        );
     }
 
     /// The subject table of docs/architecture.md, first column.

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use moderator::config::ModeratorConfig;
 use schemas::client::{ChatMessage, ClientFrame, Member, ServerFrame, User};
 use schemas::code::CloseCode;
@@ -266,5 +267,44 @@ async fn a_gap_history_cannot_fill_closes_with_4103_and_the_client_resumes() {
     assert!(history.is_empty(), "nothing after {stored} was stored");
     assert_eq!(last, stored);
     drop((ann, bob));
+    system.finish().await;
+}
+
+/// The chat stream republishes what it stores to the room's delivery
+/// subject, once, with the stored headers; with two moderators running,
+/// neither publishes a copy of its own. Each message reaches a gateway
+/// once: a second copy would cost NATS and every gateway a message per chat.
+#[tokio::test]
+async fn each_stored_chat_is_delivered_once_by_the_stream_itself() {
+    let system = System::start(Options::one_gateway()).await;
+    let room = room("republished");
+    let nats = system.nats.connect().await;
+    let mut deliveries = nats.subscribe(subject::chat_deliver(&room)).await.unwrap();
+    bootstrap::nats::round_trip(&nats).await.unwrap();
+    let mut ann = Client::connect(system.gateways[0], "ann").await;
+    ann.join(&room, None).await;
+    let mut stored = Vec::new();
+    for i in 0..5 {
+        let id = format!("m{i}");
+        stored.push(ann.chat(&room, &id, "hello").await.unwrap().unwrap());
+    }
+    let mut seen = Vec::new();
+    while let Ok(Some(msg)) = tokio::time::timeout(QUIET, deliveries.next()).await {
+        let chat: ChatMessage = event::decode(&msg.payload).unwrap();
+        let headers = msg.headers.as_ref().expect("delivered with headers");
+        assert!(
+            headers.get("Nats-Sequence").is_some(),
+            "seq {} was published by the stream, not by a moderator",
+            chat.seq
+        );
+        assert!(
+            bootstrap::nats::previous_seq(Some(headers)).is_some(),
+            "seq {} names the seq before it",
+            chat.seq
+        );
+        seen.push(chat.seq);
+    }
+    assert_eq!(seen, stored, "each stored chat once, in order");
+    drop((ann, deliveries, nats));
     system.finish().await;
 }
