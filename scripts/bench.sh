@@ -104,17 +104,19 @@ rates_table() {
   for rate in ${list//,/ }; do
     start_system "$bin"
     cpu_mark
-    report="$("${loadgen[@]}" --json fanout "${gateways[@]}" --rooms 10 --clients 10 --duration 20 "$@" --rate "$rate" 2>/dev/null || true)"
-    local used=()
+    report="$("${loadgen[@]}" --json fanout "${gateways[@]}" --rooms 10 --clients 10 --duration 20 "$@" --rate "$rate" 2>"$state/loadgen.err" || true)"
+    local used=() failure
     for name in "${names[@]}"; do used+=("$name=$(cpu_used "$name")"); done
+    # The load generator's last words, after its progress line.
+    failure="$(tr '\r' '\n' <"$state/loadgen.err" | tail -1 | sed 's/^sent .*   //')"
     stop_system
-    REPORT="$report" python3 - "$rate" "${used[@]}" <<'PY'
+    REPORT="$report" FAILURE="$failure" python3 - "$rate" "${used[@]}" <<'PY'
 import json, os, sys
 rate, used = sys.argv[1], dict(arg.split("=") for arg in sys.argv[2:])
 try:
     r = json.loads(os.environ["REPORT"])
 except ValueError:
-    print(f"| {rate} | failed: the load generator gave no report | | | |")
+    print(f"| {rate} | failed: {os.environ['FAILURE'] or 'no report'} | | | |")
     sys.exit()
 d = r["deliveries"]
 per = lambda *names: sum(float(used[n]) for n in names) * 1e6 / d if d else float("nan")
