@@ -73,6 +73,7 @@ stop_system() {
   wait "${pid[@]}" 2>/dev/null || true
   rm -rf "$state"
   state=""
+  pid=()
 }
 trap stop_system EXIT
 
@@ -100,11 +101,16 @@ rates_table() {
   shift 2
   printf '| chats/s offered | deliveries/s | p50 / p99 ms | lost / dup / reordered | CPU ms per 1,000 deliveries: total (nats, moderator, gateways, history) |\n'
   printf '|---|---|---|---|---|\n'
+  # The table's defaults, unless given: loadgen refuses an option twice.
+  local defaults=() option
+  for option in "--rooms 10" "--clients 10" "--duration 20"; do
+    [[ " $* " == *" ${option% *} "* ]] || defaults+=($option)
+  done
   local rate report
   for rate in ${list//,/ }; do
     start_system "$bin"
     cpu_mark
-    report="$("${loadgen[@]}" --json fanout "${gateways[@]}" --rooms 10 --clients 10 --duration 20 "$@" --rate "$rate" 2>"$state/loadgen.err" || true)"
+    report="$("${loadgen[@]}" --json fanout "${gateways[@]}" "${defaults[@]}" "$@" --rate "$rate" 2>"$state/loadgen.err" || true)"
     local used=() failure
     for name in "${names[@]}"; do used+=("$name=$(cpu_used "$name")"); done
     # The load generator's last words, after its progress line.
@@ -138,6 +144,9 @@ case "$mode" in
     if [ -n "$against" ]; then
       commit="$(git rev-parse --short "$against^{commit}")"
       src="target/bench/src-$commit"
+      # A worktree left by an interrupted run goes first.
+      git worktree remove --force "$src" 2>/dev/null || true
+      git worktree prune
       git worktree add --force --detach "$src" "$commit" >&2
       (cd "$src" && CARGO_TARGET_DIR="$root/target/bench/target" cargo build --release --locked --bins -p gateway -p moderator -p history >&2)
       git worktree remove --force "$src"

@@ -56,7 +56,9 @@ impl Delivery {
 pub enum DeliveryKind {
     /// A chat message; delivered in `seq` order, dropped if the connection
     /// has it already. `prev`, the seq stored right before it, comes with
-    /// live messages: `Seq(0)` there marks the room's first message.
+    /// messages the stream republished (not with history fills, nor with
+    /// an older version's moderator announces): `Seq(0)` marks the room's
+    /// first message.
     Chat {
         /// Its seq.
         seq: Seq,

@@ -23,9 +23,9 @@ const ROUNDS: usize = 20;
 const QUIET: Duration = Duration::from_secs(3);
 
 /// Found with two moderators and no fault at all: about 1 % of stored,
-/// acked chats reached no member live, because two moderators announce in
-/// whatever order their stores finish and a connection dropped any seq at
-/// or below the highest it had delivered.
+/// acked chats reached no member live, because two moderators announced
+/// (before the stream republished) in whatever order their stores finished
+/// and a connection dropped any seq at or below the highest it had delivered.
 ///
 /// Every chat must also be stored at the first try: moderators racing for
 /// the room's tail retry, and a client never sees the race. Found by the
