@@ -494,10 +494,11 @@ impl Connection {
             let limit = self.shared.config.send_queue_capacity;
             // A client that joined the room while it was empty has no seq to
             // count from (a room's first seq is not 1, see room_writer.rs):
-            // everything history holds came after its join.
+            // it needs the room from its first message on, which history
+            // answers for `since` 0 unless that message was trimmed.
             let fresh = last == Seq(0);
             let backlog = match self.shared.bus.backlog(&room, Some(last), limit).await {
-                Ok(backlog) if fresh || !backlog.truncated => backlog,
+                Ok(backlog) if !backlog.truncated => backlog,
                 Ok(_) => {
                     tracing::warn!(%room, %last, "missed messages were trimmed; resync");
                     return Err(Exit::Close(CloseCode::Resync));

@@ -29,6 +29,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
+use crate::link::Link;
+
 /// Names the NATS image to test against; unset, the local image is used.
 pub const NATS_IMAGE_VAR: &str = "CAVLO_TEST_NATS_IMAGE";
 
@@ -126,6 +128,8 @@ pub struct Ack {
 pub struct Nats {
     pub container: ContainerAsync<GenericImage>,
     pub url: String,
+    /// Its client port on this host, for a [`Link`] to forward to.
+    pub addr: SocketAddr,
     /// The HTTP monitoring endpoint (`/subsz`, `/connz`, …).
     pub monitor: SocketAddr,
     /// Whether it runs compose's configuration, with one user per service.
@@ -223,6 +227,7 @@ impl Nats {
         Nats {
             container,
             url: format!("nats://127.0.0.1:{port}"),
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
             monitor: SocketAddr::from(([127, 0, 0, 1], monitor)),
             with_users,
             restartable,
@@ -298,6 +303,15 @@ impl Nats {
 
     /// A connection as `user` of [`NATS_USERS`], or without a user.
     pub async fn connect_as(&self, user: Option<&str>) -> async_nats::Client {
+        self.connect_to(&self.url, user).await
+    }
+
+    /// A connection as `user` through `link`, which the test can cut.
+    pub async fn connect_via(&self, link: &Link, user: Option<&str>) -> async_nats::Client {
+        self.connect_to(&link.url(), user).await
+    }
+
+    async fn connect_to(&self, url: &str, user: Option<&str>) -> async_nats::Client {
         let password = user.map(|user| {
             let (_, password) = NATS_USERS
                 .iter()
@@ -306,7 +320,7 @@ impl Nats {
             Secret((*password).to_owned())
         });
         let config = bootstrap::nats::NatsConfig {
-            url: self.url.clone(),
+            url: url.to_owned(),
             request_timeout: REQUEST_TIMEOUT,
             user: user.map(str::to_owned),
             password,
@@ -368,6 +382,8 @@ pub struct System {
     stop_gateways: CancellationToken,
     /// Each gateway's own stop (children of `stop_gateways`).
     gateway_stops: Vec<CancellationToken>,
+    /// Each gateway's link to NATS, which [`System::cut_gateway`] cuts.
+    gateway_links: Vec<Link>,
     gateway_tasks: Vec<JoinHandle<()>>,
     /// Stops moderators and history, after the gateways.
     stop_backend: CancellationToken,
@@ -419,15 +435,18 @@ impl System {
         }
         let (mut gateways, mut gateway_tasks, mut gateway_stops, mut gateway_metrics) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut gateway_links = Vec::new();
         for _ in 0..options.gateways {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             gateways.push(listener.local_addr().unwrap());
             let stop = stop_gateways.child_token();
             gateway_stops.push(stop.clone());
+            let link = Link::open(nats.addr).await;
             let (client, config) = (
-                nats.connect_as(as_user("gateway")).await,
+                nats.connect_via(&link, as_user("gateway")).await,
                 options.gateway.clone(),
             );
+            gateway_links.push(link);
             let metrics = Metrics::new(&client);
             gateway_metrics.push(metrics.clone());
             gateway_tasks.push(tokio::spawn(async move {
@@ -441,6 +460,7 @@ impl System {
             gateways,
             stop_gateways,
             gateway_stops,
+            gateway_links,
             gateway_tasks,
             stop_backend,
             moderators,
@@ -475,6 +495,17 @@ impl System {
     /// [`System::shutdown`] wait for it.
     pub fn stop_gateway(&self, index: usize) {
         self.gateway_stops[index].cancel();
+    }
+
+    /// Cuts gateway `index` off NATS until [`System::restore_gateway`]:
+    /// its connection drops and everything published meanwhile misses it.
+    pub fn cut_gateway(&self, index: usize) {
+        self.gateway_links[index].cut();
+    }
+
+    /// Lets gateway `index` reconnect to NATS.
+    pub fn restore_gateway(&self, index: usize) {
+        self.gateway_links[index].restore();
     }
 
     /// Starts one more moderator; it answers requests when this returns.

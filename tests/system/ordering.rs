@@ -308,3 +308,76 @@ async fn each_stored_chat_is_delivered_once_by_the_stream_itself() {
     drop((ann, deliveries, nats));
     system.finish().await;
 }
+
+/// A member who joined a room empty has no seq to count from, so when the
+/// room's first messages miss its gateway (here: the gateway is cut off
+/// NATS for a moment), only a backlog reaching back to the room's first
+/// message can fill the gap. Found while reading the gap filler: it took
+/// whatever history still held as the start of the room, so a member
+/// silently lost the messages trimmed meanwhile. It must be told to
+/// resync, and its resume must say the backlog is truncated.
+#[tokio::test]
+async fn a_member_who_joined_empty_and_missed_the_rooms_trimmed_start_is_told_to_resync() {
+    let mut options = Options::default();
+    options.history.backlog_size = 2;
+    let system = System::start(options).await;
+    let room = room("trimmed-start");
+    let mut ann = Client::connect(system.gateways[0], "ann").await;
+    let mut bob = Client::connect(system.gateways[1], "bob").await;
+    let (_, last, _) = ann.join(&room, None).await;
+    assert_eq!(last, Seq(0), "ann joined the room empty");
+    bob.join(&room, None).await;
+
+    let deliveries = subject::room_deliveries(&room);
+    system.cut_gateway(0);
+    wait_for_subscribers(&system, &deliveries, 1).await;
+    let mut sent = Vec::new();
+    for n in 1..=4 {
+        let text = format!("missed {n}");
+        sent.push(
+            bob.chat(&room, &format!("m{n}"), &text)
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    system.restore_gateway(0);
+    wait_for_subscribers(&system, &deliveries, 2).await;
+    sent.push(bob.chat(&room, "m5", "live").await.unwrap().unwrap());
+
+    let mut seen = Vec::new();
+    let code = loop {
+        match tokio::time::timeout(Duration::from_secs(3), ann.recv_or_close()).await {
+            Ok(Ok(ServerFrame::Chat(chat))) => seen.push(chat.seq),
+            Ok(Ok(_)) => {}
+            Ok(Err(code)) => break Some(code),
+            Err(_) => break None,
+        }
+    };
+    assert_eq!(
+        (seen, code),
+        (Vec::new(), Some(CloseCode::Resync.code())),
+        "(chats, close code) ann got of {sent:?}; history keeps the last two"
+    );
+
+    let mut ann = Client::connect(system.gateways[0], "ann").await;
+    let (history, last, truncated) = ann.join(&room, Some(Seq(0))).await;
+    assert!(truncated, "the resume says messages are missing");
+    let seqs: Vec<Seq> = history.iter().map(|chat| chat.seq).collect();
+    assert_eq!(seqs, sent[3..], "what history still holds");
+    assert_eq!(last, sent[4]);
+    drop((ann, bob));
+    system.finish().await;
+}
+
+/// Waits until NATS has `count` subscriptions on `subject`.
+async fn wait_for_subscribers(system: &System, subject: &str, count: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while system.nats.subscribers_of(subject).await != count {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{subject} never had {count} subscribers"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
