@@ -141,7 +141,7 @@ const NEEDS: &[(&str, &[&str], &[&str])] = &[
         "moderator",
         &[
             "cavlo.chat.*",
-            "cavlo.deliver.>",
+            "cavlo.deliver.*.presence",
             "cavlo.signal.*",
             "cavlo.roundtrip.>",
             "cavlo.moderator.heartbeat",
