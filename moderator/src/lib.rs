@@ -166,9 +166,40 @@ pub async fn start(
     })
 }
 
-/// Ready when NATS is connected and the chat stream and rooms bucket exist.
+/// Ready when NATS is connected, the rooms bucket exists and the chat
+/// stream republishes what it stores. A moderator delivers no chat itself:
+/// on a stream that an older history set up without the republish, it
+/// would store chat that no member sees live (see docs/operations.md,
+/// "Upgrading").
 pub fn readiness(client: &Client) -> bootstrap::health::Check {
-    bootstrap::health::streams_ready(client, &[subject::CHAT_STREAM, subject::ROOMS_STREAM])
+    let client = client.clone();
+    Arc::new(move || {
+        let client = client.clone();
+        Box::pin(async move {
+            bootstrap::health::nats_connected(&client)?;
+            let js = async_nats::jetstream::new(client);
+            js.get_stream(subject::ROOMS_STREAM)
+                .await
+                .map_err(|err| format!("stream {}: {err}", subject::ROOMS_STREAM))?;
+            let chat = js
+                .get_stream(subject::CHAT_STREAM)
+                .await
+                .map_err(|err| format!("stream {}: {err}", subject::CHAT_STREAM))?;
+            republishes(&chat.cached_info().config)
+        })
+    })
+}
+
+/// Whether the chat stream's `config` delivers what it stores.
+fn republishes(config: &async_nats::jetstream::stream::Config) -> Result<(), String> {
+    match &config.republish {
+        Some(republish) if republish.destination == subject::CHAT_REPUBLISH => Ok(()),
+        _ => Err(format!(
+            "stream {} does not republish to {}: upgrade history first",
+            subject::CHAT_STREAM,
+            subject::CHAT_REPUBLISH
+        )),
+    }
 }
 
 impl Running {

@@ -381,3 +381,33 @@ async fn wait_for_subscribers(system: &System, subject: &str, count: usize) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A moderator delivers no chat itself, so on a chat stream without the
+/// republish (set up by an older history) it would store chat that no
+/// member sees live. It says so as not ready, until a history of this
+/// version sets the stream up again.
+#[tokio::test]
+async fn a_moderator_is_not_ready_while_the_chat_stream_does_not_republish() {
+    let mut system = System::start(Options::one_gateway()).await;
+    let nats = system.nats.connect().await;
+    let ready = moderator::readiness(&nats);
+    assert_eq!(ready().await, Ok(()));
+
+    let js = async_nats::jetstream::new(nats.clone());
+    let mut config = js
+        .get_stream(subject::CHAT_STREAM)
+        .await
+        .unwrap()
+        .cached_info()
+        .config
+        .clone();
+    config.republish = None;
+    js.update_stream(config).await.unwrap();
+    let reason = ready().await.expect_err("not ready without the republish");
+    assert!(reason.contains("republish"), "{reason}");
+
+    system.stop_history().await;
+    system.start_history().await;
+    assert_eq!(ready().await, Ok(()), "history set the republish again");
+    system.finish().await;
+}
