@@ -81,7 +81,13 @@ trap stop_system EXIT
 cpu() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$1/stat"; }
 declare -A cpu_before
 cpu_mark() { for name in "${names[@]}"; do cpu_before[$name]=$(cpu "${pid[$name]}"); done; }
-cpu_used() { awk -v a="${cpu_before[$1]}" -v b="$(cpu "${pid[$1]}")" 'BEGIN { printf "%.2f", b - a }'; }
+# "died" for a process that ended during the run: its CPU cannot be read.
+cpu_used() {
+  local state
+  state="$(awk '{ print $3 }' "/proc/${pid[$1]}/stat" 2>/dev/null || true)"
+  if [[ -z "$state" || "$state" == Z ]]; then echo died; return; fi
+  awk -v a="${cpu_before[$1]}" -v b="$(cpu "${pid[$1]}")" 'BEGIN { printf "%.2f", b - a }'
+}
 
 # Messages and bytes NATS has sent to gateway 2's connection.
 gw2_in() {
@@ -123,6 +129,10 @@ try:
     r = json.loads(os.environ["REPORT"])
 except ValueError:
     print(f"| {rate} | failed: {os.environ['FAILURE'] or 'no report'} | | | |")
+    sys.exit()
+died = [n for n, v in used.items() if v == "died"]
+if died:
+    print(f"| {rate} | failed: {', '.join(died)} died during the run | | | |")
     sys.exit()
 d = r["deliveries"]
 per = lambda *names: sum(float(used[n]) for n in names) * 1e6 / d if d else float("nan")

@@ -3,10 +3,10 @@
 //! Seqs are gap-free per room and the chat stream republishes each stored
 //! message in order, but at most once (core NATS), and while moderators of
 //! an older version still announce chat themselves, twice and out of
-//! order. A connection therefore delivers seq n only right after n − 1 (or
-//! after the seq the message names as its previous one): a later seq is
-//! held until the gap is filled, live or, once the gap is older than the
-//! reorder timeout, from history. Every member gets every stored message
+//! order. A connection therefore delivers seq n only right after n − 1 (or,
+//! for a member who joined the room empty and so has no seq, the room's
+//! first message): a later seq is held until the gap is filled, live or,
+//! once the gap is older than the reorder timeout, from history. Every member gets every stored message
 //! once, in order; a gap history cannot fill either ends the connection
 //! with a resync close.
 

@@ -125,7 +125,7 @@ pub async fn start(
         signal_limiter: RateLimiter::new(config.signal_rate_per_minute, config.signal_burst),
         candidates: CandidateBudget::new(config.max_candidates_per_room),
         writers: Writers::new(
-            client.clone(),
+            js.clone(),
             config.room_queue_capacity,
             config.room_idle_timeout,
             metrics.clone(),

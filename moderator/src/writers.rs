@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use async_nats::Client;
 use schemas::event::Verdict;
 use schemas::id::RoomId;
 use tokio::sync::mpsc;
@@ -45,13 +44,13 @@ impl Writers {
     /// No writers yet. Each room's queue holds `queue_capacity` jobs; a
     /// writer exits after `idle_timeout` without any.
     pub fn new(
-        client: Client,
+        js: async_nats::jetstream::Context,
         queue_capacity: usize,
         idle_timeout: Duration,
         metrics: ModeratorMetrics,
     ) -> Self {
         Self {
-            js: async_nats::jetstream::new(client),
+            js,
             metrics,
             queue_capacity: queue_capacity.max(1),
             idle_timeout,
