@@ -16,6 +16,11 @@
 # them, then on this tree, so a comparison with an older commit is one
 # command; the load generator is this tree's in both.
 #
+# Six processes share two cores here, so each runs with one worker thread
+# (TOKIO_WORKER_THREADS=1 for the services, GOMAXPROCS=1 for nats-server):
+# fewer threads waking each other. BENCH_WORKERS=0 keeps the runtimes'
+# defaults (one thread per core); docs/benchmarks.md has both.
+#
 # `fanout` and `connections` print the load generator's report and each
 # process's CPU seconds during the run. `interest` runs fan-out with every
 # client on gateway 1 and reports what gateway 2 received from NATS meanwhile.
@@ -28,11 +33,15 @@ shift
 ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 cargo build --release --locked --bins >&2
 nats_server="$(scripts/nats-server.sh)"
-loadgen=(target/release/loadgen --secret bench-secret)
+# The load generator keeps its runtime's default threads (see `workers`).
+loadgen=(env -u TOKIO_WORKER_THREADS -u GOMAXPROCS target/release/loadgen --secret bench-secret)
 gateways=(--gateway ws://127.0.0.1:18080/ws --gateway ws://127.0.0.1:18081/ws)
 names=(nats history moderator gw1 gw2)
 declare -A pid
 state=""
+
+workers="${BENCH_WORKERS:-1}"
+if [[ "$workers" != 0 ]]; then export TOKIO_WORKER_THREADS="$workers" GOMAXPROCS="$workers"; fi
 
 export CAVLO_LOG__FILTER=warn
 export CAVLO_NATS__URL=nats://127.0.0.1:14222
@@ -149,6 +158,7 @@ case "$mode" in
   rates)
     list="${1:?usage: bench.sh rates RATE,RATE,... [--against REV] [loadgen fanout options]}"
     shift
+    echo "Worker threads per process: ${TOKIO_WORKER_THREADS:-one per core} (BENCH_WORKERS)"
     against=""
     if [ "${1:-}" = "--against" ]; then against="${2:?--against needs a revision}"; shift 2; fi
     if [ -n "$against" ]; then
