@@ -2,17 +2,25 @@
 
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use async_nats::RequestErrorKind;
+use async_nats::StatusCode;
 use prometheus_client::metrics::histogram::Histogram;
 use schemas::client::Member;
 use schemas::event::{
     self, Action, Backlog, BacklogReply, BacklogRequest, ModerationReply, ModerationRequest,
     Verdict,
 };
-use schemas::id::{GatewayId, ModeratorId, RoomId, Seq};
+use schemas::id::{ClientMsgId, GatewayId, ModeratorId, RoomId, Seq};
 use schemas::subject;
 
+use crate::chat_acks::{Answer, ChatSlot};
 use crate::routing::Moderators;
+
+/// A chat's wait for its answer when the NATS client has no request
+/// timeout (bootstrap always sets one).
+const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A request got no usable answer. Clients see `unavailable` for every kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -51,6 +59,10 @@ impl From<event::DecodeError> for BusError {
 pub struct Bus {
     client: async_nats::Client,
     gateway: GatewayId,
+    /// Under which moderators reply to chat (see [`crate::chat_acks`]).
+    chat_replies: String,
+    /// How long a chat waits for its answer: the client's request timeout.
+    request_timeout: Duration,
     moderators: Arc<Moderators>,
     backlog_seconds: Histogram,
 }
@@ -60,6 +72,8 @@ impl Bus {
     /// `backlog_seconds` records how long each backlog query waits.
     pub fn new(client: async_nats::Client, gateway: GatewayId, backlog_seconds: Histogram) -> Self {
         Self {
+            chat_replies: format!("{}.chat", client.new_inbox()),
+            request_timeout: client.timeout().unwrap_or(DEFAULT_REQUEST_TIMEOUT),
             client,
             gateway,
             moderators: Arc::default(),
@@ -77,66 +91,116 @@ impl Bus {
         &self.client
     }
 
-    /// Asks a moderator to admit `action` from `from`.
+    /// Asks a moderator to admit `action` from `from`; for anything but
+    /// chat (see [`Bus::chat`]).
     ///
-    /// Chat goes to the moderator that stores its room ([`crate::routing`]).
-    /// Other requests go to `moderator`, the connection's sticky one: `None`
+    /// The request goes to `moderator`, the connection's sticky one: `None`
     /// sends to the queue group, and the answer sets it. If the chosen one is
-    /// gone (no responders), the request goes to the group instead; after a
-    /// timeout the next request does, since a timed-out chat may yet have
-    /// been stored and must not be sent twice here (the client's resend is
-    /// idempotent).
+    /// gone (no responders), the request goes to the group instead.
     pub async fn moderate(
         &self,
         moderator: &mut Option<ModeratorId>,
         from: &Member,
         action: Action,
     ) -> Result<Verdict, BusError> {
-        let chat_room = match &action {
-            Action::Chat { room, .. } => Some(room.clone()),
-            _ => None,
-        };
-        let payload: bytes::Bytes = event::encode(&ModerationRequest {
-            from: from.clone(),
-            gateway: self.gateway.clone(),
-            action,
-        })
-        .into();
-        let target = chat_room
+        let payload = self.request(from, action);
+        let target = moderator.clone();
+        let subject = target
             .as_ref()
-            .and_then(|room| self.moderators.owner(room))
-            .or_else(|| moderator.clone());
-        let subject = match target.as_ref() {
-            Some(id) => subject::moderate_direct(id),
-            None => subject::MODERATE.to_owned(),
-        };
+            .map_or_else(|| subject::MODERATE.to_owned(), subject::moderate_direct);
         let result = match (self.client.request(subject, payload.clone()).await, target) {
             (Err(err), Some(gone)) if err.kind() == RequestErrorKind::NoResponders => {
                 self.moderators.forget(&gone);
-                if moderator.as_ref() == Some(&gone) {
-                    *moderator = None;
-                }
+                *moderator = None;
                 self.client.request(subject::MODERATE, payload).await
             }
             (other, _) => other,
         };
-        // Only the connection's own requests choose its sticky moderator:
-        // a chat's answer comes from its room's moderator, and following it
-        // would spread the connection's signal budgets over several.
-        let routed_chat = chat_room.is_some();
         let reply: ModerationReply = match result {
             Ok(msg) => event::decode(&msg.payload)?,
             Err(err) => {
-                if !routed_chat {
-                    *moderator = None;
-                }
+                *moderator = None;
                 return Err(err.into());
             }
         };
-        if !routed_chat {
-            *moderator = Some(reply.moderator);
-        }
+        *moderator = Some(reply.moderator);
         Ok(reply.verdict)
+    }
+
+    /// Sends chat `id` to the moderator that stores `room`
+    /// ([`crate::routing`]), or while none is known to the connection's
+    /// sticky `moderator` (so its rate limit is counted in one place), or
+    /// to the queue group, and waits for the answer in `slot`: its
+    /// delivery, or the moderator's reply (see [`crate::chat_acks`]). A
+    /// target that is gone (no responders) is forgotten and the group
+    /// asked instead. `attempt` numbers the connection's sends, so a late
+    /// reply is not taken for a newer one. A timed-out chat may yet have
+    /// been stored; the client's resend is idempotent.
+    pub async fn chat(
+        &self,
+        moderator: &mut Option<ModeratorId>,
+        from: &Member,
+        (slot, attempt): (&ChatSlot, &mut u64),
+        (room, id, text): (&RoomId, &ClientMsgId, &str),
+    ) -> Result<Verdict, BusError> {
+        let mut target = self.moderators.owner(room).or_else(|| moderator.clone());
+        loop {
+            *attempt += 1;
+            let mut waiting = slot.expect(id.clone(), *attempt);
+            let action = Action::Chat {
+                room: room.clone(),
+                id: id.clone(),
+                text: text.to_owned(),
+                acked_by_delivery: true,
+            };
+            let subject = target
+                .as_ref()
+                .map_or_else(|| subject::MODERATE.to_owned(), subject::moderate_direct);
+            let reply = subject::chat_reply(&self.chat_replies, &from.conn_id, *attempt);
+            self.client
+                .publish_with_reply(subject, reply, self.request(from, action))
+                .await
+                .map_err(|_| BusError::TimedOut)?;
+            let answer = tokio::time::timeout(self.request_timeout, &mut waiting.answer).await;
+            let reply = match answer {
+                Ok(Ok(Answer::Delivered { seq, text: stored })) => {
+                    return Ok(Verdict::Stored {
+                        seq: Some(seq),
+                        text: (stored != text).then_some(stored),
+                    });
+                }
+                Ok(Ok(Answer::Replied(reply))) => reply,
+                Ok(Err(_)) | Err(_) => return Err(BusError::TimedOut),
+            };
+            if reply.status == Some(StatusCode::NO_RESPONDERS) {
+                match target.take() {
+                    Some(gone) => {
+                        self.moderators.forget(&gone);
+                        if moderator.as_ref() == Some(&gone) {
+                            *moderator = None;
+                        }
+                        continue;
+                    }
+                    None => return Err(BusError::NoResponders),
+                }
+            }
+            let reply: ModerationReply = event::decode(&reply.payload)?;
+            return Ok(reply.verdict);
+        }
+    }
+
+    /// The subject prefix moderators reply to this gateway's chat under.
+    pub fn chat_replies(&self) -> &str {
+        &self.chat_replies
+    }
+
+    fn request(&self, from: &Member, action: Action) -> bytes::Bytes {
+        event::encode(&ModerationRequest {
+            from: from.clone(),
+            gateway: self.gateway.clone(),
+            action,
+        })
+        .into()
     }
 
     /// Asks history for `room`'s backlog.

@@ -114,6 +114,7 @@ pub(crate) async fn serve(
         reset,
         rooms: HashMap::new(),
         moderator: None,
+        chat_attempts: 0,
         handle,
         heard: Instant::now(),
         shared,
@@ -242,6 +243,8 @@ struct Connection {
     rooms: HashMap<RoomId, RoomView>,
     /// The moderator this connection's requests stick to.
     moderator: Option<ModeratorId>,
+    /// How many times this connection sent chat (see [`Bus::chat`]).
+    chat_attempts: u64,
     handle: MemberHandle,
     /// Cancelled when the gateway resets its connections.
     reset: CancellationToken,
@@ -518,7 +521,7 @@ impl Connection {
             let mut ready = Vec::new();
             for chat in backlog.messages {
                 let seq = chat.seq;
-                let delivery = Arc::new(Delivery::chat(&room, chat, None));
+                let delivery = Arc::new(Delivery::chat(&room, &chat, None));
                 view.chat.offer(seq, None, delivery, now, &mut ready)?;
             }
             if view.chat.gap_since().is_some() {
@@ -803,12 +806,20 @@ impl Connection {
         if !self.rooms.contains_key(&room) {
             return Err(fail(ErrorCode::NotInRoom, "join the room first"));
         }
-        let action = Action::Chat {
-            room: room.clone(),
-            id: id.clone(),
-            text,
-        };
-        match self.moderate(action).await {
+        let sent = self
+            .shared
+            .bus
+            .chat(
+                &mut self.moderator,
+                &self.member,
+                (&self.handle.chat, &mut self.chat_attempts),
+                (&room, &id, &text),
+            )
+            .await;
+        if let Err(err) = &sent {
+            tracing::warn!(cause = %err, "chat request failed");
+        }
+        match sent {
             Ok(Verdict::Stored { seq, text }) => Ok(ServerFrame::Ack {
                 id,
                 room,

@@ -6,7 +6,8 @@
 //! last one leaves, so a gateway only receives traffic for rooms it serves.
 //! Each delivery is serialized to JSON once per room and shared by all its
 //! local members. Signals arrive on the gateway's own subject and go to one
-//! connection.
+//! connection, and so do moderators' replies to chat; a chat's own delivery
+//! answers its sender's wait (see [`crate::chat_acks`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,6 +21,8 @@ use schemas::subject;
 use tokio::sync::{OnceCell, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use crate::chat_acks::ChatSlot;
 
 /// A frame ready to write to a member's socket.
 #[derive(Debug)]
@@ -38,7 +41,7 @@ pub struct Delivery {
 impl Delivery {
     /// A chat message of `room`, live or fetched from history, with the
     /// seq stored right before it when known.
-    pub fn chat(room: &RoomId, chat: ChatMessage, prev: Option<Seq>) -> Self {
+    pub fn chat(room: &RoomId, chat: &ChatMessage, prev: Option<Seq>) -> Self {
         Delivery {
             room: room.clone(),
             kind: DeliveryKind::Chat {
@@ -46,7 +49,7 @@ impl Delivery {
                 prev,
             },
             about: Some(chat.from.conn_id.clone()),
-            frame: ServerFrame::Chat(chat).to_json().into(),
+            frame: ServerFrame::chat_json(chat).into(),
         }
     }
 }
@@ -82,6 +85,8 @@ pub struct MemberHandle {
     /// Cancelled when a newer connection of the same user took this one's
     /// seat in a room: it must close, as it is no longer a member there.
     pub replaced: CancellationToken,
+    /// The chat the connection waits for an answer to.
+    pub chat: ChatSlot,
 }
 
 impl MemberHandle {
@@ -91,6 +96,7 @@ impl MemberHandle {
             queue,
             slow: CancellationToken::new(),
             replaced: CancellationToken::new(),
+            chat: ChatSlot::default(),
         }
     }
 
@@ -279,6 +285,39 @@ impl Hub {
         Ok(())
     }
 
+    /// Subscribes to the moderators' replies to this gateway's chat, under
+    /// `prefix` (see [`subject::chat_reply`]), and hands each to its
+    /// connection until shutdown.
+    pub async fn route_chat_replies(self: &Arc<Self>, prefix: &str) -> Result<(), SubscribeError> {
+        let mut subscriber = self.client.subscribe(format!("{prefix}.*.*")).await?;
+        let hub = self.clone();
+        self.tasks.spawn(async move {
+            loop {
+                let msg = tokio::select! {
+                    _ = hub.shutdown.cancelled() => break,
+                    msg = subscriber.next() => match msg {
+                        Some(msg) => msg,
+                        None => break,
+                    },
+                };
+                let Some((conn, attempt)) = subject::parse_chat_reply(&msg.subject) else {
+                    continue;
+                };
+                let target = hub
+                    .connections
+                    .lock()
+                    .expect("hub lock poisoned")
+                    .get(&conn)
+                    .map(|handle| handle.chat.clone());
+                if let Some(slot) = target {
+                    slot.replied(attempt, msg);
+                }
+            }
+            let _ = subscriber.unsubscribe().await;
+        });
+        Ok(())
+    }
+
     /// Stops every subscription and waits for the tasks.
     pub async fn shutdown(&self) {
         self.shutdown.cancel();
@@ -365,7 +404,11 @@ async fn fan_out(
         } else {
             presence_delivery(&room, &msg.payload)
         };
-        let (delivery, snapshot) = match decoded {
+        let Decoded {
+            delivery,
+            membership: snapshot,
+            chat,
+        } = match decoded {
             Ok(decoded) => decoded,
             Err(err) => {
                 tracing::warn!(cause = %err, %room, "dropping malformed delivery");
@@ -377,6 +420,12 @@ async fn fan_out(
         let Some(local) = rooms.get_mut(&room) else {
             break;
         };
+        // The sender's gateway acks the sender from its own delivery.
+        if let Some(chat) = &chat
+            && let Some(sender) = local.locals.get(&chat.from.conn_id)
+        {
+            sender.chat.delivered(chat);
+        }
         if let Some(snapshot) = snapshot {
             local.update(snapshot.members, snapshot.revision);
             // The seat is gone: the connection gets nothing more of the room.
@@ -394,8 +443,13 @@ async fn fan_out(
     let _ = subscriber.unsubscribe().await;
 }
 
-/// A delivery, and for presence the membership it leaves.
-type Decoded = (Delivery, Option<Membership>);
+/// A delivery, with for presence the membership it leaves, and for chat
+/// the message, which may answer its sender's wait.
+struct Decoded {
+    delivery: Delivery,
+    membership: Option<Membership>,
+    chat: Option<ChatMessage>,
+}
 
 /// The room's members after a presence change.
 struct Membership {
@@ -408,7 +462,11 @@ struct Membership {
 fn chat_delivery(room: &RoomId, msg: &async_nats::Message) -> Result<Decoded, event::DecodeError> {
     let chat: ChatMessage = event::decode(&msg.payload)?;
     let prev = bootstrap::nats::previous_seq(msg.headers.as_ref());
-    Ok((Delivery::chat(room, chat, prev), None))
+    Ok(Decoded {
+        delivery: Delivery::chat(room, &chat, prev),
+        membership: None,
+        chat: Some(chat),
+    })
 }
 
 fn presence_delivery(room: &RoomId, payload: &[u8]) -> Result<Decoded, event::DecodeError> {
@@ -430,5 +488,9 @@ fn presence_delivery(room: &RoomId, payload: &[u8]) -> Result<Decoded, event::De
         about: Some(conn),
         frame: frame.to_json().into(),
     };
-    Ok((delivery, Some(membership)))
+    Ok(Decoded {
+        delivery,
+        membership: Some(membership),
+        chat: None,
+    })
 }

@@ -12,6 +12,7 @@
 //! * [`admission`]: caps per client address (before auth) and per user.
 //! * [`hub`]: connections, rooms with local members, their subscriptions.
 //! * [`bus`]: typed requests to the moderator and history.
+//! * [`chat_acks`]: a stored chat's ack taken from its own delivery.
 //! * [`routing`]: which moderator stores a room's chat.
 //! * [`reorder`]: each room's chat released to a connection in seq order.
 //! * [`departures`]: reliable "left the room" notices for closed connections.
@@ -27,6 +28,7 @@
 pub mod admission;
 pub mod auth;
 pub mod bus;
+pub mod chat_acks;
 pub mod cluster;
 pub mod config;
 #[cfg(feature = "conformance")]

@@ -81,6 +81,7 @@ pub async fn run(
     let gateway_metrics = GatewayMetrics::register(&metrics, hub.clone());
     let bus = Bus::new(client.clone(), id.clone(), gateway_metrics.backlog.clone());
     hub.route_signals(&id).await?;
+    hub.route_chat_replies(bus.chat_replies()).await?;
     let closing = CancellationToken::new();
     let (departures, departures_done) = Departures::start(bus.clone(), closing.clone());
     let timing = cluster::Timing {

@@ -30,20 +30,26 @@ use crate::rules::{Rules, Violation};
 use crate::sanitize;
 use crate::writers::{Busy, Job, Writers};
 
+/// A chat message to check and store.
+#[derive(Debug)]
+pub struct Chat {
+    /// The sender.
+    pub from: Member,
+    /// The room.
+    pub room: RoomId,
+    /// The client's id for the message.
+    pub id: ClientMsgId,
+    /// The text as the client sent it.
+    pub text: String,
+    /// Answer only if it is not stored now (see [`Action::Chat`]).
+    pub acked_by_delivery: bool,
+}
+
 /// One moderation request, parsed.
 #[derive(Debug)]
 pub enum Command {
     /// Store a chat message in a room.
-    Chat {
-        /// The sender.
-        from: Member,
-        /// The room.
-        room: RoomId,
-        /// The client's id for the message.
-        id: ClientMsgId,
-        /// The text as the client sent it.
-        text: String,
-    },
+    Chat(Chat),
     /// Admit a member to a room.
     Join {
         /// The room.
@@ -84,7 +90,7 @@ impl Command {
     /// The action's name, as the `action` label of the request metric.
     pub fn action(&self) -> &'static str {
         match self {
-            Command::Chat { .. } => "chat",
+            Command::Chat(_) => "chat",
             Command::Join { .. } => "join",
             Command::Leave { .. } => "leave",
             Command::Reap { .. } => "reap",
@@ -101,12 +107,18 @@ impl From<ModerationRequest> for Command {
             action,
         } = request;
         match action {
-            Action::Chat { room, id, text } => Command::Chat {
+            Action::Chat {
+                room,
+                id,
+                text,
+                acked_by_delivery,
+            } => Command::Chat(Chat {
                 from,
                 room,
                 id,
                 text,
-            },
+                acked_by_delivery,
+            }),
             Action::Join {
                 room,
                 attempt,
@@ -156,6 +168,11 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// Leaves the answer to the stored message's delivery: the gateway
+    /// asked for that (see [`Action::Chat`]), and it saves one NATS message
+    /// each way per chat.
+    pub fn left_to_delivery(self) {}
+
     /// Sends `verdict` to the requesting gateway.
     pub async fn send(self, verdict: Verdict) {
         if let Verdict::Rejected { code, .. } = &verdict {
@@ -215,12 +232,7 @@ impl Moderator {
     /// Runs the method for the command's action.
     pub(crate) async fn apply(&mut self, command: Command, reply: Reply) {
         match command {
-            Command::Chat {
-                from,
-                room,
-                id,
-                text,
-            } => self.chat(from, room, id, text, reply).await,
+            Command::Chat(chat) => self.chat(chat, reply).await,
             Command::Join {
                 room,
                 member,
@@ -238,15 +250,16 @@ impl Moderator {
     }
 
     /// Checks, sanitizes and queues a chat message for its room's writer,
-    /// which answers once the message is stored.
-    async fn chat(
-        &mut self,
-        from: Member,
-        room: RoomId,
-        id: ClientMsgId,
-        text: String,
-        reply: Reply,
-    ) {
+    /// which answers once the message is stored (or leaves the answer to
+    /// the delivery, see [`Action::Chat`]).
+    async fn chat(&mut self, chat: Chat, reply: Reply) {
+        let Chat {
+            from,
+            room,
+            id,
+            text,
+            acked_by_delivery,
+        } = chat;
         if !self.chat_limiter.try_acquire(&from.conn_id, Instant::now()) {
             let violation =
                 Violation::new(ErrorCode::RateLimited, "too many chat messages; slow down");
@@ -265,6 +278,7 @@ impl Moderator {
         }
         let job = Job {
             sanitized: clean != text,
+            acked_by_delivery,
             accepted: Accepted {
                 from,
                 id,

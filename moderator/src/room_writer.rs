@@ -62,6 +62,16 @@ pub enum TailError {
     Malformed(#[from] event::DecodeError),
 }
 
+/// What became of a message given to [`RoomWriter::store`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// Stored now under this seq; the stream delivers it.
+    New(Seq),
+    /// A resend of a message stored before: the original's seq (`None` if
+    /// it has left the backlog already). Nothing is delivered.
+    Duplicate(Option<Seq>),
+}
+
 /// A message that passed moderation, ready to be stored.
 #[derive(Debug)]
 pub struct Accepted {
@@ -105,10 +115,9 @@ impl RoomWriter {
         }
     }
 
-    /// Stores `msg`, which the stream then announces to gateways. Returns its seq, or for a
-    /// resend of a message stored before, the original's seq (`None` if that
-    /// one has left the backlog already).
-    pub async fn store(&mut self, msg: Accepted) -> Result<Option<Seq>, StoreError> {
+    /// Stores `msg`, which the stream then delivers to gateways, unless it
+    /// is a resend of a message stored before.
+    pub async fn store(&mut self, msg: Accepted) -> Result<Stored, StoreError> {
         let dedupe_key = dedupe_key(&self.room, &msg);
         let mut chat = ChatMessage {
             room: self.room.clone(),
@@ -143,7 +152,9 @@ impl RoomWriter {
             };
             self.metrics.store.observe(sent.elapsed().as_secs_f64());
             match result {
-                Ok(ack) if ack.duplicate => return Ok(self.original_seq(ack.sequence).await),
+                Ok(ack) if ack.duplicate => {
+                    return Ok(Stored::Duplicate(self.original_seq(ack.sequence).await));
+                }
                 Ok(ack) => {
                     // Stored: the stream republishes it to the room's
                     // gateways (subject::CHAT_REPUBLISH); any they miss, they
@@ -153,7 +164,7 @@ impl RoomWriter {
                         stream_seq: ack.sequence,
                         seq: chat.seq,
                     });
-                    return Ok(Some(chat.seq));
+                    return Ok(Stored::New(chat.seq));
                 }
                 Err(err) if lost_tail_race(&err) => {
                     self.metrics.tail_races.inc();

@@ -11,7 +11,7 @@ use tokio::task::JoinSet;
 
 use crate::command::Reply;
 use crate::metrics::ModeratorMetrics;
-use crate::room_writer::{Accepted, RoomWriter};
+use crate::room_writer::{Accepted, RoomWriter, Stored};
 
 /// A chat message waiting for its room's writer.
 #[derive(Debug)]
@@ -21,6 +21,9 @@ pub struct Job {
     /// Whether sanitizing changed the text; the ack then carries the stored
     /// text, so the sender shows what everyone else sees.
     pub sanitized: bool,
+    /// Whether the gateway takes the ack from the delivery, so that only a
+    /// message not stored now is answered (see `Action::Chat`).
+    pub acked_by_delivery: bool,
     /// Where the verdict goes.
     pub reply: Reply,
 }
@@ -130,7 +133,13 @@ async fn write_room(
 async fn store(writer: &mut RoomWriter, job: Job) {
     let text = job.sanitized.then(|| job.accepted.text.clone());
     let verdict = match writer.store(job.accepted).await {
-        Ok(seq) => Verdict::Stored { seq, text },
+        Ok(Stored::New(_)) if job.acked_by_delivery => return job.reply.left_to_delivery(),
+        Ok(Stored::New(seq)) => Verdict::Stored {
+            seq: Some(seq),
+            text,
+        },
+        // A resend: JetStream kept the original, and delivers nothing.
+        Ok(Stored::Duplicate(seq)) => Verdict::Stored { seq, text },
         Err(err) => {
             tracing::warn!(cause = %err, "chat not stored");
             Verdict::unavailable("message could not be stored")

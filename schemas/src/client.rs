@@ -364,6 +364,17 @@ impl ServerFrame {
         serde_json::to_string(self).expect("server frames always serialize")
     }
 
+    /// The JSON of `ServerFrame::Chat(chat)`, without taking `chat`: a
+    /// gateway serializes each delivered message once and still reads it.
+    pub fn chat_json(chat: &ChatMessage) -> String {
+        #[derive(Serialize)]
+        #[serde(tag = "type", rename_all = "snake_case")]
+        enum Borrowed<'a> {
+            Chat(&'a ChatMessage),
+        }
+        serde_json::to_string(&Borrowed::Chat(chat)).expect("server frames always serialize")
+    }
+
     /// Its `type` on the wire.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -425,6 +436,22 @@ mod tests {
             let json: serde_json::Value = serde_json::from_str(text).unwrap();
             assert_eq!(json["type"], frame.kind());
         }
+    }
+
+    #[test]
+    fn chat_json_is_the_chat_frame() {
+        let chat = ChatMessage {
+            room: "r".into(),
+            seq: Seq(7),
+            id: "m1".into(),
+            from: member(),
+            text: "a \"quoted\" <b>text</b>".into(),
+            ts: 1,
+        };
+        assert_eq!(
+            ServerFrame::chat_json(&chat),
+            ServerFrame::Chat(chat).to_json()
+        );
     }
 
     fn member() -> Member {

@@ -71,6 +71,13 @@ pub enum Action {
         id: ClientMsgId,
         /// The text as the client sent it, before sanitizing.
         text: String,
+        /// The gateway takes the ack from the stored message's delivery
+        /// (the stream republishes it to the room's gateways, the sender's
+        /// among them), so the moderator answers only a chat it does not
+        /// store now: a rejection, a failure or a duplicate. Absent from an
+        /// older gateway, which needs the answer every time.
+        #[serde(default)]
+        acked_by_delivery: bool,
     },
 }
 
@@ -274,6 +281,44 @@ mod tests {
         assert_eq!(decode::<T>(&encode(&value)).unwrap(), value);
     }
 
+    /// A chat request from a gateway that predates `acked_by_delivery`
+    /// wants its answer whatever happens.
+    #[test]
+    fn an_older_gateways_chat_asks_for_an_answer() {
+        #[derive(Serialize)]
+        #[serde(tag = "kind", rename_all = "snake_case")]
+        enum OlderAction {
+            Chat {
+                room: RoomId,
+                id: ClientMsgId,
+                text: String,
+            },
+        }
+        #[derive(Serialize)]
+        struct OlderRequest {
+            from: Member,
+            gateway: GatewayId,
+            action: OlderAction,
+        }
+        let older = encode(&OlderRequest {
+            from: member(),
+            gateway: "g1".into(),
+            action: OlderAction::Chat {
+                room: "lobby".into(),
+                id: "m1".into(),
+                text: "hi".into(),
+            },
+        });
+        let request: ModerationRequest = decode(&older).unwrap();
+        assert!(matches!(
+            request.action,
+            Action::Chat {
+                acked_by_delivery: false,
+                ..
+            }
+        ));
+    }
+
     #[test]
     fn events_round_trip() {
         round_trip(ModerationRequest {
@@ -283,6 +328,7 @@ mod tests {
                 room: "lobby".into(),
                 id: "m1".into(),
                 text: "<b>hi</b>".into(),
+                acked_by_delivery: true,
             },
         });
         round_trip(ModerationRequest {

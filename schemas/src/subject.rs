@@ -3,7 +3,7 @@
 //! Room names become subject tokens, so builders take a [`RoomId`] that the
 //! caller has checked with [`RoomId::is_subject_safe`].
 
-use crate::id::{GatewayId, ModeratorId, RoomId};
+use crate::id::{ConnId, GatewayId, ModeratorId, RoomId};
 
 /// Gateways send [`ModerationRequest`](crate::event::ModerationRequest)s here
 /// (request/reply) for a connection not yet tied to a moderator. Every
@@ -84,6 +84,22 @@ pub fn signals(gateway: &GatewayId) -> String {
     format!("cavlo.signal.{gateway}")
 }
 
+/// Where a moderator replies to a connection's chat, when it replies at all
+/// (see [`Action::Chat`](crate::event::Action::Chat)): under the gateway's
+/// reply `prefix` (an inbox of its own, which it subscribes to as
+/// `{prefix}.*.*`), naming the connection and the attempt, so a late reply
+/// to an earlier attempt is not taken for the current one. Never stored.
+pub fn chat_reply(prefix: &str, conn: &ConnId, attempt: u64) -> String {
+    format!("{prefix}.{conn}.{attempt}")
+}
+
+/// The connection and attempt a [`chat_reply`] subject names.
+pub fn parse_chat_reply(subject: &str) -> Option<(ConnId, u64)> {
+    let (rest, attempt) = subject.rsplit_once('.')?;
+    let (_, conn) = rest.rsplit_once('.')?;
+    Some((ConnId(conn.to_owned()), attempt.parse().ok()?))
+}
+
 /// Gateways announce they are alive here ([`Heartbeat`](crate::event::Heartbeat));
 /// moderators and gateways listen, and consider a gateway gone after
 /// missing its heartbeats for a while. Not stored.
@@ -140,6 +156,14 @@ mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
+
+    #[test]
+    fn chat_replies_name_the_connection_and_attempt() {
+        let subject = chat_reply("_INBOX.abc.chat", &ConnId("c1".into()), 42);
+        assert_eq!(subject, "_INBOX.abc.chat.c1.42");
+        assert_eq!(parse_chat_reply(&subject), Some((ConnId("c1".into()), 42)));
+        assert_eq!(parse_chat_reply("_INBOX.abc.chat.c1.x"), None);
+    }
 
     #[test]
     fn room_subjects_keep_the_room_in_one_token() {

@@ -194,7 +194,12 @@ proptest! {
                 user: User { id: "u1".into(), name: "Ann".into() },
             },
             gateway: "g1".into(),
-            action: Action::Chat { room: "r1".into(), id: "m1".into(), text: "hello".into() },
+            action: Action::Chat {
+                room: "r1".into(),
+                id: "m1".into(),
+                text: "hello".into(),
+                acked_by_delivery: true,
+            },
         };
         let backlog = BacklogRequest { room: "r1".into(), since: Some(Seq(7)), limit: 50 };
         for valid in [event::encode(&request), event::encode(&backlog)] {

@@ -3,13 +3,15 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use history::config::HistoryConfig;
 use schemas::client::{ChatMessage, ServerFrame};
 use schemas::code::ErrorCode;
+use schemas::event::{self, ModerationReply, Verdict};
 use schemas::id::Seq;
 use tokio::time::Instant;
 
-use crate::harness::{Client, Options, System, assert_code, room};
+use crate::harness::{Client, Options, QUIET, System, assert_code, room};
 
 #[tokio::test]
 async fn chat_reaches_every_other_member_once_across_gateways() {
@@ -465,6 +467,75 @@ async fn a_resume_reads_what_follows_since_not_the_whole_backlog() {
         read_for_join <= 4.0 * history.len() as f64 + 16.0,
         "read {read_for_join} messages for a join of {}",
         history.len()
+    );
+    drop((ann, bob));
+    system.finish().await;
+}
+
+/// A stored chat's ack comes from its own delivery, which the sender's
+/// gateway receives anyway: no moderator reply crosses NATS for it, one
+/// message less each way per chat. A chat the moderator does not store now
+/// (a resend, a rejection) still gets its reply. Measured as what crosses
+/// NATS on reply subjects, where replies go.
+#[tokio::test]
+async fn a_stored_chat_is_acked_from_its_delivery_without_a_moderator_reply() {
+    const EACH: usize = 4;
+    let system = System::start(Options::default()).await;
+    let nats = system.nats.connect().await;
+    let mut replies = nats.subscribe("_INBOX.>").await.unwrap();
+    nats.flush().await.unwrap();
+    let room = room("delivery-acks");
+    let mut ann = Client::connect(system.gateways[0], "ann").await;
+    let mut bob = Client::connect(system.gateways[1], "bob").await;
+    ann.join(&room, None).await;
+    bob.join(&room, None).await;
+
+    let mut acked = Vec::new();
+    for i in 0..EACH {
+        acked.push(ann.chat(&room, &format!("a{i}"), "plain").await.unwrap());
+        acked.push(bob.chat(&room, &format!("b{i}"), "plain").await.unwrap());
+    }
+    let sanitized = ann.chat_acked(&room, "html", "<b>bold</b>").await.unwrap();
+    assert_eq!(
+        sanitized.text.as_deref(),
+        Some("bold"),
+        "the ack says what was stored"
+    );
+    let resent = ann.chat(&room, "a0", "plain").await.unwrap();
+    assert_eq!(resent, acked[0], "a resend is acked with the original seq");
+    let refused = ann.chat(&room, "empty", "<b></b>").await.unwrap_err();
+    assert_code(
+        &refused,
+        ErrorCode::InvalidMessage,
+        "blank after sanitizing",
+    );
+
+    let mut seqs: Vec<Seq> = acked.iter().map(|seq| seq.expect("a seq")).collect();
+    seqs.sort();
+    seqs.dedup();
+    assert_eq!(
+        seqs.len(),
+        2 * EACH,
+        "every chat was stored under its own seq"
+    );
+    let mut verdicts = Vec::new();
+    while let Ok(Some(msg)) = tokio::time::timeout(QUIET, replies.next()).await {
+        if let Ok(reply) = event::decode::<ModerationReply>(&msg.payload) {
+            verdicts.push(reply.verdict);
+        }
+    }
+    let stored = verdicts
+        .iter()
+        .filter(|verdict| matches!(verdict, Verdict::Stored { .. }))
+        .count();
+    let rejected = verdicts
+        .iter()
+        .filter(|verdict| matches!(verdict, Verdict::Rejected { .. }))
+        .count();
+    assert_eq!(
+        (stored, rejected),
+        (1, 1),
+        "moderator replies to chat: only the resend's and the refusal's"
     );
     drop((ann, bob));
     system.finish().await;

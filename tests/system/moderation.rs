@@ -211,6 +211,7 @@ async fn a_full_room_queue_answers_at_once() {
                 room: room.clone(),
                 id: ClientMsgId::from("m"),
                 text: "hello".into(),
+                acked_by_delivery: false,
             },
         };
         client.request(subject::MODERATE, event::encode(&request).into())

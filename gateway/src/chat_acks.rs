@@ -1,0 +1,193 @@
+//! A stored chat's ack comes from its own delivery.
+//!
+//! The chat stream republishes every message it stores to the room's
+//! gateways, the sender's among them, so the sender's gateway learns the
+//! seq from that delivery, and the moderator does not reply to a chat it
+//! stored (`Action::Chat::acked_by_delivery`): one NATS message less each
+//! way per chat. A moderator still replies to a chat it does not store now
+//! (a rejection, a failure, a resend of a stored one), and an older
+//! moderator always replies; whichever answer comes first is the ack. Both
+//! come after JetStream stored the message, or never.
+//!
+//! A connection has at most one request under way, so it has one slot for
+//! the chat it waits for. Replies come to one subscription per gateway
+//! (`schemas::subject::chat_reply`), naming the connection and the attempt. async-nats's own
+//! requests are not used for chat: each keeps its entry until a reply
+//! comes, and most chats now get none.
+
+use std::sync::{Arc, Mutex};
+
+use schemas::client::ChatMessage;
+use schemas::id::{ClientMsgId, Seq};
+use tokio::sync::oneshot;
+
+/// How a waiting chat was answered.
+#[derive(Debug)]
+pub enum Answer {
+    /// Its delivery arrived: it is stored under `seq`, with `text`.
+    Delivered {
+        /// Its seq.
+        seq: Seq,
+        /// The stored text.
+        text: String,
+    },
+    /// The moderator replied (or NATS did, for want of responders).
+    Replied(async_nats::Message),
+}
+
+/// The chat one connection waits for, if any.
+#[derive(Clone, Debug, Default)]
+pub struct ChatSlot(Arc<Mutex<Option<Awaited>>>);
+
+#[derive(Debug)]
+struct Awaited {
+    id: ClientMsgId,
+    attempt: u64,
+    answer: oneshot::Sender<Answer>,
+}
+
+impl ChatSlot {
+    /// Waits for the answer to attempt `attempt` at sending chat `id`,
+    /// replacing any earlier wait; the wait ends when the result is dropped.
+    pub fn expect(&self, id: ClientMsgId, attempt: u64) -> Waiting<'_> {
+        let (answer, rx) = oneshot::channel();
+        *self.lock() = Some(Awaited {
+            id,
+            attempt,
+            answer,
+        });
+        Waiting {
+            slot: self,
+            attempt,
+            answer: rx,
+        }
+    }
+
+    /// `chat` was delivered: answers the wait for it, if this is one.
+    pub fn delivered(&self, chat: &ChatMessage) {
+        let mut slot = self.lock();
+        if slot.as_ref().is_some_and(|awaited| awaited.id == chat.id)
+            && let Some(awaited) = slot.take()
+        {
+            let _ = awaited.answer.send(Answer::Delivered {
+                seq: chat.seq,
+                text: chat.text.clone(),
+            });
+        }
+    }
+
+    /// A reply for attempt `attempt` came: answers the wait, if it is for
+    /// that attempt still.
+    pub fn replied(&self, attempt: u64, reply: async_nats::Message) {
+        let mut slot = self.lock();
+        if slot
+            .as_ref()
+            .is_some_and(|awaited| awaited.attempt == attempt)
+            && let Some(awaited) = slot.take()
+        {
+            let _ = awaited.answer.send(Answer::Replied(reply));
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Awaited>> {
+        self.0.lock().expect("chat slot lock poisoned")
+    }
+}
+
+/// A connection waiting for one chat's answer; dropping it ends the wait.
+#[derive(Debug)]
+pub struct Waiting<'a> {
+    slot: &'a ChatSlot,
+    attempt: u64,
+    /// Where the answer comes; closed if the wait was replaced.
+    pub answer: oneshot::Receiver<Answer>,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut slot = self.slot.lock();
+        if slot
+            .as_ref()
+            .is_some_and(|awaited| awaited.attempt == self.attempt)
+        {
+            *slot = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use schemas::client::{Member, User};
+
+    use super::*;
+
+    fn chat(id: &str, seq: u64) -> ChatMessage {
+        ChatMessage {
+            room: "r".into(),
+            seq: Seq(seq),
+            id: id.into(),
+            from: Member {
+                conn_id: "c1".into(),
+                user: User {
+                    id: "u1".into(),
+                    name: "Ann".into(),
+                },
+            },
+            text: "hi".into(),
+            ts: 0,
+        }
+    }
+
+    fn reply(subject: &str) -> async_nats::Message {
+        async_nats::Message {
+            subject: subject.into(),
+            reply: None,
+            payload: Default::default(),
+            headers: None,
+            status: None,
+            description: None,
+            length: 0,
+        }
+    }
+
+    #[test]
+    fn the_delivery_of_the_awaited_chat_answers_it() {
+        let slot = ChatSlot::default();
+        let mut waiting = slot.expect("m2".into(), 1);
+        slot.delivered(&chat("m1", 6));
+        assert!(
+            waiting.answer.try_recv().is_err(),
+            "another chat's delivery"
+        );
+        slot.delivered(&chat("m2", 7));
+        match waiting.answer.try_recv() {
+            Ok(Answer::Delivered { seq, text }) => assert_eq!((seq, text.as_str()), (Seq(7), "hi")),
+            other => panic!("expected the delivery, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_reply_to_an_earlier_attempt_is_not_taken_for_the_current_one() {
+        let slot = ChatSlot::default();
+        drop(slot.expect("m1".into(), 1));
+        let mut waiting = slot.expect("m1".into(), 2);
+        slot.replied(1, reply("late"));
+        assert!(waiting.answer.try_recv().is_err());
+        slot.replied(2, reply("current"));
+        assert!(
+            matches!(waiting.answer.try_recv(), Ok(Answer::Replied(msg)) if msg.subject.as_str() == "current")
+        );
+    }
+
+    #[test]
+    fn a_wait_that_ends_leaves_the_slot_empty() {
+        let slot = ChatSlot::default();
+        drop(slot.expect("m1".into(), 1));
+        assert!(slot.lock().is_none());
+        // An older wait's end does not clear a newer one.
+        let older = slot.expect("m1".into(), 2);
+        let _newer = slot.expect("m2".into(), 3);
+        drop(older);
+        assert_eq!(slot.lock().as_ref().map(|a| a.attempt), Some(3));
+    }
+}
