@@ -146,7 +146,7 @@ impl Bus {
         let mut target = self.moderators.owner(room).or_else(|| moderator.clone());
         loop {
             *attempt += 1;
-            let mut waiting = slot.expect(id.clone(), *attempt);
+            let mut waiting = slot.wait_for(room.clone(), id.clone(), *attempt);
             let action = Action::Chat {
                 room: room.clone(),
                 id: id.clone(),

@@ -10,15 +10,19 @@
 //! come after JetStream stored the message, or never.
 //!
 //! A connection has at most one request under way, so it has one slot for
-//! the chat it waits for. Replies come to one subscription per gateway
-//! (`schemas::subject::chat_reply`), naming the connection and the attempt. async-nats's own
-//! requests are not used for chat: each keeps its entry until a reply
-//! comes, and most chats now get none.
+//! the chat it waits for, known by room and client id. Replies come to one
+//! subscription per gateway (`schemas::subject::chat_reply`), naming the
+//! connection and the attempt. async-nats's own requests are not used for
+//! chat: each keeps its entry until a reply comes, and most chats now get
+//! none. For the same reason moderators may publish to any inbox rather
+//! than only answer requests (docker/nats/nats.conf): nats-server keeps an
+//! entry per request until it is answered, and prunes them all on every
+//! delivery once there are thousands.
 
 use std::sync::{Arc, Mutex};
 
 use schemas::client::ChatMessage;
-use schemas::id::{ClientMsgId, Seq};
+use schemas::id::{ClientMsgId, RoomId, Seq};
 use tokio::sync::oneshot;
 
 /// How a waiting chat was answered.
@@ -39,19 +43,24 @@ pub enum Answer {
 #[derive(Clone, Debug, Default)]
 pub struct ChatSlot(Arc<Mutex<Option<Awaited>>>);
 
+/// A chat is known by its room and the client's id for it: client ids are
+/// unique per user and room only (docs/protocol.md).
 #[derive(Debug)]
 struct Awaited {
+    room: RoomId,
     id: ClientMsgId,
     attempt: u64,
     answer: oneshot::Sender<Answer>,
 }
 
 impl ChatSlot {
-    /// Waits for the answer to attempt `attempt` at sending chat `id`,
-    /// replacing any earlier wait; the wait ends when the result is dropped.
-    pub fn expect(&self, id: ClientMsgId, attempt: u64) -> Waiting<'_> {
+    /// Waits for the answer to attempt `attempt` at sending chat `id` to
+    /// `room`, replacing any earlier wait; the wait ends when the result
+    /// is dropped.
+    pub fn wait_for(&self, room: RoomId, id: ClientMsgId, attempt: u64) -> Waiting<'_> {
         let (answer, rx) = oneshot::channel();
         *self.lock() = Some(Awaited {
+            room,
             id,
             attempt,
             answer,
@@ -66,7 +75,9 @@ impl ChatSlot {
     /// `chat` was delivered: answers the wait for it, if this is one.
     pub fn delivered(&self, chat: &ChatMessage) {
         let mut slot = self.lock();
-        if slot.as_ref().is_some_and(|awaited| awaited.id == chat.id)
+        if slot
+            .as_ref()
+            .is_some_and(|awaited| awaited.id == chat.id && awaited.room == chat.room)
             && let Some(awaited) = slot.take()
         {
             let _ = awaited.answer.send(Answer::Delivered {
@@ -153,7 +164,7 @@ mod tests {
     #[test]
     fn the_delivery_of_the_awaited_chat_answers_it() {
         let slot = ChatSlot::default();
-        let mut waiting = slot.expect("m2".into(), 1);
+        let mut waiting = slot.wait_for("r".into(), "m2".into(), 1);
         slot.delivered(&chat("m1", 6));
         assert!(
             waiting.answer.try_recv().is_err(),
@@ -166,11 +177,26 @@ mod tests {
         }
     }
 
+    /// Client ids are unique per user and room only (docs/protocol.md): a
+    /// late delivery of "m1" in one room must not answer "m1" in another.
+    #[test]
+    fn a_delivery_in_another_room_does_not_answer_the_same_id() {
+        let slot = ChatSlot::default();
+        let mut waiting = slot.wait_for("r".into(), "m1".into(), 1);
+        let mut elsewhere = chat("m1", 9);
+        elsewhere.room = "other".into();
+        slot.delivered(&elsewhere);
+        assert!(
+            waiting.answer.try_recv().is_err(),
+            "answered from another room"
+        );
+    }
+
     #[test]
     fn a_reply_to_an_earlier_attempt_is_not_taken_for_the_current_one() {
         let slot = ChatSlot::default();
-        drop(slot.expect("m1".into(), 1));
-        let mut waiting = slot.expect("m1".into(), 2);
+        drop(slot.wait_for("r".into(), "m1".into(), 1));
+        let mut waiting = slot.wait_for("r".into(), "m1".into(), 2);
         slot.replied(1, reply("late"));
         assert!(waiting.answer.try_recv().is_err());
         slot.replied(2, reply("current"));
@@ -182,11 +208,11 @@ mod tests {
     #[test]
     fn a_wait_that_ends_leaves_the_slot_empty() {
         let slot = ChatSlot::default();
-        drop(slot.expect("m1".into(), 1));
+        drop(slot.wait_for("r".into(), "m1".into(), 1));
         assert!(slot.lock().is_none());
         // An older wait's end does not clear a newer one.
-        let older = slot.expect("m1".into(), 2);
-        let _newer = slot.expect("m2".into(), 3);
+        let older = slot.wait_for("r".into(), "m1".into(), 2);
+        let _newer = slot.wait_for("r".into(), "m2".into(), 3);
         drop(older);
         assert_eq!(slot.lock().as_ref().map(|a| a.attempt), Some(3));
     }

@@ -420,12 +420,14 @@ async fn fan_out(
         let Some(local) = rooms.get_mut(&room) else {
             break;
         };
-        // The sender's gateway acks the sender from its own delivery.
-        if let Some(chat) = &chat
-            && let Some(sender) = local.locals.get(&chat.from.conn_id)
-        {
-            sender.chat.delivered(chat);
-        }
+        // The sender's gateway acks the sender from its own delivery, once
+        // the rooms lock is released.
+        let sender = chat.as_ref().and_then(|chat| {
+            local
+                .locals
+                .get(&chat.from.conn_id)
+                .map(|handle| handle.chat.clone())
+        });
         if let Some(snapshot) = snapshot {
             local.update(snapshot.members, snapshot.revision);
             // The seat is gone: the connection gets nothing more of the room.
@@ -438,6 +440,10 @@ async fn fan_out(
         }
         for member in local.locals.values() {
             member.offer(delivery.clone());
+        }
+        drop(rooms);
+        if let (Some(slot), Some(chat)) = (sender, &chat) {
+            slot.delivered(chat);
         }
     }
     let _ = subscriber.unsubscribe().await;
