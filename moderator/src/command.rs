@@ -1,9 +1,11 @@
 //! A request parsed into one typed command, applied by the method for its
 //! action.
 //!
-//! Every command ends by sending its [`Reply`]: at once, from the room
+//! Every command ends with its [`Reply`]: sent at once, from the room
 //! writer once the message is stored, or from the task that changes the
-//! room or relays the signal. A path that forgets to answer leaves the
+//! room or relays the signal; or, for a chat stored for a gateway that
+//! takes the ack from the delivery, handed over to that delivery
+//! ([`Reply::left_to_delivery`]). A path that forgets to answer leaves the
 //! client waiting for its request timeout and then shows it the wrong
 //! error, so the reply is a value each path moves on to whoever answers.
 
@@ -157,7 +159,7 @@ impl From<ModerationRequest> for Command {
 }
 
 /// Where a request's verdict goes. Sending consumes it.
-#[must_use = "every request must be answered"]
+#[must_use = "every request must be answered, or left to its delivery"]
 #[derive(Debug)]
 pub struct Reply {
     /// The request, answered through the NATS services API so that its

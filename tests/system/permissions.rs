@@ -157,6 +157,7 @@ const NEEDS: &[(&str, &[&str], &[&str])] = &[
             "$JS.API.DIRECT.GET.KV_CAVLO_ROOMS",
             "$JS.API.DIRECT.GET.KV_CAVLO_ROOMS.>",
             "$KV.CAVLO_ROOMS.>",
+            "_INBOX.>",
         ],
         &[
             "cavlo.moderate",
