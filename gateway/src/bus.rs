@@ -133,20 +133,20 @@ impl Bus {
     /// to the queue group, and waits for the answer in `slot`: its
     /// delivery, or the moderator's reply (see [`crate::chat_acks`]). A
     /// target that is gone (no responders) is forgotten and the group
-    /// asked instead. `attempt` numbers the connection's sends, so a late
-    /// reply is not taken for a newer one. A timed-out chat may yet have
-    /// been stored; the client's resend is idempotent.
+    /// asked instead. A timed-out chat may yet have been stored; the
+    /// client's resend is idempotent.
     pub async fn chat(
         &self,
         moderator: &mut Option<ModeratorId>,
         from: &Member,
-        (slot, attempt): (&ChatSlot, &mut u64),
-        (room, id, text): (&RoomId, &ClientMsgId, &str),
+        slot: &ChatSlot,
+        room: &RoomId,
+        id: &ClientMsgId,
+        text: &str,
     ) -> Result<Verdict, BusError> {
         let mut target = self.moderators.owner(room).or_else(|| moderator.clone());
         loop {
-            *attempt += 1;
-            let mut waiting = slot.wait_for(room.clone(), id.clone(), *attempt);
+            let mut waiting = slot.wait_for(room.clone(), id.clone());
             let action = Action::Chat {
                 room: room.clone(),
                 id: id.clone(),
@@ -156,7 +156,7 @@ impl Bus {
             let subject = target
                 .as_ref()
                 .map_or_else(|| subject::MODERATE.to_owned(), subject::moderate_direct);
-            let reply = subject::chat_reply(&self.chat_replies, &from.conn_id, *attempt);
+            let reply = subject::chat_reply(&self.chat_replies, &from.conn_id, waiting.attempt());
             self.client
                 .publish_with_reply(subject, reply, self.request(from, action))
                 .await

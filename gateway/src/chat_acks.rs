@@ -41,7 +41,14 @@ pub enum Answer {
 
 /// The chat one connection waits for, if any.
 #[derive(Clone, Debug, Default)]
-pub struct ChatSlot(Arc<Mutex<Option<Awaited>>>);
+pub struct ChatSlot(Arc<Mutex<Slot>>);
+
+#[derive(Debug, Default)]
+struct Slot {
+    awaited: Option<Awaited>,
+    /// Waits so far: each gets the next number, which its reply names.
+    attempts: u64,
+}
 
 /// A chat is known by its room and the client's id for it: client ids are
 /// unique per user and room only (docs/protocol.md).
@@ -54,17 +61,21 @@ struct Awaited {
 }
 
 impl ChatSlot {
-    /// Waits for the answer to attempt `attempt` at sending chat `id` to
+    /// Waits for the answer to the next attempt at sending chat `id` to
     /// `room`, replacing any earlier wait; the wait ends when the result
     /// is dropped.
-    pub fn wait_for(&self, room: RoomId, id: ClientMsgId, attempt: u64) -> Waiting<'_> {
+    pub fn wait_for(&self, room: RoomId, id: ClientMsgId) -> Waiting<'_> {
         let (answer, rx) = oneshot::channel();
-        *self.lock() = Some(Awaited {
+        let mut slot = self.lock();
+        slot.attempts += 1;
+        let attempt = slot.attempts;
+        slot.awaited = Some(Awaited {
             room,
             id,
             attempt,
             answer,
         });
+        drop(slot);
         Waiting {
             slot: self,
             attempt,
@@ -74,7 +85,7 @@ impl ChatSlot {
 
     /// `chat` was delivered: answers the wait for it, if this is one.
     pub fn delivered(&self, chat: &ChatMessage) {
-        let mut slot = self.lock();
+        let slot = &mut self.lock().awaited;
         if slot
             .as_ref()
             .is_some_and(|awaited| awaited.id == chat.id && awaited.room == chat.room)
@@ -90,7 +101,7 @@ impl ChatSlot {
     /// A reply for attempt `attempt` came: answers the wait, if it is for
     /// that attempt still.
     pub fn replied(&self, attempt: u64, reply: async_nats::Message) {
-        let mut slot = self.lock();
+        let slot = &mut self.lock().awaited;
         if slot
             .as_ref()
             .is_some_and(|awaited| awaited.attempt == attempt)
@@ -100,7 +111,7 @@ impl ChatSlot {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Awaited>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slot> {
         self.0.lock().expect("chat slot lock poisoned")
     }
 }
@@ -114,9 +125,16 @@ pub struct Waiting<'a> {
     pub answer: oneshot::Receiver<Answer>,
 }
 
+impl Waiting<'_> {
+    /// This wait's number, which names it in the reply subject.
+    pub fn attempt(&self) -> u64 {
+        self.attempt
+    }
+}
+
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        let mut slot = self.slot.lock();
+        let slot = &mut self.slot.lock().awaited;
         if slot
             .as_ref()
             .is_some_and(|awaited| awaited.attempt == self.attempt)
@@ -164,7 +182,7 @@ mod tests {
     #[test]
     fn the_delivery_of_the_awaited_chat_answers_it() {
         let slot = ChatSlot::default();
-        let mut waiting = slot.wait_for("r".into(), "m2".into(), 1);
+        let mut waiting = slot.wait_for("r".into(), "m2".into());
         slot.delivered(&chat("m1", 6));
         assert!(
             waiting.answer.try_recv().is_err(),
@@ -182,7 +200,7 @@ mod tests {
     #[test]
     fn a_delivery_in_another_room_does_not_answer_the_same_id() {
         let slot = ChatSlot::default();
-        let mut waiting = slot.wait_for("r".into(), "m1".into(), 1);
+        let mut waiting = slot.wait_for("r".into(), "m1".into());
         let mut elsewhere = chat("m1", 9);
         elsewhere.room = "other".into();
         slot.delivered(&elsewhere);
@@ -195,8 +213,8 @@ mod tests {
     #[test]
     fn a_reply_to_an_earlier_attempt_is_not_taken_for_the_current_one() {
         let slot = ChatSlot::default();
-        drop(slot.wait_for("r".into(), "m1".into(), 1));
-        let mut waiting = slot.wait_for("r".into(), "m1".into(), 2);
+        drop(slot.wait_for("r".into(), "m1".into()));
+        let mut waiting = slot.wait_for("r".into(), "m1".into());
         slot.replied(1, reply("late"));
         assert!(waiting.answer.try_recv().is_err());
         slot.replied(2, reply("current"));
@@ -208,12 +226,12 @@ mod tests {
     #[test]
     fn a_wait_that_ends_leaves_the_slot_empty() {
         let slot = ChatSlot::default();
-        drop(slot.wait_for("r".into(), "m1".into(), 1));
-        assert!(slot.lock().is_none());
+        drop(slot.wait_for("r".into(), "m1".into()));
+        assert!(slot.lock().awaited.is_none());
         // An older wait's end does not clear a newer one.
-        let older = slot.wait_for("r".into(), "m1".into(), 2);
-        let _newer = slot.wait_for("r".into(), "m2".into(), 3);
+        let older = slot.wait_for("r".into(), "m1".into());
+        let _newer = slot.wait_for("r".into(), "m2".into());
         drop(older);
-        assert_eq!(slot.lock().as_ref().map(|a| a.attempt), Some(3));
+        assert_eq!(slot.lock().awaited.as_ref().map(|a| a.attempt), Some(3));
     }
 }

@@ -114,7 +114,6 @@ pub(crate) async fn serve(
         reset,
         rooms: HashMap::new(),
         moderator: None,
-        chat_attempts: 0,
         handle,
         heard: Instant::now(),
         shared,
@@ -243,8 +242,6 @@ struct Connection {
     rooms: HashMap<RoomId, RoomView>,
     /// The moderator this connection's requests stick to.
     moderator: Option<ModeratorId>,
-    /// How many times this connection sent chat (see [`Bus::chat`]).
-    chat_attempts: u64,
     handle: MemberHandle,
     /// Cancelled when the gateway resets its connections.
     reset: CancellationToken,
@@ -812,8 +809,10 @@ impl Connection {
             .chat(
                 &mut self.moderator,
                 &self.member,
-                (&self.handle.chat, &mut self.chat_attempts),
-                (&room, &id, &text),
+                &self.handle.chat,
+                &room,
+                &id,
+                &text,
             )
             .await;
         if let Err(err) = &sent {
