@@ -92,9 +92,9 @@ declare -A cpu_before
 cpu_mark() { for name in "${names[@]}"; do cpu_before[$name]=$(cpu "${pid[$name]}"); done; }
 # "died" for a process that ended during the run: its CPU cannot be read.
 cpu_used() {
-  local state
-  state="$(awk '{ print $3 }' "/proc/${pid[$1]}/stat" 2>/dev/null || true)"
-  if [[ -z "$state" || "$state" == Z ]]; then echo died; return; fi
+  local run_state
+  run_state="$(awk '{ print $3 }' "/proc/${pid[$1]}/stat" 2>/dev/null || true)"
+  if [[ -z "$run_state" || "$run_state" == Z ]]; then echo died; return; fi
   awk -v a="${cpu_before[$1]}" -v b="$(cpu "${pid[$1]}")" 'BEGIN { printf "%.2f", b - a }'
 }
 

@@ -108,13 +108,22 @@ pub fn streams_ready(client: &async_nats::Client, streams: &'static [&'static st
             nats_connected(&client)?;
             let js = async_nats::jetstream::new(client);
             for stream in streams {
-                js.get_stream(*stream)
-                    .await
-                    .map_err(|err| format!("stream {stream}: {err}"))?;
+                stream_info(&js, stream).await?;
             }
             Ok(())
         })
     })
+}
+
+/// JetStream stream `name` with its info, or why it cannot be had, as a
+/// readiness result.
+pub async fn stream_info(
+    js: &async_nats::jetstream::Context,
+    name: &str,
+) -> Result<async_nats::jetstream::stream::Stream, String> {
+    js.get_stream(name)
+        .await
+        .map_err(|err| format!("stream {name}: {err}"))
 }
 
 /// Serves `/health`, `/ready` and `/metrics` on `listener` until

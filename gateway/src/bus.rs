@@ -1,7 +1,6 @@
 //! Requests from the gateway to the moderator and history over NATS.
 
 use std::sync::Arc;
-
 use std::time::Duration;
 
 use async_nats::RequestErrorKind;
@@ -105,13 +104,10 @@ impl Bus {
     ) -> Result<Verdict, BusError> {
         let payload = self.request(from, action);
         let target = moderator.clone();
-        let subject = target
-            .as_ref()
-            .map_or_else(|| subject::MODERATE.to_owned(), subject::moderate_direct);
+        let subject = moderate_subject(target.as_ref());
         let result = match (self.client.request(subject, payload.clone()).await, target) {
             (Err(err), Some(gone)) if err.kind() == RequestErrorKind::NoResponders => {
-                self.moderators.forget(&gone);
-                *moderator = None;
+                self.forget(&gone, moderator);
                 self.client.request(subject::MODERATE, payload).await
             }
             (other, _) => other,
@@ -153,9 +149,7 @@ impl Bus {
                 text: text.to_owned(),
                 acked_by_delivery: true,
             };
-            let subject = target
-                .as_ref()
-                .map_or_else(|| subject::MODERATE.to_owned(), subject::moderate_direct);
+            let subject = moderate_subject(target.as_ref());
             let reply = subject::chat_reply(&self.chat_replies, &from.conn_id, waiting.attempt());
             self.client
                 .publish_with_reply(subject, reply, self.request(from, action))
@@ -175,10 +169,7 @@ impl Bus {
             if reply.status == Some(StatusCode::NO_RESPONDERS) {
                 match target.take() {
                     Some(gone) => {
-                        self.moderators.forget(&gone);
-                        if moderator.as_ref() == Some(&gone) {
-                            *moderator = None;
-                        }
+                        self.forget(&gone, moderator);
                         continue;
                     }
                     None => return Err(BusError::NoResponders),
@@ -192,6 +183,15 @@ impl Bus {
     /// The subject prefix moderators reply to this gateway's chat under.
     pub fn chat_replies(&self) -> &str {
         &self.chat_replies
+    }
+
+    /// `gone` did not answer (no responders): no room is routed to it any
+    /// more, and it is no longer the connection's sticky `moderator`.
+    fn forget(&self, gone: &ModeratorId, moderator: &mut Option<ModeratorId>) {
+        self.moderators.forget(gone);
+        if moderator.as_ref() == Some(gone) {
+            *moderator = None;
+        }
     }
 
     fn request(&self, from: &Member, action: Action) -> bytes::Bytes {
@@ -226,4 +226,10 @@ impl Bus {
             BacklogReply::Unavailable => Err(BusError::Unavailable),
         }
     }
+}
+
+/// Where a moderation request for `target` goes: that moderator's own
+/// subject, or with none the queue group.
+fn moderate_subject(target: Option<&ModeratorId>) -> String {
+    target.map_or_else(|| subject::MODERATE.to_owned(), subject::moderate_direct)
 }

@@ -279,9 +279,7 @@ impl Hub {
         gateway: &GatewayId,
     ) -> Result<(), SubscribeError> {
         let subscriber = self.client.subscribe(subject::signals(gateway)).await?;
-        let hub = self.clone();
-        self.tasks
-            .spawn(async move { hub.signal_loop(subscriber).await });
+        self.route(subscriber, Hub::deliver_signal);
         Ok(())
     }
 
@@ -289,31 +287,13 @@ impl Hub {
     /// `prefix` (see [`subject::chat_reply`]), and hands each to its
     /// connection until shutdown.
     pub async fn route_chat_replies(self: &Arc<Self>, prefix: &str) -> Result<(), SubscribeError> {
-        let mut subscriber = self.client.subscribe(format!("{prefix}.*.*")).await?;
-        let hub = self.clone();
-        self.tasks.spawn(async move {
-            loop {
-                let msg = tokio::select! {
-                    _ = hub.shutdown.cancelled() => break,
-                    msg = subscriber.next() => match msg {
-                        Some(msg) => msg,
-                        None => break,
-                    },
-                };
-                let Some((conn, attempt)) = subject::parse_chat_reply(&msg.subject) else {
-                    continue;
-                };
-                let target = hub
-                    .connections
-                    .lock()
-                    .expect("hub lock poisoned")
-                    .get(&conn)
-                    .map(|handle| handle.chat.clone());
-                if let Some(slot) = target {
-                    slot.replied(attempt, msg);
-                }
+        let subscriber = self.client.subscribe(format!("{prefix}.*.*")).await?;
+        self.route(subscriber, |hub, msg| {
+            if let Some((conn, attempt)) = subject::parse_chat_reply(&msg.subject)
+                && let Some(handle) = hub.connection(&conn)
+            {
+                handle.chat.replied(attempt, msg);
             }
-            let _ = subscriber.unsubscribe().await;
         });
         Ok(())
     }
@@ -339,47 +319,63 @@ impl Hub {
         Ok(())
     }
 
-    async fn signal_loop(&self, mut subscriber: async_nats::Subscriber) {
-        loop {
-            let msg = tokio::select! {
-                _ = self.shutdown.cancelled() => break,
-                msg = subscriber.next() => match msg {
-                    Some(msg) => msg,
-                    None => break,
-                },
-            };
-            let signal: SignalDelivery = match event::decode(&msg.payload) {
-                Ok(signal) => signal,
-                Err(err) => {
-                    tracing::warn!(cause = %err, "dropping malformed signal");
-                    continue;
+    /// Hands each message on `subscriber` to `handle` until shutdown, in a
+    /// task of the hub's.
+    fn route(
+        self: &Arc<Self>,
+        mut subscriber: async_nats::Subscriber,
+        handle: impl Fn(&Hub, async_nats::Message) + Send + 'static,
+    ) {
+        let hub = self.clone();
+        self.tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = hub.shutdown.cancelled() => break,
+                    msg = subscriber.next() => match msg {
+                        Some(msg) => handle(&hub, msg),
+                        None => break,
+                    },
                 }
-            };
-            let target = self
-                .connections
-                .lock()
-                .expect("hub lock poisoned")
-                .get(&signal.to)
-                .cloned();
-            let Some(target) = target else {
-                tracing::debug!(to = %signal.to, "signal for a connection that is gone");
-                continue;
-            };
-            let frame = ServerFrame::Signal {
-                room: signal.room.clone(),
-                from: signal.from.conn_id,
-                user: signal.from.user,
-                kind: signal.signal,
-                data: signal.data,
-            };
-            target.offer(Arc::new(Delivery {
-                room: signal.room,
-                kind: DeliveryKind::Signal,
-                about: None,
-                frame: frame.to_json().into(),
-            }));
-        }
-        let _ = subscriber.unsubscribe().await;
+            }
+            let _ = subscriber.unsubscribe().await;
+        });
+    }
+
+    /// How to reach local connection `conn`, if it is still here.
+    fn connection(&self, conn: &ConnId) -> Option<MemberHandle> {
+        self.connections
+            .lock()
+            .expect("hub lock poisoned")
+            .get(conn)
+            .cloned()
+    }
+
+    /// Queues a signal for the connection it is for.
+    fn deliver_signal(&self, msg: async_nats::Message) {
+        let signal: SignalDelivery = match event::decode(&msg.payload) {
+            Ok(signal) => signal,
+            Err(err) => {
+                tracing::warn!(cause = %err, "dropping malformed signal");
+                return;
+            }
+        };
+        let Some(target) = self.connection(&signal.to) else {
+            tracing::debug!(to = %signal.to, "signal for a connection that is gone");
+            return;
+        };
+        let frame = ServerFrame::Signal {
+            room: signal.room.clone(),
+            from: signal.from.conn_id,
+            user: signal.from.user,
+            kind: signal.signal,
+            data: signal.data,
+        };
+        target.offer(Arc::new(Delivery {
+            room: signal.room,
+            kind: DeliveryKind::Signal,
+            about: None,
+            frame: frame.to_json().into(),
+        }));
     }
 }
 

@@ -6,9 +6,9 @@
 //! order. A connection therefore delivers seq n only right after n − 1 (or,
 //! for a member who joined the room empty and so has no seq, the room's
 //! first message): a later seq is held until the gap is filled, live or,
-//! once the gap is older than the reorder timeout, from history. Every member gets every stored message
-//! once, in order; a gap history cannot fill either ends the connection
-//! with a resync close.
+//! once the gap is older than the reorder timeout, from history. Every
+//! member gets every stored message once, in order; a gap history cannot
+//! fill either ends the connection with a resync close.
 
 use std::collections::BTreeMap;
 

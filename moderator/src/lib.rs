@@ -178,13 +178,8 @@ pub fn readiness(client: &Client) -> bootstrap::health::Check {
         Box::pin(async move {
             bootstrap::health::nats_connected(&client)?;
             let js = async_nats::jetstream::new(client);
-            js.get_stream(subject::ROOMS_STREAM)
-                .await
-                .map_err(|err| format!("stream {}: {err}", subject::ROOMS_STREAM))?;
-            let chat = js
-                .get_stream(subject::CHAT_STREAM)
-                .await
-                .map_err(|err| format!("stream {}: {err}", subject::CHAT_STREAM))?;
+            bootstrap::health::stream_info(&js, subject::ROOMS_STREAM).await?;
+            let chat = bootstrap::health::stream_info(&js, subject::CHAT_STREAM).await?;
             republishes(&chat.cached_info().config)
         })
     })
