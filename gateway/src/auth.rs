@@ -8,7 +8,7 @@
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use schemas::client::User;
 use schemas::id::UserId;
-use serde::Deserialize;
+use schemas::token::Claims;
 
 use crate::config::AuthConfig;
 use crate::jwks::{Jwks, JwksError};
@@ -51,13 +51,6 @@ pub enum AuthError {
     /// The key set could not be fetched.
     #[error("key set unavailable")]
     KeySetUnavailable,
-}
-
-#[derive(Deserialize)]
-struct Claims {
-    sub: String,
-    name: Option<String>,
-    exp: u64,
 }
 
 /// A token that verified.

@@ -47,8 +47,8 @@ impl From<async_nats::RequestError> for BusError {
     }
 }
 
-impl From<event::DecodeError> for BusError {
-    fn from(_: event::DecodeError) -> Self {
+impl From<event::EventDecodeError> for BusError {
+    fn from(_: event::EventDecodeError) -> Self {
         BusError::Malformed
     }
 }

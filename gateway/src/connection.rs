@@ -887,10 +887,7 @@ struct Expiry {
 impl Expiry {
     /// The moment `exp` (seconds since the Unix epoch) comes.
     fn at(exp: u64) -> Self {
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or_default();
+        let now_ms = schemas::time::now_ms();
         // Capped: an `Instant` cannot hold an arbitrarily far future, and a
         // token forged with a huge `exp` must not overflow it.
         let left = Duration::from_millis(exp.saturating_mul(1000).saturating_sub(now_ms))

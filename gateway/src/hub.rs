@@ -461,7 +461,10 @@ struct Membership {
     replaced: Option<ConnId>,
 }
 
-fn chat_delivery(room: &RoomId, msg: &async_nats::Message) -> Result<Decoded, event::DecodeError> {
+fn chat_delivery(
+    room: &RoomId,
+    msg: &async_nats::Message,
+) -> Result<Decoded, event::EventDecodeError> {
     let chat: ChatMessage = event::decode(&msg.payload)?;
     let prev = bootstrap::nats::previous_seq(msg.headers.as_ref());
     Ok(Decoded {
@@ -471,7 +474,7 @@ fn chat_delivery(room: &RoomId, msg: &async_nats::Message) -> Result<Decoded, ev
     })
 }
 
-fn presence_delivery(room: &RoomId, payload: &[u8]) -> Result<Decoded, event::DecodeError> {
+fn presence_delivery(room: &RoomId, payload: &[u8]) -> Result<Decoded, event::EventDecodeError> {
     let change: PresenceChange = event::decode(payload)?;
     let frame = ServerFrame::Presence {
         room: room.clone(),

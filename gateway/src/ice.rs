@@ -11,7 +11,7 @@
 //! them. A relay that serves only users the gateway vouches for, for a
 //! limited time, is not an open relay.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine;
 use schemas::client::{IceServer, IceServers};
@@ -72,10 +72,7 @@ impl Ice {
     /// The ICE servers for `user`, with TURN credentials valid for the
     /// configured time from now.
     pub fn servers_for(&self, user: &UserId) -> IceServers {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |since| since.as_secs());
-        self.servers_at(user, now)
+        self.servers_at(user, schemas::time::now_secs())
     }
 
     fn servers_at(&self, user: &UserId, now: u64) -> IceServers {

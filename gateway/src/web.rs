@@ -2,13 +2,11 @@
 //! app and client SDK (embedded in the binary, so a gateway is all a demo
 //! needs) and, when enabled, development tokens.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode, header};
-use jsonwebtoken::{EncodingKey, Header};
+use schemas::token::Claims;
 use serde::Deserialize;
 
 use crate::Shared;
@@ -196,10 +194,6 @@ pub(crate) async fn dev_token(shared: &Shared, req: Request<Incoming>) -> Respon
             serde_json::json!({"error": "name is empty"}),
         );
     }
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default();
     let sub = match request.token {
         None => format!("dev-{}", nuid::next()),
         Some(current) => match shared.auth.verify(&current).await {
@@ -212,18 +206,7 @@ pub(crate) async fn dev_token(shared: &Shared, req: Request<Incoming>) -> Respon
             }
         },
     };
-    let claims = serde_json::json!({
-        "sub": sub,
-        "name": name,
-        "exp": now + shared.config.dev_token_ttl.as_secs(),
-    });
-    // HS256 with a byte key cannot fail to sign.
-    let token = jsonwebtoken::encode(
-        &Header::default(),
-        &claims,
-        &EncodingKey::from_secret(secret.0.as_bytes()),
-    )
-    .expect("HS256 signing cannot fail");
+    let token = Claims::new(sub, name, shared.config.dev_token_ttl).sign_hs256(secret.0.as_bytes());
     json(StatusCode::OK, serde_json::json!({"token": token}))
 }
 

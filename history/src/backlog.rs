@@ -39,7 +39,7 @@ pub enum ReadError {
     Leader(#[from] async_nats::jetstream::stream::LastRawMessageError),
     /// The room's last message, from the leader, is not a chat message.
     #[error("the room's last message is unreadable: {0}")]
-    Unreadable(#[from] event::DecodeError),
+    Unreadable(#[from] event::EventDecodeError),
     /// The replicas that answered lacked messages the leader has.
     #[error("the replica that answered is behind seq {0}")]
     Behind(Seq),

@@ -11,7 +11,6 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_nats::Client;
 use async_nats::service;
@@ -285,7 +284,7 @@ impl Moderator {
                 from,
                 id,
                 text: clean,
-                ts: now_ms(),
+                ts: schemas::time::now_ms(),
             },
             reply,
         };
@@ -400,12 +399,4 @@ impl From<Violation> for Verdict {
             message: violation.message,
         }
     }
-}
-
-/// Now, in ms since the Unix epoch.
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default()
 }

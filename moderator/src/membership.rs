@@ -14,7 +14,7 @@ use schemas::event::{self, CancelledJoin, RoomMember, RoomState};
 use schemas::id::{ConnId, GatewayId, JoinId, RoomId};
 use schemas::subject;
 
-use crate::command::now_ms;
+use schemas::time::now_ms;
 
 /// How long a change keeps trying after losing the race for a room's
 /// entry. Ten members joining a room at once on a 3-node cluster lost 32
@@ -43,7 +43,7 @@ pub enum MembershipError {
     Read(#[from] jetstream::stream::LastRawMessageError),
     /// The room's entry holds something that is not a room state.
     #[error("room entry is malformed: {0}")]
-    Malformed(#[from] event::DecodeError),
+    Malformed(#[from] event::EventDecodeError),
     /// Other moderators kept changing the room first, or writes failed.
     #[error("could not write the room within {RACE_BUDGET:?}")]
     Contended,

@@ -59,7 +59,7 @@ pub enum TailError {
     Last(#[from] stream::LastRawMessageError),
     /// The last message is not a chat message.
     #[error("the last message is malformed: {0}")]
-    Malformed(#[from] event::DecodeError),
+    Malformed(#[from] event::EventDecodeError),
 }
 
 /// What became of a message given to [`RoomWriter::store`].

@@ -317,7 +317,7 @@ pub struct Limits {
 /// Why a text frame is not a [`ClientFrame`].
 #[derive(Debug, thiserror::Error)]
 #[error("{}", self.message())]
-pub struct DecodeError {
+pub struct FrameDecodeError {
     syntax: bool,
     /// The frame's `id` field, when it had one, so the error can name it.
     pub id: Option<ClientMsgId>,
@@ -325,7 +325,7 @@ pub struct DecodeError {
     pub room: Option<RoomId>,
 }
 
-impl DecodeError {
+impl FrameDecodeError {
     /// A description for the client that does not leak parser internals.
     pub fn message(&self) -> &'static str {
         if self.syntax {
@@ -339,7 +339,7 @@ impl DecodeError {
 impl ClientFrame {
     /// Parses one text frame. On failure, still picks out `id` and `room` when
     /// they are present so the error frame can name them.
-    pub fn decode(text: &str) -> Result<Self, DecodeError> {
+    pub fn decode(text: &str) -> Result<Self, FrameDecodeError> {
         serde_json::from_str(text).map_err(|err| {
             #[derive(Deserialize)]
             struct Echo {
@@ -347,7 +347,7 @@ impl ClientFrame {
                 room: Option<RoomId>,
             }
             let echo = serde_json::from_str::<Echo>(text).ok();
-            DecodeError {
+            FrameDecodeError {
                 syntax: err.is_syntax() || err.is_eof(),
                 id: echo.as_ref().and_then(|e| e.id.clone()),
                 room: echo.and_then(|e| e.room),

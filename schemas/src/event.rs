@@ -248,7 +248,7 @@ pub struct Backlog {
 /// An internal event that arrived malformed.
 #[derive(Debug, thiserror::Error)]
 #[error("malformed internal event")]
-pub struct DecodeError(#[from] rmp_serde::decode::Error);
+pub struct EventDecodeError(#[from] rmp_serde::decode::Error);
 
 /// Encodes an internal event.
 pub fn encode<T: Serialize>(event: &T) -> Vec<u8> {
@@ -258,7 +258,7 @@ pub fn encode<T: Serialize>(event: &T) -> Vec<u8> {
 }
 
 /// Decodes an internal event.
-pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, EventDecodeError> {
     Ok(rmp_serde::from_slice(bytes)?)
 }
 

@@ -10,6 +10,8 @@
 //! * [`code`]: error codes and WebSocket close codes a client can see.
 //! * [`id`]: the newtype ids (`RoomId`, `ConnId`, `Seq`, …).
 //! * [`text`]: which characters of user text may reach other users.
+//! * [`token`]: the claims of a client's JWT, and HS256 signing.
+//! * [`time`]: wall-clock time as the wire carries it.
 
 pub mod client;
 pub mod code;
@@ -17,3 +19,5 @@ pub mod event;
 pub mod id;
 pub mod subject;
 pub mod text;
+pub mod time;
+pub mod token;
