@@ -119,7 +119,7 @@ rates_table() {
   # The table's defaults, unless given: loadgen refuses an option twice.
   local defaults=() option
   for option in "--rooms 10" "--clients 10" "--duration 20"; do
-    [[ " $* " == *" ${option% *} "* ]] || defaults+=($option)
+    [[ " $* " == *" ${option% *} "* ]] || defaults+=("${option% *}" "${option#* }")
   done
   local rate report
   for rate in ${list//,/ }; do

@@ -30,7 +30,10 @@ teardown() {
 trap teardown EXIT
 
 scripts/up.sh
-set -a; . "$CAVLO_ENV_FILE"; set +a
+set -a
+# shellcheck source=/dev/null # a settings file written at run time (new-env.sh)
+. "$CAVLO_ENV_FILE"
+set +a
 target/release/loadgen smoke \
   --gateway "ws://127.0.0.1:$CAVLO_GATEWAY_1_PORT/ws" \
   --gateway "ws://127.0.0.1:$CAVLO_GATEWAY_2_PORT/ws" \

@@ -77,6 +77,7 @@ scripts/new-env.sh "$CAVLO_ENV_FILE"
 # would count as lost.
 echo "CAVLO_HISTORY__BACKLOG_SIZE=2000" >>"$CAVLO_ENV_FILE"
 compose() { if docker compose version >/dev/null 2>&1; then docker compose --env-file "$CAVLO_ENV_FILE" "$@"; else docker-compose --env-file "$CAVLO_ENV_FILE" "$@"; fi; }
+# shellcheck disable=SC2317 # run by the EXIT trap; shellcheck 0.9 takes the script's final exit for the end of every path
 teardown() {
   status=$?
   if [ "$status" -ne 0 ]; then compose logs --tail=30 || true; fi
@@ -87,7 +88,10 @@ teardown() {
 trap teardown EXIT
 
 scripts/up.sh >/dev/null
-set -a; . "$CAVLO_ENV_FILE"; set +a
+set -a
+# shellcheck source=/dev/null # a settings file written at run time (new-env.sh)
+. "$CAVLO_ENV_FILE"
+set +a
 # The services started only by the scale run: known to compose from here
 # on (so that it can scale, find and take them down), but not started.
 export COMPOSE_PROFILES=scale-out,archiver
@@ -254,7 +258,9 @@ inject() {
         healthy "$service"
         took+=("$service $((SECONDS - start)) s")
       done
-      echo "  (restarted, each until healthy: $(IFS=,; echo "${took[*]}" | sed 's/,/, /g'))" ;;
+      local joined
+      joined="$(IFS=,; echo "${took[*]}")"
+      echo "  (restarted, each until healthy: ${joined//,/, })" ;;
     scale) scale ;;
     none | slow-consumer) ;;
     *) echo "unknown fault $1" >&2; return 2 ;;

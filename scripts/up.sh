@@ -20,7 +20,10 @@ fi
 
 compose() { if docker compose version >/dev/null 2>&1; then docker compose --env-file "$CAVLO_ENV_FILE" "$@"; else docker-compose --env-file "$CAVLO_ENV_FILE" "$@"; fi; }
 compose up -d --no-build
-set -a; . "$CAVLO_ENV_FILE"; set +a
+set -a
+# shellcheck source=/dev/null # a settings file written at run time (new-env.sh)
+. "$CAVLO_ENV_FILE"
+set +a
 if ! scripts/wait-ready.sh "${CAVLO_GATEWAY_1_PORT:-8080}" "${CAVLO_GATEWAY_2_PORT:-8081}"; then
   compose ps >&2 || true
   compose logs --tail=20 >&2 || true
