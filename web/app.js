@@ -1,8 +1,23 @@
+// @ts-check
 // The cavlo demo: pick a name and a room, chat, start a mesh video call.
 // Chat text is always rendered as text (textContent), never as HTML.
-import { CavloClient, MeshCall } from "/cavlo.js";
+import { CavloClient, MeshCall } from "./cavlo.js";
 
-const $ = (id) => document.getElementById(id);
+/**
+ * The page's element with this id, which must be a `type` (HTMLElement
+ * unless given).
+ * @template {HTMLElement} [T=HTMLElement]
+ * @param {string} id
+ * @param {new () => T} [type]
+ * @returns {T}
+ */
+function $(id, type) {
+  const element = document.getElementById(id);
+  if (!(element instanceof (type ?? HTMLElement))) throw new Error(`the page has no #${id} of that kind`);
+  return /** @type {T} */ (element);
+}
+const input = (/** @type {string} */ id) => $(id, HTMLInputElement);
+const button = (/** @type {string} */ id) => $(id, HTMLButtonElement);
 const params = new URLSearchParams(location.search);
 // This gateway first, then any listed in ?gateways=ws://a/ws,ws://b/ws for failover.
 const ownGateway = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
@@ -13,10 +28,13 @@ const iceTransportPolicy = params.get("relay") === "1" ? "relay" : "all";
 /** Errors that mean the room cannot be entered at all: back to the login form. */
 const JOIN_ERRORS = new Set(["room_full", "invalid_room", "too_many_rooms"]);
 
+/** @type {CavloClient | null} */
 let client = null;
+/** @type {MeshCall | null} */
 let call = null;
-let room = null;
-/** {name, value, expires}: the last development token, reused while it is valid. */
+/** @type {string} */
+let room = "";
+/** @type {{ name: string, value: string, expires: number } | null} the last development token, reused while it is valid. */
 let token = null;
 
 /**
@@ -30,11 +48,13 @@ const RENEW_BEFORE_MS = 5 * 60_000;
  * A development token from this gateway for `name`. One close to expiry is
  * renewed with itself, so the new one names the same user and the client's
  * refresh is accepted; a new name, or a token already expired, gets a new user.
+ * @param {string} name
+ * @returns {Promise<string>}
  */
 async function devToken(name) {
   const current = token && token.name === name && token.expires > Date.now() ? token : null;
   if (current && current.expires > Date.now() + RENEW_BEFORE_MS) return current.value;
-  const request = (body) =>
+  const request = (/** @type {{ name: string, token?: string }} */ body) =>
     fetch("/auth/dev-token", {
       method: "POST",
       headers: { "content-type": "application/json" },
@@ -50,15 +70,28 @@ async function devToken(name) {
   return value;
 }
 
-/** Shows a problem that does not end the session; empty text clears it. */
+/**
+ * Shows a problem that does not end the session; empty text clears it.
+ * @param {string} text
+ */
 function showError(text) {
   $("app-error").textContent = text;
 }
 
+/**
+ * @param {string} id
+ * @returns {HTMLLIElement | null}
+ */
 function messageLine(id) {
   return document.querySelector(`#messages li[data-id="${CSS.escape(id)}"]`);
 }
 
+/**
+ * Adds a line to the chat, and returns it.
+ * @param {string} who
+ * @param {string} text
+ * @param {{ id?: string, pending?: boolean }} options
+ */
 function addMessage(who, text, { id, pending = false } = {}) {
   const li = document.createElement("li");
   if (id) li.dataset.id = id;
@@ -72,27 +105,37 @@ function addMessage(who, text, { id, pending = false } = {}) {
   li.append(name, body);
   $("messages").append(li);
   li.scrollIntoView({ block: "end" });
+  return li;
 }
 
-/** Our own line, now stored: it shows the text as stored, which is what everyone else sees. */
+/**
+ * Our own line, now stored: it shows the text as stored, which is what everyone else sees.
+ * @param {HTMLLIElement} li
+ * @param {string} text
+ */
 function markStored(li, text) {
   li.classList.remove("pending");
-  li.querySelector(".text").textContent = text;
+  /** @type {HTMLElement} */ (li.querySelector(".text")).textContent = text;
 }
 
-function renderMembers() {
+/** @param {CavloClient} client */
+function renderMembers(client) {
   const list = $("members");
   list.replaceChildren();
   for (const member of client.membersOf(room).values()) {
     const li = document.createElement("li");
-    li.textContent = member.conn_id === client.connId ? `${member.user.name} (you)` : member.user.name;
-    li.dataset.connId = member.conn_id;
+    li.textContent = member.connId === client.connId ? `${member.user.name} (you)` : member.user.name;
+    li.dataset.connId = member.connId;
     list.append(li);
   }
 }
 
-/** The name to show for a connection of this room. */
-function nameOf(connId) {
+/**
+ * The name to show for a connection of this room.
+ * @param {CavloClient} client
+ * @param {string} connId
+ */
+function nameOf(client, connId) {
   if (connId === client.connId) return `${client.user?.name ?? "You"} (you)`;
   return client.membersOf(room).get(connId)?.user.name ?? "Someone";
 }
@@ -100,8 +143,12 @@ function nameOf(connId) {
 /**
  * The tile of a connection in the call, made on first use: its video, its
  * name, and what it has turned off.
+ * @param {CavloClient} client
+ * @param {string} connId
+ * @returns {HTMLElement}
  */
-function tileFor(connId) {
+function tileFor(client, connId) {
+  /** @type {HTMLElement | null} */
   let tile = document.querySelector(`#videos figure[data-conn-id="${CSS.escape(connId)}"]`);
   if (!tile) {
     tile = document.createElement("figure");
@@ -118,24 +165,39 @@ function tileFor(connId) {
     tile.append(video, caption);
     $("videos").append(tile);
   }
-  const name = nameOf(connId);
-  tile.querySelector(".name").textContent = name;
-  tile.querySelector("video").title = connId === client.connId ? "you" : name;
+  const name = nameOf(client, connId);
+  /** @type {HTMLElement} */ (tile.querySelector(".name")).textContent = name;
+  videoOf(tile).title = connId === client.connId ? "you" : name;
   return tile;
 }
 
-/** Shows what a tile's person has turned off. */
+/**
+ * A tile's video.
+ * @param {HTMLElement} tile
+ */
+function videoOf(tile) {
+  return /** @type {HTMLVideoElement} */ (tile.querySelector("video"));
+}
+
+/**
+ * Shows what a tile's person has turned off.
+ * @param {HTMLElement} tile
+ * @param {{ audio: boolean, video: boolean }} media
+ */
 function showMedia(tile, { audio, video }) {
   tile.dataset.audio = audio ? "on" : "off";
   tile.dataset.video = video ? "on" : "off";
   const off = [!audio && "muted", !video && "camera off"].filter(Boolean);
-  tile.querySelector(".state").textContent = off.join(" · ");
+  /** @type {HTMLElement} */ (tile.querySelector(".state")).textContent = off.join(" · ");
 }
 
-/** The call controls for `inCall`, with the mute and camera state. */
+/**
+ * The call controls for `inCall`, with the mute and camera state.
+ * @param {boolean} inCall
+ */
 function showCallControls(inCall) {
-  $("call").hidden = inCall;
-  $("call").disabled = false;
+  button("call").hidden = inCall;
+  button("call").disabled = false;
   $("call-controls").hidden = !inCall;
   const media = call?.media ?? { audio: true, video: true };
   $("mic").textContent = media.audio ? "Mute" : "Unmute";
@@ -144,35 +206,49 @@ function showCallControls(inCall) {
   $("camera").setAttribute("aria-pressed", String(!media.video));
 }
 
-/** The room's call: it starts on a click or on the first incoming offer. */
-function prepareCall() {
-  call = new MeshCall(client, room, {
+/**
+ * What an error says, whatever was thrown.
+ * @param {unknown} err
+ */
+function messageOf(err) {
+  return String(/** @type {any} */ (err)?.message ?? err);
+}
+
+/**
+ * The room's call: it starts on a click or on the first incoming offer.
+ * @param {CavloClient} client
+ */
+function prepareCall(client) {
+  const next = new MeshCall(client, room, {
     media: () => navigator.mediaDevices.getUserMedia({ video: true, audio: true }),
     iceTransportPolicy,
   });
-  call.addEventListener("start", ({ detail }) => {
-    const mine = tileFor(client.connId);
-    const video = mine.querySelector("video");
+  call = next;
+  next.addEventListener("start", ({ detail }) => {
+    const mine = tileFor(client, client.connId ?? "");
+    const video = videoOf(mine);
     video.muted = true;
     video.srcObject = detail.stream;
-    showMedia(mine, call.media);
+    showMedia(mine, next.media);
     showCallControls(true);
   });
-  call.addEventListener("stream", ({ detail }) => {
-    const video = tileFor(detail.connId).querySelector("video");
+  next.addEventListener("stream", ({ detail }) => {
+    const video = videoOf(tileFor(client, detail.connId));
     video.srcObject = detail.stream;
     video.play().catch(() => {});
   });
-  call.addEventListener("peerstate", ({ detail }) => {
-    const tile = tileFor(detail.connId);
+  next.addEventListener("peerstate", ({ detail }) => {
+    const tile = tileFor(client, detail.connId);
     tile.dataset.peerState = detail.state;
-    tile.querySelector("video").dataset.peerState = detail.state;
+    videoOf(tile).dataset.peerState = detail.state;
   });
-  call.addEventListener("media", ({ detail }) => showMedia(tileFor(detail.connId), detail));
-  call.addEventListener("hangup", ({ detail }) => {
+  next.addEventListener("media", ({ detail }) => showMedia(tileFor(client, detail.connId), detail));
+  next.addEventListener("hangup", ({ detail }) => {
     document.querySelector(`#videos figure[data-conn-id="${CSS.escape(detail.connId)}"]`)?.remove();
   });
-  call.addEventListener("error", ({ detail }) => showError(`Cannot join the call: ${detail.error.message}`));
+  next.addEventListener("error", ({ detail }) => showError(`Cannot join the call: ${messageOf(detail.error)}`));
+  // The SDK never logs; the demo shows what it skipped in the console.
+  next.addEventListener("warning", ({ detail }) => console.warn("cavlo call:", detail.message, detail.error ?? ""));
 }
 
 /** Leaves the call but not the room: hangs up, releases the camera, and gets a new call ready. */
@@ -180,15 +256,20 @@ function hangUp() {
   for (const track of call?.localStream?.getTracks() ?? []) track.stop();
   call?.stop();
   $("videos").replaceChildren();
-  prepareCall();
+  if (client) prepareCall(client);
   showCallControls(false);
 }
 
+/**
+ * @param {string} name
+ * @param {string} roomName
+ */
 function enter(name, roomName) {
   room = roomName;
-  client = new CavloClient({ urls: gateways, token: () => devToken(name) });
+  const session = new CavloClient({ urls: gateways, token: () => devToken(name) });
+  client = session;
   let wasOpen = false;
-  client.addEventListener("state", ({ detail }) => {
+  session.addEventListener("state", ({ detail }) => {
     // After the first welcome, any other state means the socket dropped
     // and the SDK is resuming ("closed" while it waits to retry,
     // "connecting" while it tries): say so. A final close leaves the room
@@ -197,38 +278,30 @@ function enter(name, roomName) {
     $("status").dataset.state = detail.state;
     wasOpen ||= detail.state === "open";
   });
-  client.addEventListener("welcome", () => showError(""));
-  client.addEventListener("joined", renderMembers);
-  client.addEventListener("presence", renderMembers);
-  client.addEventListener("chat", ({ detail }) => {
+  session.addEventListener("welcome", () => showError(""));
+  session.addEventListener("joined", () => renderMembers(session));
+  session.addEventListener("presence", () => renderMembers(session));
+  session.addEventListener("chat", ({ detail }) => {
     if (detail.room !== room) return;
     // Our own message, back from the backlog after a reconnect: already shown.
     const shown = messageLine(detail.id);
     if (shown) return markStored(shown, detail.text);
     addMessage(detail.from.user.name, detail.text, { id: detail.id });
   });
-  client.addEventListener("ack", ({ detail }) => {
-    const line = messageLine(detail.id);
-    if (line) markStored(line, detail.text);
-  });
-  client.addEventListener("error", ({ detail }) => {
+  session.addEventListener("error", ({ detail }) => {
     if (detail.code === "closed") {
       // Terminal: a refused token is not worth keeping.
       token = null;
       return exit(`Disconnected: ${detail.message}.`);
     }
     if (JOIN_ERRORS.has(detail.code) && detail.room === room) return exit(`Cannot enter ${room}: ${detail.message}.`);
-    // A message the SDK will not resend stays on screen, marked as not sent.
-    if (detail.id && !client.outbox.has(detail.id)) {
-      const line = messageLine(detail.id);
-      line?.classList.replace("pending", "failed");
-      if (line) line.title = detail.message;
-    }
+    // A message the SDK will not resend is marked by its `send` promise (see the composer).
     showError(detail.message);
   });
-  prepareCall();
-  client.connect();
-  client.join(room);
+  session.addEventListener("warning", ({ detail }) => console.warn("cavlo:", detail.message, detail.error ?? ""));
+  prepareCall(session);
+  session.connect();
+  session.join(room);
 
   $("room-title").textContent = room;
   $("login").hidden = true;
@@ -236,7 +309,10 @@ function enter(name, roomName) {
   $("text").focus();
 }
 
-/** Ends the session and shows the login form again, with `reason` if there is one. */
+/**
+ * Ends the session and shows the login form again, with `reason` if there is one.
+ * @param {string} [reason]
+ */
 function exit(reason = "") {
   for (const track of call?.localStream?.getTracks() ?? []) track.stop();
   call?.stop();
@@ -253,43 +329,58 @@ function exit(reason = "") {
 
 $("login").addEventListener("submit", async (event) => {
   event.preventDefault();
-  const name = $("name").value.trim();
-  const roomName = $("room").value.trim();
-  const button = $("login").querySelector("button");
+  const name = input("name").value.trim();
+  const roomName = input("room").value.trim();
+  const submit = /** @type {HTMLButtonElement} */ ($("login").querySelector("button"));
   $("login-error").textContent = "";
-  button.disabled = true;
+  submit.disabled = true;
   try {
     // Fetched here, so that a gateway that gives no token is said on this form.
     await devToken(name);
   } catch (err) {
-    $("login-error").textContent = `Cannot get a token: ${err.message}.`;
+    $("login-error").textContent = `Cannot get a token: ${messageOf(err)}.`;
     return;
   } finally {
-    button.disabled = false;
+    submit.disabled = false;
   }
   enter(name, roomName);
 });
 
 $("composer").addEventListener("submit", (event) => {
   event.preventDefault();
-  const text = $("text").value;
+  if (!client) return;
+  const text = input("text").value;
   if (!text.trim()) return;
-  const id = client.send(room, text);
-  addMessage(client.user?.name || $("name").value, text, { id, pending: true });
-  $("text").value = "";
+  const sending = client.send(room, text);
+  const line = addMessage(client.user?.name || input("name").value, text, { id: sending.id, pending: true });
+  input("text").value = "";
+  // Stored: show it as stored. Refused for good (the error itself is shown
+  // by the `error` listener): it stays on screen, marked as not sent.
+  sending.then(
+    (ack) => markStored(line, ack.text),
+    (err) => {
+      line.classList.replace("pending", "failed");
+      line.title = messageOf(err);
+    },
+  );
 });
 
-$("call").addEventListener("click", () => {
-  $("call").disabled = true;
+button("call").addEventListener("click", () => {
+  if (!call) return;
+  button("call").disabled = true;
   call.start().catch((err) => {
-    $("call").disabled = false;
-    showError(`Cannot start the call: ${err.message}`);
+    button("call").disabled = false;
+    showError(`Cannot start the call: ${messageOf(err)}`);
   });
 });
-/** Turns one kind of media, "audio" or "video", on or off for the call. */
+/**
+ * Turns one kind of media, "audio" or "video", on or off for the call.
+ * @param {"audio" | "video"} kind
+ */
 function toggle(kind) {
+  if (!call || !client) return;
   call.setMedia({ [kind]: !call.media[kind] });
-  showMedia(tileFor(client.connId), call.media);
+  showMedia(tileFor(client, client.connId ?? ""), call.media);
   showCallControls(true);
 }
 $("mic").addEventListener("click", () => toggle("audio"));
@@ -299,11 +390,13 @@ $("hangup").addEventListener("click", hangUp);
 $("leave").addEventListener("click", () => exit());
 
 // For the browser tests and the curious: the session in the console.
-window.cavloDemo = {
-  get client() {
-    return client;
+Object.assign(window, {
+  cavloDemo: {
+    get client() {
+      return client;
+    },
+    get call() {
+      return call;
+    },
   },
-  get call() {
-    return call;
-  },
-};
+});

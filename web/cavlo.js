@@ -1,14 +1,16 @@
+// @ts-check
 // cavlo browser SDK: a client for the cavlo protocol (docs/protocol.md); the
 // mesh-call helper is in meshcall.js, re-exported here. Plain ES modules,
 // no dependencies, no build step; they touch no DOM and no network until
-// `connect` or `start` is called.
+// `connect` or `start` is called, and never write to the console.
 //
 //   import { CavloClient, MeshCall } from "/cavlo.js";
 //   const client = new CavloClient({ urls: ["ws://host:8080/ws"], token: () => fetchToken() });
 //   client.addEventListener("chat", (e) => show(e.detail));
 //   client.connect();
 //   client.join("lobby");
-//   client.send("lobby", "hello");
+//   const sending = client.send("lobby", "hello"); // sending.id: the message id
+//   const ack = await sending; // once stored: ack.seq
 //
 // What it does for you: reconnects with exponential backoff and full jitter
 // (unbounded by default), fails over across gateway URLs, rejoins every
@@ -27,6 +29,7 @@ const WS_OPEN = 1;
  * (1006 when a gateway dies, 1001 when it goes away, …) is retried too,
  * unless the client closed the socket itself. See "Close codes" in
  * docs/protocol.md and `CloseCode` in schemas/src/code.rs.
+ * @param {number} code
  */
 function isTerminalClose(code) {
   return code >= 4000 && code <= 4099;
@@ -50,36 +53,184 @@ const RESEND_DELAY_MS = 1000;
 const RESEND_JITTER_MS = 2000;
 
 /**
- * A connection to cavlo gateways. Events (all `CustomEvent`, data in
- * `detail`): `state` ({state}: "connecting" | "open" | "closed"),
- * `welcome`, `joined`, `left`, `chat`, `ack`, `presence`, `signal`, `error`,
- * and `ice` ({servers}: fresh ICE servers, see `iceServers`).
+ * Keys of server frames whose values go to the app as the server sent them,
+ * not camelCased: a signal's `data` is the peers' own payload, and ICE
+ * `servers` go as they are into `RTCPeerConnection`.
  */
-export class CavloClient extends EventTarget {
+const AS_SENT = new Set(["data", "servers"]);
+
+// --- types ------------------------------------------------------------------
+// The event details, as the app sees them: the server's frames
+// (docs/protocol.md) with camelCase keys and without `type`.
+
+/**
+ * @typedef {{ setTimeout(fn: () => void, ms: number): unknown, clearTimeout(id: unknown): void }} Timers
+ *   a clock: `globalThis`, or a fake one in tests
+ * @typedef {"connecting" | "open" | "closed"} ConnectionState
+ * @typedef {{ id: string, name: string }} User
+ * @typedef {{ connId: string, user: User }} Member
+ * @typedef {{ servers: RTCIceServer[], expiresIn: number }} Ice
+ * @typedef {{ maxFrameBytes: number, maxRooms: number, historyLimit: number }} Limits
+ * @typedef {{ connId: string, user: User, gateway: string, limits: Limits, expiresIn?: number, ice?: Ice }} Welcome
+ * @typedef {{ room: string, seq: number, id: string, from: Member, text: string, ts: number }} Chat
+ * @typedef {{ room: string, members: Member[], history: Chat[], lastSeq: number, truncated: boolean }} Joined
+ * @typedef {{ room: string }} Left
+ * @typedef {{ id: string, room: string, seq?: number, text: string }} Ack
+ *   `seq` is missing when a resent message's original already left the backlog
+ * @typedef {{ room: string, event: "join" | "leave", member: Member }} Presence
+ * @typedef {{ room: string, from: string, user: User, kind: string, data: any }} Signal
+ * @typedef {{ code: string, message: string, id?: string, room?: string, closeCode?: number, reason?: string }} ErrorDetail
+ * @typedef {{ code: string, message: string, error?: unknown, data?: unknown, url?: string }} Warning
+ *   something the SDK skipped or could not do, which does not stop it
+ */
+
+/**
+ * @typedef {object} ClientEvents the detail of each of CavloClient's events
+ * @property {{ state: ConnectionState }} state
+ * @property {Welcome} welcome
+ * @property {Joined} joined
+ * @property {Left} left
+ * @property {Chat} chat
+ * @property {Ack} ack
+ * @property {Presence} presence
+ * @property {Signal} signal
+ * @property {Ice} ice
+ * @property {ErrorDetail} error
+ * @property {Warning} warning
+ */
+
+/**
+ * An EventTarget whose events are `CustomEvent`s with, per type, the detail
+ * `Events` names. Only a type: at run time it is EventTarget.
+ * @template Events
+ * @typedef {{
+ *   addEventListener<K extends keyof Events & string>(type: K, listener: ((event: CustomEvent<Events[K]>) => void) | null, options?: boolean | AddEventListenerOptions): void,
+ *   removeEventListener<K extends keyof Events & string>(type: K, listener: ((event: CustomEvent<Events[K]>) => void) | null, options?: boolean | EventListenerOptions): void,
+ *   dispatchEvent(event: Event): boolean,
+ * }} TypedEventTarget
+ */
+
+/**
+ * The promise `send` returns: it resolves with the ack once the message is
+ * stored, and carries the message's client id at once.
+ * @typedef {Promise<Ack> & { readonly id: string }} Sending
+ */
+
+/**
+ * @typedef {object} Pending a chat message not yet acked
+ * @property {string} room
+ * @property {string} text
+ * @property {(ack: Ack) => void} resolve
+ * @property {(error: CavloError) => void} reject
+ */
+
+/**
+ * Why a message sent with `send` will not be stored: the server refused it
+ * (its error `code`: `invalid_message`, `too_large`, `not_in_room`, …), or
+ * the app left the room first (`left`).
+ */
+export class CavloError extends Error {
+  /**
+   * @param {{ code: string, message: string, id?: string, room?: string }} detail
+   */
+  constructor({ code, message, id, room }) {
+    super(message);
+    this.name = "CavloError";
+    this.code = code;
+    this.id = id;
+    this.room = room;
+  }
+}
+
+/** @param {string} key */
+function camelCase(key) {
+  return key.replace(/_([a-z0-9])/g, (_, c) => c.toUpperCase());
+}
+
+/**
+ * A server frame as the app sees it: every key camelCased (`conn_id` →
+ * `connId`), at every depth but under AS_SENT's keys. Own properties only,
+ * so a `__proto__` key stays a plain key.
+ * @param {unknown} value
+ * @returns {any}
+ */
+function fromWire(value) {
+  if (Array.isArray(value)) return value.map(fromWire);
+  if (value === null || typeof value !== "object") return value;
+  return Object.fromEntries(
+    Object.entries(value).map(([key, v]) => [camelCase(key), AS_SENT.has(key) ? v : fromWire(v)]),
+  );
+}
+
+/**
+ * A random message id: a UUID. `crypto.randomUUID` exists only in secure
+ * contexts (https, localhost); elsewhere the same version-4 UUID is made
+ * from `crypto.getRandomValues`, which is everywhere.
+ */
+function messageId() {
+  if (typeof crypto.randomUUID === "function") return crypto.randomUUID();
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  bytes[6] = (bytes[6] & 0x0f) | 0x40;
+  bytes[8] = (bytes[8] & 0x3f) | 0x80;
+  const hex = [...bytes].map((b) => b.toString(16).padStart(2, "0")).join("");
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+}
+
+/** @param {unknown} err */
+function errorText(err) {
+  return err instanceof Error ? err.message : String(err);
+}
+
+const ClientEventTarget = /** @type {new () => TypedEventTarget<ClientEvents>} */ (
+  /** @type {unknown} */ (EventTarget)
+);
+
+/**
+ * A connection to cavlo gateways. Events (all `CustomEvent`, data in
+ * `detail`, keys in camelCase): `state` ({state}: "connecting" | "open" |
+ * "closed"), `welcome`, `joined`, `left`, `chat`, `ack`, `presence`,
+ * `signal`, `error`, `ice` ({servers, expiresIn}: fresh ICE servers, see
+ * `iceServers`) and `warning` ({code, message}: a frame skipped, a socket
+ * that could not be opened).
+ */
+export class CavloClient extends ClientEventTarget {
+  /** @type {string[]} */
   #urls;
+  /** @type {string | (() => string | Promise<string>)} */
   #token;
+  /** @type {number} */
   #baseDelay;
+  /** @type {number} */
   #maxDelay;
+  /** @type {number} */
   #maxAttempts;
+  /** @type {typeof WebSocket} */
   #WebSocket;
+  /** @type {() => number} */
   #random;
+  /** @type {Timers} */
   #timers;
 
+  /** @type {ConnectionState} */
   #state = "closed";
+  /** @type {string | null} */
   #connId = null;
+  /** @type {User | null} */
   #user = null;
-  /** room → highest seq seen in `history` or `chat`, or null before any. */
+  /** @type {Map<string, number | null>} room → highest seq seen in `history` or `chat`, or null before any. */
   #rooms = new Map();
-  /** client message id → {room, text}, in sending order, until acked. */
+  /** @type {Map<string, Pending>} client message id → its message, in sending order, until acked. */
   #outbox = new Map();
-  /** room → Map conn_id → member. */
+  /** @type {Map<string, Map<string, Member>>} room → Map connId → member. */
   #members = new Map();
   /**
    * room → the connection that was admitted there. A rejoin from a newer
    * connection names it in `replaces`, so the seat passes over at once
    * instead of staying taken until the old connection's gateway lets go.
+   * @type {Map<string, string | null>}
    */
   #seats = new Map();
+  /** @type {WebSocket | null} */
   #ws = null;
   #urlIndex = 0;
   #attempt = 0;
@@ -89,22 +240,23 @@ export class CavloClient extends EventTarget {
    * either belongs to an old session and opens nothing.
    */
   #session = 0;
+  /** @type {unknown} */
   #retryTimer = null;
-  /** Timers of chat messages waiting to be resent after a retryable error. */
+  /** @type {Set<unknown>} Timers of chat messages waiting to be resent after a retryable error. */
   #resendTimers = new Set();
-  /** Fires when the token should be refreshed (only with a token function). */
+  /** @type {unknown} Fires when the token should be refreshed (only with a token function). */
   #refreshTimer = null;
-  /** Fires when a draining gateway asked this client to move. */
+  /** @type {unknown} Fires when a draining gateway asked this client to move. */
   #moveTimer = null;
-  /** Fires when the TURN credentials should be renewed. */
+  /** @type {unknown} Fires when the TURN credentials should be renewed. */
   #iceTimer = null;
+  /** @type {RTCIceServer[]} */
   #iceServers = [];
   /**
    * Whether the connection since the last `welcome` already got a fresh
    * token after a 4001: a second refusal is final.
    */
   #refusedOnce = false;
-  #counter = 0;
 
   /**
    * @param {object} options
@@ -117,7 +269,7 @@ export class CavloClient extends EventTarget {
    * @param {typeof WebSocket} [options.WebSocket=globalThis.WebSocket] the
    *   WebSocket class to use (tests pass a fake)
    * @param {() => number} [options.random=Math.random] jitter source, in [0, 1)
-   * @param {{setTimeout: Function, clearTimeout: Function}} [options.timers=globalThis]
+   * @param {Timers} [options.timers=globalThis]
    */
   constructor({
     urls,
@@ -171,12 +323,19 @@ export class CavloClient extends EventTarget {
     return new Map(this.#rooms);
   }
 
-  /** A copy: client message id → {room, text}, for chat not yet acked. */
+  /**
+   * A copy: client message id → {room, text}, for chat not yet acked.
+   * @returns {Map<string, { room: string, text: string }>}
+   */
   get outbox() {
-    return new Map([...this.#outbox].map(([id, pending]) => [id, { ...pending }]));
+    return new Map([...this.#outbox].map(([id, { room, text }]) => [id, { room, text }]));
   }
 
-  /** A copy of a room's members, Map conn_id → member. */
+  /**
+   * A copy of a room's members, Map connId → member.
+   * @param {string} room
+   * @returns {Map<string, Member>}
+   */
   membersOf(room) {
     return new Map(this.#members.get(room));
   }
@@ -220,58 +379,109 @@ export class CavloClient extends EventTarget {
     return ws;
   }
 
-  /** Joins a room; after a reconnect the SDK rejoins it by itself. */
+  /**
+   * Joins a room; after a reconnect the SDK rejoins it by itself.
+   * @param {string} room
+   */
   join(room) {
     if (!this.#rooms.has(room)) this.#rooms.set(room, null);
     this.#send({ type: "join", room });
   }
 
-  /** Leaves a room and forgets its unsent chat. */
+  /**
+   * Leaves a room and forgets its unsent chat: their `send` promises
+   * reject with code `left`.
+   * @param {string} room
+   */
   leave(room) {
     this.#rooms.delete(room);
     this.#members.delete(room);
     this.#seats.delete(room);
-    for (const [id, pending] of this.#outbox) if (pending.room === room) this.#outbox.delete(id);
+    for (const [id, pending] of this.#outbox) {
+      if (pending.room !== room) continue;
+      this.#outbox.delete(id);
+      pending.reject(new CavloError({ code: "left", message: "left the room before the message was stored", id, room }));
+    }
     this.#send({ type: "leave", room });
   }
 
   /**
-   * Sends chat; returns its client id. It stays in the outbox, and is resent
-   * after reconnects, until the server acknowledges it.
+   * Sends chat. It stays in the outbox, and is resent after reconnects,
+   * until the server acknowledges it. Returns a promise of the ack, with
+   * the message's client id as its `id`. It rejects with a CavloError when
+   * the message will not be stored (a server error other than
+   * `unavailable` or `rate_limited`, which are resent; or `leave`). An
+   * ignored promise never reports an unhandled rejection.
+   * @param {string} room
+   * @param {string} text
+   * @returns {Sending}
    */
   send(room, text) {
-    const id = `${Date.now().toString(36)}-${(this.#counter++).toString(36)}-${this.#random().toString(36).slice(2, 8)}`;
-    this.#outbox.set(id, { room, text });
+    const id = messageId();
+    /** @type {Pending | undefined} */
+    let pending;
+    const acked = new Promise((resolve, reject) => {
+      pending = { room, text, resolve, reject };
+    });
+    // The executor ran synchronously.
+    this.#outbox.set(id, /** @type {Pending} */ (pending));
+    // Handled here, so that an app that only listens to events is not
+    // told of an unhandled rejection; `await` still sees it.
+    acked.catch(() => {});
+    Object.defineProperty(acked, "id", { value: id, enumerable: true });
     this.#send({ type: "chat", room, id, text });
-    return id;
+    return /** @type {Sending} */ (acked);
   }
 
-  /** Sends a WebRTC signal to one member of a room; dropped while disconnected. */
+  /**
+   * Sends a WebRTC signal to one member of a room; dropped while disconnected.
+   * @param {string} room
+   * @param {string} to the member's connId
+   * @param {string} kind "offer", "answer", "candidate", "bye" or "media"
+   * @param {object} data
+   */
   signal(room, to, kind, data) {
     this.#send({ type: "signal", room, to, kind, data });
   }
 
   // --- internals -----------------------------------------------------------
 
+  /** @param {ConnectionState} state */
   #setState(state) {
     if (this.#state === state) return;
     this.#state = state;
     this.#emit("state", { state });
   }
 
+  /**
+   * @template {keyof ClientEvents} K
+   * @param {K} type
+   * @param {ClientEvents[K]} detail
+   */
   #emit(type, detail) {
     this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+
+  /**
+   * @param {string} code
+   * @param {string} message
+   * @param {Partial<Warning>} [more]
+   */
+  #warn(code, message, more = {}) {
+    this.#emit("warning", { ...more, code, message });
   }
 
   /**
    * Sends while welcomed. Otherwise the frame is covered on (re)connect:
    * rooms are rejoined and the outbox resent; signals are dropped, as peers
    * renegotiate anyway.
+   * @param {object} frame
    */
   #send(frame) {
     if (this.#state === "open") this.#write(frame);
   }
 
+  /** @param {object} frame */
   #write(frame) {
     if (this.#ws && this.#ws.readyState === WS_OPEN) this.#ws.send(JSON.stringify(frame));
   }
@@ -279,21 +489,23 @@ export class CavloClient extends EventTarget {
   async #open() {
     const session = this.#session;
     this.#setState("connecting");
+    /** @type {string} */
     let token;
     try {
       token = typeof this.#token === "function" ? await this.#token() : this.#token;
     } catch (err) {
       if (session !== this.#session) return;
-      this.#emit("error", { code: "token_failed", message: `cannot get a token: ${err?.message ?? err}` });
+      this.#emit("error", { code: "token_failed", message: `cannot get a token: ${errorText(err)}` });
       return this.#retry();
     }
     if (session !== this.#session) return;
     const url = this.#urls[this.#urlIndex % this.#urls.length];
+    /** @type {WebSocket} */
     let ws;
     try {
       ws = new this.#WebSocket(url);
     } catch (err) {
-      console.warn("cavlo: cannot open a WebSocket", url, err);
+      this.#warn("socket_failed", `cannot open a WebSocket to ${url}: ${errorText(err)}`, { url, error: err });
       return this.#retry();
     }
     this.#ws = ws;
@@ -304,6 +516,10 @@ export class CavloClient extends EventTarget {
     ws.onclose = (event) => this.#closed(ws, event);
   }
 
+  /**
+   * @param {WebSocket} ws
+   * @param {{ code: number, reason: string }} event
+   */
   #closed(ws, { code, reason }) {
     if (this.#ws !== ws) return;
     this.#detach();
@@ -334,11 +550,13 @@ export class CavloClient extends EventTarget {
    * expires (the gateway closes with 4105 at expiry): when a fifth of its
    * remaining life is left, at most a minute before. If getting the token
    * fails, the connection runs out and reconnects with the next one.
+   * @param {number | undefined} expiresIn seconds
    */
   #scheduleRefresh(expiresIn) {
     this.#timers.clearTimeout(this.#refreshTimer);
     this.#refreshTimer = null;
-    if (typeof this.#token !== "function" || typeof expiresIn !== "number") return;
+    const tokenFn = this.#token;
+    if (typeof tokenFn !== "function" || typeof expiresIn !== "number") return;
     const left = expiresIn * 1000;
     const delay = Math.max(0, left - Math.min(60000, left / 5));
     if (delay > MAX_TIMER_MS) {
@@ -354,9 +572,9 @@ export class CavloClient extends EventTarget {
       this.#refreshTimer = null;
       let token;
       try {
-        token = await this.#token();
+        token = await tokenFn();
       } catch (err) {
-        this.#emit("error", { code: "token_failed", message: `cannot refresh the token: ${err?.message ?? err}` });
+        this.#emit("error", { code: "token_failed", message: `cannot refresh the token: ${errorText(err)}` });
         return;
       }
       if (this.#ws === ws) this.#write({ type: "refresh", token });
@@ -365,16 +583,17 @@ export class CavloClient extends EventTarget {
 
   /**
    * Keeps `ice` as the current ICE servers and asks for new ones when four
-   * fifths of their credentials' life has passed (`expires_in` 0: they do
+   * fifths of their credentials' life has passed (`expiresIn` 0: they do
    * not expire).
+   * @param {Ice | undefined} ice
    */
   #setIce(ice) {
     this.#timers.clearTimeout(this.#iceTimer);
     this.#iceTimer = null;
     if (!ice) return;
     this.#iceServers = ice.servers;
-    if (ice.expires_in > 0) {
-      const delay = Math.min(MAX_TIMER_MS, ice.expires_in * 800);
+    if (ice.expiresIn > 0) {
+      const delay = Math.min(MAX_TIMER_MS, ice.expiresIn * 800);
       this.#iceTimer = this.#timers.setTimeout(() => {
         this.#iceTimer = null;
         this.#write({ type: "ice" });
@@ -387,6 +606,7 @@ export class CavloClient extends EventTarget {
    * spread so its clients do not all arrive at once elsewhere, close this
    * connection and open one to the next gateway, which resumes every room
    * as after any reconnect. The connection works until then.
+   * @param {unknown} delayMs
    */
   #moveAfter(delayMs) {
     const ws = this.#ws;
@@ -394,7 +614,7 @@ export class CavloClient extends EventTarget {
     this.#moveTimer = this.#timers.setTimeout(() => {
       this.#moveTimer = null;
       if (this.#ws !== ws || this.#stopped) return;
-      this.#detach().close(1000);
+      this.#detach()?.close(1000);
       this.#urlIndex += 1;
       this.#open();
     }, Math.max(0, Number(delayMs) || 0));
@@ -421,63 +641,79 @@ export class CavloClient extends EventTarget {
   /** Rejoins every room after `since` and resends the outbox, in that order. */
   #resume() {
     for (const [room, since] of this.#rooms) {
+      /** @type {{ type: "join", room: string, since?: number, replaces?: string }} */
       const frame = { type: "join", room };
       if (since !== null) frame.since = since;
       const seat = this.#seats.get(room);
-      if (seat !== undefined && seat !== this.#connId) frame.replaces = seat;
+      if (seat != null && seat !== this.#connId) frame.replaces = seat;
       this.#write(frame);
     }
     for (const [id, { room, text }] of this.#outbox) this.#write({ type: "chat", room, id, text });
   }
 
-  /** One frame from the server; a malformed one is logged and skipped. */
+  /**
+   * One frame from the server; a malformed one is skipped with a `warning`.
+   * @param {unknown} data
+   */
   #receive(data) {
     let frame;
     try {
-      frame = JSON.parse(data);
+      frame = JSON.parse(String(data));
     } catch {
-      console.warn("cavlo: ignoring a frame that is not JSON", data);
+      this.#warn("bad_frame", "skipped a frame that is not JSON", { data });
       return;
     }
     if (frame === null || typeof frame !== "object") {
-      console.warn("cavlo: ignoring a frame that is not an object", data);
+      this.#warn("bad_frame", "skipped a frame that is not a JSON object", { data });
       return;
     }
     try {
       this.#handle(frame);
     } catch (err) {
-      console.warn("cavlo: ignoring a malformed frame", data, err);
+      this.#warn("bad_frame", `skipped a malformed frame: ${errorText(err)}`, { data, error: err });
     }
   }
 
-  #handle(frame) {
-    switch (frame.type) {
-      case "welcome":
-        this.#connId = frame.conn_id;
-        this.#user = frame.user;
+  /**
+   * One server frame, its keys camelCased here, once, for everything after.
+   * @param {{ type?: unknown }} raw
+   */
+  #handle(raw) {
+    const { type, ...body } = raw;
+    const frame = fromWire(body);
+    switch (type) {
+      case "welcome": {
+        /** @type {Welcome} */
+        const welcome = frame;
+        this.#connId = welcome.connId;
+        this.#user = welcome.user;
         this.#attempt = 0;
         // Before anyone hears of it, so frames sent from a listener come
         // after the rejoins.
         this.#resume();
-        this.#scheduleRefresh(frame.expires_in);
-        this.#setIce(frame.ice);
+        this.#scheduleRefresh(welcome.expiresIn);
+        this.#setIce(welcome.ice);
         this.#refusedOnce = false;
         this.#setState("open");
-        this.#emit("welcome", frame);
+        this.#emit("welcome", welcome);
         break;
+      }
       case "refreshed":
-        this.#scheduleRefresh(frame.expires_in);
+        this.#scheduleRefresh(frame.expiresIn);
         break;
-      case "joined":
-        if (!this.#rooms.has(frame.room)) break;
-        this.#members.set(frame.room, new Map(frame.members.map((m) => [m.conn_id, m])));
-        this.#seats.set(frame.room, this.#connId);
-        for (const chat of frame.history) this.#deliver(chat);
+      case "joined": {
+        /** @type {Joined} */
+        const joined = frame;
+        if (!this.#rooms.has(joined.room)) break;
+        this.#members.set(joined.room, new Map(joined.members.map((m) => [m.connId, m])));
+        this.#seats.set(joined.room, this.#connId);
+        for (const chat of joined.history) this.#deliver(chat);
         // Only when there was no history: a live message may already carry
-        // a seq between the last one in `history` and `last_seq`.
-        if (frame.history.length === 0) this.#seen(frame.room, frame.last_seq);
-        this.#emit("joined", frame);
+        // a seq between the last one in `history` and `lastSeq`.
+        if (joined.history.length === 0) this.#seen(joined.room, joined.lastSeq);
+        this.#emit("joined", joined);
         break;
+      }
       case "left":
         this.#emit("left", frame);
         break;
@@ -491,15 +727,20 @@ export class CavloClient extends EventTarget {
         if (!pending) break; // a second ack, for a message sent twice
         this.#outbox.delete(frame.id);
         // `text` is on the ack only when sanitizing changed what was sent.
-        this.#emit("ack", { ...frame, text: frame.text ?? pending.text });
+        /** @type {Ack} */
+        const ack = { ...frame, text: frame.text ?? pending.text };
+        this.#emit("ack", ack);
+        pending.resolve(ack);
         break;
       }
       case "presence": {
-        const members = this.#members.get(frame.room);
+        /** @type {Presence} */
+        const presence = frame;
+        const members = this.#members.get(presence.room);
         if (!members) break;
-        if (frame.event === "join") members.set(frame.member.conn_id, frame.member);
-        else members.delete(frame.member.conn_id);
-        this.#emit("presence", frame);
+        if (presence.event === "join") members.set(presence.member.connId, presence.member);
+        else members.delete(presence.member.connId);
+        this.#emit("presence", presence);
         break;
       }
       case "signal":
@@ -507,24 +748,34 @@ export class CavloClient extends EventTarget {
         break;
       case "ice":
         this.#setIce(frame);
-        this.#emit("ice", { servers: frame.servers });
+        this.#emit("ice", frame);
         break;
       case "pong":
         break;
       case "draining":
-        this.#moveAfter(frame.reconnect_in_ms);
+        this.#moveAfter(frame.reconnectInMs);
         break;
-      case "error":
-        if (frame.id && RETRYABLE_ERRORS.has(frame.code)) this.#resendLater(frame.id);
-        else if (frame.id) this.#outbox.delete(frame.id);
-        this.#emit("error", frame);
+      case "error": {
+        /** @type {ErrorDetail} */
+        const error = frame;
+        const pending = error.id === undefined ? undefined : this.#outbox.get(error.id);
+        if (error.id !== undefined && pending) {
+          if (RETRYABLE_ERRORS.has(error.code)) this.#resendLater(error.id);
+          else this.#outbox.delete(error.id);
+        }
+        this.#emit("error", error);
+        if (pending && !RETRYABLE_ERRORS.has(error.code)) pending.reject(new CavloError(error));
         break;
+      }
       default:
-        console.warn("cavlo: ignoring a frame of unknown type", frame.type);
+        this.#warn("unknown_frame", `skipped a frame of unknown type ${JSON.stringify(type)}`, { data: raw });
     }
   }
 
-  /** Emits a chat message once, in seq order, and remembers its seq. */
+  /**
+   * Emits a chat message once, in seq order, and remembers its seq.
+   * @param {Chat} chat
+   */
   #deliver(chat) {
     const since = this.#rooms.get(chat.room);
     if (since === undefined || (since !== null && chat.seq <= since)) return;
@@ -532,12 +783,17 @@ export class CavloClient extends EventTarget {
     this.#emit("chat", chat);
   }
 
+  /**
+   * @param {string} room
+   * @param {number} seq
+   */
   #seen(room, seq) {
     const since = this.#rooms.get(room);
     if (since === undefined) return;
     if (since === null || seq > since) this.#rooms.set(room, seq);
   }
 
+  /** @param {string} id */
   #resendLater(id) {
     const timer = this.#timers.setTimeout(() => {
       this.#resendTimers.delete(timer);

@@ -1,6 +1,47 @@
+// @ts-check
 // A mesh video call over a CavloClient (cavlo.js, which re-exports this
 // module): one RTCPeerConnection per other member of a room. docs/client.md,
 // "MeshCall", is the reference.
+
+/**
+ * @typedef {import("./cavlo.js").CavloClient} CavloClient
+ * @typedef {import("./cavlo.js").Signal} Signal
+ * @typedef {import("./cavlo.js").Presence} Presence
+ * @typedef {import("./cavlo.js").Timers} Timers
+ * @typedef {import("./cavlo.js").Warning} Warning
+ */
+
+/**
+ * @template Events
+ * @typedef {import("./cavlo.js").TypedEventTarget<Events>} TypedEventTarget
+ */
+
+/**
+ * @typedef {{ audio: boolean, video: boolean }} MediaState whether a
+ *   microphone and a camera are on
+ * @typedef {Warning & { connId: string, kind?: string }} CallWarning
+ */
+
+/**
+ * @typedef {object} CallEvents the detail of each of MeshCall's events
+ * @property {{ stream: MediaStream }} start
+ * @property {{ connId: string, stream: MediaStream }} stream
+ * @property {{ connId: string, state: RTCPeerConnectionState }} peerstate
+ * @property {{ connId: string }} hangup
+ * @property {{ connId: string } & MediaState} media
+ * @property {{ error: unknown }} error
+ * @property {CallWarning} warning
+ */
+
+/**
+ * @typedef {object} Peer the connection to one other member
+ * @property {RTCPeerConnection} pc
+ * @property {boolean} polite whether this side yields when offers collide
+ * @property {boolean} makingOffer
+ * @property {boolean} ignoreOffer
+ * @property {number} answered offers answered so far
+ * @property {unknown} offerTimer the polite side's wait before offering
+ */
 
 /**
  * How long the polite side of a call waits before offering. When both peers
@@ -17,6 +58,15 @@ const POLITE_OFFER_DELAY_MS = 400;
  */
 const MAX_EARLY_SIGNALS = 200;
 
+/** @param {unknown} err */
+function errorText(err) {
+  return err instanceof Error ? err.message : String(err);
+}
+
+const CallEventTarget = /** @type {new () => TypedEventTarget<CallEvents>} */ (
+  /** @type {unknown} */ (EventTarget)
+);
+
 /**
  * A mesh video call in one room: one RTCPeerConnection per other member,
  * negotiated with the "perfect negotiation" pattern so that two peers
@@ -30,50 +80,64 @@ const MAX_EARLY_SIGNALS = 200;
  * camera off and on, and tells the peers. Events: `start` ({stream}, the local stream), `stream`
  * ({connId, stream}), `peerstate` ({connId, state}), `hangup` ({connId}),
  * `media` ({connId, audio, video}: a peer's microphone and camera),
- * `error` ({error}, when answering could not get the local media).
+ * `error` ({error}, when answering could not get the local media),
+ * `warning` ({code, message, connId, error}: an offer or a peer's signal
+ * that failed).
  */
-export class MeshCall extends EventTarget {
+export class MeshCall extends CallEventTarget {
+  /** @type {CavloClient} */
   #client;
+  /** @type {string} */
   #room;
+  /** @type {MediaStream | (() => MediaStream | Promise<MediaStream>)} */
   #media;
-  /** Explicit ICE servers, or null for the gateway's. */
+  /** @type {RTCIceServer[] | null} Explicit ICE servers, or null for the gateway's. */
   #iceServers;
+  /** @type {RTCIceTransportPolicy} */
   #iceTransportPolicy;
+  /** @type {typeof RTCPeerConnection} */
   #RTCPeerConnection;
+  /** @type {Timers} */
   #timers;
 
-  /** "idle", "starting" (waiting for media), "active" or "stopped". */
+  /** @type {"idle" | "starting" | "active" | "stopped"} waiting for media while "starting" */
   #state = "idle";
-  /** Whether this side's microphone and camera are on. */
+  /** @type {MediaState} Whether this side's microphone and camera are on. */
   #sending = { audio: true, video: true };
+  /** @type {Promise<void> | null} */
   #starting = null;
+  /** @type {MediaStream | null} */
   #localStream = null;
-  /** remote conn_id → {pc, polite, makingOffer, ignoreOffer, answered, offerTimer}. */
+  /** @type {Map<string, Peer>} remote connId → its connection. */
   #peers = new Map();
-  /** This room's signals from before the call started, oldest first. */
+  /** @type {Signal[]} This room's signals from before the call started, oldest first. */
   #early = [];
   /**
    * Signals are applied one at a time, in arrival order: a candidate must
    * not race the description it belongs to.
+   * @type {Promise<void>}
    */
   #applying = Promise.resolve();
+  /** @type {(event: CustomEvent<Signal>) => void} */
   #onSignal;
+  /** @type {(event: CustomEvent<Presence>) => void} */
   #onPresence;
+  /** @type {() => void} */
   #onIce;
 
   /**
-   * @param {import("./cavlo.js").CavloClient} client
+   * @param {CavloClient} client
    * @param {string} room a room the client has joined or is joining
    * @param {object} options
    * @param {MediaStream | (() => MediaStream | Promise<MediaStream>)} options.media
    *   the local stream, or a function getting it, called once, when the call
    *   starts; it is the place to ask the user, and throwing declines
-   * @param {RTCIceServer[]} [options.iceServers] fixed ICE servers instead of
+   * @param {RTCIceServer[] | null} [options.iceServers] fixed ICE servers instead of
    *   the gateway's (`client.iceServers`, renewed as they expire)
-   * @param {"all" | "relay"} [options.iceTransportPolicy="all"] "relay" uses
+   * @param {RTCIceTransportPolicy} [options.iceTransportPolicy="all"] "relay" uses
    *   TURN only, hiding the peers' addresses from each other
    * @param {typeof RTCPeerConnection} [options.RTCPeerConnection=globalThis.RTCPeerConnection]
-   * @param {{setTimeout: Function, clearTimeout: Function}} [options.timers=globalThis]
+   * @param {Timers} [options.timers=globalThis]
    */
   constructor(
     client,
@@ -84,7 +148,7 @@ export class MeshCall extends EventTarget {
       iceTransportPolicy = "all",
       RTCPeerConnection = globalThis.RTCPeerConnection,
       timers = globalThis,
-    } = {},
+    } = /** @type {any} */ ({}),
   ) {
     super();
     if (!media) throw new Error("cavlo: a MeshCall needs `media`, a MediaStream or a function returning one");
@@ -97,7 +161,7 @@ export class MeshCall extends EventTarget {
     this.#timers = timers;
     this.#onSignal = ({ detail }) => this.#receive(detail);
     this.#onPresence = ({ detail }) => {
-      if (detail.room === this.#room && detail.event === "leave") this.#forget(detail.member.conn_id);
+      if (detail.room === this.#room && detail.event === "leave") this.#forget(detail.member.connId);
     };
     // Renewed TURN credentials: for ICE restarts and new candidates of the
     // connections already open, too.
@@ -116,11 +180,12 @@ export class MeshCall extends EventTarget {
   }
 
   /**
-   * Each connection's `getStats()` report, as a Map conn_id →
+   * Each connection's `getStats()` report, as a Map connId →
    * RTCStatsReport: for a call-quality display, or to see the path a call
    * took (the selected candidate pair's types: "host", "srflx", "relay").
    */
   async stats() {
+    /** @type {Map<string, RTCStatsReport>} */
     const reports = new Map();
     for (const [connId, { pc }] of this.#peers) reports.set(connId, await pc.getStats());
     return reports;
@@ -136,6 +201,7 @@ export class MeshCall extends EventTarget {
    * (the tracks keep running, disabled: no renegotiation) and tells every
    * peer with a `media` signal; peers that connect later are told when they
    * do. Fields left out stay as they are.
+   * @param {Partial<MediaState>} media
    */
   setMedia({ audio = this.#sending.audio, video = this.#sending.video } = {}) {
     this.#sending = { audio: Boolean(audio), video: Boolean(video) };
@@ -145,7 +211,8 @@ export class MeshCall extends EventTarget {
 
   #applyMedia() {
     for (const track of this.#localStream?.getTracks() ?? []) {
-      track.enabled = this.#sending[track.kind] ?? true;
+      const kind = /** @type {keyof MediaState} */ (track.kind);
+      track.enabled = this.#sending[kind] ?? true;
     }
   }
 
@@ -158,6 +225,7 @@ export class MeshCall extends EventTarget {
    * Gets the local media and calls every current member of the room.
    * Resolves once the call is active; calling it again returns the same
    * promise. If getting the media fails, it rejects and the call is idle again.
+   * @returns {Promise<void>}
    */
   start() {
     if (this.#state === "stopped") return Promise.reject(new Error("cavlo: this call was stopped"));
@@ -188,7 +256,8 @@ export class MeshCall extends EventTarget {
   async #begin() {
     this.#state = "starting";
     const stream = typeof this.#media === "function" ? await this.#media() : this.#media;
-    if (this.#state === "stopped") {
+    // `stop` may have run while the media was being got.
+    if (/** @type {string} */ (this.#state) === "stopped") {
       // Nobody else was handed this stream: release the camera.
       if (typeof this.#media === "function") for (const track of stream.getTracks()) track.stop();
       return;
@@ -198,11 +267,12 @@ export class MeshCall extends EventTarget {
     this.#state = "active";
     this.#emit("start", { stream });
     for (const connId of this.#client.membersOf(this.#room).keys()) {
-      if (connId !== this.#client.connId) this.#peer(connId);
+      if (connId !== this.#client.connId) this.#peer(connId, stream);
     }
     for (const signal of this.#early.splice(0)) this.#enqueue(signal);
   }
 
+  /** @param {Signal} signal */
   #receive(signal) {
     if (signal.room !== this.#room) return;
     if (signal.kind === "media") {
@@ -222,25 +292,42 @@ export class MeshCall extends EventTarget {
     }
   }
 
-  /** A member left the room: hang up on it, or forget what it sent. */
+  /**
+   * A member left the room: hang up on it, or forget what it sent.
+   * @param {string} connId
+   */
   #forget(connId) {
     this.#early = this.#early.filter((early) => early.from !== connId);
     this.#drop(connId);
   }
 
+  /** @param {Signal} signal */
   #enqueue(signal) {
     this.#applying = this.#applying.then(() => this.#apply(signal));
   }
 
-  /** The connection to `connId`, created on first use. */
-  #peer(connId) {
-    let peer = this.#peers.get(connId);
-    if (peer) return peer;
+  /**
+   * The connection to `connId`, created on first use with the tracks of
+   * `stream`, the local stream.
+   * @param {string} connId
+   * @param {MediaStream} stream
+   */
+  #peer(connId, stream) {
+    const known = this.#peers.get(connId);
+    if (known) return known;
     const pc = new this.#RTCPeerConnection(this.#configuration());
-    // The peer with the larger connection id yields in a collision.
-    peer = { pc, polite: this.#client.connId > connId, makingOffer: false, ignoreOffer: false, answered: 0, offerTimer: null };
+    /** @type {Peer} */
+    const peer = {
+      pc,
+      // The peer with the larger connection id yields in a collision.
+      polite: (this.#client.connId ?? "") > connId,
+      makingOffer: false,
+      ignoreOffer: false,
+      answered: 0,
+      offerTimer: null,
+    };
     this.#peers.set(connId, peer);
-    for (const track of this.#localStream.getTracks()) pc.addTrack(track, this.#localStream);
+    for (const track of stream.getTracks()) pc.addTrack(track, stream);
     if (!this.#sending.audio || !this.#sending.video) this.#client.signal(this.#room, connId, "media", this.#sending);
     pc.onnegotiationneeded = async () => {
       try {
@@ -250,19 +337,17 @@ export class MeshCall extends EventTarget {
         if (peer.polite) {
           const answered = peer.answered;
           await new Promise((resolve) => {
-            peer.offerTimer = this.#timers.setTimeout(resolve, POLITE_OFFER_DELAY_MS);
+            peer.offerTimer = this.#timers.setTimeout(() => resolve(undefined), POLITE_OFFER_DELAY_MS);
           });
           peer.offerTimer = null;
           if (peer.answered !== answered || pc.signalingState !== "stable") return;
         }
         peer.makingOffer = true;
         await pc.setLocalDescription();
-        this.#client.signal(this.#room, connId, pc.localDescription.type, {
-          type: pc.localDescription.type,
-          sdp: pc.localDescription.sdp,
-        });
+        const offer = /** @type {RTCSessionDescription} */ (pc.localDescription);
+        this.#client.signal(this.#room, connId, offer.type, { type: offer.type, sdp: offer.sdp });
       } catch (err) {
-        console.warn("cavlo: offering failed", err);
+        this.#warn({ code: "offer_failed", message: `offering to ${connId} failed: ${errorText(err)}`, connId, error: err });
       } finally {
         peer.makingOffer = false;
       }
@@ -285,6 +370,7 @@ export class MeshCall extends EventTarget {
     return peer;
   }
 
+  /** @returns {RTCConfiguration} */
   #configuration() {
     return {
       iceServers: this.#iceServers ?? this.#client.iceServers,
@@ -292,12 +378,13 @@ export class MeshCall extends EventTarget {
     };
   }
 
+  /** @param {Signal} signal */
   async #apply(signal) {
-    if (this.#state !== "active") return;
+    if (this.#state !== "active" || !this.#localStream) return;
     const connId = signal.from;
     if (signal.kind === "bye") return this.#drop(connId);
     // Only an offer opens a connection; an answer or candidate without one is stale.
-    const peer = signal.kind === "offer" ? this.#peer(connId) : this.#peers.get(connId);
+    const peer = signal.kind === "offer" ? this.#peer(connId, this.#localStream) : this.#peers.get(connId);
     if (!peer) return;
     const { pc } = peer;
     try {
@@ -313,17 +400,30 @@ export class MeshCall extends EventTarget {
         await pc.setRemoteDescription({ type: signal.kind, sdp: signal.data.sdp });
         if (signal.kind === "offer") {
           await pc.setLocalDescription();
-          this.#client.signal(this.#room, connId, "answer", { type: "answer", sdp: pc.localDescription.sdp });
+          const answer = /** @type {RTCSessionDescription} */ (pc.localDescription);
+          this.#client.signal(this.#room, connId, "answer", { type: "answer", sdp: answer.sdp });
         }
       } else if (signal.kind === "candidate") {
         const c = signal.data;
-        await pc.addIceCandidate(c.candidate === null ? null : { candidate: c.candidate, sdpMid: c.sdpMid, sdpMLineIndex: c.sdpMLineIndex });
+        // `null` ends the candidates (the DOM types do not allow for it yet).
+        const end = /** @type {RTCIceCandidateInit} */ (/** @type {unknown} */ (null));
+        await pc.addIceCandidate(c.candidate === null ? end : { candidate: c.candidate, sdpMid: c.sdpMid, sdpMLineIndex: c.sdpMLineIndex });
       }
     } catch (err) {
-      if (!(signal.kind === "candidate" && peer.ignoreOffer)) console.warn("cavlo: signaling failed", err);
+      // Candidates of an offer this side ignored fail as expected.
+      if (!(signal.kind === "candidate" && peer.ignoreOffer)) {
+        this.#warn({
+          code: "signal_failed",
+          message: `applying ${signal.kind} from ${connId} failed: ${errorText(err)}`,
+          connId,
+          kind: signal.kind,
+          error: err,
+        });
+      }
     }
   }
 
+  /** @param {string} connId */
   #drop(connId) {
     const peer = this.#peers.get(connId);
     if (!peer) return;
@@ -333,6 +433,16 @@ export class MeshCall extends EventTarget {
     this.#emit("hangup", { connId });
   }
 
+  /** @param {CallWarning} warning */
+  #warn(warning) {
+    this.#emit("warning", warning);
+  }
+
+  /**
+   * @template {keyof CallEvents} K
+   * @param {K} type
+   * @param {CallEvents[K]} detail
+   */
   #emit(type, detail) {
     this.dispatchEvent(new CustomEvent(type, { detail }));
   }

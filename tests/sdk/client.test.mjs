@@ -1,12 +1,15 @@
 // CavloClient against a fake gateway: the test plays the server's side of a
 // FakeWebSocket and moves a FakeClock by hand, so nothing here sleeps.
 import assert from "node:assert/strict";
+import { readFile } from "node:fs/promises";
 import { describe, test } from "node:test";
 
-import { CavloClient } from "../../web/cavlo.js";
+import { CavloClient, CavloError, MeshCall } from "../../web/cavlo.js";
+import { MeshCall as MeshCallModule } from "../../web/meshcall.js";
 import { FakeClock, fakeWebSocket, settle } from "./fakes.mjs";
 
 const USER = { id: "u1", name: "Ann" };
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
 
 function welcome(connId = "c1", expiresIn = 3600) {
   return {
@@ -47,7 +50,7 @@ function makeClient(options = {}) {
     ...options,
   });
   const events = [];
-  for (const type of ["state", "welcome", "joined", "left", "chat", "ack", "presence", "signal", "error"]) {
+  for (const type of ["state", "welcome", "joined", "left", "chat", "ack", "presence", "signal", "ice", "error", "warning"]) {
     client.addEventListener(type, ({ detail }) => events.push({ type, detail }));
   }
   const of = (type) => events.filter((e) => e.type === type).map((e) => e.detail);
@@ -447,9 +450,9 @@ describe("resuming", () => {
     socket.receive(chat("a", 6)); // older than what was seen: not a new watermark
     socket.receive(joined("b", { lastSeq: 9 }));
     // "c" is never answered: it has no seq yet.
-    const id = client.send("a", "unacked");
+    const { id } = client.send("a", "unacked");
     // Our own ack does not move the watermark: others' lower seqs may be in flight.
-    const acked = client.send("a", "acked");
+    const acked = client.send("a", "acked").id;
     socket.receive({ type: "ack", id: acked, room: "a", seq: 12 });
 
     socket.drop(1006);
@@ -484,7 +487,7 @@ describe("resuming", () => {
     client.join("a");
     client.join("b");
     client.send("a", "to a");
-    const kept = client.send("b", "to b");
+    const kept = client.send("b", "to b").id;
     client.leave("a");
     socket.drop(1006);
     clock.advance(0);
@@ -518,7 +521,7 @@ describe("resuming", () => {
     const { client, sockets } = makeClient();
     client.connect();
     client.join("a");
-    const id = client.send("a", "early");
+    const { id } = client.send("a", "early");
     const socket = await welcomeNext(sockets, "c1");
     assert.deepEqual(socket.sent.slice(1), [
       { type: "join", room: "a" },
@@ -540,13 +543,13 @@ describe("chat", () => {
   test("the ack carries the stored text when sanitizing changed it", async () => {
     const { client, socket, of } = await connected();
     client.join("a");
-    const changed = client.send("a", "hello <b>bob</b>");
-    const same = client.send("a", "plain");
+    const changed = client.send("a", "hello <b>bob</b>").id;
+    const same = client.send("a", "plain").id;
     socket.receive({ type: "ack", id: changed, room: "a", seq: 12, text: "hello bob" });
     socket.receive({ type: "ack", id: same, room: "a", seq: 13 });
     assert.deepEqual(of("ack"), [
-      { type: "ack", id: changed, room: "a", seq: 12, text: "hello bob" },
-      { type: "ack", id: same, room: "a", seq: 13, text: "plain" },
+      { id: changed, room: "a", seq: 12, text: "hello bob" },
+      { id: same, room: "a", seq: 13, text: "plain" },
     ]);
     assert.equal(client.outbox.size, 0);
   });
@@ -554,7 +557,7 @@ describe("chat", () => {
   test("a second ack for the same message is not emitted", async () => {
     const { client, socket, of } = await connected();
     client.join("a");
-    const id = client.send("a", "once");
+    const { id } = client.send("a", "once");
     socket.receive({ type: "ack", id, room: "a", seq: 1 });
     socket.receive({ type: "ack", id, room: "a", seq: 1 });
     assert.equal(of("ack").length, 1);
@@ -563,8 +566,8 @@ describe("chat", () => {
   test("unavailable and rate_limited are resent after 1–3 s; other errors drop the message", async () => {
     const { client, socket, clock, of } = await connected({ random: () => 0.5 });
     client.join("a");
-    const limited = client.send("a", "slow down");
-    const invalid = client.send("a", "bad");
+    const limited = client.send("a", "slow down").id;
+    const invalid = client.send("a", "bad").id;
     socket.receive({ type: "error", code: "rate_limited", message: "slow down", id: limited, room: "a" });
     socket.receive({ type: "error", code: "invalid_message", message: "bad", id: invalid, room: "a" });
     assert.deepEqual([...client.outbox.keys()], [limited]);
@@ -589,23 +592,293 @@ describe("chat", () => {
   });
 });
 
-describe("malformed frames", () => {
+describe("send's promise", () => {
+  /** Whether `promise` has settled, once pending callbacks have run. */
+  async function settled(promise) {
+    let done = false;
+    promise.then(
+      () => (done = true),
+      () => (done = true),
+    );
+    await settle();
+    return done;
+  }
+
+  test("carries the message id at once and resolves with the ack", async () => {
+    const { client, socket } = await connected();
+    client.join("a");
+    const sending = client.send("a", "hello <b>bob</b>");
+    assert.ok(sending instanceof Promise);
+    assert.match(sending.id, UUID);
+    assert.deepEqual(socket.frames("chat"), [{ type: "chat", room: "a", id: sending.id, text: "hello <b>bob</b>" }]);
+    assert.equal(await settled(sending), false, "pending until acked");
+    socket.receive({ type: "ack", id: sending.id, room: "a", seq: 12, text: "hello bob" });
+    assert.deepEqual(await sending, { id: sending.id, room: "a", seq: 12, text: "hello bob" });
+  });
+
+  test("resolves once across a reconnect, with the ack of the resent message", async () => {
+    const { client, socket, sockets, clock } = await connected({ random: () => 0 });
+    client.join("a");
+    const sending = client.send("a", "across");
+    socket.drop(1006);
+    clock.advance(0);
+    const next = await welcomeNext(sockets, "c2");
+    assert.equal(next.frames("chat").at(-1).id, sending.id, "resent");
+    // No seq: the original already left the backlog.
+    next.receive({ type: "ack", id: sending.id, room: "a" });
+    next.receive({ type: "ack", id: sending.id, room: "a", seq: 3 });
+    assert.deepEqual(await sending, { id: sending.id, room: "a", text: "across" });
+  });
+
+  test("rejects with a CavloError when the server refuses the message for good", async () => {
+    const { client, socket, of } = await connected();
+    client.join("a");
+    const refused = client.send("a", "x".repeat(20000));
+    socket.receive({ type: "error", code: "too_large", message: "chat text too large", id: refused.id, room: "a" });
+    await assert.rejects(refused, (err) => {
+      assert.ok(err instanceof CavloError && err instanceof Error);
+      assert.deepEqual(
+        { name: err.name, code: err.code, message: err.message, id: err.id, room: err.room },
+        { name: "CavloError", code: "too_large", message: "chat text too large", id: refused.id, room: "a" },
+      );
+      return true;
+    });
+    assert.deepEqual(of("error").map((e) => e.code), ["too_large"], "and the error event as before");
+    assert.equal(client.outbox.size, 0);
+  });
+
+  test("stays pending through unavailable and rate_limited, which are resent", async () => {
+    const { client, socket, clock } = await connected({ random: () => 0 });
+    client.join("a");
+    const sending = client.send("a", "later");
+    for (const code of ["unavailable", "rate_limited"]) {
+      socket.receive({ type: "error", code, message: code, id: sending.id, room: "a" });
+      assert.equal(await settled(sending), false, code);
+      clock.advance(1000);
+    }
+    assert.equal(socket.frames("chat").filter((f) => f.id === sending.id).length, 3, "sent, then resent twice");
+    socket.receive({ type: "ack", id: sending.id, room: "a", seq: 7 });
+    assert.equal((await sending).seq, 7);
+  });
+
+  test("rejects with code left when the room is left first", async () => {
+    const { client } = await connected();
+    client.join("a");
+    client.join("b");
+    const dropped = client.send("a", "gone");
+    const kept = client.send("b", "kept");
+    client.leave("a");
+    await assert.rejects(dropped, { name: "CavloError", code: "left", id: dropped.id, room: "a" });
+    assert.equal(await settled(kept), false);
+  });
+
+  test("an ignored refusal is not an unhandled rejection", async () => {
+    const unhandled = [];
+    const onUnhandled = (reason) => unhandled.push(reason);
+    process.on("unhandledRejection", onUnhandled);
+    try {
+      const { client, socket } = await connected();
+      client.join("a");
+      const { id } = client.send("a", "ignored");
+      socket.receive({ type: "error", code: "invalid_message", message: "bad", id, room: "a" });
+      client.send("a", "left behind");
+      client.leave("a");
+      await settle();
+      await new Promise((resolve) => setTimeout(resolve, 0));
+      assert.deepEqual(unhandled, []);
+    } finally {
+      process.off("unhandledRejection", onUnhandled);
+    }
+  });
+});
+
+describe("message ids", () => {
+  test("come from crypto.randomUUID", async (t) => {
+    let n = 0;
+    t.mock.method(globalThis.crypto, "randomUUID", () => `00000000-0000-4000-8000-00000000000${++n}`);
+    const { client, socket } = await connected();
+    client.join("a");
+    assert.equal(client.send("a", "one").id, "00000000-0000-4000-8000-000000000001");
+    assert.equal(client.send("a", "two").id, "00000000-0000-4000-8000-000000000002");
+    assert.deepEqual(socket.frames("chat").map((f) => f.id), [...client.outbox.keys()]);
+  });
+
+  test("are version-4 UUIDs where randomUUID is missing (pages not served securely)", async () => {
+    Object.defineProperty(globalThis.crypto, "randomUUID", { value: undefined, configurable: true });
+    try {
+      const { client } = await connected();
+      client.join("a");
+      const ids = Array.from({ length: 100 }, () => client.send("a", "x").id);
+      for (const id of ids) assert.match(id, UUID);
+      assert.equal(new Set(ids).size, ids.length);
+    } finally {
+      delete globalThis.crypto.randomUUID;
+    }
+    assert.equal(typeof globalThis.crypto.randomUUID, "function", "restored");
+  });
+});
+
+describe("event details", () => {
+  const BOB = { conn_id: "c2", user: { id: "u2", name: "Bob" } };
+  const CAMEL_BOB = { connId: "c2", user: { id: "u2", name: "Bob" } };
+  const SERVERS = [{ urls: ["turn:t:3478"], username: "9:u1", credential: "pw" }];
+
+  // Each server frame that becomes an event, and the detail it becomes:
+  // camelCase keys at every depth, no `type`, a signal's `data` and ICE
+  // servers as they were sent.
   const CASES = [
-    { name: "not JSON", data: "{nope" },
-    { name: "a number", data: "42" },
-    { name: "null", data: "null" },
-    { name: "an unknown type", data: JSON.stringify({ type: "teleport", room: "a" }) },
-    { name: "no type", data: JSON.stringify({ room: "a" }) },
-    { name: "joined without members", data: JSON.stringify({ type: "joined", room: "a", history: [] }) },
+    {
+      frame: {
+        ...welcome("c1"),
+        ice: { servers: SERVERS, expires_in: 3600 },
+      },
+      event: "welcome",
+      detail: {
+        connId: "c1",
+        user: USER,
+        gateway: "gw-1",
+        limits: { maxFrameBytes: 131072, maxRooms: 16, historyLimit: 50 },
+        expiresIn: 3600,
+        ice: { servers: SERVERS, expiresIn: 3600 },
+      },
+    },
+    {
+      // Stored chat has no `type` on the wire.
+      frame: joined("a", { members: [BOB], history: [{ ...chat("a", 4), type: undefined }], lastSeq: 4 }),
+      event: "joined",
+      detail: {
+        room: "a",
+        members: [CAMEL_BOB],
+        history: [
+          { room: "a", seq: 4, id: "other-4", from: { connId: "c9", user: { id: "u9", name: "Bob" } }, text: "message 4", ts: 1764115200004 },
+        ],
+        lastSeq: 4,
+        truncated: false,
+      },
+    },
+    {
+      frame: chat("a", 5),
+      event: "chat",
+      detail: { room: "a", seq: 5, id: "other-5", from: { connId: "c9", user: { id: "u9", name: "Bob" } }, text: "message 5", ts: 1764115200005 },
+    },
+    {
+      before: joined("a"),
+      frame: { type: "presence", room: "a", event: "join", member: BOB },
+      event: "presence",
+      detail: { room: "a", event: "join", member: CAMEL_BOB },
+    },
+    {
+      frame: { type: "signal", room: "a", from: "c2", user: BOB.user, kind: "offer", data: { type: "offer", sdp: "v=0", app_field: 1 } },
+      event: "signal",
+      detail: { room: "a", from: "c2", user: BOB.user, kind: "offer", data: { type: "offer", sdp: "v=0", app_field: 1 } },
+    },
+    {
+      frame: { type: "ice", servers: SERVERS, expires_in: 60 },
+      event: "ice",
+      detail: { servers: SERVERS, expiresIn: 60 },
+    },
+    {
+      frame: { type: "error", code: "not_in_room", message: "join first", room: "b" },
+      event: "error",
+      detail: { code: "not_in_room", message: "join first", room: "b" },
+    },
+    { frame: { type: "left", room: "a" }, event: "left", detail: { room: "a" } },
   ];
 
-  for (const { name, data } of CASES) {
-    test(`${name} is logged and skipped`, async (t) => {
-      const warn = t.mock.method(console, "warn", () => {});
+  for (const { before, frame, event, detail } of CASES) {
+    test(`${event}: camelCase keys, no type`, async () => {
+      const { client, sockets, of } = makeClient();
+      client.join("a");
+      client.connect();
+      const socket = await welcomeNext(sockets, "c1");
+      if (before) socket.receive(before);
+      socket.receive(frame);
+      assert.deepEqual(of(event).at(-1), detail);
+    });
+  }
+
+  test("ack: camelCase, and the members of membersOf too", async () => {
+    const { client, socket, of } = await connected();
+    client.join("a");
+    const { id } = client.send("a", "hi");
+    socket.receive(joined("a", { members: [{ conn_id: "c1", user: USER }, BOB] }));
+    socket.receive({ type: "ack", id, room: "a", seq: 1 });
+    assert.deepEqual(of("ack"), [{ id, room: "a", seq: 1, text: "hi" }]);
+    assert.deepEqual(client.membersOf("a").get("c2"), CAMEL_BOB);
+  });
+
+  test("no event of a whole session has a snake_case key, but in signal data and ICE servers", async () => {
+    const { client, socket, sockets, clock, events } = await connected({ random: () => 0 });
+    client.join("a");
+    client.send("a", "x");
+    for (const { before, frame } of CASES) {
+      if (before) socket.receive(before);
+      socket.receive(frame);
+    }
+    socket.receive({ type: "presence", room: "a", event: "leave", member: BOB });
+    socket.receive({ type: "refreshed", expires_in: 100 });
+    socket.receive({ type: "draining", reconnect_in_ms: 10 });
+    socket.drop(4003, "too many invalid messages");
+    clock.advance(100);
+    assert.equal(sockets.length, 1);
+    /** The snake_case keys in `value`, as paths. */
+    const snake = (value, path = "") => {
+      if (value === null || typeof value !== "object") return [];
+      return Object.entries(value).flatMap(([key, v]) => [
+        ...(key.includes("_") ? [`${path}.${key}`] : []),
+        ...(key === "data" || key === "servers" ? [] : snake(v, `${path}.${key}`)),
+      ]);
+    };
+    assert.ok(events.length > 10);
+    assert.deepEqual(events.flatMap(({ type, detail }) => snake(detail, type)), []);
+  });
+});
+
+describe("the library", () => {
+  test("cavlo.js re-exports MeshCall from meshcall.js", () => {
+    assert.equal(MeshCall, MeshCallModule);
+  });
+
+  test("never writes to the console: it has warning events instead", async (t) => {
+    for (const file of ["cavlo.js", "meshcall.js"]) {
+      const source = await readFile(new URL(`../../web/${file}`, import.meta.url), "utf8");
+      // `console.warn(`, `console["log"]`, … (but not the word in a comment).
+      assert.doesNotMatch(source, /\bconsole\s*(\.\s*[A-Za-z_$]|\[)/, file);
+    }
+    const calls = [];
+    for (const method of ["log", "info", "warn", "error", "debug", "trace"]) {
+      t.mock.method(console, method, (...args) => calls.push([method, ...args]));
+    }
+    const { client, socket, of } = await connected();
+    client.join("a");
+    for (const data of ["{nope", "null", JSON.stringify({ type: "teleport" }), JSON.stringify({ type: "joined", room: "a" })]) {
+      socket.receive(data);
+    }
+    assert.equal(of("warning").length, 4);
+    assert.ok(new MeshCall(client, "a", { media: {} }));
+    assert.deepEqual(calls, []);
+  });
+});
+
+describe("malformed frames", () => {
+  const CASES = [
+    { name: "not JSON", data: "{nope", code: "bad_frame" },
+    { name: "a number", data: "42", code: "bad_frame" },
+    { name: "null", data: "null", code: "bad_frame" },
+    { name: "an unknown type", data: JSON.stringify({ type: "teleport", room: "a" }), code: "unknown_frame" },
+    { name: "no type", data: JSON.stringify({ room: "a" }), code: "unknown_frame" },
+    { name: "joined without members", data: JSON.stringify({ type: "joined", room: "a", history: [] }), code: "bad_frame" },
+  ];
+
+  for (const { name, data, code } of CASES) {
+    test(`${name} is skipped with a ${code} warning`, async () => {
       const { client, socket, of } = await connected();
       client.join("a");
       assert.doesNotThrow(() => socket.receive(data));
-      assert.equal(warn.mock.callCount(), 1, name);
+      const warnings = of("warning");
+      assert.equal(warnings.length, 1, name);
+      assert.equal(warnings[0].code, code, name);
+      assert.equal(typeof warnings[0].message, "string", name);
       // The connection carries on.
       assert.equal(client.state, "open");
       socket.receive(joined("a", { history: [chat("a", 1)], lastSeq: 1 }));
@@ -613,11 +886,33 @@ describe("malformed frames", () => {
     });
   }
 
-  test("pong is understood and not logged", async (t) => {
-    const warn = t.mock.method(console, "warn", () => {});
-    const { socket } = await connected();
+  test("pong is understood and not warned about", async () => {
+    const { socket, of } = await connected();
     socket.receive({ type: "pong" });
-    assert.equal(warn.mock.callCount(), 0);
+    assert.deepEqual(of("warning"), []);
+  });
+
+  test("a WebSocket that cannot be opened is a warning, and the next gateway is tried", async () => {
+    const { FakeWebSocket, sockets } = fakeWebSocket();
+    let refuse = true;
+    class Refusing extends FakeWebSocket {
+      constructor(url) {
+        if (refuse) throw new SyntaxError(`bad URL ${url}`);
+        super(url);
+      }
+    }
+    const { client, clock, of } = makeClient({ WebSocket: Refusing, random: () => 0 });
+    client.connect();
+    await settle();
+    assert.deepEqual(
+      of("warning").map(({ code, url, error }) => ({ code, url, error: error.name })),
+      [{ code: "socket_failed", url: "ws://gw1/ws", error: "SyntaxError" }],
+    );
+    assert.match(of("warning")[0].message, /bad URL ws:\/\/gw1\/ws/);
+    refuse = false;
+    clock.advance(0);
+    await settle();
+    assert.deepEqual(sockets.map((s) => s.url), ["ws://gw2/ws"]);
   });
 });
 
@@ -634,7 +929,7 @@ describe("close()", () => {
     const { client, socket, clock } = await connected();
     client.join("a");
     for (const text of ["one", "two"]) {
-      const id = client.send("a", text);
+      const { id } = client.send("a", text);
       socket.receive({ type: "error", code: "unavailable", message: "later", id, room: "a" });
     }
     assert.equal(clock.pending, 2);
@@ -665,7 +960,7 @@ describe("close()", () => {
     sockets[0].accept();
     sockets[0].receive(welcome());
     client.join("a");
-    const id = client.send("a", "x");
+    const { id } = client.send("a", "x");
     sockets[0].receive({ type: "error", code: "rate_limited", message: "later", id, room: "a" });
     sockets[0].drop(1006);
     assert.equal(timeouts(), before + 2);

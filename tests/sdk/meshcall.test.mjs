@@ -45,15 +45,17 @@ async function callIn(
     ...callOptions,
   });
   const events = [];
-  for (const type of ["start", "stream", "peerstate", "hangup", "error"]) {
+  for (const type of ["start", "stream", "peerstate", "hangup", "error", "warning"]) {
     call.addEventListener(type, ({ detail }) => events.push({ type, detail }));
   }
+  /** The details of this call's events of one type. */
+  const of = (type) => events.filter((e) => e.type === type).map((e) => e.detail);
   /** Signals this side sent, as [to, kind]. */
   const sentSignals = () => socket.frames("signal").map((f) => [f.to, f.kind]);
   /** Delivers a signal from `from` to this side. */
   const signal = (from, kind, data, room = ROOM) =>
     socket.receive({ type: "signal", room, from, user: member(from).user, kind, data });
-  return { client, socket, call, clock, connections: rtc.connections, events, sentSignals, signal };
+  return { client, socket, call, clock, connections: rtc.connections, events, of, sentSignals, signal };
 }
 
 function deferred() {
@@ -120,8 +122,7 @@ describe("perfect negotiation", () => {
   // Whether the polite delay ends before the impolite offer reaches the
   // polite peer (offers cross), or while that offer is being set.
   for (const politeOffersFirst of [true, false]) {
-    test(`two peers starting at once settle on the impolite offer (${politeOffersFirst ? "offers cross" : "delay ends while answering"})`, async (t) => {
-      const warn = t.mock.method(console, "warn", () => {});
+    test(`two peers starting at once settle on the impolite offer (${politeOffersFirst ? "offers cross" : "delay ends while answering"})`, async () => {
       const ann = await callIn("a", ["b"]);
       const bob = await callIn("b", ["a"]);
       const relayed = new Map([[ann, 0], [bob, 0]]);
@@ -160,9 +161,29 @@ describe("perfect negotiation", () => {
       assert.equal(annPc.remoteDescription.sdp, bobPc.localDescription.sdp);
       assert.deepEqual(ann.sentSignals(), [["b", "offer"]]);
       assert.deepEqual(bob.sentSignals(), politeOffersFirst ? [["a", "offer"], ["a", "answer"]] : [["a", "answer"]]);
-      assert.equal(warn.mock.callCount(), 0);
+      assert.deepEqual([...ann.of("warning"), ...bob.of("warning")], []);
     });
   }
+});
+
+describe("failures", () => {
+  test("an offer that cannot be made is a warning, not a crash", async () => {
+    const rtc = fakeRTCPeerConnection();
+    class Failing extends rtc.FakeRTCPeerConnection {
+      setLocalDescription() {
+        return Promise.reject(new Error("no codecs"));
+      }
+    }
+    const side = await callIn("a", ["b"], { rtc: { FakeRTCPeerConnection: Failing, connections: rtc.connections } });
+    await side.call.start();
+    await settle();
+    assert.deepEqual(side.sentSignals(), []);
+    const [warning] = side.of("warning");
+    assert.equal(warning.code, "offer_failed");
+    assert.equal(warning.connId, "b");
+    assert.match(warning.message, /no codecs/);
+    assert.equal(side.call.state, "active");
+  });
 });
 
 describe("before the call starts", () => {
@@ -192,8 +213,7 @@ describe("before the call starts", () => {
     assert.deepEqual(side.sentSignals(), [["a", "answer"]]);
   });
 
-  test("only an offer starts the call; start() twice is one start", async (t) => {
-    t.mock.method(console, "warn", () => {}); // the stray signals fail once applied
+  test("only an offer starts the call; start() twice is one start", async () => {
     const media = deferred();
     const side = await callIn("a", ["b"], { media: () => media.promise });
     side.signal("b", "candidate", { candidate: "stray", sdpMid: "0", sdpMLineIndex: 0 });
@@ -208,6 +228,16 @@ describe("before the call starts", () => {
     await started;
     assert.equal(side.call.state, "active");
     assert.equal(side.connections.length, 1);
+    // The stray signals fail once applied, each with a warning.
+    await settle();
+    assert.deepEqual(
+      side.of("warning").map(({ code, connId, kind }) => ({ code, connId, kind })),
+      [
+        { code: "signal_failed", connId: "b", kind: "candidate" },
+        { code: "signal_failed", connId: "b", kind: "answer" },
+      ],
+    );
+    assert.ok(side.of("warning").every((w) => w.error instanceof Error && w.message.includes(w.error.message)));
   });
 
   test("a bye or a leave forgets what that member sent", async () => {
