@@ -5,9 +5,7 @@
 //! writer once the message is stored, or from the task that changes the
 //! room or relays the signal; or, for a chat stored for a gateway that
 //! takes the ack from the delivery, handed over to that delivery
-//! ([`Reply::left_to_delivery`]). A path that forgets to answer leaves the
-//! client waiting for its request timeout and then shows it the wrong
-//! error, so the reply is a value each path moves on to whoever answers.
+//! ([`Reply::left_to_delivery`]).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -16,7 +14,7 @@ use async_nats::Client;
 use async_nats::service;
 use schemas::client::{Member, SignalKind};
 use schemas::code::ErrorCode;
-use schemas::event::{self, Action, ModerationReply, ModerationRequest, RoomMember, Verdict};
+use schemas::event::{self, Action, ModerationRequest, RoomMember, Verdict};
 use schemas::id::{ClientMsgId, ConnId, GatewayId, JoinId, ModeratorId, RoomId};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -25,6 +23,7 @@ use tokio::time::Instant;
 use crate::metrics::ModeratorMetrics;
 use crate::rate_limit::{CandidateBudget, RateLimiter};
 use crate::relay::{self, Signal};
+use crate::reply::Reply;
 use crate::room_writer::Accepted;
 use crate::roster::Roster;
 use crate::rules::{Rules, Violation};
@@ -157,38 +156,6 @@ impl From<ModerationRequest> for Command {
     }
 }
 
-/// Where a request's verdict goes. Sending consumes it.
-#[must_use = "every request must be answered, or left to its delivery"]
-#[derive(Debug)]
-pub struct Reply {
-    /// The request, answered through the NATS services API so that its
-    /// per-endpoint stats count it.
-    request: service::Request,
-    moderator: ModeratorId,
-    metrics: ModeratorMetrics,
-}
-
-impl Reply {
-    /// Leaves the answer to the stored message's delivery: the gateway
-    /// asked for that (see [`Action::Chat`]), and it saves one NATS message
-    /// each way per chat.
-    pub fn left_to_delivery(self) {}
-
-    /// Sends `verdict` to the requesting gateway.
-    pub async fn send(self, verdict: Verdict) {
-        if let Verdict::Rejected { code, .. } = &verdict {
-            self.metrics.rejected(*code);
-        }
-        let reply = ModerationReply {
-            moderator: self.moderator,
-            verdict,
-        };
-        if let Err(err) = self.request.respond(Ok(event::encode(&reply).into())).await {
-            tracing::warn!(cause = %err, "failed to send moderation reply");
-        }
-    }
-}
-
 /// The moderator's state: checks, budgets, room writers and the roster.
 pub(crate) struct Moderator {
     pub(crate) id: ModeratorId,
@@ -220,11 +187,7 @@ impl Moderator {
         };
         // A gateway that sends requests is alive, heartbeat or not.
         self.roster.heard(request.gateway.clone());
-        let reply = Reply {
-            request: msg,
-            moderator: self.id.clone(),
-            metrics: self.metrics.clone(),
-        };
+        let reply = Reply::new(msg, self.id.clone(), self.metrics.clone());
         let command = Command::from(request);
         self.metrics.request(command.action());
         self.apply(command, reply).await;

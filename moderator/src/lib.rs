@@ -9,8 +9,8 @@
 //! the room's membership; signals are relayed to the target's gateway.
 //!
 //! * [`config`]: the settings and their defaults.
-//! * [`command`]: one typed command per request, one method per action, and
-//!   the reply every command ends with.
+//! * [`command`]: one typed command per request, one method per action.
+//! * [`reply`]: the answer every request ends with.
 //! * [`rules`]: room-name, size and signal-shape checks.
 //! * [`rate_limit`]: per-connection token buckets and the candidate budget.
 //! * [`sanitize`]: HTML to plain text.
@@ -34,6 +34,7 @@ pub mod membership;
 pub mod metrics;
 pub mod rate_limit;
 pub mod relay;
+pub mod reply;
 pub mod room_writer;
 pub mod roster;
 pub mod rules;

@@ -9,8 +9,8 @@ use schemas::id::RoomId;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use crate::command::Reply;
 use crate::metrics::ModeratorMetrics;
+use crate::reply::Reply;
 use crate::room_writer::{Accepted, RoomWriter, Stored};
 
 /// A chat message waiting for its room's writer.
