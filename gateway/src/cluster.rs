@@ -8,6 +8,15 @@
 //! them; the moderator announces their `leave` to everyone and frees their
 //! slots. (Rooms with no members left anywhere get their slots back at the
 //! next join, which removes dead gateways' members first.)
+//!
+//! A gateway that cannot hear heartbeats must not serve: it would never
+//! remove a dead peer's members, and without the moderators' heartbeats its
+//! chat would not be routed by room. So both subscriptions are made before
+//! the gateway serves ([`Cluster::join`]: failing, start-up fails, as it
+//! does for the signal subscription), and if one ends while it runs (its
+//! NATS client was closed for good) [`Cluster::run`] fails and the gateway
+//! shuts down: `server::run` returns the error, the process exits non-zero
+//! and its supervisor restarts it. A panic of the cluster task does the same.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -42,107 +51,179 @@ pub struct Timing {
     pub gateway_timeout: Duration,
 }
 
-/// Announces this gateway and removes dead gateways' members from its rooms
-/// until `shutdown`.
-pub async fn run(
+/// Why the gateway cannot take part in the cluster. Either way it must not
+/// serve: its peers would count it dead and remove its members while it
+/// kept them, or it would never notice a dead peer's members.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// A heartbeat subject could not be subscribed at start-up.
+    #[error("cannot listen to {subject}")]
+    Subscribe {
+        /// The subject.
+        subject: &'static str,
+        /// Why.
+        #[source]
+        source: async_nats::SubscribeError,
+    },
+    /// A heartbeat subscription ended while the gateway ran: its NATS client
+    /// was closed, and will not reconnect.
+    #[error("the subscription to {0} ended")]
+    Ended(&'static str),
+}
+
+/// This gateway's part in the cluster: its heartbeat, the other gateways'
+/// and the moderators' heartbeats, and removing dead gateways' members.
+pub struct Cluster {
     hub: Arc<Hub>,
     bus: Bus,
     me: GatewayId,
     timing: Timing,
-    shutdown: CancellationToken,
-) {
-    let client = bus.client().clone();
-    let mut heartbeats = match client.subscribe(subject::GATEWAY_HEARTBEAT).await {
-        Ok(subscriber) => subscriber,
-        Err(err) => {
-            tracing::error!(cause = %err, "cannot listen to heartbeats; dead gateways' members stay listed");
-            return;
+    heartbeats: async_nats::Subscriber,
+    moderator_beats: async_nats::Subscriber,
+}
+
+impl Cluster {
+    /// Listens to the gateways' and the moderators' heartbeats. The gateway
+    /// serves nobody until both subscriptions stand; see [`ClusterError`].
+    pub async fn join(
+        hub: Arc<Hub>,
+        bus: Bus,
+        me: GatewayId,
+        timing: Timing,
+    ) -> Result<Self, ClusterError> {
+        let heartbeats = subscribe(bus.client(), subject::GATEWAY_HEARTBEAT).await?;
+        let moderator_beats = subscribe(bus.client(), subject::MODERATOR_HEARTBEAT).await?;
+        Ok(Self {
+            hub,
+            bus,
+            me,
+            timing,
+            heartbeats,
+            moderator_beats,
+        })
+    }
+
+    /// Announces this gateway and removes dead gateways' members from its
+    /// rooms until `shutdown`; fails if a subscription ends before.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), ClusterError> {
+        let now = Instant::now();
+        let mut watch = Watch {
+            gateways: Liveness::new(self.timing.gateway_timeout, now),
+            moderators: Liveness::new(self.timing.gateway_timeout, now),
+            contact: Contact::new(self.timing.gateway_timeout, now),
+            asked: HashMap::new(),
+            reaps: JoinSet::new(),
+        };
+        let beat: bytes::Bytes = event::encode(&Heartbeat {
+            gateway: self.me.clone(),
+        })
+        .into();
+        let mut announce = tokio::time::interval(self.timing.heartbeat_interval);
+        let mut scan = tokio::time::interval(SCAN_INTERVAL);
+        let result = loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break Ok(()),
+                _ = announce.tick() => self.announce(&mut watch, beat.clone()).await,
+                msg = self.heartbeats.next() => match msg {
+                    Some(msg) => watch.heard_gateway(&msg),
+                    None => break Err(ClusterError::Ended(subject::GATEWAY_HEARTBEAT)),
+                },
+                msg = self.moderator_beats.next() => match msg {
+                    Some(msg) => watch.heard_moderator(&self.bus, &msg),
+                    None => break Err(ClusterError::Ended(subject::MODERATOR_HEARTBEAT)),
+                },
+                Some(_) = watch.reaps.join_next() => {}
+                _ = scan.tick() => self.scan(&mut watch),
+            }
+        };
+        watch.reaps.shutdown().await;
+        let _ = self.heartbeats.unsubscribe().await;
+        let _ = self.moderator_beats.unsubscribe().await;
+        result
+    }
+
+    /// Publishes this gateway's heartbeat, first resetting every connection
+    /// if the gateway was out of touch for longer than the timeout.
+    async fn announce(&self, watch: &mut Watch, beat: bytes::Bytes) {
+        let client = self.bus.client();
+        let connected = client.connection_state() == async_nats::connection::State::Connected;
+        if watch.contact.lost(Instant::now(), connected) {
+            tracing::warn!(
+                "out of touch with the cluster longer than the gateway timeout; resetting every connection"
+            );
+            self.hub.reset();
         }
-    };
-    // Without it, chat goes to the moderators' queue group: still correct,
-    // only with moderators racing for rooms' tails.
-    let mut moderator_beats = match client.subscribe(subject::MODERATOR_HEARTBEAT).await {
-        Ok(subscriber) => Some(subscriber),
-        Err(err) => {
-            tracing::error!(cause = %err, "cannot listen to moderators' heartbeats; chat is not routed by room");
-            None
-        }
-    };
-    let mut moderators: Liveness<ModeratorId> =
-        Liveness::new(timing.gateway_timeout, Instant::now());
-    let beat: bytes::Bytes = event::encode(&Heartbeat {
-        gateway: me.clone(),
-    })
-    .into();
-    let mut liveness = Liveness::new(timing.gateway_timeout, Instant::now());
-    let mut announce = tokio::time::interval(timing.heartbeat_interval);
-    let mut scan = tokio::time::interval(SCAN_INTERVAL);
-    let mut asked: HashMap<(RoomId, GatewayId), Instant> = HashMap::new();
-    let mut reaps = JoinSet::new();
-    let mut contact = Contact::new(timing.gateway_timeout, Instant::now());
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = announce.tick() => {
-                let connected = client.connection_state() == async_nats::connection::State::Connected;
-                if contact.lost(Instant::now(), connected) {
-                    tracing::warn!("out of touch with the cluster longer than the gateway timeout; resetting every connection");
-                    hub.reset();
-                }
-                if let Err(err) = client.publish(subject::GATEWAY_HEARTBEAT, beat.clone()).await {
-                    tracing::warn!(cause = %err, "heartbeat not sent");
-                }
-            }
-            Some(msg) = heartbeats.next() => {
-                if let Ok(heartbeat) = event::decode::<Heartbeat>(&msg.payload) {
-                    liveness.heard(heartbeat.gateway, Instant::now());
-                }
-            }
-            Some(msg) = next(&mut moderator_beats) => {
-                if let Ok(beat) = event::decode::<ModeratorHeartbeat>(&msg.payload) {
-                    let now = Instant::now();
-                    bus.moderators().heard(&beat.moderator);
-                    moderators.heard(beat.moderator, now);
-                    bus.moderators().set(moderators.alive(now).cloned());
-                }
-            }
-            Some(_) = reaps.join_next() => {}
-            _ = scan.tick() => {
-                let now = Instant::now();
-                liveness.forget_dead(now);
-                moderators.forget_dead(now);
-                bus.moderators().set(moderators.alive(now).cloned());
-                asked.retain(|_, at| now.duration_since(*at) < REAP_RETRY);
-                let dead = hub.members_of_dead_gateways(|gateway| *gateway != me && liveness.is_dead(gateway, now));
-                for (room, gateway) in dead {
-                    if asked.contains_key(&(room.clone(), gateway.clone())) {
-                        continue;
-                    }
-                    tracing::info!(%room, %gateway, "asking to remove a dead gateway's members");
-                    asked.insert((room.clone(), gateway.clone()), now);
-                    let bus = bus.clone();
-                    reaps.spawn(async move {
-                        let action = Action::Reap { room, gateway };
-                        if let Err(err) = bus.moderate(&mut None, &reaper(), action).await {
-                            tracing::warn!(cause = %err, "removal request failed; will ask again");
-                        }
-                    });
-                }
-            }
+        if let Err(err) = client.publish(subject::GATEWAY_HEARTBEAT, beat).await {
+            tracing::warn!(cause = %err, "heartbeat not sent");
         }
     }
-    reaps.shutdown().await;
-    let _ = heartbeats.unsubscribe().await;
-    if let Some(mut beats) = moderator_beats {
-        let _ = beats.unsubscribe().await;
+
+    /// Forgets the dead, and asks a moderator to remove the members of dead
+    /// gateways from this gateway's rooms (once per [`REAP_RETRY`]).
+    fn scan(&self, watch: &mut Watch) {
+        let now = Instant::now();
+        watch.gateways.forget_dead(now);
+        watch.moderators.forget_dead(now);
+        self.bus
+            .moderators()
+            .set(watch.moderators.alive(now).cloned());
+        watch
+            .asked
+            .retain(|_, at| now.duration_since(*at) < REAP_RETRY);
+        let dead = self.hub.members_of_dead_gateways(|gateway| {
+            *gateway != self.me && watch.gateways.is_dead(gateway, now)
+        });
+        for (room, gateway) in dead {
+            if watch.asked.contains_key(&(room.clone(), gateway.clone())) {
+                continue;
+            }
+            tracing::info!(%room, %gateway, "asking to remove a dead gateway's members");
+            watch.asked.insert((room.clone(), gateway.clone()), now);
+            let bus = self.bus.clone();
+            watch.reaps.spawn(async move {
+                let action = Action::Reap { room, gateway };
+                if let Err(err) = bus.moderate(&mut None, &reaper(), action).await {
+                    tracing::warn!(cause = %err, "removal request failed; will ask again");
+                }
+            });
+        }
     }
 }
 
-/// The next message of a subscription that may not exist (then never).
-async fn next(subscriber: &mut Option<async_nats::Subscriber>) -> Option<async_nats::Message> {
-    match subscriber {
-        Some(subscriber) => subscriber.next().await,
-        None => std::future::pending().await,
+async fn subscribe(
+    client: &async_nats::Client,
+    subject: &'static str,
+) -> Result<async_nats::Subscriber, ClusterError> {
+    client
+        .subscribe(subject)
+        .await
+        .map_err(|source| ClusterError::Subscribe { subject, source })
+}
+
+/// What [`Cluster::run`] keeps track of.
+struct Watch {
+    gateways: Liveness<GatewayId>,
+    moderators: Liveness<ModeratorId>,
+    contact: Contact,
+    /// Removals asked for, and when.
+    asked: HashMap<(RoomId, GatewayId), Instant>,
+    reaps: JoinSet<()>,
+}
+
+impl Watch {
+    fn heard_gateway(&mut self, msg: &async_nats::Message) {
+        if let Ok(heartbeat) = event::decode::<Heartbeat>(&msg.payload) {
+            self.gateways.heard(heartbeat.gateway, Instant::now());
+        }
+    }
+
+    fn heard_moderator(&mut self, bus: &Bus, msg: &async_nats::Message) {
+        if let Ok(beat) = event::decode::<ModeratorHeartbeat>(&msg.payload) {
+            let now = Instant::now();
+            bus.moderators().heard(&beat.moderator);
+            self.moderators.heard(beat.moderator, now);
+            bus.moderators().set(self.moderators.alive(now).cloned());
+        }
     }
 }
 

@@ -21,8 +21,9 @@ use hyper_tungstenite::tungstenite::protocol::WebSocketConfig;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use schemas::code::CloseCode;
 use schemas::id::GatewayId;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -33,7 +34,7 @@ use crate::Shared;
 use crate::admission::{Counter, Entry};
 use crate::auth::{AuthSetupError, Authenticator};
 use crate::bus::Bus;
-use crate::cluster;
+use crate::cluster::{self, Cluster, ClusterError};
 use crate::config::GatewayConfig;
 use crate::departures::Departures;
 use crate::hub::Hub;
@@ -42,7 +43,7 @@ use crate::metrics::GatewayMetrics;
 /// How often a draining gateway checks whether its sockets are all gone.
 const DRAIN_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// The gateway could not start.
+/// The gateway could not start, or stopped for want of the cluster.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     /// Token verification is not configured properly.
@@ -51,6 +52,13 @@ pub enum RunError {
     /// The gateway's signal subject could not be subscribed.
     #[error(transparent)]
     Subscribe(#[from] crate::hub::SubscribeError),
+    /// The gateway could not take part in the cluster (at start-up, or a
+    /// heartbeat subscription ended while it ran): it stopped serving.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    /// The cluster task panicked: the gateway stopped serving.
+    #[error("the cluster task panicked")]
+    ClusterPanicked,
     /// A URL in `gateway.demo_gateways` cannot go into the demo's policy.
     #[error(transparent)]
     DemoGateways(#[from] crate::web::InvalidDemoGateway),
@@ -65,6 +73,9 @@ pub enum RunError {
 /// to another gateway, until all have gone or `drain_timeout` passes.
 /// Then it closes every socket left with 4101 (reconnect) and waits for
 /// them, up to `shutdown_timeout`.
+///
+/// A gateway that loses its part in the cluster (see [`crate::cluster`])
+/// stops the same way and returns the error.
 pub async fn run(
     listener: TcpListener,
     client: async_nats::Client,
@@ -72,85 +83,144 @@ pub async fn run(
     metrics: Metrics,
     shutdown: impl Future,
 ) -> Result<(), RunError> {
-    // Unique per process even when the name is configured: a gateway
-    // restarted under its old name must not revive the members its previous
-    // process left behind, which the others remove once that id goes silent.
-    let name = config.id.as_deref().unwrap_or("gw");
-    let id = GatewayId(format!("{name}-{}", nuid::next()));
-    let hub = Arc::new(Hub::new(client.clone()));
-    let gateway_metrics = GatewayMetrics::register(&metrics, hub.clone());
-    let bus = Bus::new(client.clone(), id.clone(), gateway_metrics.backlog.clone());
-    hub.route_signals(&id).await?;
-    hub.route_chat_replies(bus.chat_replies()).await?;
-    let closing = CancellationToken::new();
-    let (departures, departures_done) = Departures::start(bus.clone(), closing.clone());
-    let timing = cluster::Timing {
-        heartbeat_interval: config.heartbeat_interval,
-        gateway_timeout: config.gateway_timeout,
-    };
-    let cluster = tokio::spawn(cluster::run(
-        hub.clone(),
-        bus.clone(),
-        id.clone(),
-        timing,
-        closing.clone(),
-    ));
-    let server = Arc::new(Server {
-        connections: Arc::new(Semaphore::new(config.max_connections)),
-        tasks: TaskTracker::new(),
-        shared: Arc::new(Shared {
-            auth: Authenticator::new(&config.auth)?,
-            ice: crate::ice::Ice::new(&config.ice)?,
-            demo_policy: crate::web::DemoPolicy::new(&config.demo_gateways)?,
-            metrics: gateway_metrics,
-            unauthenticated: Counter::new(config.max_unauthenticated_per_ip),
-            per_user: Counter::new(config.max_connections_per_user),
-            hub,
-            bus,
-            departures,
-            draining: CancellationToken::new(),
-            shutdown: CancellationToken::new(),
-            id,
-            config,
-        }),
-        client,
-    });
+    let (server, cluster, departures) = Server::start(client, config, metrics).await?;
     tracing::info!(gateway = %server.shared.id, addr = ?listener.local_addr().ok(), "gateway ready");
     if server.shared.config.dev_tokens {
         tracing::warn!(
             "dev tokens are on: anyone can get a token at POST /auth/dev-token; never in production"
         );
     }
+    let mut cluster = tokio::spawn(cluster.run(server.closing.clone()));
+    let mut failed = None;
+    let stop = async {
+        tokio::select! {
+            _ = shutdown => {}
+            ended = &mut cluster => {
+                let err = match ended {
+                    Ok(Err(err)) => RunError::Cluster(err),
+                    Ok(Ok(())) | Err(_) => RunError::ClusterPanicked,
+                };
+                tracing::error!(cause = %err, "the gateway left the cluster; stopping");
+                failed = Some(err);
+            }
+        }
+    };
+    server.accept(listener, stop).await;
+    server.close(departures).await;
+    match failed {
+        Some(err) => Err(err),
+        None => match cluster.await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(RunError::ClusterPanicked),
+        },
+    }
+}
 
-    let drained = server.clone().drain(shutdown);
-    tokio::pin!(drained);
-    loop {
-        let (stream, peer) = tokio::select! {
-            () = &mut drained => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => (stream, peer.ip()),
-                Err(err) => {
-                    // Usually out of file descriptors; the loop goes on once
-                    // some are released.
-                    tracing::error!(cause = %err, "failed to accept");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
+struct Server {
+    shared: Arc<Shared>,
+    client: async_nats::Client,
+    connections: Arc<Semaphore>,
+    tasks: TaskTracker,
+    /// Cancelled once every connection closed: the departures they queued
+    /// are sent, then the cluster task stops.
+    closing: CancellationToken,
+}
+
+type HttpResponse = Response<Full<Bytes>>;
+
+/// Why an upgrade was refused: the status and a plain-text body.
+type Refusal = (StatusCode, &'static str);
+
+impl Server {
+    /// Wires the gateway's parts together: its routes for signals and chat
+    /// replies, its departures worker and its place in the cluster, all
+    /// before it serves anyone. Returns the server, its part in the cluster
+    /// (to run) and the departures worker (done once `closing` is and its
+    /// queue is empty).
+    async fn start(
+        client: async_nats::Client,
+        config: GatewayConfig,
+        metrics: Metrics,
+    ) -> Result<(Arc<Self>, Cluster, JoinHandle<()>), RunError> {
+        // Unique per process even when the name is configured: a gateway
+        // restarted under its old name must not revive the members its previous
+        // process left behind, which the others remove once that id goes silent.
+        let name = config.id.as_deref().unwrap_or("gw");
+        let id = GatewayId(format!("{name}-{}", nuid::next()));
+        let hub = Arc::new(Hub::new(client.clone()));
+        let gateway_metrics = GatewayMetrics::register(&metrics, hub.clone());
+        let bus = Bus::new(client.clone(), id.clone(), gateway_metrics.backlog.clone());
+        hub.route_signals(&id).await?;
+        hub.route_chat_replies(bus.chat_replies()).await?;
+        let timing = cluster::Timing {
+            heartbeat_interval: config.heartbeat_interval,
+            gateway_timeout: config.gateway_timeout,
         };
+        let cluster = Cluster::join(hub.clone(), bus.clone(), id.clone(), timing).await?;
+        let closing = CancellationToken::new();
+        let (departures, departures_done) = Departures::start(bus.clone(), closing.clone());
+        let server = Arc::new(Server {
+            connections: Arc::new(Semaphore::new(config.max_connections)),
+            tasks: TaskTracker::new(),
+            shared: Arc::new(Shared {
+                auth: Authenticator::new(&config.auth)?,
+                ice: crate::ice::Ice::new(&config.ice)?,
+                demo_policy: crate::web::DemoPolicy::new(&config.demo_gateways)?,
+                metrics: gateway_metrics,
+                unauthenticated: Counter::new(config.max_unauthenticated_per_ip),
+                per_user: Counter::new(config.max_connections_per_user),
+                hub,
+                bus,
+                departures,
+                draining: CancellationToken::new(),
+                shutdown: CancellationToken::new(),
+                id,
+                config,
+            }),
+            client,
+            closing,
+        });
+        Ok((server, cluster, departures_done))
+    }
+
+    /// Accepts connections until `stop`, then drains (see [`run`]).
+    async fn accept(self: &Arc<Self>, listener: TcpListener, stop: impl Future) {
+        let drained = self.clone().drain(stop);
+        tokio::pin!(drained);
+        loop {
+            let (stream, peer) = tokio::select! {
+                () = &mut drained => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => (stream, peer.ip()),
+                    Err(err) => {
+                        // Usually out of file descriptors; the loop goes on once
+                        // some are released.
+                        tracing::error!(cause = %err, "failed to accept");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            self.serve_http(stream, peer);
+        }
+    }
+
+    /// Serves one accepted TCP connection's HTTP requests in a task of its
+    /// own; an upgraded WebSocket moves on to [`Server::upgrade`]'s task.
+    fn serve_http(self: &Arc<Self>, stream: TcpStream, peer: IpAddr) {
         let _ = stream.set_nodelay(true);
-        let send_buffer = server.shared.config.socket_send_buffer_bytes;
+        let send_buffer = self.shared.config.socket_send_buffer_bytes;
         if send_buffer > 0
             && let Err(err) = socket2::SockRef::from(&stream).set_send_buffer_size(send_buffer)
         {
             tracing::warn!(cause = %err, "cannot bound the socket's send buffer");
         }
-        let handshake_timeout = server.shared.config.handshake_timeout;
-        let server_for_conn = server.clone();
-        let closing = server.shared.shutdown.clone();
-        server.tasks.spawn(async move {
+        let handshake_timeout = self.shared.config.handshake_timeout;
+        let server = self.clone();
+        let closing = self.shared.shutdown.clone();
+        self.tasks.spawn(async move {
             let service = service_fn(move |req| {
-                let server = server_for_conn.clone();
+                let server = server.clone();
                 async move { Ok::<_, Infallible>(server.route(req, peer).await) }
             });
             let connection = http1::Builder::new()
@@ -175,40 +245,27 @@ pub async fn run(
         });
     }
 
-    tracing::info!("gateway closing its last connections");
-    drop(listener);
-    server.shared.shutdown.cancel();
-    server.tasks.close();
-    let grace = server.shared.config.shutdown_timeout;
-    if tokio::time::timeout(grace, server.tasks.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("some connections did not close in time");
+    /// After draining: closes the sockets left (4101) and waits for them,
+    /// sends the departures they queued, then unsubscribes from everything.
+    async fn close(&self, departures: JoinHandle<()>) {
+        tracing::info!("gateway closing its last connections");
+        self.shared.shutdown.cancel();
+        self.tasks.close();
+        let grace = self.shared.config.shutdown_timeout;
+        if tokio::time::timeout(grace, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some connections did not close in time");
+        }
+        // Closed connections queued their departures; send them, then stop.
+        self.closing.cancel();
+        if tokio::time::timeout(grace, departures).await.is_err() {
+            tracing::warn!("some departures were not sent in time");
+        }
+        self.shared.hub.shutdown().await;
     }
-    // Closed connections queued their departures; send them, then stop.
-    closing.cancel();
-    if tokio::time::timeout(grace, departures_done).await.is_err() {
-        tracing::warn!("some departures were not sent in time");
-    }
-    let _ = cluster.await;
-    server.shared.hub.shutdown().await;
-    Ok(())
-}
 
-struct Server {
-    shared: Arc<Shared>,
-    client: async_nats::Client,
-    connections: Arc<Semaphore>,
-    tasks: TaskTracker,
-}
-
-type HttpResponse = Response<Full<Bytes>>;
-
-/// Why an upgrade was refused: the status and a plain-text body.
-type Refusal = (StatusCode, &'static str);
-
-impl Server {
     /// Waits for `shutdown`, then drains (see [`run`]); returns when every
     /// WebSocket is gone or `drain_timeout` has passed.
     async fn drain(self: Arc<Self>, shutdown: impl Future) {

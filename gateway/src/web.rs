@@ -34,6 +34,11 @@ const FILES: &[(&str, &str, &str)] = &[
         include_str!("../../web/cavlo.js"),
     ),
     (
+        "/meshcall.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../web/meshcall.js"),
+    ),
+    (
         "/style.css",
         "text/css; charset=utf-8",
         include_str!("../../web/style.css"),

@@ -3,6 +3,7 @@
 mod archiving;
 mod auth;
 mod chat;
+mod cluster;
 mod discovery;
 mod env_example;
 mod failure;
