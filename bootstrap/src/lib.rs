@@ -7,6 +7,8 @@
 //! * [`health`]: `/health`, `/ready` and `/metrics` endpoints.
 //! * [`metrics`]: the Prometheus registry every service records into.
 //! * [`liveness`]: which gateways and moderators are alive, from their heartbeats.
+//! * [`room_tail`]: a room's last stored chat message, from the chat
+//!   stream's leader.
 //! * [`shutdown`]: the future that resolves on Ctrl-C or SIGTERM.
 //! * [`service`]: the body of every service's `main`.
 //! * [`token_bucket`]: a rate with a burst.
@@ -19,6 +21,7 @@ pub mod health;
 pub mod liveness;
 pub mod metrics;
 pub mod nats;
+pub mod room_tail;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;

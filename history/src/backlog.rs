@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use bootstrap::room_tail::RoomTail;
 use futures_util::StreamExt;
 use schemas::client::ChatMessage;
 use schemas::event::{self, Backlog};
@@ -34,12 +35,6 @@ pub enum ReadError {
     /// The server answered with an error status.
     #[error("the server answered {0}")]
     Status(u16),
-    /// The stream's leader could not say where the room ends.
-    #[error("cannot read the room's last message from the leader: {0}")]
-    Leader(#[from] async_nats::jetstream::stream::LastRawMessageError),
-    /// The room's last message, from the leader, is not a chat message.
-    #[error("the room's last message is unreadable: {0}")]
-    Unreadable(#[from] event::EventDecodeError),
     /// The replicas that answered lacked messages the leader has.
     #[error("the replica that answered is behind seq {0}")]
     Behind(Seq),
@@ -129,34 +124,32 @@ pub async fn read_room(
     Ok(messages)
 }
 
-/// A room's last stored message, as the stream's leader knows it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Tail {
-    /// Its room seq.
-    pub seq: Seq,
-    /// Its stream sequence.
-    pub stream_seq: u64,
-    /// How many stream sequences lie between it and the room's message
-    /// before it (other rooms' messages in between, plus one); 0 when it
-    /// is the room's first. How densely the room sits in the stream.
-    pub spacing: u64,
+/// How many stream sequences lie between the room's last message and the
+/// one before it (other rooms' messages in between, plus one); 0 when it
+/// is the room's first. How densely the room sits in the stream.
+fn spacing(tail: &RoomTail) -> u64 {
+    if tail.prev_stream_seq == 0 {
+        0
+    } else {
+        tail.stream_seq.saturating_sub(tail.prev_stream_seq)
+    }
 }
 
 /// Where in the stream to start reading a room whose tail is `tail`, to
 /// get at least its last `wanted` messages, with a margin: rooms interleave
-/// in the stream, so its messages are `tail.spacing` apart on average if
-/// its rate held. Starting from 1 reads the whole retained room, which for
+/// in the stream, so its messages are `spacing` apart on average if its
+/// rate held. Starting from 1 reads the whole retained room, which for
 /// a resume a few messages back can be thousands of messages: a gateway's
 /// clients all rejoining at once then swamp history. If the estimate falls
 /// short, [`covers`] says so and the read starts further back.
-pub fn read_from(tail: Option<Tail>, wanted: u64) -> u64 {
+pub fn read_from(tail: Option<RoomTail>, wanted: u64) -> u64 {
     match tail {
-        Some(tail) if tail.spacing > 0 => tail
+        Some(tail) if spacing(&tail) > 0 => tail
             .stream_seq
             .saturating_sub(
                 wanted
                     .saturating_add(1)
-                    .saturating_mul(tail.spacing)
+                    .saturating_mul(spacing(&tail))
                     .saturating_mul(2),
             )
             .max(1),
@@ -166,7 +159,7 @@ pub fn read_from(tail: Option<Tail>, wanted: u64) -> u64 {
 
 /// Where to start reading again when a read from `from` fell short: four
 /// times as far back from the tail.
-pub fn further_back(tail: Tail, from: u64) -> u64 {
+pub fn further_back(tail: RoomTail, from: u64) -> u64 {
     tail.stream_seq
         .saturating_sub(tail.stream_seq.saturating_sub(from).saturating_mul(4))
         .max(1)
@@ -204,44 +197,6 @@ pub fn is_behind(
     match leader_tail {
         Some(leader) => leader > tail,
         None => since.is_some_and(|since| since > Seq(0) && tail.is_none_or(|tail| tail < since)),
-    }
-}
-
-/// `room`'s last stored message as the stream's leader knows it (`None`:
-/// the room has none). A leader read, unlike a direct get, is never behind.
-pub async fn leader_tail(
-    js: &async_nats::jetstream::Context,
-    room: &RoomId,
-) -> Result<Option<Tail>, ReadError> {
-    use async_nats::jetstream::stream::LastRawMessageErrorKind;
-    let stream = js
-        .get_stream_no_info(subject::CHAT_STREAM)
-        .await
-        .expect("the chat stream's name is valid");
-    match stream
-        .get_last_raw_message_by_subject(&subject::chat_store(room))
-        .await
-    {
-        Ok(last) => {
-            // The moderator stores each message expecting the room's
-            // previous one at this stream sequence (0 for its first).
-            let previous = last
-                .headers
-                .get(async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE)
-                .and_then(|value| value.as_str().parse::<u64>().ok())
-                .unwrap_or(0);
-            Ok(Some(Tail {
-                seq: event::decode::<ChatMessage>(&last.payload)?.seq,
-                stream_seq: last.sequence,
-                spacing: if previous == 0 {
-                    0
-                } else {
-                    last.sequence.saturating_sub(previous)
-                },
-            }))
-        }
-        Err(err) if err.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
-        Err(err) => Err(err.into()),
     }
 }
 
@@ -317,15 +272,18 @@ mod tests {
 
     #[test]
     fn a_read_starts_near_the_tail_by_the_room_s_spacing() {
-        let tail = Tail {
+        let tail = RoomTail {
             seq: Seq(300),
             stream_seq: 600,
-            spacing: 2,
+            prev_stream_seq: 598,
         };
         // 3 wanted, 2 apart, twice over: 16 stream sequences back.
         assert_eq!(read_from(Some(tail), 3), 584);
         assert_eq!(read_from(Some(tail), 1_000), 1, "never before the stream");
-        let first = Tail { spacing: 0, ..tail };
+        let first = RoomTail {
+            prev_stream_seq: 0,
+            ..tail
+        };
         assert_eq!(read_from(Some(first), 3), 1, "spacing unknown: all of it");
         assert_eq!(read_from(None, 3), 1, "no word from the leader: all of it");
         assert_eq!(further_back(tail, 584), 536);

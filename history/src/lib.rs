@@ -231,8 +231,11 @@ async fn read_current(
     let deadline = tokio::time::Instant::now() + READ_TIMEOUT;
     // A stream without a leader (an election) may not answer at all: wait
     // for it only briefly, and leave the read its time.
-    let tail = match tokio::time::timeout(LEADER_WAIT, backlog::leader_tail(js, &request.room))
-        .await
+    let tail = match tokio::time::timeout(
+        LEADER_WAIT,
+        bootstrap::room_tail::read(js, &request.room),
+    )
+    .await
     {
         Ok(Ok(tail)) => Some(tail),
         Ok(Err(err)) => {

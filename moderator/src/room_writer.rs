@@ -1,11 +1,12 @@
 //! Storing a room's chat messages with gap-free per-room sequence numbers.
 //!
 //! JetStream numbers messages per stream, not per room, so the writer keeps
-//! the room's *tail* (the stream sequence and room seq of its last message)
-//! and publishes each message with `Nats-Expected-Last-Subject-Sequence` set
-//! to that tail. If another moderator wrote in between, JetStream refuses the
-//! publish, the writer re-reads the tail and tries again: seqs stay gap-free
-//! and ordered however many moderators run.
+//! the room's *tail* (the stream sequence and room seq of its last message,
+//! [`bootstrap::room_tail`]) and publishes each message with
+//! `Nats-Expected-Last-Subject-Sequence` set to that tail. If another
+//! moderator wrote in between, JetStream refuses the publish, the writer
+//! re-reads the tail and tries again: seqs stay gap-free and ordered however
+//! many moderators run.
 //!
 //! A room with no retained message starts at the stream's last sequence + 1,
 //! not at 1: a room whose backlog expired must never hand out a seq a client
@@ -15,8 +16,8 @@ use std::time::Duration;
 
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage;
-use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use async_nats::jetstream::{self, stream};
+use bootstrap::room_tail::{self, ReadTailError};
 use bytes::Bytes;
 use schemas::client::{ChatMessage, Member};
 use schemas::event;
@@ -41,25 +42,15 @@ pub enum StoreError {
     #[error("publish to JetStream failed: {0}")]
     Publish(#[from] jetstream::context::PublishError),
     /// The room's tail could not be read.
-    #[error("reading the room's last message failed: {0}")]
-    Tail(#[from] TailError),
+    #[error(transparent)]
+    Tail(#[from] ReadTailError),
+    /// The chat stream's info, which gives a room with no retained message
+    /// its first seq, could not be read.
+    #[error("cannot read the chat stream: {0}")]
+    Stream(#[from] jetstream::context::GetStreamError),
     /// Other moderators kept winning the race for the tail.
     #[error("kept losing the race for the room's tail for {TAIL_RACE_BUDGET:?}")]
     Contended,
-}
-
-/// Reading a room's last stored message failed.
-#[derive(Debug, thiserror::Error)]
-pub enum TailError {
-    /// The chat stream's info could not be read.
-    #[error("cannot read the chat stream: {0}")]
-    Stream(#[from] jetstream::context::GetStreamError),
-    /// The last message could not be fetched.
-    #[error("cannot fetch the last message: {0}")]
-    Last(#[from] stream::LastRawMessageError),
-    /// The last message is not a chat message.
-    #[error("the last message is malformed: {0}")]
-    Malformed(#[from] event::EventDecodeError),
 }
 
 /// What became of a message given to [`RoomWriter::store`].
@@ -85,8 +76,10 @@ pub struct Accepted {
     pub ts: u64,
 }
 
+/// What the room's next message is stored after: its tail, or, with no
+/// message retained, the floor its seqs go on from.
 #[derive(Clone, Copy, Debug)]
-struct Tail {
+struct Predecessor {
     /// Stream sequence of the room's last message, 0 when it has none.
     stream_seq: u64,
     /// That message's room seq (or the floor to start from).
@@ -98,7 +91,7 @@ pub struct RoomWriter {
     js: jetstream::Context,
     room: RoomId,
     store_subject: String,
-    tail: Option<Tail>,
+    predecessor: Option<Predecessor>,
     metrics: ModeratorMetrics,
 }
 
@@ -111,7 +104,7 @@ impl RoomWriter {
             metrics,
             store_subject: subject::chat_store(&room),
             room,
-            tail: None,
+            predecessor: None,
         }
     }
 
@@ -129,18 +122,22 @@ impl RoomWriter {
         };
         let give_up = Instant::now() + TAIL_RACE_BUDGET;
         while Instant::now() < give_up {
-            let tail = match self.tail {
-                Some(tail) => tail,
-                None => self.read_tail().await?,
+            let predecessor = match self.predecessor {
+                Some(predecessor) => predecessor,
+                None => self.read_predecessor().await?,
             };
-            chat.seq = tail.seq.next();
-            // With no retained message the tail is only a floor, not a message.
-            let prev = if tail.stream_seq == 0 { 0 } else { tail.seq.0 };
+            chat.seq = predecessor.seq.next();
+            // With no retained message the floor is not a message.
+            let prev = if predecessor.stream_seq == 0 {
+                0
+            } else {
+                predecessor.seq.0
+            };
             let publish = PublishMessage::build()
                 .payload(Bytes::from(event::encode(&chat)))
                 .message_id(&dedupe_key)
                 .header(subject::PREV_SEQ_HEADER, prev.to_string().as_str())
-                .expected_last_subject_sequence(tail.stream_seq);
+                .expected_last_subject_sequence(predecessor.stream_seq);
             let sent = Instant::now();
             let result = match self
                 .js
@@ -160,7 +157,7 @@ impl RoomWriter {
                     // gateways (subject::CHAT_REPUBLISH); any they miss, they
                     // and their clients find in the backlog.
                     self.metrics.stored.inc();
-                    self.tail = Some(Tail {
+                    self.predecessor = Some(Predecessor {
                         stream_seq: ack.sequence,
                         seq: chat.seq,
                     });
@@ -168,10 +165,10 @@ impl RoomWriter {
                 }
                 Err(err) if lost_tail_race(&err) => {
                     self.metrics.tail_races.inc();
-                    self.tail = None;
+                    self.predecessor = None;
                 }
                 Err(err) => {
-                    self.tail = None;
+                    self.predecessor = None;
                     return Err(err.into());
                 }
             }
@@ -179,27 +176,23 @@ impl RoomWriter {
         Err(StoreError::Contended)
     }
 
-    async fn read_tail(&mut self) -> Result<Tail, StoreError> {
-        let stream = self.stream().await?;
-        let tail = match stream
-            .get_last_raw_message_by_subject(&self.store_subject)
-            .await
-        {
-            Ok(last) => {
-                let chat: ChatMessage = event::decode(&last.payload).map_err(TailError::from)?;
-                Tail {
-                    stream_seq: last.sequence,
-                    seq: chat.seq,
-                }
-            }
-            Err(err) if err.kind() == LastRawMessageErrorKind::NoMessageFound => Tail {
-                stream_seq: 0,
-                seq: Seq(stream.cached_info().state.last_sequence),
+    async fn read_predecessor(&mut self) -> Result<Predecessor, StoreError> {
+        let predecessor = match room_tail::read(&self.js, &self.room).await? {
+            Some(tail) => Predecessor {
+                stream_seq: tail.stream_seq,
+                seq: tail.seq,
             },
-            Err(err) => return Err(TailError::from(err).into()),
+            // No seq is above its message's stream sequence, so the
+            // stream's last one is at or past every seq the room had. Read
+            // after the tail: a message the room got in between fails the
+            // publish as a lost race, and the tail is read again.
+            None => Predecessor {
+                stream_seq: 0,
+                seq: Seq(self.stream().await?.cached_info().state.last_sequence),
+            },
         };
-        self.tail = Some(tail);
-        Ok(tail)
+        self.predecessor = Some(predecessor);
+        Ok(predecessor)
     }
 
     async fn original_seq(&self, stream_seq: u64) -> Option<Seq> {
@@ -210,8 +203,10 @@ impl RoomWriter {
             .map(|chat| chat.seq)
     }
 
-    async fn stream(&self) -> Result<stream::Stream<stream::Info>, TailError> {
-        Ok(self.js.get_stream(subject::CHAT_STREAM).await?)
+    async fn stream(
+        &self,
+    ) -> Result<stream::Stream<stream::Info>, jetstream::context::GetStreamError> {
+        self.js.get_stream(subject::CHAT_STREAM).await
     }
 }
 
