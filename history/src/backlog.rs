@@ -42,7 +42,7 @@ pub enum ReadError {
 
 /// A retained message with what the moderator knew when it stored it.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Stored {
+pub struct Retained {
     /// The message.
     pub chat: ChatMessage,
     /// The room seq stored right before it (`0`: none was retained then);
@@ -50,7 +50,7 @@ pub struct Stored {
     pub prev: Option<Seq>,
 }
 
-impl Stored {
+impl Retained {
     /// Whether messages after `since` are missing right before this one,
     /// the first retained message after `since`.
     fn trimmed_before(&self, since: Seq) -> bool {
@@ -83,7 +83,7 @@ pub async fn read_room(
     from: u64,
     max: usize,
     timeout: Duration,
-) -> Result<Vec<Stored>, ReadError> {
+) -> Result<Vec<Retained>, ReadError> {
     let deadline = tokio::time::Instant::now() + timeout;
     let inbox = client.new_inbox();
     let mut replies = tokio::time::timeout_at(deadline, client.subscribe(inbox.clone()))
@@ -113,7 +113,7 @@ pub async fn read_room(
         }
         let prev = bootstrap::nats::previous_seq(msg.headers.as_ref());
         match event::decode::<ChatMessage>(&msg.payload) {
-            Ok(chat) => messages.push(Stored { chat, prev }),
+            Ok(chat) => messages.push(Retained { chat, prev }),
             Err(err) => tracing::warn!(cause = %err, %room, "skipping unreadable stored message"),
         }
         if messages.len() >= max {
@@ -169,7 +169,7 @@ pub fn further_back(tail: RoomTail, from: u64) -> u64 {
 /// query needs: the message right after `since` (or one before it), or
 /// `wanted` messages without `since`; or the room's first message, before
 /// which there is nothing to read.
-pub fn covers(retained: &[Stored], since: Option<Seq>, wanted: u64) -> bool {
+pub fn covers(retained: &[Retained], since: Option<Seq>, wanted: u64) -> bool {
     let Some(first) = retained.first() else {
         return false;
     };
@@ -189,7 +189,7 @@ pub fn covers(retained: &[Stored], since: Option<Seq>, wanted: u64) -> bool {
 /// partition's worth just after it healed). Without the leader's word, a
 /// read that ends before `since`, which the client has seen, is behind too.
 pub fn is_behind(
-    retained: &[Stored],
+    retained: &[Retained],
     leader_tail: Option<Option<Seq>>,
     since: Option<Seq>,
 ) -> bool {
@@ -209,9 +209,9 @@ pub fn is_behind(
 /// saw some of it lost every message to `max_age` or `max_bytes`: whether
 /// the client had seen the last of them cannot be known any more, so that
 /// is `truncated` too, rather than a silent miss.
-pub fn select(mut retained: Vec<Stored>, since: Option<Seq>, limit: usize) -> Backlog {
+pub fn select(mut retained: Vec<Retained>, since: Option<Seq>, limit: usize) -> Backlog {
     let last_seq = retained.last().map_or(Seq(0), |m| m.chat.seq);
-    let keep_last = |mut messages: Vec<Stored>, limit: usize| {
+    let keep_last = |mut messages: Vec<Retained>, limit: usize| {
         let skip = messages.len().saturating_sub(limit);
         messages.drain(..skip);
         messages.into_iter().map(|m| m.chat).collect()
@@ -262,8 +262,8 @@ mod tests {
     use super::*;
 
     /// Retained messages `seqs`, each stored right after the seq before it.
-    fn messages(seqs: std::ops::RangeInclusive<u64>) -> Vec<Stored> {
-        seqs.map(|seq| Stored {
+    fn messages(seqs: std::ops::RangeInclusive<u64>) -> Vec<Retained> {
+        seqs.map(|seq| Retained {
             chat: chat(seq),
             prev: Some(Seq(seq - 1)),
         })
@@ -455,7 +455,7 @@ mod tests {
             ("stored without the header, no gap", 58, None, 57, false),
         ];
         for &(name, first, prev, since, truncated) in CASES {
-            let retained = vec![Stored {
+            let retained = vec![Retained {
                 chat: chat(first),
                 prev: prev.map(Seq),
             }];
@@ -555,10 +555,10 @@ mod tests {
             },
         ];
         for case in cases {
-            let retained: Vec<Stored> = case
+            let retained: Vec<Retained> = case
                 .retained
                 .iter()
-                .map(|&seq| Stored {
+                .map(|&seq| Retained {
                     chat: chat(seq),
                     prev: Some(Seq(seq - 1)),
                 })

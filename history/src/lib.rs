@@ -28,7 +28,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::config::HistoryConfig;
-use crate::metrics::{HistoryMetrics, Outcome};
+use crate::metrics::{HistoryMetrics, QueryOutcome};
 
 /// History could not start.
 #[derive(Debug, thiserror::Error)]
@@ -146,7 +146,7 @@ impl Running {
                             .await
                             .unwrap_or_else(|_| {
                                 tracing::warn!("backlog query abandoned after {ANSWER_LIMIT:?}");
-                                Outcome::Abandoned
+                                QueryOutcome::Abandoned
                             });
                         metrics.ended(outcome);
                         metrics.query.observe(arrived.elapsed().as_secs_f64());
@@ -172,20 +172,20 @@ async fn answer(
     metrics: &HistoryMetrics,
     backlog_size: usize,
     query: Request,
-) -> Outcome {
+) -> QueryOutcome {
     let Ok(request) = event::decode::<BacklogRequest>(&query.message.payload) else {
         tracing::warn!("dropping a malformed backlog query");
-        return Outcome::Malformed;
+        return QueryOutcome::Malformed;
     };
     let (reply, outcome) = match read_current(client, js, metrics, &request, backlog_size).await {
         Ok(retained) => {
             let selected = backlog::select(retained, request.since, request.limit);
             let backlog = backlog::fit(selected, reply_budget(client));
-            (BacklogReply::Backlog(backlog), Outcome::Answered)
+            (BacklogReply::Backlog(backlog), QueryOutcome::Answered)
         }
         Err(err) => {
             tracing::warn!(cause = %err, room = %request.room, "backlog query failed");
-            (BacklogReply::Unavailable, Outcome::Unavailable)
+            (BacklogReply::Unavailable, QueryOutcome::Unavailable)
         }
     };
     if let Err(err) = query.respond(Ok(event::encode(&reply).into())).await {
@@ -227,7 +227,7 @@ async fn read_current(
     metrics: &HistoryMetrics,
     request: &BacklogRequest,
     backlog_size: usize,
-) -> Result<Vec<backlog::Stored>, backlog::ReadError> {
+) -> Result<Vec<backlog::Retained>, backlog::ReadError> {
     let deadline = tokio::time::Instant::now() + READ_TIMEOUT;
     // A stream without a leader (an election) may not answer at all: wait
     // for it only briefly, and leave the read its time.

@@ -11,7 +11,7 @@ use tokio::sync::Semaphore;
 
 /// How a backlog query ended.
 #[derive(Clone, Copy, Debug)]
-pub enum Outcome {
+pub enum QueryOutcome {
     /// The backlog was sent.
     Answered,
     /// The read failed; the gateway was told `unavailable`.
@@ -22,13 +22,13 @@ pub enum Outcome {
     Malformed,
 }
 
-impl Outcome {
+impl QueryOutcome {
     fn label(self) -> &'static str {
         match self {
-            Outcome::Answered => "answered",
-            Outcome::Unavailable => "unavailable",
-            Outcome::Abandoned => "abandoned",
-            Outcome::Malformed => "malformed",
+            QueryOutcome::Answered => "answered",
+            QueryOutcome::Unavailable => "unavailable",
+            QueryOutcome::Abandoned => "abandoned",
+            QueryOutcome::Malformed => "malformed",
         }
     }
 }
@@ -80,7 +80,7 @@ impl HistoryMetrics {
     }
 
     /// Counts a query that ended as `outcome`.
-    pub fn ended(&self, outcome: Outcome) {
+    pub fn ended(&self, outcome: QueryOutcome) {
         self.queries
             .get_or_create(&[("outcome", outcome.label())])
             .inc();

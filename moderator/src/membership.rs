@@ -66,7 +66,7 @@ pub struct Change {
 
 /// A join the room does not take.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Refusal {
+pub enum JoinRefusal {
     /// The room is at capacity.
     RoomFull,
     /// A leave cancelled this join attempt before it arrived.
@@ -136,7 +136,7 @@ impl Membership {
         room: &RoomId,
         joining: Joining,
         is_dead: impl Fn(&GatewayId) -> bool,
-    ) -> Result<Result<Change, Refusal>, MembershipError> {
+    ) -> Result<Result<Change, JoinRefusal>, MembershipError> {
         let capacity = self.capacity;
         let Joining {
             member,
@@ -149,7 +149,7 @@ impl Membership {
         };
         self.modify(room, |state, change| {
             if state.cancelled.iter().any(|c| c.attempt == attempt) {
-                return Err(Refusal::Cancelled);
+                return Err(JoinRefusal::Cancelled);
             }
             change.replaced = take(&mut state.members, replaced).pop();
             change.left = take(&mut state.members, |m| is_dead(&m.gateway));
@@ -161,7 +161,7 @@ impl Membership {
                 return Ok(());
             }
             if state.members.len() >= capacity {
-                return Err(Refusal::RoomFull);
+                return Err(JoinRefusal::RoomFull);
             }
             state.members.push(member.clone());
             change.joined = Some(member.clone());
@@ -190,7 +190,7 @@ impl Membership {
                         until_ms: now_ms() + CANCELLED_JOIN_TTL.as_millis() as u64,
                     });
                 }
-                Ok::<(), Refusal>(())
+                Ok::<(), JoinRefusal>(())
             })
             .await?;
         Ok(change.unwrap_or_default())
@@ -205,7 +205,7 @@ impl Membership {
         let change = self
             .modify(room, |state, change| {
                 change.left = take(&mut state.members, |m| m.gateway == *gateway);
-                Ok::<(), Refusal>(())
+                Ok::<(), JoinRefusal>(())
             })
             .await?;
         Ok(change.unwrap_or_default())

@@ -17,7 +17,7 @@ use schemas::id::{ConnId, GatewayId, JoinId, RoomId};
 use schemas::subject;
 use tokio::time::Instant;
 
-use crate::membership::{Change, Joining, Membership, MembershipError, Refusal};
+use crate::membership::{Change, JoinRefusal, Joining, Membership, MembershipError};
 
 /// What membership tasks share.
 pub struct Roster {
@@ -76,13 +76,13 @@ impl Roster {
                     revision: change.revision,
                 }
             }
-            Ok(Err(Refusal::RoomFull)) => Verdict::Rejected {
+            Ok(Err(JoinRefusal::RoomFull)) => Verdict::Rejected {
                 code: ErrorCode::RoomFull,
                 message: "the room is full".into(),
             },
             // Nobody waits for this answer any more: the gateway gave up on
             // the join and has left in its place.
-            Ok(Err(Refusal::Cancelled)) => Verdict::unavailable("join cancelled"),
+            Ok(Err(JoinRefusal::Cancelled)) => Verdict::unavailable("join cancelled"),
             Err(err) => unavailable(&room, err),
         }
     }
