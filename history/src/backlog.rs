@@ -183,20 +183,45 @@ pub fn covers(retained: &[Retained], since: Option<Seq>, wanted: u64) -> bool {
     }
 }
 
-/// Whether a read lacks messages the stream has. `leader_tail` is the
-/// room's last seq as the stream's leader knows it: a read that does not
-/// reach it came from a replica that is behind (by a few ms, or by a
-/// partition's worth just after it healed). Without the leader's word, a
-/// read that ends before `since`, which the client has seen, is behind too.
-pub fn is_behind(
-    retained: &[Retained],
-    leader_tail: Option<Option<Seq>>,
-    since: Option<Seq>,
-) -> bool {
-    let tail = retained.last().map(|m| m.chat.seq);
-    match leader_tail {
-        Some(leader) => leader > tail,
-        None => since.is_some_and(|since| since > Seq(0) && tail.is_none_or(|tail| tail < since)),
+/// Where a room ends, as the stream's leader says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RoomEnd {
+    /// At this message.
+    At(RoomTail),
+    /// The room has no retained message.
+    Empty,
+    /// The leader did not say: it did not answer in time (an election) or
+    /// failed.
+    Unknown,
+}
+
+impl RoomEnd {
+    /// The room's last message, if the leader named one.
+    pub fn tail(self) -> Option<RoomTail> {
+        match self {
+            RoomEnd::At(tail) => Some(tail),
+            RoomEnd::Empty | RoomEnd::Unknown => None,
+        }
+    }
+
+    /// The room's last seq, if the leader named one.
+    pub fn last_seq(self) -> Option<Seq> {
+        self.tail().map(|tail| tail.seq)
+    }
+}
+
+/// Whether a read lacks messages the stream has. A read that does not
+/// reach the room's `end`, as the stream's leader knows it, came from a
+/// replica that is behind (by a few ms, or by a partition's worth just
+/// after it healed). Without the leader's word, a read that ends before
+/// `since`, which the client has seen, is behind too.
+pub fn is_behind(retained: &[Retained], end: RoomEnd, since: Option<Seq>) -> bool {
+    let read_to = retained.last().map(|m| m.chat.seq);
+    match end {
+        RoomEnd::At(tail) => read_to.is_none_or(|read_to| read_to < tail.seq),
+        RoomEnd::Empty => false,
+        RoomEnd::Unknown => since
+            .is_some_and(|since| since > Seq(0) && read_to.is_none_or(|read_to| read_to < since)),
     }
 }
 
@@ -470,86 +495,93 @@ mod tests {
         struct Case {
             name: &'static str,
             retained: &'static [u64],
-            leader: Option<Option<u64>>,
+            leader: RoomEnd,
             since: Option<u64>,
             behind: bool,
         }
+        let at = |seq| {
+            RoomEnd::At(RoomTail {
+                seq: Seq(seq),
+                stream_seq: seq,
+                prev_stream_seq: seq - 1,
+            })
+        };
         const FOUR: &[u64] = &[1, 2, 3, 4];
         let cases = [
             Case {
                 name: "reaches the leader",
                 retained: FOUR,
-                leader: Some(Some(4)),
+                leader: at(4),
                 since: None,
                 behind: false,
             },
             Case {
                 name: "ahead of the leader's answer",
                 retained: FOUR,
-                leader: Some(Some(3)),
+                leader: at(3),
                 since: None,
                 behind: false,
             },
             Case {
                 name: "short of the leader",
                 retained: FOUR,
-                leader: Some(Some(6)),
+                leader: at(6),
                 since: Some(2),
                 behind: true,
             },
             Case {
                 name: "short of the leader, no since",
                 retained: FOUR,
-                leader: Some(Some(6)),
+                leader: at(6),
                 since: None,
                 behind: true,
             },
             Case {
                 name: "holds nothing, leader has",
                 retained: &[],
-                leader: Some(Some(3)),
+                leader: at(3),
                 since: None,
                 behind: true,
             },
             Case {
                 name: "room empty at the leader",
                 retained: &[],
-                leader: Some(None),
+                leader: RoomEnd::Empty,
                 since: Some(3),
                 behind: false,
             },
             Case {
                 name: "reset: since past the leader's end",
                 retained: FOUR,
-                leader: Some(Some(4)),
+                leader: at(4),
                 since: Some(9),
                 behind: false,
             },
             Case {
                 name: "no leader, ends before since",
                 retained: FOUR,
-                leader: None,
+                leader: RoomEnd::Unknown,
                 since: Some(9),
                 behind: true,
             },
             Case {
                 name: "no leader, reaches since",
                 retained: FOUR,
-                leader: None,
+                leader: RoomEnd::Unknown,
                 since: Some(4),
                 behind: false,
             },
             Case {
                 name: "no leader, no since",
                 retained: FOUR,
-                leader: None,
+                leader: RoomEnd::Unknown,
                 since: None,
                 behind: false,
             },
             Case {
                 name: "no leader, holds nothing",
                 retained: &[],
-                leader: None,
+                leader: RoomEnd::Unknown,
                 since: Some(3),
                 behind: true,
             },
@@ -563,9 +595,8 @@ mod tests {
                     prev: Some(Seq(seq - 1)),
                 })
                 .collect();
-            let leader = case.leader.map(|tail| tail.map(Seq));
             assert_eq!(
-                is_behind(&retained, leader, case.since.map(Seq)),
+                is_behind(&retained, case.leader, case.since.map(Seq)),
                 case.behind,
                 "{}",
                 case.name

@@ -27,6 +27,7 @@ use schemas::subject;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use crate::backlog::RoomEnd;
 use crate::config::HistoryConfig;
 use crate::metrics::{HistoryMetrics, QueryOutcome};
 
@@ -231,18 +232,19 @@ async fn read_current(
     let deadline = tokio::time::Instant::now() + READ_TIMEOUT;
     // A stream without a leader (an election) may not answer at all: wait
     // for it only briefly, and leave the read its time.
-    let tail = match tokio::time::timeout(
-        LEADER_WAIT,
-        bootstrap::room_tail::read(js, &request.room),
-    )
-    .await
+    let end = match tokio::time::timeout(LEADER_WAIT, bootstrap::room_tail::read(js, &request.room))
+        .await
     {
-        Ok(Ok(tail)) => Some(tail),
+        Ok(Ok(Some(tail))) => RoomEnd::At(tail),
+        Ok(Ok(None)) => RoomEnd::Empty,
         Ok(Err(err)) => {
             tracing::debug!(cause = %err, room = %request.room, "no word from the leader; trusting the read");
-            None
+            RoomEnd::Unknown
         }
-        Err(_) => None,
+        Err(_) => {
+            tracing::debug!(room = %request.room, "no word from the leader within {LEADER_WAIT:?}; trusting the read");
+            RoomEnd::Unknown
+        }
     };
     // While no replica answers direct gets (one catching up after a restart
     // stops answering them), ask again until the deadline rather than fail
@@ -261,23 +263,22 @@ async fn read_current(
             }
         }
     };
-    let last = tail.map(|tail| tail.map(|tail| tail.seq));
-    let wanted = match (request.since, last.flatten()) {
+    let wanted = match (request.since, end.last_seq()) {
         (Some(since), Some(last)) if since < last => last.0 - since.0,
         _ => request.limit as u64,
     };
-    let mut from = backlog::read_from(tail.flatten(), wanted);
+    let mut from = backlog::read_from(end.tail(), wanted);
     loop {
         let mut retained = read(from).await?;
-        while backlog::is_behind(&retained, last, request.since) {
+        while backlog::is_behind(&retained, end, request.since) {
             if tokio::time::Instant::now() + BEHIND_RETRY >= deadline {
-                let behind = last.flatten().or(request.since).unwrap_or(Seq(0));
+                let behind = end.last_seq().or(request.since).unwrap_or(Seq(0));
                 return Err(backlog::ReadError::Behind(behind));
             }
             tokio::time::sleep(BEHIND_RETRY).await;
             retained = read(from).await?;
         }
-        match tail.flatten() {
+        match end.tail() {
             Some(tail) if from > 1 && !backlog::covers(&retained, request.since, wanted) => {
                 from = backlog::further_back(tail, from);
             }

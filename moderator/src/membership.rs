@@ -6,6 +6,7 @@
 //! again. So a room's capacity holds exactly under concurrent joins through
 //! any number of moderators, and each change gets a revision that orders it.
 
+use std::convert::Infallible;
 use std::time::Duration;
 
 use async_nats::jetstream::stream::LastRawMessageErrorKind;
@@ -64,13 +65,39 @@ pub struct Change {
     pub revision: u64,
 }
 
-/// A join the room does not take.
+/// What a join came to.
+#[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "returned once per join and matched at once: a box would only add an allocation"
+)]
+pub enum Admission {
+    /// The member is in the room (it may have been already).
+    Admitted(Change),
+    /// The room does not take it; nothing changed.
+    Refused(JoinRefusal),
+}
+
+/// Why a room does not take a join.
 #[derive(Debug, PartialEq, Eq)]
 pub enum JoinRefusal {
     /// The room is at capacity.
     RoomFull,
     /// A leave cancelled this join attempt before it arrived.
     Cancelled,
+}
+
+/// What a change to a room's entry came to.
+#[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "returned once per change and matched at once: a box would only add an allocation"
+)]
+enum Modified<R> {
+    /// Written, or there was nothing to change.
+    Applied(Change),
+    /// The change refused itself, for this reason; nothing was written.
+    Refused(R),
 }
 
 /// How long a cancelled join attempt is remembered. A join request delayed
@@ -136,7 +163,7 @@ impl Membership {
         room: &RoomId,
         joining: Joining,
         is_dead: impl Fn(&GatewayId) -> bool,
-    ) -> Result<Result<Change, JoinRefusal>, MembershipError> {
+    ) -> Result<Admission, MembershipError> {
         let capacity = self.capacity;
         let Joining {
             member,
@@ -147,7 +174,7 @@ impl Membership {
             replaces.as_ref() == Some(&m.member.conn_id)
                 && m.member.user.id == member.member.user.id
         };
-        self.modify(room, |state, change| {
+        let modified = self.modify(room, |state, change| {
             if state.cancelled.iter().any(|c| c.attempt == attempt) {
                 return Err(JoinRefusal::Cancelled);
             }
@@ -166,8 +193,11 @@ impl Membership {
             state.members.push(member.clone());
             change.joined = Some(member.clone());
             Ok(())
+        });
+        Ok(match modified.await? {
+            Modified::Applied(change) => Admission::Admitted(change),
+            Modified::Refused(refusal) => Admission::Refused(refusal),
         })
-        .await
     }
 
     /// Removes the connection `conn`. If it is not a member, its join
@@ -178,7 +208,7 @@ impl Membership {
         conn: &ConnId,
         attempt: Option<JoinId>,
     ) -> Result<Change, MembershipError> {
-        let change = self
+        let Modified::Applied(change) = self
             .modify(room, |state, change| {
                 change.left = take(&mut state.members, |m| m.member.conn_id == *conn);
                 if let (true, Some(attempt)) = (change.left.is_empty(), &attempt) {
@@ -190,10 +220,10 @@ impl Membership {
                         until_ms: now_ms() + CANCELLED_JOIN_TTL.as_millis() as u64,
                     });
                 }
-                Ok::<(), JoinRefusal>(())
+                Ok::<(), Infallible>(())
             })
             .await?;
-        Ok(change.unwrap_or_default())
+        Ok(change)
     }
 
     /// Removes every member held by `gateway`.
@@ -202,13 +232,13 @@ impl Membership {
         room: &RoomId,
         gateway: &GatewayId,
     ) -> Result<Change, MembershipError> {
-        let change = self
+        let Modified::Applied(change) = self
             .modify(room, |state, change| {
                 change.left = take(&mut state.members, |m| m.gateway == *gateway);
-                Ok::<(), JoinRefusal>(())
+                Ok::<(), Infallible>(())
             })
             .await?;
-        Ok(change.unwrap_or_default())
+        Ok(change)
     }
 
     /// The room's state and the revision it was read at (`None`: no entry).
@@ -257,12 +287,13 @@ impl Membership {
     }
 
     /// Applies `apply` to the room's state with compare-and-set, retrying
-    /// on conflicts. Nothing is written if `apply` changes nothing.
+    /// on conflicts. Nothing is written if `apply` changes nothing or
+    /// refuses.
     async fn modify<R>(
         &self,
         room: &RoomId,
         mut apply: impl FnMut(&mut RoomState, &mut Change) -> Result<(), R>,
-    ) -> Result<Result<Change, R>, MembershipError> {
+    ) -> Result<Modified<R>, MembershipError> {
         let key = subject::room_key(room);
         let deadline = tokio::time::Instant::now() + RACE_BUDGET;
         let mut pause = FIRST_RACE_PAUSE;
@@ -280,12 +311,12 @@ impl Membership {
             let before = state.clone();
             let mut change = Change::default();
             if let Err(refusal) = apply(&mut state, &mut change) {
-                return Ok(Err(refusal));
+                return Ok(Modified::Refused(refusal));
             }
             if state == before {
                 change.members = state.members;
                 change.revision = revision.unwrap_or(0);
-                return Ok(Ok(change));
+                return Ok(Modified::Applied(change));
             }
             let empty = state.members.is_empty() && state.cancelled.is_empty();
             let written = match (empty, revision) {
@@ -312,7 +343,7 @@ impl Membership {
                 Ok(revision) => {
                     change.members = state.members;
                     change.revision = revision;
-                    return Ok(Ok(change));
+                    return Ok(Modified::Applied(change));
                 }
                 // Usually a lost race (wrong last revision, key exists);
                 // reading again tells. A real failure exhausts the retries.

@@ -17,7 +17,7 @@ use schemas::id::{ConnId, GatewayId, JoinId, RoomId};
 use schemas::subject;
 use tokio::time::Instant;
 
-use crate::membership::{Change, JoinRefusal, Joining, Membership, MembershipError};
+use crate::membership::{Admission, Change, JoinRefusal, Joining, Membership, MembershipError};
 
 /// What membership tasks share.
 pub struct Roster {
@@ -69,20 +69,22 @@ impl Roster {
             .join(&room, joining, |gateway| self.is_dead(gateway))
             .await
         {
-            Ok(Ok(change)) => {
+            Ok(Admission::Admitted(change)) => {
                 self.announce(&room, &change).await;
                 Verdict::Admitted {
                     members: change.members,
                     revision: change.revision,
                 }
             }
-            Ok(Err(JoinRefusal::RoomFull)) => Verdict::Rejected {
+            Ok(Admission::Refused(JoinRefusal::RoomFull)) => Verdict::Rejected {
                 code: ErrorCode::RoomFull,
                 message: "the room is full".into(),
             },
             // Nobody waits for this answer any more: the gateway gave up on
             // the join and has left in its place.
-            Ok(Err(JoinRefusal::Cancelled)) => Verdict::unavailable("join cancelled"),
+            Ok(Admission::Refused(JoinRefusal::Cancelled)) => {
+                Verdict::unavailable("join cancelled")
+            }
             Err(err) => unavailable(&room, err),
         }
     }
