@@ -17,6 +17,8 @@
 //! * [`writers`] and [`room_writer`]: one writer task per busy room, storing
 //!   its chat with a gap-free per-room sequence.
 //! * [`membership`]: the rooms bucket, changed by compare-and-set.
+//! * [`race`]: telling a lost compare-and-set race from a failure, for
+//!   both writers.
 //! * [`roster`]: join, leave and dead-gateway removal, announced as presence.
 //! * [`relay`]: signals from one member to another.
 //! * [`metrics`]: what the moderator counts for Prometheus.
@@ -32,6 +34,7 @@ pub mod command;
 pub mod config;
 pub mod membership;
 pub mod metrics;
+pub mod race;
 pub mod rate_limit;
 pub mod relay;
 pub mod reply;

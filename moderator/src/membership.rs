@@ -5,6 +5,7 @@
 //! still the one read (compare-and-set); a writer that lost the race reads
 //! again. So a room's capacity holds exactly under concurrent joins through
 //! any number of moderators, and each change gets a revision that orders it.
+//! A write refused for any other reason ends the change at once.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -14,14 +15,16 @@ use async_nats::jetstream::{self, kv};
 use schemas::event::{self, CancelledJoin, RoomMember, RoomState};
 use schemas::id::{ConnId, GatewayId, JoinId, RoomId};
 use schemas::subject;
-
 use schemas::time::now_ms;
+
+use crate::race;
 
 /// How long a change keeps trying after losing the race for a room's
 /// entry. Ten members joining a room at once on a 3-node cluster lost 32
 /// back-to-back races in a row (each winning write takes a replication
 /// round, and the leader refuses a write while another to the same key is
-/// in flight), so the budget is time, with waits between tries.
+/// in flight, [`race::Race::InFlight`]), so the budget is time, with waits
+/// between tries.
 const RACE_BUDGET: Duration = Duration::from_secs(2);
 
 /// The first wait after a lost race; it doubles up to [`MAX_RACE_PAUSE`],
@@ -36,7 +39,8 @@ const EMPTY_ROOM_MARKER_TTL: Duration = Duration::from_secs(3600);
 /// The bucket could not be created or opened.
 pub type OpenError = jetstream::context::CreateKeyValueError;
 
-/// A membership change could not be made; the client gets `unavailable`.
+/// A membership change could not be made; the client gets `unavailable`
+/// (`roster::failed` chooses what it is told).
 #[derive(Debug, thiserror::Error)]
 pub enum MembershipError {
     /// The room's entry could not be read from the stream's leader.
@@ -45,9 +49,65 @@ pub enum MembershipError {
     /// The room's entry holds something that is not a room state.
     #[error("room entry is malformed: {0}")]
     Malformed(#[from] event::EventDecodeError),
-    /// Other moderators kept changing the room first, or writes failed.
-    #[error("could not write the room within {RACE_BUDGET:?}")]
+    /// JetStream refused the write for another reason than a lost race (a
+    /// permission, a timeout, a lost connection): reading again would not
+    /// mend it, so it is not retried.
+    #[error("cannot write the room: {0}")]
+    Write(#[from] WriteError),
+    /// Other moderators kept changing the room first.
+    #[error("kept losing the race for the room for {RACE_BUDGET:?}")]
     Contended,
+}
+
+/// What kind of failure a [`MembershipError`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MembershipErrorKind {
+    /// See [`MembershipError::Read`].
+    Read,
+    /// See [`MembershipError::Malformed`].
+    Malformed,
+    /// See [`MembershipError::Write`].
+    Write,
+    /// See [`MembershipError::Contended`].
+    Contended,
+}
+
+impl MembershipError {
+    /// What kind of failure this is.
+    pub fn kind(&self) -> MembershipErrorKind {
+        match self {
+            MembershipError::Read(_) => MembershipErrorKind::Read,
+            MembershipError::Malformed(_) => MembershipErrorKind::Malformed,
+            MembershipError::Write(_) => MembershipErrorKind::Write,
+            MembershipError::Contended => MembershipErrorKind::Contended,
+        }
+    }
+}
+
+/// JetStream refused a write of a room's entry.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// Updating the entry, or emptying it (a purge is an update).
+    #[error(transparent)]
+    Update(#[from] kv::UpdateError),
+    /// Creating the room's first entry.
+    #[error(transparent)]
+    Create(#[from] kv::CreateError),
+}
+
+impl WriteError {
+    /// Whether another writer changed the entry first, or is changing it
+    /// now: only then is the change worth trying again.
+    pub fn lost_race(&self) -> bool {
+        // The inner error itself, not `self`: being transparent, `self`
+        // hands out the inner error's sources only, and a create that found
+        // the key there has none.
+        let race = match self {
+            WriteError::Update(err) => race::race(err),
+            WriteError::Create(err) => race::race(err),
+        };
+        race.is_some()
+    }
 }
 
 /// What a change did.
@@ -297,15 +357,15 @@ impl Membership {
         let key = subject::room_key(room);
         let deadline = tokio::time::Instant::now() + RACE_BUDGET;
         let mut pause = FIRST_RACE_PAUSE;
-        for race in 0.. {
-            if race > 0 {
+        for attempt in 0.. {
+            if attempt > 0 {
                 if tokio::time::Instant::now() + pause > deadline {
                     break;
                 }
                 tokio::time::sleep(bootstrap::backoff::jittered(pause)).await;
                 pause = (pause * 2).min(MAX_RACE_PAUSE);
             }
-            let (mut state, revision) = self.read(room, race > 0).await?;
+            let (mut state, revision) = self.read(room, attempt > 0).await?;
             let now = now_ms();
             state.cancelled.retain(|c| c.until_ms > now);
             let before = state.clone();
@@ -327,17 +387,17 @@ impl Membership {
                     .purge_expect_revision_with_ttl(&key, revision, EMPTY_ROOM_MARKER_TTL)
                     .await
                     .map(|()| revision + 1)
-                    .map_err(|err| err.to_string()),
+                    .map_err(WriteError::from),
                 (_, Some(revision)) => self
                     .kv
                     .update(&key, event::encode(&state).into(), revision)
                     .await
-                    .map_err(|err| err.to_string()),
+                    .map_err(WriteError::from),
                 (_, None) => self
                     .kv
                     .create(&key, event::encode(&state).into())
                     .await
-                    .map_err(|err| err.to_string()),
+                    .map_err(WriteError::from),
             };
             match written {
                 Ok(revision) => {
@@ -345,11 +405,10 @@ impl Membership {
                     change.revision = revision;
                     return Ok(Modified::Applied(change));
                 }
-                // Usually a lost race (wrong last revision, key exists);
-                // reading again tells. A real failure exhausts the retries.
-                Err(err) => {
-                    tracing::debug!(cause = %err, %room, "room write refused; reading again")
+                Err(err) if err.lost_race() => {
+                    tracing::debug!(cause = %err, %room, "lost the race for the room; reading again")
                 }
+                Err(err) => return Err(err.into()),
             }
         }
         Err(MembershipError::Contended)
@@ -376,7 +435,64 @@ fn take(members: &mut Vec<RoomMember>, pred: impl Fn(&RoomMember) -> bool) -> Ve
 
 #[cfg(test)]
 mod tests {
+    use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+    use async_nats::jetstream::kv::{CreateError, CreateErrorKind, UpdateError};
+
     use super::*;
+    use crate::race::tests::refused_publish;
+
+    /// Only a write another moderator came before is tried again; any
+    /// other refusal ends the change with its own kind, keeping its cause.
+    /// (A system test could show the same end to end: a moderator whose
+    /// NATS user may read the rooms bucket but not write it answers a join
+    /// `unavailable` after one publish timeout, not after the race budget;
+    /// tests/system/permissions.rs runs NATS with per-service users.)
+    #[test]
+    fn only_a_lost_race_is_retried() {
+        let cases: [(&str, WriteError, bool); 6] = [
+            (
+                "update, wrong last revision",
+                UpdateError::from(refused_publish(10071)).into(),
+                true,
+            ),
+            (
+                "update, wrong last sequence (10164)",
+                UpdateError::from(refused_publish(10164)).into(),
+                true,
+            ),
+            (
+                "update, another write in flight (10163)",
+                UpdateError::from(refused_publish(10163)).into(),
+                true,
+            ),
+            (
+                "create, the key exists",
+                CreateError::new(CreateErrorKind::AlreadyExists).into(),
+                true,
+            ),
+            (
+                "update, timed out",
+                UpdateError::from(PublishError::new(PublishErrorKind::TimedOut)).into(),
+                false,
+            ),
+            (
+                "create, publish failed",
+                CreateError::new(CreateErrorKind::Publish).into(),
+                false,
+            ),
+        ];
+        for (name, err, lost_race) in cases {
+            assert_eq!(err.lost_race(), lost_race, "{name}");
+            if !lost_race {
+                let err = MembershipError::from(err);
+                assert_eq!(err.kind(), MembershipErrorKind::Write, "{name}");
+                assert!(
+                    std::error::Error::source(&err).is_some(),
+                    "{name}: the cause is kept"
+                );
+            }
+        }
+    }
 
     #[test]
     fn only_puts_hold_a_room() {

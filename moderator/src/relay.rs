@@ -7,7 +7,7 @@ use schemas::event::{self, SignalDelivery, Verdict};
 use schemas::id::{ConnId, RoomId};
 use schemas::subject;
 
-use crate::roster::Roster;
+use crate::roster::{self, Roster};
 
 /// A signal from one member of a room to another, as the gateway sent it.
 #[derive(Debug)]
@@ -27,10 +27,7 @@ pub struct Signal {
 pub async fn relay(roster: &Roster, from: Member, signal: Signal) -> Verdict {
     let members = match roster.membership.members(&signal.room).await {
         Ok(members) => members,
-        Err(err) => {
-            tracing::warn!(cause = %err, room = %signal.room, "cannot read the room's members");
-            return Verdict::unavailable("room membership unavailable");
-        }
+        Err(err) => return roster::failed(&signal.room, err),
     };
     if !members.iter().any(|m| m.member.conn_id == from.conn_id) {
         return Verdict::Rejected {

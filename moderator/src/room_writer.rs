@@ -14,7 +14,6 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, stream};
 use bootstrap::room_tail::{self, ReadTailError};
@@ -26,6 +25,7 @@ use schemas::subject;
 use tokio::time::Instant;
 
 use crate::metrics::ModeratorMetrics;
+use crate::race::{self, Race};
 
 /// How long a publish keeps retrying after losing the race for the room's
 /// tail. A budget in time, not in attempts: a writer that just stored holds
@@ -163,7 +163,10 @@ impl RoomWriter {
                     });
                     return Ok(Stored::New(chat.seq));
                 }
-                Err(err) if lost_tail_race(&err) => {
+                // Another writer stored a message for the room since the
+                // tail was read. (A write of theirs still in flight,
+                // `Race::InFlight`, fails the store: the client resends.)
+                Err(err) if race::race(&err) == Some(Race::Lost) => {
                     self.metrics.tail_races.inc();
                     self.predecessor = None;
                 }
@@ -208,23 +211,6 @@ impl RoomWriter {
     ) -> Result<stream::Stream<stream::Info>, jetstream::context::GetStreamError> {
         self.js.get_stream(subject::CHAT_STREAM).await
     }
-}
-
-/// Whether JetStream refused the publish because another writer stored a
-/// message for the room since its tail was read. nats-server 2.12 and later
-/// answer this with error 10164, which async-nats does not map to
-/// [`PublishErrorKind::WrongLastSequence`] (only the older 10071), so the
-/// code is read from the error itself. Missing it turned every lost race
-/// into an `unavailable` for the client.
-fn lost_tail_race(err: &jetstream::context::PublishError) -> bool {
-    use std::error::Error as _;
-    err.kind() == PublishErrorKind::WrongLastSequence
-        || err
-            .source()
-            .and_then(|source| source.downcast_ref::<jetstream::Error>())
-            .is_some_and(|source| {
-                source.error_code() == jetstream::ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT
-            })
 }
 
 /// The JetStream deduplication id: one per user, room and client message id,

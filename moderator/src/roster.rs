@@ -17,7 +17,9 @@ use schemas::id::{ConnId, GatewayId, JoinId, RoomId};
 use schemas::subject;
 use tokio::time::Instant;
 
-use crate::membership::{Admission, Change, JoinRefusal, Joining, Membership, MembershipError};
+use crate::membership::{
+    Admission, Change, JoinRefusal, Joining, Membership, MembershipError, MembershipErrorKind,
+};
 
 /// What membership tasks share.
 pub struct Roster {
@@ -85,7 +87,7 @@ impl Roster {
             Ok(Admission::Refused(JoinRefusal::Cancelled)) => {
                 Verdict::unavailable("join cancelled")
             }
-            Err(err) => unavailable(&room, err),
+            Err(err) => failed(&room, err),
         }
     }
 
@@ -101,7 +103,7 @@ impl Roster {
                 self.announce(&room, &change).await;
                 Verdict::Done
             }
-            Err(err) => unavailable(&room, err),
+            Err(err) => failed(&room, err),
         }
     }
 
@@ -119,7 +121,7 @@ impl Roster {
                 self.announce(&room, &change).await;
                 Verdict::Done
             }
-            Err(err) => unavailable(&room, err),
+            Err(err) => failed(&room, err),
         }
     }
 
@@ -154,7 +156,17 @@ impl Roster {
     }
 }
 
-fn unavailable(room: &RoomId, err: MembershipError) -> Verdict {
-    tracing::warn!(cause = %err, %room, "membership change failed");
-    Verdict::unavailable("room membership unavailable")
+/// The answer to a request whose membership read or change failed, and
+/// its one log line: the one place a [`MembershipError`] becomes what the
+/// client is told. No client code says more than `unavailable` (retry
+/// later) for any kind; the log says which kind it was.
+pub fn failed(room: &RoomId, err: MembershipError) -> Verdict {
+    let kind = err.kind();
+    tracing::warn!(cause = %err, ?kind, %room, "room membership unavailable");
+    match kind {
+        MembershipErrorKind::Read
+        | MembershipErrorKind::Malformed
+        | MembershipErrorKind::Write
+        | MembershipErrorKind::Contended => Verdict::unavailable("room membership unavailable"),
+    }
 }
