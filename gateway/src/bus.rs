@@ -4,7 +4,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::RequestErrorKind;
-use async_nats::StatusCode;
 use prometheus_client::metrics::histogram::Histogram;
 use schemas::client::Member;
 use schemas::event::{
@@ -14,22 +13,76 @@ use schemas::event::{
 use schemas::id::{ClientMsgId, GatewayId, ModeratorId, RoomId, Seq};
 use schemas::subject;
 
-use crate::chat_acks::{Answer, ChatSlot};
+use crate::chat_acks::{self, ChatSlot, Settled};
 use crate::routing::Moderators;
 
 /// A chat's wait for its answer when the NATS client has no request
 /// timeout (bootstrap always sets one).
 const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A request got no usable answer. Clients see `unavailable` for every kind.
+/// A request got no usable answer, with its cause. Clients see
+/// `unavailable` for every kind; the log gets the cause.
+#[derive(Debug)]
+pub struct BusError {
+    kind: BusErrorKind,
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+/// The kind, then the cause, as one line for the log.
+impl std::fmt::Display for BusError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.source {
+            Some(source) => write!(f, "{}: {source}", self.kind),
+            None => write!(f, "{}", self.kind),
+        }
+    }
+}
+
+impl std::error::Error for BusError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|source| source as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl BusError {
+    /// An error of `kind` caused by `source`.
+    pub fn with_source(
+        kind: BusErrorKind,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            kind,
+            source: Some(Box::new(source)),
+        }
+    }
+
+    /// What kind of answer was lacking.
+    pub fn kind(&self) -> BusErrorKind {
+        self.kind
+    }
+}
+
+impl From<BusErrorKind> for BusError {
+    fn from(kind: BusErrorKind) -> Self {
+        Self { kind, source: None }
+    }
+}
+
+/// What kind of answer a request lacked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum BusError {
+pub enum BusErrorKind {
     /// Nobody listens: the service is not running.
     #[error("no service is listening")]
     NoResponders,
-    /// The service did not answer within the request timeout, or NATS is down.
+    /// The service did not answer within the request timeout.
     #[error("the service did not answer in time")]
     TimedOut,
+    /// The request could not be sent: NATS is unreachable or the client
+    /// closed.
+    #[error("the request could not be sent")]
+    NotSent,
     /// The service answered that it cannot serve the request now.
     #[error("the service is unavailable")]
     Unavailable,
@@ -40,16 +93,46 @@ pub enum BusError {
 
 impl From<async_nats::RequestError> for BusError {
     fn from(err: async_nats::RequestError) -> Self {
-        match err.kind() {
-            RequestErrorKind::NoResponders => BusError::NoResponders,
-            _ => BusError::TimedOut,
-        }
+        let kind = match err.kind() {
+            RequestErrorKind::NoResponders => BusErrorKind::NoResponders,
+            RequestErrorKind::TimedOut => BusErrorKind::TimedOut,
+            RequestErrorKind::InvalidSubject
+            | RequestErrorKind::MaxPayloadExceeded
+            | RequestErrorKind::Other => BusErrorKind::NotSent,
+        };
+        BusError::with_source(kind, err)
     }
 }
 
 impl From<event::EventDecodeError> for BusError {
-    fn from(_: event::EventDecodeError) -> Self {
-        BusError::Malformed
+    fn from(err: event::EventDecodeError) -> Self {
+        BusError::with_source(BusErrorKind::Malformed, err)
+    }
+}
+
+/// A connection as the bus sees it: who asks, the moderator its requests
+/// stick to, and where its chat's answer arrives.
+#[derive(Debug)]
+pub struct Requester {
+    /// Who asks.
+    pub member: Member,
+    /// The sticky moderator: `None` sends to the queue group, and each
+    /// answer sets it, so that a connection's rate limits are counted in
+    /// one place.
+    pub moderator: Option<ModeratorId>,
+    /// The wait for the chat under way (see [`crate::chat_acks`]).
+    chat: ChatSlot,
+}
+
+impl Requester {
+    /// `member`, with no moderator yet, waiting for its chat in `chat`
+    /// (the slot the hub answers from deliveries and replies).
+    pub fn new(member: Member, chat: ChatSlot) -> Self {
+        Self {
+            member,
+            moderator: None,
+            chat,
+        }
     }
 }
 
@@ -71,7 +154,7 @@ impl Bus {
     /// `backlog_seconds` records how long each backlog query waits.
     pub fn new(client: async_nats::Client, gateway: GatewayId, backlog_seconds: Histogram) -> Self {
         Self {
-            chat_replies: format!("{}.chat", client.new_inbox()),
+            chat_replies: subject::chat_reply_prefix(&client.new_inbox()),
             request_timeout: client.timeout().unwrap_or(DEFAULT_REQUEST_TIMEOUT),
             client,
             gateway,
@@ -93,16 +176,16 @@ impl Bus {
     /// Asks a moderator to admit `action` from `from`; for anything but
     /// chat (see [`Bus::chat`]).
     ///
-    /// The request goes to `moderator`, the connection's sticky one: `None`
-    /// sends to the queue group, and the answer sets it. If the chosen one is
-    /// gone (no responders), the request goes to the group instead.
+    /// The request goes to the requester's sticky moderator, and the answer
+    /// sets it. If that one is gone (no responders), the request goes to
+    /// the group instead.
     pub async fn moderate(
         &self,
-        moderator: &mut Option<ModeratorId>,
-        from: &Member,
+        from: &mut Requester,
         action: Action,
     ) -> Result<Verdict, BusError> {
-        let payload = self.request(from, action);
+        let payload = self.request(&from.member, action);
+        let moderator = &mut from.moderator;
         let target = moderator.clone();
         let subject = moderate_subject(target.as_ref());
         let result = match (self.client.request(subject, payload.clone()).await, target) {
@@ -124,25 +207,24 @@ impl Bus {
     }
 
     /// Sends chat `id` to the moderator that stores `room`
-    /// ([`crate::routing`]), or while none is known to the connection's
-    /// sticky `moderator` (so its rate limit is counted in one place), or
-    /// to the queue group, and waits for the answer in `slot`: its
-    /// delivery, or the moderator's reply (see [`crate::chat_acks`]). A
-    /// target that is gone (no responders) is forgotten and the group
-    /// asked instead. A timed-out chat may yet have been stored; the
-    /// client's resend is idempotent.
+    /// ([`crate::routing`]), or while none is known to the requester's
+    /// sticky moderator, or to the queue group, and waits for the answer
+    /// (see [`chat_acks::settle`]). A target that is gone (no responders)
+    /// is forgotten and the group asked instead. A timed-out chat may yet
+    /// have been stored; the client's resend is idempotent.
     pub async fn chat(
         &self,
-        moderator: &mut Option<ModeratorId>,
-        from: &Member,
-        slot: &ChatSlot,
+        from: &mut Requester,
         room: &RoomId,
         id: &ClientMsgId,
         text: &str,
     ) -> Result<Verdict, BusError> {
-        let mut target = self.moderators.owner(room).or_else(|| moderator.clone());
+        let mut target = self
+            .moderators
+            .owner(room)
+            .or_else(|| from.moderator.clone());
         loop {
-            let mut waiting = slot.wait_for(room.clone(), id.clone());
+            let mut waiting = from.chat.wait_for(room.clone(), id.clone());
             let action = Action::Chat {
                 room: room.clone(),
                 id: id.clone(),
@@ -150,33 +232,25 @@ impl Bus {
                 acked_by_delivery: true,
             };
             let subject = moderate_subject(target.as_ref());
-            let reply = subject::chat_reply(&self.chat_replies, &from.conn_id, waiting.attempt());
+            let reply =
+                subject::chat_reply(&self.chat_replies, &from.member.conn_id, waiting.attempt());
             self.client
-                .publish_with_reply(subject, reply, self.request(from, action))
+                .publish_with_reply(subject, reply, self.request(&from.member, action))
                 .await
-                .map_err(|_| BusError::TimedOut)?;
-            let answer = tokio::time::timeout(self.request_timeout, &mut waiting.answer).await;
-            let reply = match answer {
-                Ok(Ok(Answer::Delivered { seq, text: stored })) => {
-                    return Ok(Verdict::Stored {
-                        seq: Some(seq),
-                        text: (stored != text).then_some(stored),
-                    });
-                }
-                Ok(Ok(Answer::Replied(reply))) => reply,
-                Ok(Err(_)) | Err(_) => return Err(BusError::TimedOut),
-            };
-            if reply.status == Some(StatusCode::NO_RESPONDERS) {
-                match target.take() {
-                    Some(gone) => {
-                        self.forget(&gone, moderator);
-                        continue;
+                .map_err(|err| BusError::with_source(BusErrorKind::NotSent, err))?;
+            let answer = tokio::time::timeout(self.request_timeout, &mut waiting.answer)
+                .await
+                .ok()
+                .and_then(Result::ok);
+            match chat_acks::settle(answer, text, target.is_some()) {
+                Settled::Answered(verdict) => return Ok(verdict),
+                Settled::Failed(err) => return Err(err),
+                Settled::Gone => {
+                    if let Some(gone) = target.take() {
+                        self.forget(&gone, &mut from.moderator);
                     }
-                    None => return Err(BusError::NoResponders),
                 }
             }
-            let reply: ModerationReply = event::decode(&reply.payload)?;
-            return Ok(reply.verdict);
         }
     }
 
@@ -223,7 +297,7 @@ impl Bus {
         self.backlog_seconds.observe(asked.elapsed().as_secs_f64());
         match event::decode(&answer?.payload)? {
             BacklogReply::Backlog(backlog) => Ok(backlog),
-            BacklogReply::Unavailable => Err(BusError::Unavailable),
+            BacklogReply::Unavailable => Err(BusErrorKind::Unavailable.into()),
         }
     }
 }

@@ -21,9 +21,13 @@
 
 use std::sync::{Arc, Mutex};
 
+use async_nats::StatusCode;
 use schemas::client::ChatMessage;
+use schemas::event::{self, ModerationReply, Verdict};
 use schemas::id::{ClientMsgId, RoomId, Seq};
 use tokio::sync::oneshot;
+
+use crate::bus::{BusError, BusErrorKind};
 
 /// How a waiting chat was answered.
 #[derive(Debug)]
@@ -37,6 +41,46 @@ pub enum Answer {
     },
     /// The moderator replied (or NATS did, for want of responders).
     Replied(async_nats::Message),
+}
+
+/// What one attempt at sending a chat came to.
+#[derive(Debug)]
+pub enum Settled {
+    /// The moderator's verdict: `Stored` when the delivery came first.
+    Answered(Verdict),
+    /// The moderator the chat went to is gone: ask the group instead.
+    Gone,
+    /// No usable answer.
+    Failed(BusError),
+}
+
+/// Reads the answer to an attempt at sending `sent`, whichever of its three
+/// routes it came by: its delivery (stored: the ack, with the stored text
+/// when sanitizing changed it), the moderator's reply (a rejection, a
+/// failure, a resend of a stored chat), or NATS's no-responders status
+/// (the attempt went to one moderator, `targeted`, that is gone; with
+/// none targeted, nobody listens). `None` is no answer in time.
+pub fn settle(answer: Option<Answer>, sent: &str, targeted: bool) -> Settled {
+    let reply = match answer {
+        None => return Settled::Failed(BusErrorKind::TimedOut.into()),
+        Some(Answer::Delivered { seq, text }) => {
+            return Settled::Answered(Verdict::Stored {
+                seq: Some(seq),
+                text: (text != sent).then_some(text),
+            });
+        }
+        Some(Answer::Replied(reply)) => reply,
+    };
+    if reply.status == Some(StatusCode::NO_RESPONDERS) {
+        return match targeted {
+            true => Settled::Gone,
+            false => Settled::Failed(BusErrorKind::NoResponders.into()),
+        };
+    }
+    match event::decode::<ModerationReply>(&reply.payload) {
+        Ok(reply) => Settled::Answered(reply.verdict),
+        Err(err) => Settled::Failed(err.into()),
+    }
 }
 
 /// The chat one connection waits for, if any.
@@ -221,6 +265,92 @@ mod tests {
         assert!(
             matches!(waiting.answer.try_recv(), Ok(Answer::Replied(msg)) if msg.subject.as_str() == "current")
         );
+    }
+
+    fn replied(status: Option<StatusCode>, payload: Vec<u8>) -> Option<Answer> {
+        let mut msg = reply("r");
+        msg.status = status;
+        msg.payload = payload.into();
+        Some(Answer::Replied(msg))
+    }
+
+    #[test]
+    fn every_route_of_an_answer_settles_the_chat() {
+        let delivered = |text: &str| {
+            Some(Answer::Delivered {
+                seq: Seq(7),
+                text: text.into(),
+            })
+        };
+        let verdict = |verdict: Verdict| {
+            event::encode(&ModerationReply {
+                moderator: "m1".into(),
+                verdict,
+            })
+        };
+        let rejected = Verdict::Rejected {
+            code: schemas::code::ErrorCode::RateLimited,
+            message: "slow down".into(),
+        };
+        let no_responders = || replied(Some(StatusCode::NO_RESPONDERS), Vec::new());
+        let cases: Vec<(&str, Option<Answer>, bool, &str)> = vec![
+            (
+                "delivered as sent",
+                delivered("hi"),
+                true,
+                "Stored(7, None)",
+            ),
+            (
+                "delivered sanitized",
+                delivered("h"),
+                false,
+                "Stored(7, Some(\"h\"))",
+            ),
+            (
+                "a rejection",
+                replied(None, verdict(rejected)),
+                true,
+                "Rejected(rate_limited)",
+            ),
+            (
+                "a stored resend",
+                replied(
+                    None,
+                    verdict(Verdict::Stored {
+                        seq: Some(Seq(3)),
+                        text: None,
+                    }),
+                ),
+                false,
+                "Stored(3, None)",
+            ),
+            ("its moderator is gone", no_responders(), true, "Gone"),
+            (
+                "nobody listens",
+                no_responders(),
+                false,
+                "Failed(NoResponders)",
+            ),
+            (
+                "a garbled reply",
+                replied(None, b"junk".to_vec()),
+                true,
+                "Failed(Malformed)",
+            ),
+            ("no answer in time", None, true, "Failed(TimedOut)"),
+        ];
+        for (case, answer, targeted, expected) in cases {
+            let got = match settle(answer, "hi", targeted) {
+                Settled::Answered(Verdict::Stored { seq, text }) => {
+                    format!("Stored({}, {text:?})", seq.map_or(0, |s| s.0))
+                }
+                Settled::Answered(Verdict::Rejected { code, .. }) => format!("Rejected({code})"),
+                Settled::Answered(other) => format!("{other:?}"),
+                Settled::Gone => "Gone".into(),
+                Settled::Failed(err) => format!("Failed({:?})", err.kind()),
+            };
+            assert_eq!(got, expected, "{case}");
+        }
     }
 
     #[test]

@@ -32,7 +32,8 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::Bus;
+use crate::bus::{Bus, Requester};
+use crate::chat_acks::ChatSlot;
 use crate::hub::Hub;
 
 /// How often rooms are checked for members of dead gateways.
@@ -182,7 +183,10 @@ impl Cluster {
             let bus = self.bus.clone();
             watch.reaps.spawn(async move {
                 let action = Action::Reap { room, gateway };
-                if let Err(err) = bus.moderate(&mut None, &reaper(), action).await {
+                if let Err(err) = bus
+                    .moderate(&mut Requester::new(reaper(), ChatSlot::default()), action)
+                    .await
+                {
                     tracing::warn!(cause = %err, "removal request failed; will ask again");
                 }
             });

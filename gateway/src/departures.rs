@@ -19,7 +19,8 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::Bus;
+use crate::bus::{Bus, Requester};
+use crate::chat_acks::ChatSlot;
 
 /// Departures waiting for the worker; past this, closing connections wait.
 const QUEUE_CAPACITY: usize = 4096;
@@ -103,15 +104,18 @@ async fn leave(bus: &Bus, departure: Departure, closing: &CancellationToken) {
         member,
         room,
         attempt,
-        mut moderator,
+        moderator,
     } = departure;
+    // Its own slot: a departure sends no chat.
+    let mut from = Requester::new(member, ChatSlot::default());
+    from.moderator = moderator;
     let mut backoff = Duration::from_millis(100);
     for attempts in 1.. {
         let action = Action::Leave {
             room: room.clone(),
             attempt: attempt.clone(),
         };
-        match bus.moderate(&mut moderator, &member, action).await {
+        match bus.moderate(&mut from, action).await {
             Ok(Verdict::Rejected { code, message })
                 if !matches!(code, ErrorCode::Unavailable | ErrorCode::RateLimited) =>
             {
@@ -122,11 +126,11 @@ async fn leave(bus: &Bus, departure: Departure, closing: &CancellationToken) {
             Ok(_) => return,
         }
         if attempts >= ATTEMPTS_WHEN_STOPPING && closing.is_cancelled() {
-            tracing::error!(%room, conn_id = %member.conn_id, "gave up telling the moderator a member left");
+            tracing::error!(%room, conn_id = %from.member.conn_id, "gave up telling the moderator a member left");
             return;
         }
         if attempts == ATTEMPTS_WHEN_STOPPING {
-            tracing::warn!(%room, conn_id = %member.conn_id, "still telling the moderator a member left");
+            tracing::warn!(%room, conn_id = %from.member.conn_id, "still telling the moderator a member left");
         }
         tokio::time::sleep(bootstrap::backoff::jittered(backoff)).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);

@@ -287,7 +287,7 @@ impl Hub {
     /// `prefix` (see [`subject::chat_reply`]), and hands each to its
     /// connection until shutdown.
     pub async fn route_chat_replies(self: &Arc<Self>, prefix: &str) -> Result<(), SubscribeError> {
-        let subscriber = self.client.subscribe(format!("{prefix}.*.*")).await?;
+        let subscriber = self.client.subscribe(subject::chat_replies(prefix)).await?;
         self.route(subscriber, |hub, msg| {
             if let Some((conn, attempt)) = subject::parse_chat_reply(&msg.subject)
                 && let Some(handle) = hub.connection(&conn)
@@ -449,12 +449,12 @@ async fn fan_out(
 /// the message, which may answer its sender's wait.
 struct Decoded {
     delivery: Delivery,
-    membership: Option<Membership>,
+    membership: Option<MembersAfter>,
     chat: Option<ChatMessage>,
 }
 
 /// The room's members after a presence change.
-struct Membership {
+struct MembersAfter {
     members: Vec<RoomMember>,
     revision: u64,
     /// A local connection this change took the seat from, if any.
@@ -482,7 +482,7 @@ fn presence_delivery(room: &RoomId, payload: &[u8]) -> Result<Decoded, event::Ev
         member: change.member.member.clone(),
     };
     let conn = change.member.member.conn_id;
-    let membership = Membership {
+    let membership = MembersAfter {
         members: change.members,
         revision: change.revision,
         replaced: change.replaced.then(|| conn.clone()),

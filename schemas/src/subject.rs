@@ -93,6 +93,17 @@ pub fn chat_reply(prefix: &str, conn: &ConnId, attempt: u64) -> String {
     format!("{prefix}.{conn}.{attempt}")
 }
 
+/// A gateway's [`chat_reply`] prefix, under `inbox`, one of its NATS
+/// client's own inboxes (which its permissions let it subscribe to).
+pub fn chat_reply_prefix(inbox: &str) -> String {
+    format!("{inbox}.chat")
+}
+
+/// What a gateway subscribes to for every [`chat_reply`] under `prefix`.
+pub fn chat_replies(prefix: &str) -> String {
+    format!("{prefix}.*.*")
+}
+
 /// The connection and attempt a [`chat_reply`] subject names.
 pub fn parse_chat_reply(subject: &str) -> Option<(ConnId, u64)> {
     let (rest, attempt) = subject.rsplit_once('.')?;
@@ -159,8 +170,10 @@ mod tests {
 
     #[test]
     fn chat_replies_name_the_connection_and_attempt() {
-        let subject = chat_reply("_INBOX.abc.chat", &ConnId("c1".into()), 42);
+        let prefix = chat_reply_prefix("_INBOX.abc");
+        let subject = chat_reply(&prefix, &ConnId("c1".into()), 42);
         assert_eq!(subject, "_INBOX.abc.chat.c1.42");
+        assert_eq!(chat_replies(&prefix), "_INBOX.abc.chat.*.*");
         assert_eq!(parse_chat_reply(&subject), Some((ConnId("c1".into()), 42)));
         assert_eq!(parse_chat_reply("_INBOX.abc.chat.c1.x"), None);
     }
