@@ -34,7 +34,7 @@
 # of load. Each run also
 # reports the gateways' peak resident memory during it.
 # --short: 15 s of load per fault and shorter outages (CI runs this for six
-# faults, see scripts/test.sh). It runs as its own compose project on its own ports, so it
+# faults and the two operations runs, eight runs in all: see scripts/test.sh). It runs as its own compose project on its own ports, so it
 # never touches a deployment started with scripts/up.sh, and takes it down
 # (volumes included) when done. Traffic goes to loopback only.
 #
