@@ -4,6 +4,7 @@ use std::fmt::Display;
 use std::future::Future;
 use std::pin::Pin;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{CommandFactory, FromArgMatches};
 use serde::Serialize;
@@ -36,10 +37,17 @@ pub struct Common {
 /// The shutdown future handed to a service.
 pub type Shutdown = Pin<Box<dyn Future<Output = ()> + Send>>;
 
+/// How long a stopping service waits for NATS to take the messages it
+/// still holds. They wait only when NATS is unreachable at that moment (the
+/// client is reconnecting); past this they are lost, and whoever waits for
+/// them times out and retries, as if the service had died.
+const FINAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Parses the command line (`--help` shows `about`), loads the
 /// configuration, sets up tracing, connects to NATS as `name`, runs the
-/// service until SIGTERM or Ctrl-C, then drains the NATS connection so
-/// replies and announcements in flight are sent.
+/// service until SIGTERM or Ctrl-C, then flushes the NATS connection so
+/// replies and announcements in flight are written out to the server
+/// (waiting at most [`FINAL_FLUSH_TIMEOUT`]), and drains it.
 ///
 /// If `[health] listen` is set, `/health`, `/ready` and `/metrics` are
 /// served there: ready once the service has called [`Started::set`] and
@@ -100,15 +108,38 @@ where
     let shutdown = Box::pin(crate::shutdown::signal());
     let result = service(client.clone(), config, shutdown, started, metrics).await;
     drop(stop_health);
-    if let Some(health) = health {
-        let _ = health.await;
+    if let Some(health) = health
+        && let Err(err) = health.await
+    {
+        tracing::error!(cause = %err, "the health server failed");
     }
-    let _ = client.drain().await;
+    close(&client).await;
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(cause = %err, "{name} failed");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Sends what the service left with `client` and closes it. The service
+/// has answered everything it took and published what it had to, but the
+/// messages may still sit in the client's queue: `drain` only asks the
+/// connection's task to close, and the process could exit before that task
+/// had written them. So the flush is waited for; the drain is not, as
+/// nothing is left to send by then.
+async fn close(client: &async_nats::Client) {
+    match tokio::time::timeout(FINAL_FLUSH_TIMEOUT, client.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => {
+            tracing::warn!(cause = %err, "NATS messages in flight may not have been sent");
+        }
+        Err(_) => tracing::warn!(
+            "NATS did not take the messages in flight within {FINAL_FLUSH_TIMEOUT:?}; they are lost"
+        ),
+    }
+    if let Err(err) = client.drain().await {
+        tracing::warn!(cause = %err, "NATS connection not drained");
     }
 }
