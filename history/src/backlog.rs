@@ -28,6 +28,10 @@ pub enum ReadError {
     /// The batch did not end within the request timeout.
     #[error("the batch did not arrive within {0:?}")]
     TimedOut(Duration),
+    /// The reply subscription ended before the batch did: the NATS
+    /// connection is closing.
+    #[error("the reply subscription ended before the batch")]
+    Ended,
     /// No replica answers direct gets now (one catching up stops until it
     /// has).
     #[error("no replica answers direct gets")]
@@ -103,7 +107,8 @@ pub async fn read_room(
     loop {
         let msg = match tokio::time::timeout_at(deadline, replies.next()).await {
             Ok(Some(msg)) => msg,
-            Ok(None) | Err(_) => return Err(ReadError::TimedOut(timeout)),
+            Ok(None) => return Err(ReadError::Ended),
+            Err(_) => return Err(ReadError::TimedOut(timeout)),
         };
         match msg.status.map(|status| status.as_u16()) {
             Some(END_OF_BATCH | NOT_FOUND) => break,
@@ -120,7 +125,11 @@ pub async fn read_room(
             break;
         }
     }
-    let _ = replies.unsubscribe().await;
+    // Failing only when the connection is gone, which takes the
+    // subscription with it.
+    if let Err(err) = replies.unsubscribe().await {
+        tracing::debug!(cause = %err, "cannot unsubscribe from a read batch");
+    }
     Ok(messages)
 }
 

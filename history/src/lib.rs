@@ -159,9 +159,15 @@ impl Running {
         }
         tracing::info!("history shutting down");
         // Out of the queue group first, so new queries go to the others
-        // while this one answers what it holds.
-        let _ = queries.stop().await;
-        let _ = service.stop().await;
+        // while this one answers what it holds. A failure here does not
+        // stop the shutdown: the connection closes once the queries in
+        // hand are answered, which ends the subscription too.
+        if let Err(err) = queries.stop().await {
+            tracing::warn!(cause = %err, "cannot leave the query subject");
+        }
+        if let Err(err) = service.stop().await {
+            tracing::warn!(cause = %err, "cannot leave the services API");
+        }
         while tasks.join_next().await.is_some() {}
     }
 }
@@ -174,9 +180,12 @@ async fn answer(
     backlog_size: usize,
     query: Request,
 ) -> QueryOutcome {
-    let Ok(request) = event::decode::<BacklogRequest>(&query.message.payload) else {
-        tracing::warn!("dropping a malformed backlog query");
-        return QueryOutcome::Malformed;
+    let request = match event::decode::<BacklogRequest>(&query.message.payload) {
+        Ok(request) => request,
+        Err(err) => {
+            tracing::warn!(cause = %err, "dropping a malformed backlog query");
+            return QueryOutcome::Malformed;
+        }
     };
     let (reply, outcome) = match read_current(client, js, metrics, &request, backlog_size).await {
         Ok(retained) => {

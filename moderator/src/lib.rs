@@ -226,11 +226,12 @@ impl Running {
                 _ = &mut shutdown => break,
                 Some(msg) = any.next() => moderator.handle(msg).await,
                 Some(msg) = direct.next() => moderator.handle(msg).await,
-                Some(msg) = heartbeats.next() => {
-                    if let Ok(heartbeat) = event::decode::<Heartbeat>(&msg.payload) {
-                        moderator.roster.heard(heartbeat.gateway);
-                    }
-                }
+                Some(msg) = heartbeats.next() => match event::decode::<Heartbeat>(&msg.payload) {
+                    Ok(heartbeat) => moderator.roster.heard(heartbeat.gateway),
+                    // Its gateway goes unheard: heard no other way (its
+                    // requests), it is taken for dead.
+                    Err(err) => tracing::warn!(cause = %err, "dropping a malformed gateway heartbeat"),
+                },
                 Some(_) = moderator.requests.join_next() => {}
                 () = moderator.writers.reap() => {}
                 _ = forget.tick() => moderator.roster.forget_dead(),
@@ -243,12 +244,20 @@ impl Running {
         }
         tracing::info!("moderator shutting down");
         // Out of the queue group first, so new requests go to the others
-        // while this one finishes what it holds.
+        // while this one finishes what it holds. A failure here does not
+        // stop the shutdown: the connection closes once the work in hand
+        // is done, which ends these subscriptions too.
         for endpoint in [&mut any, &mut direct] {
-            let _ = endpoint.stop().await;
+            if let Err(err) = endpoint.stop().await {
+                tracing::warn!(cause = %err, "cannot leave the request subjects");
+            }
         }
-        let _ = heartbeats.unsubscribe().await;
-        let _ = service.stop().await;
+        if let Err(err) = heartbeats.unsubscribe().await {
+            tracing::warn!(cause = %err, "cannot stop listening to heartbeats");
+        }
+        if let Err(err) = service.stop().await {
+            tracing::warn!(cause = %err, "cannot leave the services API");
+        }
         moderator.finish().await;
     }
 }

@@ -198,12 +198,26 @@ impl RoomWriter {
         Ok(predecessor)
     }
 
+    /// The seq of the message stored at `stream_seq`, which a resend
+    /// duplicates; `None` once it has left the backlog, or if it cannot be
+    /// read (logged): the resend is then acked without its seq.
     async fn original_seq(&self, stream_seq: u64) -> Option<Seq> {
-        let stream = self.stream().await.ok()?;
-        let original = stream.get_raw_message(stream_seq).await.ok()?;
-        event::decode::<ChatMessage>(&original.payload)
-            .ok()
-            .map(|chat| chat.seq)
+        let unread = |cause: &dyn std::fmt::Display| {
+            tracing::warn!(%cause, room = %self.room, stream_seq, "cannot read a resend's original");
+            None
+        };
+        let stream = match self.stream().await {
+            Ok(stream) => stream,
+            Err(err) => return unread(&err),
+        };
+        match stream.get_raw_message(stream_seq).await {
+            Ok(original) => match event::decode::<ChatMessage>(&original.payload) {
+                Ok(chat) => Some(chat.seq),
+                Err(err) => unread(&err),
+            },
+            Err(err) if err.kind() == stream::RawMessageErrorKind::NoMessageFound => None,
+            Err(err) => unread(&err),
+        }
     }
 
     async fn stream(
