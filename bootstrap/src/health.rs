@@ -137,7 +137,11 @@ pub async fn serve(listener: TcpListener, ready: Check, metrics: Metrics, shutdo
             Some(_) = connections.join_next() => continue,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
-                Err(_) => continue,
+                // Such as too many open files: the next accept may work.
+                Err(err) => {
+                    tracing::warn!(cause = %err, "cannot accept a health connection");
+                    continue;
+                }
             },
         };
         let (ready, metrics) = (ready.clone(), metrics.clone());
@@ -157,9 +161,13 @@ pub async fn serve(listener: TcpListener, ready: Check, metrics: Metrics, shutdo
                     Ok::<_, Infallible>(response)
                 }
             });
-            let _ = http1::Builder::new()
+            // A prober that hangs up early ends here; nothing to act on.
+            if let Err(err) = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
-                .await;
+                .await
+            {
+                tracing::debug!(cause = %err, "health connection ended");
+            }
         });
     }
 }

@@ -1,8 +1,13 @@
 //! The signal that stops a service.
 
-/// Resolves when the process receives Ctrl-C or SIGTERM (what `docker stop` sends).
+/// Resolves when the process receives Ctrl-C or SIGTERM (what `docker stop`
+/// sends), or at once if Ctrl-C cannot be listened for (logged).
 pub async fn signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+    let ctrl_c = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::error!(cause = %err, "cannot listen for Ctrl-C; stopping");
+        }
+    };
     #[cfg(unix)]
     {
         let mut term = match tokio::signal::unix::signal(
@@ -11,7 +16,7 @@ pub async fn signal() {
             Ok(term) => term,
             Err(err) => {
                 tracing::warn!(cause = %err, "cannot listen for SIGTERM; only Ctrl-C stops the service");
-                let _ = ctrl_c.await;
+                ctrl_c.await;
                 return;
             }
         };
@@ -21,5 +26,5 @@ pub async fn signal() {
         }
     }
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    ctrl_c.await;
 }
