@@ -47,7 +47,7 @@ const FINAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// configuration, sets up tracing, connects to NATS as `name`, runs the
 /// service until SIGTERM or Ctrl-C, then flushes the NATS connection so
 /// replies and announcements in flight are written out to the server
-/// (waiting at most [`FINAL_FLUSH_TIMEOUT`]), and drains it.
+/// (waiting at most 5 s, `FINAL_FLUSH_TIMEOUT`), and drains it.
 ///
 /// If `[health] listen` is set, `/health`, `/ready` and `/metrics` are
 /// served there: ready once the service has called [`Started::set`] and

@@ -1,12 +1,16 @@
 //! The moderator: every client event that could reach a room passes here first.
 //!
-//! Gateways send [`ModerationRequest`]s over NATS request/reply. Each request
-//! is parsed once into a [`Command`](command::Command) and applied by the
-//! method for its action: chat is rate-limited, checked, sanitized and
-//! handed to its room's writer, which stores it in JetStream (the stream
-//! then republishes it to gateways) and only then acknowledges the sender;
-//! joins, leaves and reaps change
-//! the room's membership; signals are relayed to the target's gateway.
+//! Gateways send [`ModerationRequest`](schemas::event::ModerationRequest)s
+//! over NATS request/reply. Each request is parsed once into a
+//! [`Command`](command::Command) and applied by the method for its action:
+//! chat is rate-limited, checked, sanitized and handed to its room's
+//! writer, which stores it in JetStream. A chat stored now gets no answer
+//! from the moderator: the stream republishes it to the room's gateways,
+//! and the sender's gateway acks the sender from that delivery. The
+//! moderator answers only a chat it does not store now (rejected, failed,
+//! a resend) or one whose gateway asks for every answer (an older gateway,
+//! `acked_by_delivery` false). Joins, leaves and reaps change the room's
+//! membership; signals are relayed to the target's gateway.
 //!
 //! * [`config`]: the settings and their defaults.
 //! * [`command`]: one typed command per request, one method per action.
