@@ -40,7 +40,7 @@ const EMPTY_ROOM_MARKER_TTL: Duration = Duration::from_secs(3600);
 pub type OpenError = jetstream::context::CreateKeyValueError;
 
 /// A membership change could not be made; the client gets `unavailable`
-/// (`roster::failed` chooses what it is told).
+/// ([`roster::failed`](crate::roster::failed) chooses what it is told).
 #[derive(Debug, thiserror::Error)]
 pub enum MembershipError {
     /// The room's entry could not be read from the stream's leader.
