@@ -244,7 +244,9 @@ impl Bus {
                 .and_then(Result::ok);
             match chat_acks::settle(answer, text, target.is_some()) {
                 Settled::Answered(verdict) => return Ok(verdict),
-                Settled::Failed(err) => return Err(err),
+                Settled::NoResponders => return Err(BusErrorKind::NoResponders.into()),
+                Settled::TimedOut => return Err(BusErrorKind::TimedOut.into()),
+                Settled::Malformed(err) => return Err(err.into()),
                 Settled::Gone => {
                     if let Some(gone) = target.take() {
                         self.forget(&gone, &mut from.moderator);

@@ -27,8 +27,6 @@ use schemas::event::{self, ModerationReply, Verdict};
 use schemas::id::{ClientMsgId, RoomId, Seq};
 use tokio::sync::oneshot;
 
-use crate::bus::{BusError, BusErrorKind};
-
 /// How a waiting chat was answered.
 #[derive(Debug)]
 pub enum Answer {
@@ -50,8 +48,12 @@ pub enum Settled {
     Answered(Verdict),
     /// The moderator the chat went to is gone: ask the group instead.
     Gone,
-    /// No usable answer.
-    Failed(BusError),
+    /// Nobody listens: no moderator runs.
+    NoResponders,
+    /// No answer in time.
+    TimedOut,
+    /// The reply could not be decoded.
+    Malformed(event::EventDecodeError),
 }
 
 /// Reads the answer to an attempt at sending `sent`, whichever of its three
@@ -62,7 +64,7 @@ pub enum Settled {
 /// none targeted, nobody listens). `None` is no answer in time.
 pub fn settle(answer: Option<Answer>, sent: &str, targeted: bool) -> Settled {
     let reply = match answer {
-        None => return Settled::Failed(BusErrorKind::TimedOut.into()),
+        None => return Settled::TimedOut,
         Some(Answer::Delivered { seq, text }) => {
             return Settled::Answered(Verdict::Stored {
                 seq: Some(seq),
@@ -74,12 +76,12 @@ pub fn settle(answer: Option<Answer>, sent: &str, targeted: bool) -> Settled {
     if reply.status == Some(StatusCode::NO_RESPONDERS) {
         return match targeted {
             true => Settled::Gone,
-            false => Settled::Failed(BusErrorKind::NoResponders.into()),
+            false => Settled::NoResponders,
         };
     }
     match event::decode::<ModerationReply>(&reply.payload) {
         Ok(reply) => Settled::Answered(reply.verdict),
-        Err(err) => Settled::Failed(err.into()),
+        Err(err) => Settled::Malformed(err),
     }
 }
 
@@ -325,19 +327,14 @@ mod tests {
                 "Stored(3, None)",
             ),
             ("its moderator is gone", no_responders(), true, "Gone"),
-            (
-                "nobody listens",
-                no_responders(),
-                false,
-                "Failed(NoResponders)",
-            ),
+            ("nobody listens", no_responders(), false, "NoResponders"),
             (
                 "a garbled reply",
                 replied(None, b"junk".to_vec()),
                 true,
-                "Failed(Malformed)",
+                "Malformed",
             ),
-            ("no answer in time", None, true, "Failed(TimedOut)"),
+            ("no answer in time", None, true, "TimedOut"),
         ];
         for (case, answer, targeted, expected) in cases {
             let got = match settle(answer, "hi", targeted) {
@@ -347,7 +344,9 @@ mod tests {
                 Settled::Answered(Verdict::Rejected { code, .. }) => format!("Rejected({code})"),
                 Settled::Answered(other) => format!("{other:?}"),
                 Settled::Gone => "Gone".into(),
-                Settled::Failed(err) => format!("Failed({:?})", err.kind()),
+                Settled::NoResponders => "NoResponders".into(),
+                Settled::TimedOut => "TimedOut".into(),
+                Settled::Malformed(_) => "Malformed".into(),
             };
             assert_eq!(got, expected, "{case}");
         }
