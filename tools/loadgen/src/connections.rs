@@ -11,8 +11,7 @@ use tokio::sync::{Mutex, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::client::Client;
-use crate::token::Minter;
+use crate::connect::{connect_from, token};
 
 /// Handshakes under way at once.
 const CONCURRENCY: usize = 256;
@@ -53,6 +52,22 @@ pub struct Report {
     pub rss_per_connection_bytes: Option<u64>,
 }
 
+/// The report as text, for people.
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "opened {} in {:.1}s ({:.0}/s), failed {:?}",
+            self.opened, self.ramp_seconds, self.ramp_rate, self.failed
+        )?;
+        write!(
+            f,
+            "gateway RSS before {:?} KiB, held {:?} KiB, per connection {:?} bytes",
+            self.rss_before_kib, self.rss_held_kib, self.rss_per_connection_bytes
+        )
+    }
+}
+
 /// Live totals for the progress line.
 #[derive(Default)]
 pub struct Progress {
@@ -63,7 +78,7 @@ pub struct Progress {
 }
 
 /// Opens the connections, holds them, reports, then closes them.
-pub async fn run(plan: &Plan, minter: &Minter, progress: Arc<Progress>) -> Report {
+pub async fn run(plan: &Plan, secret: &[u8], progress: Arc<Progress>) -> Report {
     let rss_before = plan.gateway_pid.and_then(rss_kib);
     let held = Arc::new(Mutex::new(Vec::with_capacity(plan.count)));
     let failed = Arc::new(std::sync::Mutex::new(BTreeMap::<String, u64>::new()));
@@ -84,14 +99,14 @@ pub async fn run(plan: &Plan, minter: &Minter, progress: Arc<Progress>) -> Repor
         // only a few connections on a gateway.
         let (url, token, held, failed, progress) = (
             plan.gateway.clone(),
-            minter.token(&format!("idle-{n}")),
+            token(secret, &format!("idle-{n}")),
             held.clone(),
             failed.clone(),
             progress.clone(),
         );
         tasks.spawn(async move {
-            match Client::connect_from(&url, &token, Some(source)).await {
-                Ok(client) => {
+            match connect_from(&url, &token, Some(source)).await {
+                Ok((client, _)) => {
                     held.lock().await.push(client);
                     progress.opened.fetch_add(1, Ordering::Relaxed);
                 }
@@ -112,7 +127,7 @@ pub async fn run(plan: &Plan, minter: &Minter, progress: Arc<Progress>) -> Repor
     tokio::time::sleep(plan.hold).await;
     let rss_held = plan.gateway_pid.and_then(rss_kib);
     let opened = progress.opened.load(Ordering::Relaxed);
-    for client in held.lock().await.drain(..) {
+    for mut client in held.lock().await.drain(..) {
         client.close().await;
     }
     let failed = std::mem::take(&mut *failed.lock().expect("not poisoned"));

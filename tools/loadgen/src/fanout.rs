@@ -1,22 +1,22 @@
 //! Fan-out load: rooms of clients all sending chat, every delivery timed
 //! and checked for loss, duplication and order.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use cavlo_client::{Connection, Outbox};
 use schemas::client::{ClientFrame, ServerFrame};
 use schemas::code::ErrorCode;
-use schemas::id::{ConnId, RoomId, Seq};
+use schemas::id::{ClientMsgId, ConnId, RoomId, Seq};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::client::{Client, ClientError};
+use crate::connect::{ClientError, connect, connect_slow, expect, token};
 use crate::latency::{Latency, Summary};
 use crate::ledger::{Correctness, Received};
-use crate::token::Minter;
 
 /// Connections opened at once while setting up.
 const CONNECT_CONCURRENCY: usize = 64;
@@ -105,6 +105,83 @@ pub struct Report {
     pub correctness: Correctness,
 }
 
+impl Report {
+    /// Whether the run passed: nothing lost, duplicated, reordered or
+    /// skipped live; at least `min_acked` of the sent messages acked; and,
+    /// with slow consumers, each of them closed as slow (4100) and no other
+    /// connection. The error says what failed.
+    pub fn verdict(&self, plan: &Plan, min_acked: f64) -> Result<(), String> {
+        let acked = self.acked as f64 / self.sent.max(1) as f64;
+        if !self.correctness.is_clean() {
+            Err("deliveries were lost, duplicated, reordered or skipped live".to_owned())
+        } else if self.sent == 0 || acked < min_acked {
+            Err(format!(
+                "{} of {} sent messages acked, {:.1} % required; errors {:?}",
+                self.acked,
+                self.sent,
+                min_acked * 100.0,
+                self.errors
+            ))
+        } else if plan.slow > 0
+            && (self.slow_closed < plan.slow as u64 || self.reconnects != self.slow_closed)
+        {
+            Err(format!(
+                "{} slow consumers, {} of them closed as slow (4100), \
+                 {} reconnects in all; closes {:?}",
+                plan.slow, self.slow_closed, self.reconnects, self.closes
+            ))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// The report as text, for people.
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (d, a, c) = (&self.delivery_latency, &self.ack_latency, &self.correctness);
+        writeln!(
+            f,
+            "sent {} acked {} delivered {} in {:.1}s",
+            self.sent, self.acked, self.deliveries, self.seconds
+        )?;
+        writeln!(
+            f,
+            "deliveries/s {:.0}  acks/s {:.0}",
+            self.deliveries_per_second, self.acks_per_second
+        )?;
+        writeln!(
+            f,
+            "delivery latency µs: p50 {} p90 {} p99 {} p99.9 {} max {}",
+            d.p50, d.p90, d.p99, d.p999, d.max
+        )?;
+        writeln!(
+            f,
+            "ack latency µs:      p50 {} p90 {} p99 {} p99.9 {} max {}",
+            a.p50, a.p90, a.p99, a.p999, a.max
+        )?;
+        writeln!(
+            f,
+            "errors {:?}  closes by code {:?}",
+            self.errors, self.closes
+        )?;
+        writeln!(
+            f,
+            "unacked {} reconnects {} (peak {}/s) truncated rejoins {} longest silence {} ms",
+            self.unacked,
+            self.reconnects,
+            self.peak_reconnects_per_second,
+            self.truncated,
+            self.longest_silence_ms
+        )?;
+        write!(
+            f,
+            "lost {} duplicated {} reordered {} live gaps {}",
+            c.lost, c.duplicated, c.reordered, c.live_gaps
+        )
+    }
+}
+
 /// Live totals for the progress line.
 #[derive(Default)]
 pub struct Progress {
@@ -142,13 +219,13 @@ struct Outcome {
 /// Runs the plan; `progress` is updated as it goes.
 pub async fn run(
     plan: &Plan,
-    minter: &Minter,
+    secret: &[u8],
     progress: Arc<Progress>,
 ) -> Result<Report, ClientError> {
     let rooms: Vec<RoomId> = (0..plan.rooms)
         .map(|_| RoomId(format!("load-{}", nuid::next())))
         .collect();
-    let clients = connect_all(plan, minter, &rooms).await?;
+    let clients = connect_all(plan, secret, &rooms).await?;
 
     let origin = Instant::now();
     let start = origin + Duration::from_millis(200);
@@ -159,7 +236,7 @@ pub async fn run(
     let padding = "x".repeat(plan.size.saturating_sub(21));
 
     let mut tasks = JoinSet::new();
-    for (n, (room, index, user, client)) in clients.into_iter().enumerate() {
+    for (n, (room, index, user, connection, conn_id)) in clients.into_iter().enumerate() {
         let schedule = Schedule {
             // Spread the first sends over one interval so clients do not fire together.
             first: start + interval.map_or(Duration::ZERO, |i| i.mul_f64(n as f64 / per_client)),
@@ -172,22 +249,17 @@ pub async fn run(
             room,
             index,
             room_id: rooms[room].clone(),
-            token: minter.token(&format!("load-{user}")),
+            token: token(secret, &format!("load-{user}")),
             gateways: plan.gateways.clone(),
             gateway: user % plan.gateways.len(),
             connected_at: origin,
-            seat: client.conn_id.clone(),
+            seat: conn_id,
             resume: plan.resume,
             pause: is_slow(plan, room, index)
                 .then(|| (start + SLOW_AFTER, start + SLOW_AFTER + plan.slow_pause)),
         };
-        tasks.spawn(drive(
-            client,
-            member,
-            schedule,
-            padding.clone(),
-            progress.clone(),
-        ));
+        let rider = Rider::new(connection, member, schedule);
+        tasks.spawn(rider.drive(padding.clone(), progress.clone()));
     }
     let mut outcomes = Vec::new();
     while let Some(done) = tasks.join_next().await {
@@ -196,11 +268,15 @@ pub async fn run(
     Ok(report(plan, outcomes))
 }
 
+/// A connected client: which room and index it has, its user, its
+/// connection and that connection's id.
+type Connected = (usize, usize, usize, Connection, ConnId);
+
 async fn connect_all(
     plan: &Plan,
-    minter: &Minter,
+    secret: &[u8],
     rooms: &[RoomId],
-) -> Result<Vec<(usize, usize, usize, Client)>, ClientError> {
+) -> Result<Vec<Connected>, ClientError> {
     let permits = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
     let mut tasks = JoinSet::new();
     for (room, room_id) in rooms.iter().enumerate() {
@@ -208,7 +284,7 @@ async fn connect_all(
             let n = room * plan.clients_per_room + index;
             let url = plan.gateways[n % plan.gateways.len()].clone();
             let (token, room_id, permits) = (
-                minter.token(&format!("load-{n}")),
+                token(secret, &format!("load-{n}")),
                 room_id.clone(),
                 permits.clone(),
             );
@@ -219,28 +295,27 @@ async fn connect_all(
             };
             tasks.spawn(async move {
                 let _permit = permits.acquire().await.expect("never closed");
-                let mut client = if slow {
-                    Client::connect_slow(&url, &token, SLOW_RECEIVE_BUFFER).await?
+                let (mut connection, welcome) = if slow {
+                    connect_slow(&url, &token, SLOW_RECEIVE_BUFFER).await?
                 } else {
-                    Client::connect(&url, &token).await?
+                    connect(&url, &token).await?
                 };
-                client
+                connection
                     .send(&ClientFrame::Join {
                         room: room_id,
                         since: None,
                         replaces: None,
                     })
                     .await?;
-                client
-                    .expect(|frame| match frame {
-                        ServerFrame::Joined { .. } => Some(Ok(())),
-                        ServerFrame::Error(error) => {
-                            Some(Err(ClientError::Unexpected(format!("{error:?}"))))
-                        }
-                        _ => None,
-                    })
-                    .await??;
-                Ok::<_, ClientError>((room, index, n, client))
+                expect(&mut connection, |frame| match frame {
+                    ServerFrame::Joined { .. } => Some(Ok(())),
+                    ServerFrame::Error(error) => {
+                        Some(Err(ClientError::Unexpected(format!("{error:?}"))))
+                    }
+                    _ => None,
+                })
+                .await??;
+                Ok::<_, ClientError>((room, index, n, connection, welcome.conn_id))
             });
         }
     }
@@ -287,209 +362,347 @@ struct Member {
 
 /// A chat message sent and not yet acknowledged, kept to resend.
 struct Pending {
-    id: String,
     text: String,
     sent_at: Instant,
 }
 
-/// One client: sends on schedule (or whenever its last message is acked),
-/// and records every frame until `stop`. With `resume`, a closed or silent
-/// connection is replaced as a real client would do it.
-async fn drive(
-    mut client: Client,
-    mut member: Member,
+/// What one client does next.
+enum Step {
+    /// Handle this frame.
+    Frame(ServerFrame),
+    /// Send the next message, if it is time.
+    Send,
+    /// Replace the connection.
+    Reconnect,
+    /// Keep waiting.
+    Wait,
+    /// The run is over.
+    Stop,
+}
+
+/// One client's state for the whole run: its connection (replaced as
+/// faults require), what it waits for and what it saw.
+struct Rider {
+    connection: Connection,
+    member: Member,
     schedule: Schedule,
-    padding: String,
-    progress: Arc<Progress>,
-) -> Result<Outcome, ClientError> {
-    let mut outcome = Outcome {
-        room: member.room,
-        index: member.index,
-        acks: 0,
-        acked: Vec::new(),
-        received: Received::default(),
-        latency: Latency::default(),
-        ack_latency: Latency::default(),
-        errors: BTreeMap::new(),
-        sent: 0,
-        unacked: 0,
-        reconnects: 0,
-        reconnected_at: Vec::new(),
-        truncated: 0,
-        closes: BTreeMap::new(),
-        slow: member.pause.is_some(),
-        longest_silence: Duration::ZERO,
-    };
-    let mut pending: VecDeque<Pending> = VecDeque::new();
-    let mut next_send = schedule.first;
-    let mut last_delivery = schedule.first;
-    // When a draining gateway asked this client to move, as the SDK does.
-    let mut move_at: Option<Instant> = None;
-    let micros = |at: Instant| at.duration_since(schedule.origin).as_micros() as u64;
-    loop {
-        let sending = next_send < schedule.stop_sending;
-        let may_send = match schedule.interval {
-            Some(_) => pending.len() < MAX_IN_FLIGHT,
-            None => pending.is_empty(),
+    /// Sent and not yet answered, matched to answers by id.
+    pending: Outbox<Pending>,
+    outcome: Outcome,
+    /// When the next message is due.
+    next_send: Instant,
+    /// When the last delivery came, to measure silences.
+    last_delivery: Instant,
+    /// When a draining gateway asked this client to move, as the SDK does.
+    move_at: Option<Instant>,
+}
+
+impl Rider {
+    fn new(connection: Connection, member: Member, schedule: Schedule) -> Rider {
+        let outcome = Outcome {
+            room: member.room,
+            index: member.index,
+            acks: 0,
+            acked: Vec::new(),
+            received: Received::default(),
+            latency: Latency::default(),
+            ack_latency: Latency::default(),
+            errors: BTreeMap::new(),
+            sent: 0,
+            unacked: 0,
+            reconnects: 0,
+            reconnected_at: Vec::new(),
+            truncated: 0,
+            closes: BTreeMap::new(),
+            slow: member.pause.is_some(),
+            longest_silence: Duration::ZERO,
         };
+        Rider {
+            connection,
+            member,
+            schedule,
+            pending: Outbox::default(),
+            outcome,
+            next_send: schedule.first,
+            last_delivery: schedule.first,
+            move_at: None,
+        }
+    }
+
+    /// Sends on schedule (or whenever the last message is acked), and
+    /// records every frame until the schedule's `stop`. With `resume`, a
+    /// closed or silent connection is replaced as a real client would do it.
+    async fn drive(
+        mut self,
+        padding: String,
+        progress: Arc<Progress>,
+    ) -> Result<Outcome, ClientError> {
+        loop {
+            match self.next_step().await? {
+                Step::Stop => break,
+                Step::Wait => {}
+                Step::Reconnect => self.reconnect().await?,
+                Step::Send => self.send_next(&padding, &progress).await?,
+                Step::Frame(frame) => self.on_frame(frame, &progress).await?,
+            }
+        }
+        self.outcome.unacked = self.pending.len() as u64;
+        self.connection.close().await;
+        Ok(self.outcome)
+    }
+
+    /// Whether the schedule has a message to send now, and room for it.
+    fn sending(&self) -> (bool, bool) {
+        let sending = self.next_send < self.schedule.stop_sending;
+        let may_send = match self.schedule.interval {
+            Some(_) => self.pending.len() < MAX_IN_FLIGHT,
+            None => self.pending.is_empty(),
+        };
+        (sending, may_send)
+    }
+
+    /// Waits for the next frame, or for whatever comes first: the next
+    /// send, a silent connection, a draining gateway's moment to move, a
+    /// slow consumer's pause, the end.
+    async fn next_step(&mut self) -> Result<Step, ClientError> {
+        let (sending, may_send) = self.sending();
         let mut wake = if sending && may_send {
-            next_send
+            self.next_send
         } else {
-            schedule.stop
+            self.schedule.stop
         };
         // A connection that leaves a message unanswered this long is dead
         // (its gateway stopped, or cut off) even if the socket is open.
-        let deadline = pending
-            .front()
-            .map(|p| p.sent_at.max(member.connected_at) + SILENT_CONNECTION);
-        if member.resume {
+        let deadline = self
+            .pending
+            .oldest()
+            .map(|p| p.sent_at.max(self.member.connected_at) + SILENT_CONNECTION);
+        if self.member.resume {
             wake = wake.min(deadline.unwrap_or(wake));
         }
-        if let Some(at) = move_at {
+        if let Some(at) = self.move_at {
             wake = wake.min(at);
         }
-        if let Some((from, until)) = member.pause {
+        if let Some((from, until)) = self.member.pause {
             if Instant::now() >= from {
                 // Frozen: neither reads nor sends. Its silence is its own,
                 // so both the unanswered-message clock and the silence
                 // measure start again when it thaws, and what it would have
                 // sent meanwhile is not sent at once afterwards.
-                member.pause = None;
+                self.member.pause = None;
                 tokio::time::sleep_until(until).await;
-                member.connected_at = Instant::now();
-                last_delivery = member.connected_at;
-                next_send = next_send.max(member.connected_at);
-                continue;
+                self.member.connected_at = Instant::now();
+                self.last_delivery = self.member.connected_at;
+                self.next_send = self.next_send.max(self.member.connected_at);
+                return Ok(Step::Wait);
             }
             wake = wake.min(from);
         }
-        let step = match client.recv_until(wake.min(schedule.stop)).await {
-            Ok(step) => step,
-            Err(err) if member.resume && Instant::now() < schedule.stop => {
-                count_close(&mut outcome.closes, &err);
-                client =
-                    reconnect(client, &mut member, &mut outcome, &pending, schedule.stop).await?;
-                continue;
+        let received = self
+            .connection
+            .recv_until(wake.min(self.schedule.stop))
+            .await;
+        let now = Instant::now();
+        Ok(match received {
+            Ok(Some(frame)) => Step::Frame(frame),
+            Err(err) if self.member.resume && now < self.schedule.stop => {
+                count_close(&mut self.outcome.closes, &err.into());
+                Step::Reconnect
             }
-            Err(err) => return Err(err),
+            Err(err) => return Err(err.into()),
+            Ok(None) if now >= self.schedule.stop => Step::Stop,
+            Ok(None) if self.move_at.is_some_and(|at| now >= at) => {
+                self.move_at = None;
+                Step::Reconnect
+            }
+            Ok(None) if self.member.resume && deadline.is_some_and(|d| now >= d) => Step::Reconnect,
+            Ok(None) if sending && may_send && now >= self.next_send => Step::Send,
+            Ok(None) => Step::Wait,
+        })
+    }
+
+    /// Sends the next message; its text carries the send time.
+    async fn send_next(&mut self, padding: &str, progress: &Progress) -> Result<(), ClientError> {
+        let now = Instant::now();
+        let id = ClientMsgId(format!(
+            "{}-{}-{}",
+            self.member.room, self.member.index, self.outcome.sent
+        ));
+        let message = Pending {
+            text: format!("{:020}{padding}", self.micros(now)),
+            sent_at: now,
         };
-        let frame = match step {
-            Some(frame) => frame,
-            None if Instant::now() >= schedule.stop => break,
-            None if move_at.is_some_and(|at| Instant::now() >= at) => {
-                move_at = None;
-                client =
-                    reconnect(client, &mut member, &mut outcome, &pending, schedule.stop).await?;
-                continue;
-            }
-            None if member.resume && deadline.is_some_and(|d| Instant::now() >= d) => {
-                client =
-                    reconnect(client, &mut member, &mut outcome, &pending, schedule.stop).await?;
-                continue;
-            }
-            None => {
-                if !(sending && may_send) || Instant::now() < next_send {
-                    continue;
-                }
-                // Time to send the next message; its text carries the send time.
-                let now = Instant::now();
-                let message = Pending {
-                    id: format!("{}-{}-{}", member.room, member.index, outcome.sent),
-                    text: format!("{:020}{padding}", micros(now)),
-                    sent_at: now,
-                };
-                let sent = send_chat(&mut client, &member.room_id, &message).await;
-                pending.push_back(message);
-                outcome.sent += 1;
-                progress.sent.fetch_add(1, Ordering::Relaxed);
-                next_send = match schedule.interval {
-                    Some(interval) => next_send + interval,
-                    None => now,
-                };
-                match sent {
-                    Ok(()) => {}
-                    Err(_) if member.resume => {
-                        client =
-                            reconnect(client, &mut member, &mut outcome, &pending, schedule.stop)
-                                .await?;
-                    }
-                    Err(err) => return Err(err),
-                }
-                continue;
-            }
+        let sent = self.send_chat(&id, &message.text).await;
+        self.pending.push(self.member.room_id.clone(), id, message);
+        self.outcome.sent += 1;
+        progress.sent.fetch_add(1, Ordering::Relaxed);
+        self.next_send = match self.schedule.interval {
+            Some(interval) => self.next_send + interval,
+            None => now,
         };
+        match sent {
+            Ok(()) => Ok(()),
+            Err(_) if self.member.resume => self.reconnect().await,
+            Err(err) => Err(err),
+        }
+    }
+
+    async fn on_frame(
+        &mut self,
+        frame: ServerFrame,
+        progress: &Progress,
+    ) -> Result<(), ClientError> {
         let now = Instant::now();
         match frame {
-            ServerFrame::Ack { seq, .. } => {
-                if let Some(sent) = pending.pop_front() {
-                    outcome
+            ServerFrame::Ack { id, room, seq, .. } => {
+                if let Some(sent) = self.pending.take(&room, &id) {
+                    self.outcome
                         .ack_latency
                         .record(now.duration_since(sent.sent_at).as_micros() as u64);
                 }
-                outcome.acks += 1;
-                outcome.acked.extend(seq.map(|s| s.0));
+                self.outcome.acks += 1;
+                self.outcome.acked.extend(seq.map(|s| s.0));
                 progress.acked.fetch_add(1, Ordering::Relaxed);
-                if schedule.interval.is_none() {
-                    next_send = now;
+                if self.schedule.interval.is_none() {
+                    self.next_send = now;
                 }
             }
-            ServerFrame::Draining { reconnect_in_ms } if member.resume => {
-                move_at = Some(now + Duration::from_millis(reconnect_in_ms));
+            ServerFrame::Draining { reconnect_in_ms } if self.member.resume => {
+                self.move_at = Some(now + Duration::from_millis(reconnect_in_ms));
             }
             ServerFrame::Chat(chat) => {
-                outcome.received.record(chat.seq.0);
+                self.outcome.received.record(chat.seq.0);
                 if let Some(sent) = chat.text.get(..20).and_then(|t| t.parse::<u64>().ok()) {
-                    outcome.latency.record(micros(now).saturating_sub(sent));
+                    self.outcome
+                        .latency
+                        .record(self.micros(now).saturating_sub(sent));
                 }
-                if now < schedule.stop_sending {
-                    outcome.longest_silence = outcome
+                if now < self.schedule.stop_sending {
+                    self.outcome.longest_silence = self
+                        .outcome
                         .longest_silence
-                        .max(now.saturating_duration_since(last_delivery));
+                        .max(now.saturating_duration_since(self.last_delivery));
                 }
-                last_delivery = now;
+                self.last_delivery = now;
                 progress.delivered.fetch_add(1, Ordering::Relaxed);
             }
             ServerFrame::Error(error) => {
-                *outcome.errors.entry(error.code.to_string()).or_default() += 1;
-                // Replies come in sending order: the error is about the oldest.
-                let refused = pending.pop_front();
-                match refused {
-                    Some(message) if member.resume && RETRYABLE.contains(&error.code) => {
-                        // Resent now, answered after the others in flight.
-                        if send_chat(&mut client, &member.room_id, &message)
-                            .await
-                            .is_err()
-                        {
-                            pending.push_back(message);
-                            client = reconnect(
-                                client,
-                                &mut member,
-                                &mut outcome,
-                                &pending,
-                                schedule.stop,
-                            )
-                            .await?;
-                            continue;
-                        }
-                        pending.push_back(message);
+                *self
+                    .outcome
+                    .errors
+                    .entry(error.code.to_string())
+                    .or_default() += 1;
+                let room = error.room.unwrap_or_else(|| self.member.room_id.clone());
+                let refused = error
+                    .id
+                    .and_then(|id| Some((self.pending.take(&room, &id)?, id)));
+                if let Some((message, id)) = refused
+                    && self.member.resume
+                    && RETRYABLE.contains(&error.code)
+                {
+                    // Resent now, answered after the others in flight.
+                    let resent = self.send_chat(&id, &message.text).await;
+                    self.pending.push(room, id, message);
+                    if resent.is_err() {
+                        return self.reconnect().await;
                     }
-                    _ => {}
                 }
-                if schedule.interval.is_none() {
-                    next_send = now;
+                if self.schedule.interval.is_none() {
+                    self.next_send = now;
                 }
             }
             _ => {}
         }
+        Ok(())
     }
-    outcome.unacked = pending.len() as u64;
-    client.close().await;
-    Ok(outcome)
+
+    /// Microseconds from the run's origin to `at`.
+    fn micros(&self, at: Instant) -> u64 {
+        at.duration_since(self.schedule.origin).as_micros() as u64
+    }
+
+    async fn send_chat(&mut self, id: &ClientMsgId, text: &str) -> Result<(), ClientError> {
+        let frame = ClientFrame::Chat {
+            room: self.member.room_id.clone(),
+            id: id.clone(),
+            text: text.to_owned(),
+        };
+        Ok(self.connection.send(&frame).await?)
+    }
+
+    /// Closes the connection (while it stays open it holds a seat in the
+    /// room), connects to the next gateway that answers, rejoins the room
+    /// from the highest seq received (recording the backlog as
+    /// deliveries), and resends every unacknowledged message in order.
+    /// Gives up at the schedule's `stop`.
+    async fn reconnect(&mut self) -> Result<(), ClientError> {
+        // Bounded: a gateway cut off the network never answers the close.
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.connection.close()).await;
+        self.outcome.reconnects += 1;
+        self.outcome.reconnected_at.push(Instant::now());
+        let mut backoff = RECONNECT_DELAY;
+        loop {
+            self.member.gateway = (self.member.gateway + 1) % self.member.gateways.len();
+            match self.rejoin().await {
+                Ok(()) => {
+                    self.member.connected_at = Instant::now();
+                    return Ok(());
+                }
+                Err(err) if Instant::now() >= self.schedule.stop => {
+                    return Err(ClientError::Unexpected(format!(
+                        "still reconnecting when the run ended; last attempt: {err}"
+                    )));
+                }
+                Err(_) => {
+                    tokio::time::sleep(bootstrap::backoff::jittered(backoff)).await;
+                    backoff = (backoff * 2).min(MAX_RECONNECT_DELAY);
+                }
+            }
+        }
+    }
+
+    /// One attempt of [`Rider::reconnect`], to the member's current gateway.
+    async fn rejoin(&mut self) -> Result<(), ClientError> {
+        let url = &self.member.gateways[self.member.gateway];
+        let (mut connection, welcome) = connect(url, &self.member.token).await?;
+        let since = self.outcome.received.highest();
+        connection
+            .send(&ClientFrame::Join {
+                room: self.member.room_id.clone(),
+                since: Some(Seq(since)),
+                replaces: Some(self.member.seat.clone()),
+            })
+            .await?;
+        let (history, truncated) = expect(&mut connection, |frame| match frame {
+            ServerFrame::Joined {
+                history, truncated, ..
+            } => Some(Ok((history, truncated))),
+            ServerFrame::Error(error) => Some(Err(ClientError::Unexpected(format!("{error:?}")))),
+            _ => None,
+        })
+        .await??;
+        self.outcome.truncated += u64::from(truncated);
+        self.outcome.received.reconnected();
+        for chat in history {
+            self.outcome.received.record(chat.seq.0);
+        }
+        self.connection = connection;
+        self.member.seat = welcome.conn_id;
+        for (room, id, message) in self.pending.iter() {
+            let frame = ClientFrame::Chat {
+                room: room.clone(),
+                id: id.clone(),
+                text: message.text.clone(),
+            };
+            self.connection.send(&frame).await?;
+        }
+        Ok(())
+    }
 }
 
 /// Counts a close by the gateway under its close code.
 fn count_close(closes: &mut BTreeMap<String, u64>, err: &ClientError) {
-    if let ClientError::Closed { code } = err {
+    if let Some(code) = err.close_code() {
         let code = code.map_or_else(|| "none".to_owned(), |code| code.to_string());
         *closes.entry(code).or_default() += 1;
     }
@@ -506,91 +719,6 @@ const SILENT_CONNECTION: Duration = Duration::from_secs(8);
 /// gateway's clients moving at once do not retry in lockstep.
 const RECONNECT_DELAY: Duration = Duration::from_millis(250);
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(4);
-
-async fn send_chat(
-    client: &mut Client,
-    room: &RoomId,
-    message: &Pending,
-) -> Result<(), ClientError> {
-    client
-        .send(&ClientFrame::Chat {
-            room: room.clone(),
-            id: message.id.as_str().into(),
-            text: message.text.clone(),
-        })
-        .await
-}
-
-/// Closes `old` (while it stays open it holds a seat in the room), connects
-/// to the next gateway that answers, rejoins the room from the highest seq
-/// received (recording the backlog as deliveries), and resends every
-/// unacknowledged message in order. Gives up at `stop`.
-async fn reconnect(
-    old: Client,
-    member: &mut Member,
-    outcome: &mut Outcome,
-    pending: &VecDeque<Pending>,
-    stop: Instant,
-) -> Result<Client, ClientError> {
-    // Bounded: a gateway cut off the network never answers the close.
-    let _ = tokio::time::timeout(Duration::from_secs(1), old.close()).await;
-    outcome.reconnects += 1;
-    outcome.reconnected_at.push(Instant::now());
-    let mut backoff = RECONNECT_DELAY;
-    loop {
-        member.gateway = (member.gateway + 1) % member.gateways.len();
-        match rejoin(member, outcome, pending).await {
-            Ok(client) => {
-                member.connected_at = Instant::now();
-                member.seat = client.conn_id.clone();
-                return Ok(client);
-            }
-            Err(err) if Instant::now() >= stop => {
-                return Err(ClientError::Unexpected(format!(
-                    "still reconnecting when the run ended; last attempt: {err}"
-                )));
-            }
-            Err(_) => {
-                tokio::time::sleep(bootstrap::backoff::jittered(backoff)).await;
-                backoff = (backoff * 2).min(MAX_RECONNECT_DELAY);
-            }
-        }
-    }
-}
-
-async fn rejoin(
-    member: &Member,
-    outcome: &mut Outcome,
-    pending: &VecDeque<Pending>,
-) -> Result<Client, ClientError> {
-    let mut client = Client::connect(&member.gateways[member.gateway], &member.token).await?;
-    let since = outcome.received.highest();
-    client
-        .send(&ClientFrame::Join {
-            room: member.room_id.clone(),
-            since: Some(Seq(since)),
-            replaces: Some(member.seat.clone()),
-        })
-        .await?;
-    let (history, truncated) = client
-        .expect(|frame| match frame {
-            ServerFrame::Joined {
-                history, truncated, ..
-            } => Some(Ok((history, truncated))),
-            ServerFrame::Error(error) => Some(Err(ClientError::Unexpected(format!("{error:?}")))),
-            _ => None,
-        })
-        .await??;
-    outcome.truncated += u64::from(truncated);
-    outcome.received.reconnected();
-    for chat in history {
-        outcome.received.record(chat.seq.0);
-    }
-    for message in pending {
-        send_chat(&mut client, &member.room_id, message).await?;
-    }
-    Ok(client)
-}
 
 /// The most of `moments` that fall in any one-second bucket, counted from
 /// the earliest of them.

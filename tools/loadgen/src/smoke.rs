@@ -9,8 +9,9 @@ use schemas::client::{ChatMessage, ClientFrame, PresenceEvent, ServerFrame, Sign
 use schemas::id::{RoomId, Seq};
 use schemas::{event, subject};
 
-use crate::client::{Client, ClientError};
-use crate::token::Minter;
+use cavlo_client::Connection;
+
+use crate::connect::{ClientError, connect, expect, token};
 
 /// NATS access with a gateway's credentials, for the permission check.
 pub struct GatewayNats {
@@ -52,25 +53,25 @@ fn check(ok: bool, what: &str) -> Result<(), SmokeError> {
 /// first), so each is used both to send and to receive.
 pub async fn run(
     gateways: &[String],
-    minter: &Minter,
+    secret: &[u8],
     nats: Option<GatewayNats>,
 ) -> Result<(), SmokeError> {
     check(!gateways.is_empty(), "at least one gateway URL")?;
     for (i, first) in gateways.iter().enumerate() {
         let second = &gateways[(i + 1) % gateways.len()];
         println!("smoke: {first} <-> {second}");
-        across(first, second, minter).await?;
+        across(first, second, secret).await?;
     }
     if let Some(nats) = nats {
         println!("smoke: NATS refuses a gateway publishing to a room");
-        permissions(&gateways[0], minter, nats).await?;
+        permissions(&gateways[0], secret, nats).await?;
     }
     println!("smoke: ok");
     Ok(())
 }
 
 async fn joined(
-    client: &mut Client,
+    client: &mut Connection,
     room: &RoomId,
     since: Option<Seq>,
 ) -> Result<(usize, Vec<ChatMessage>), ClientError> {
@@ -81,51 +82,48 @@ async fn joined(
             replaces: None,
         })
         .await?;
-    client
-        .expect(|frame| match frame {
-            ServerFrame::Joined {
-                members, history, ..
-            } => Some(Ok((members.len(), history))),
-            ServerFrame::Error(error) => Some(Err(ClientError::Unexpected(format!("{error:?}")))),
-            _ => None,
-        })
-        .await?
+    expect(client, |frame| match frame {
+        ServerFrame::Joined {
+            members, history, ..
+        } => Some(Ok((members.len(), history))),
+        ServerFrame::Error(error) => Some(Err(ClientError::Unexpected(format!("{error:?}")))),
+        _ => None,
+    })
+    .await?
 }
 
-async fn chat(client: &mut Client, room: &RoomId, id: &str) -> Result<Seq, ClientError> {
+async fn chat(client: &mut Connection, room: &RoomId, id: &str) -> Result<Seq, ClientError> {
     let frame = ClientFrame::Chat {
         room: room.clone(),
         id: id.into(),
         text: format!("smoke {id}"),
     };
     client.send(&frame).await?;
-    client
-        .expect(|frame| match frame {
-            ServerFrame::Ack { seq, .. } => Some(Ok(seq.unwrap_or_default())),
-            ServerFrame::Error(error) => Some(Err(ClientError::Unexpected(format!("{error:?}")))),
-            _ => None,
-        })
-        .await?
+    expect(client, |frame| match frame {
+        ServerFrame::Ack { seq, .. } => Some(Ok(seq.unwrap_or_default())),
+        ServerFrame::Error(error) => Some(Err(ClientError::Unexpected(format!("{error:?}")))),
+        _ => None,
+    })
+    .await?
 }
 
-async fn next_chat(client: &mut Client) -> Result<ChatMessage, ClientError> {
-    client
-        .expect(|frame| {
-            if let ServerFrame::Chat(chat) = frame {
-                Some(chat)
-            } else {
-                None
-            }
-        })
-        .await
+async fn next_chat(client: &mut Connection) -> Result<ChatMessage, ClientError> {
+    expect(client, |frame| {
+        if let ServerFrame::Chat(chat) = frame {
+            Some(chat)
+        } else {
+            None
+        }
+    })
+    .await
 }
 
-async fn across(first: &str, second: &str, minter: &Minter) -> Result<(), SmokeError> {
+async fn across(first: &str, second: &str, secret: &[u8]) -> Result<(), SmokeError> {
     let room = RoomId(format!("smoke-{}", nuid::next()));
-    let mut ann = Client::connect(first, &minter.token("smoke-ann"))
+    let (mut ann, ann_welcome) = connect(first, &token(secret, "smoke-ann"))
         .await
         .map_err(step("connect to the first gateway"))?;
-    let mut bob = Client::connect(second, &minter.token("smoke-bob"))
+    let (mut bob, bob_welcome) = connect(second, &token(secret, "smoke-bob"))
         .await
         .map_err(step("connect to the second gateway"))?;
     joined(&mut ann, &room, None).await.map_err(step("join"))?;
@@ -133,8 +131,8 @@ async fn across(first: &str, second: &str, minter: &Minter) -> Result<(), SmokeE
         .await
         .map_err(step("second join"))?;
     check(members == 2, "joined lists both members")?;
-    let bob_id = bob.conn_id.clone();
-    ann.expect(|f| matches!(f, ServerFrame::Presence { event: PresenceEvent::Join, member, .. } if member.conn_id == bob_id).then_some(()))
+    let bob_id = bob_welcome.conn_id.clone();
+    expect(&mut ann, |f| matches!(f, ServerFrame::Presence { event: PresenceEvent::Join, member, .. } if member.conn_id == bob_id).then_some(()))
         .await
         .map_err(step("presence join across gateways"))?;
 
@@ -163,19 +161,21 @@ async fn across(first: &str, second: &str, minter: &Minter) -> Result<(), SmokeE
 
     let offer = ClientFrame::Signal {
         room: room.clone(),
-        to: bob.conn_id.clone(),
+        to: bob_welcome.conn_id.clone(),
         kind: SignalKind::Offer,
         data: serde_json::json!({"type": "offer", "sdp": "v=0"}),
         from: None,
         user: None,
     };
     ann.send(&offer).await.map_err(step("send signal"))?;
-    let ann_id = ann.conn_id.clone();
-    bob.expect(|f| matches!(f, ServerFrame::Signal { from, .. } if from == ann_id).then_some(()))
-        .await
-        .map_err(step("signal delivered with the sender's id"))?;
+    let ann_id = ann_welcome.conn_id.clone();
+    expect(&mut bob, |f| {
+        matches!(f, ServerFrame::Signal { from, .. } if from == ann_id).then_some(())
+    })
+    .await
+    .map_err(step("signal delivered with the sender's id"))?;
 
-    let mut cat = Client::connect(second, &minter.token("smoke-cat"))
+    let (mut cat, _) = connect(second, &token(secret, "smoke-cat"))
         .await
         .map_err(step("connect a third client"))?;
     let (_, history) = joined(&mut cat, &room, Some(Seq(seq.0 - 1)))
@@ -188,7 +188,7 @@ async fn across(first: &str, second: &str, minter: &Minter) -> Result<(), SmokeE
     )?;
 
     ann.close().await;
-    bob.expect(|f| matches!(f, ServerFrame::Presence { event: PresenceEvent::Leave, member, .. } if member.conn_id == ann_id).then_some(()))
+    expect(&mut bob, |f| matches!(f, ServerFrame::Presence { event: PresenceEvent::Leave, member, .. } if member.conn_id == ann_id).then_some(()))
         .await
         .map_err(step("presence leave on disconnect"))?;
     bob.close().await;
@@ -196,12 +196,12 @@ async fn across(first: &str, second: &str, minter: &Minter) -> Result<(), SmokeE
     Ok(())
 }
 
-async fn permissions(gateway: &str, minter: &Minter, nats: GatewayNats) -> Result<(), SmokeError> {
+async fn permissions(gateway: &str, secret: &[u8], nats: GatewayNats) -> Result<(), SmokeError> {
     let room = RoomId(format!("smoke-{}", nuid::next()));
-    let mut ann = Client::connect(gateway, &minter.token("smoke-ann"))
+    let (mut ann, _) = connect(gateway, &token(secret, "smoke-ann"))
         .await
         .map_err(step("connect"))?;
-    let mut bob = Client::connect(gateway, &minter.token("smoke-bob"))
+    let (mut bob, _) = connect(gateway, &token(secret, "smoke-bob"))
         .await
         .map_err(step("connect"))?;
     joined(&mut ann, &room, None).await.map_err(step("join"))?;
