@@ -9,7 +9,6 @@ mod env_example;
 mod failure;
 mod harness;
 mod hub;
-mod link;
 mod metrics;
 mod moderation;
 mod ordering;

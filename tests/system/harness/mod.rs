@@ -1,0 +1,31 @@
+//! Starts a whole cavlo system for a test, and talks to it. One file per
+//! concern:
+//!
+//! * [`nats`]: a real nats-server with JetStream in a container;
+//! * [`system`]: history, moderators and gateways in-process, each with its
+//!   own NATS connection as if it were its own process, and the leak check
+//!   that ends a scenario;
+//! * [`link`]: a TCP link between one service and NATS that a test can cut;
+//! * [`client`]: the test client, over `cavlo_client::Connection`;
+//! * [`token`]: test users' tokens;
+//! * [`http`]: plain HTTP requests.
+
+mod client;
+mod http;
+mod link;
+mod nats;
+mod system;
+mod token;
+
+pub use client::{Client, FRAME_TIMEOUT, QUIET, assert_code, signal};
+pub use http::{get_json, http};
+pub use nats::{Nats, REQUEST_TIMEOUT};
+pub use system::{Options, System, service_binary};
+pub use token::{SECRET, now, token, token_with};
+
+use schemas::id::RoomId;
+
+/// A unique room name, so tests never see each other's messages.
+pub fn room(label: &str) -> RoomId {
+    RoomId(format!("{label}-{}", nuid::next()))
+}
