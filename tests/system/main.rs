@@ -15,4 +15,5 @@ mod ordering;
 mod permissions;
 mod presence;
 mod protocol;
+mod rust_client;
 mod signaling;
