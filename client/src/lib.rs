@@ -20,8 +20,9 @@
 //! and [`ServerFrame`](schemas::client::ServerFrame); tokens are
 //! `schemas::token`'s. Every operation has its own error type with a kind
 //! to match on ([`ConnectError`], [`SendError`], [`RecvError`],
-//! [`RequestError`]). The client speaks `ws://`; put TLS in front with a
-//! proxy, or open the socket yourself and use [`Connection::from_socket`].
+//! [`RequestError`]). Both speak `ws://` only, so `wss://` needs a TLS
+//! proxy beside the client for now; a [`Connection`] can also wrap a socket
+//! opened elsewhere ([`Connection::from_socket`]).
 //!
 //! A bot that answers every message:
 //!
