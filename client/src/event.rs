@@ -111,9 +111,10 @@ pub enum Event {
 pub enum Stop {
     /// [`Client::close`](crate::Client::close) was called, or every handle dropped.
     Closed,
-    /// The gateway closed the connection with a terminal code (4000–4099:
-    /// 4002 replaced by a newer connection of the user, 4003 too many
-    /// invalid frames, …); reconnecting would not help.
+    /// The gateway closed the connection, or refused a new one, with a
+    /// terminal code (4000–4099: 4002 replaced by a newer connection of the
+    /// user, 4003 too many invalid frames, 4004 too many connections of the
+    /// user, …); reconnecting would not help.
     Terminal(u16),
     /// A gateway refused the token for good: a fixed token, or a token
     /// function whose fresh token was refused too.

@@ -241,7 +241,6 @@ impl Session {
                 err.kind(),
                 ConnectErrorKind::Unauthorized | ConnectErrorKind::Closed(Some(4001))
             );
-            let terminal = matches!(err.kind(), ConnectErrorKind::Closed(Some(code)) if (4000..4100).contains(&code));
             if refused {
                 refusals += 1;
                 if !self.options.token.refreshes() || refusals > 1 {
@@ -250,10 +249,14 @@ impl Session {
                         _ => Halt::Stop(Stop::Refused(err.to_string())),
                     });
                 }
-            } else if terminal {
+            } else if let ConnectErrorKind::Closed(Some(code)) = err.kind()
+                && (4000..4100).contains(&code)
+            {
+                // Terminal with these credentials: 4004, too many
+                // connections of this user on that gateway, say.
                 return Err(match dial {
                     Dial::First => Halt::Failed(err),
-                    _ => Halt::Stop(Stop::Refused(err.to_string())),
+                    _ => Halt::Stop(Stop::Terminal(code)),
                 });
             } else {
                 refusals = 0;
