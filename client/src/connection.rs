@@ -231,8 +231,11 @@ impl Connection {
         })
     }
 
-    /// The next frame, however long it takes: a gateway pings an idle
-    /// connection, so a dead one ends in an error within its idle timeout.
+    /// The next frame, however long it takes. There is no timer here (a
+    /// client that gave up on its own would hide a server's fault): a
+    /// socket closed by either side ends in an error at once, but one whose
+    /// path died silently is noticed only by the operating system's TCP
+    /// timeouts, or by a deadline of the caller's ([`Connection::recv_within`]).
     pub async fn recv(&mut self) -> Result<ServerFrame, RecvError> {
         loop {
             let message = match self.socket.next().await {

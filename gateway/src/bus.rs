@@ -125,14 +125,19 @@ pub struct Requester {
 }
 
 impl Requester {
-    /// `member`, with no moderator yet, waiting for its chat in `chat`
-    /// (the slot the hub answers from deliveries and replies).
-    pub fn new(member: Member, chat: ChatSlot) -> Self {
+    /// `member`, with no moderator yet and no chat under way.
+    pub fn new(member: Member) -> Self {
         Self {
             member,
             moderator: None,
-            chat,
+            chat: ChatSlot::default(),
         }
+    }
+
+    /// Where its chat's answer arrives: the hub answers it from deliveries
+    /// and replies (see [`crate::hub::MemberHandle`]).
+    pub fn chat_slot(&self) -> &ChatSlot {
+        &self.chat
     }
 }
 

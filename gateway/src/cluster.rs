@@ -33,7 +33,6 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::{Bus, Requester};
-use crate::chat_acks::ChatSlot;
 use crate::hub::Hub;
 
 /// How often rooms are checked for members of dead gateways.
@@ -183,10 +182,7 @@ impl Cluster {
             let bus = self.bus.clone();
             watch.reaps.spawn(async move {
                 let action = Action::Reap { room, gateway };
-                if let Err(err) = bus
-                    .moderate(&mut Requester::new(reaper(), ChatSlot::default()), action)
-                    .await
-                {
+                if let Err(err) = bus.moderate(&mut Requester::new(reaper()), action).await {
                     tracing::warn!(cause = %err, "removal request failed; will ask again");
                 }
             });

@@ -20,7 +20,6 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::{Bus, Requester};
-use crate::chat_acks::ChatSlot;
 
 /// Departures waiting for the worker; past this, closing connections wait.
 const QUEUE_CAPACITY: usize = 4096;
@@ -106,8 +105,7 @@ async fn leave(bus: &Bus, departure: Departure, closing: &CancellationToken) {
         attempt,
         moderator,
     } = departure;
-    // Its own slot: a departure sends no chat.
-    let mut from = Requester::new(member, ChatSlot::default());
+    let mut from = Requester::new(member);
     from.moderator = moderator;
     let mut backoff = Duration::from_millis(100);
     for attempts in 1.. {

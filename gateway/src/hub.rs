@@ -90,13 +90,14 @@ pub struct MemberHandle {
 }
 
 impl MemberHandle {
-    /// A handle for a connection whose send queue is `queue`.
-    pub fn new(queue: mpsc::Sender<Arc<Delivery>>) -> Self {
+    /// A handle for a connection whose send queue is `queue` and whose
+    /// chat waits in `chat`.
+    pub fn new(queue: mpsc::Sender<Arc<Delivery>>, chat: ChatSlot) -> Self {
         Self {
             queue,
             slow: CancellationToken::new(),
             replaced: CancellationToken::new(),
-            chat: ChatSlot::default(),
+            chat,
         }
     }
 

@@ -97,8 +97,10 @@ pub async fn run(
             _ = shutdown => {}
             ended = &mut cluster => {
                 let err = match ended {
+                    // Not before `closing` is cancelled, which is after this.
+                    Ok(Ok(())) => return,
                     Ok(Err(err)) => RunError::Cluster(err),
-                    Ok(Ok(())) | Err(_) => RunError::ClusterPanicked,
+                    Err(_) => RunError::ClusterPanicked,
                 };
                 tracing::error!(cause = %err, "the gateway left the cluster; stopping");
                 failed = Some(err);

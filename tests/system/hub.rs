@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use gateway::chat_acks::ChatSlot;
 use gateway::hub::{DeliveryKind, Hub, MemberHandle};
 use schemas::client::{ChatMessage, Member, User};
 use schemas::id::{ConnId, RoomId, Seq};
@@ -49,7 +50,7 @@ async fn rooms_are_subscribed_only_while_they_have_local_members() {
     assert!(!has_interest(&nats, &room).await);
 
     let (queue, mut deliveries) = mpsc::channel(8);
-    let handle = MemberHandle::new(queue);
+    let handle = MemberHandle::new(queue, ChatSlot::default());
     hub.join(&room, ConnId::from("a"), handle.clone())
         .await
         .unwrap();
@@ -104,9 +105,9 @@ async fn a_member_whose_queue_overflows_is_flagged_slow_and_others_are_unaffecte
     let room = room("slow");
 
     let (slow_queue, _never_read) = mpsc::channel(2);
-    let slow = MemberHandle::new(slow_queue);
+    let slow = MemberHandle::new(slow_queue, ChatSlot::default());
     let (fast_queue, mut fast_deliveries) = mpsc::channel(16);
-    let fast = MemberHandle::new(fast_queue);
+    let fast = MemberHandle::new(fast_queue, ChatSlot::default());
     hub.join(&room, ConnId::from("slow"), slow.clone())
         .await
         .unwrap();

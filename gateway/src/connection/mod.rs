@@ -107,10 +107,13 @@ pub(crate) async fn serve(
     }
     shared.metrics.sent(&welcome);
     let (queue, deliveries) = mpsc::channel(shared.config.send_queue_capacity.max(1));
-    let handle = MemberHandle::new(queue);
-    let reset = shared.hub.connect(member.conn_id.clone(), handle.clone());
+    let requester = Requester::new(member);
+    let handle = MemberHandle::new(queue, requester.chat_slot().clone());
+    let reset = shared
+        .hub
+        .connect(requester.member.conn_id.clone(), handle.clone());
     let connection = Connection {
-        requester: Requester::new(member, handle.chat.clone()),
+        requester,
         _user_slot: user_slot,
         expiry,
         invalid_frames: TokenBucket::full(shared.config.invalid_frame_rate(), Instant::now()),

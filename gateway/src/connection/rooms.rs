@@ -46,7 +46,7 @@ impl RoomView {
 
 /// The rooms a connection is in or joining, and what it has seen of each:
 /// the one place its per-room state lives.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct JoinedRooms {
     views: HashMap<RoomId, RoomView>,
     /// Most chat messages held behind a gap, per room.
