@@ -142,25 +142,49 @@ impl Cluster {
         result
     }
 
-    /// Publishes this gateway's heartbeat, first resetting every connection
-    /// if the gateway was out of touch for longer than the timeout.
+    /// Publishes this gateway's heartbeat, once its contact is checked.
     async fn announce(&self, watch: &mut Watch, beat: bytes::Bytes) {
-        let client = self.bus.client();
-        let connected = client.connection_state() == async_nats::connection::State::Connected;
-        if watch.contact.lost(Instant::now(), connected) {
+        self.check_contact(watch);
+        if let Err(err) = self
+            .bus
+            .client()
+            .publish(subject::GATEWAY_HEARTBEAT, beat)
+            .await
+        {
+            tracing::warn!(cause = %err, "heartbeat not sent");
+        }
+    }
+
+    /// Checks whether this gateway was out of touch for longer than the
+    /// timeout, before anything acts on its view of the others (the tick and
+    /// the scan each check first, whichever runs first after a pause). If
+    /// so, every connection is reset (the others may have removed their
+    /// members) and the other gateways' silences are forgotten: measured
+    /// across this gateway's own pause, they say nothing about them. The
+    /// hub learns each moment the gateway is in touch, so that connections
+    /// stop on their own when the checks stop coming (see
+    /// [`Hub::in_touch`]).
+    fn check_contact(&self, watch: &mut Watch) {
+        let now = Instant::now();
+        let connected =
+            self.bus.client().connection_state() == async_nats::connection::State::Connected;
+        if watch.contact.lost(now, connected) {
             tracing::warn!(
                 "out of touch with the cluster longer than the gateway timeout; resetting every connection"
             );
             self.hub.reset();
+            watch.gateways = Liveness::new(self.timing.gateway_timeout, now);
+            watch.asked.clear();
         }
-        if let Err(err) = client.publish(subject::GATEWAY_HEARTBEAT, beat).await {
-            tracing::warn!(cause = %err, "heartbeat not sent");
+        if connected {
+            self.hub.touched(now);
         }
     }
 
     /// Forgets the dead, and asks a moderator to remove the members of dead
     /// gateways from this gateway's rooms (once per [`REAP_RETRY`]).
     fn scan(&self, watch: &mut Watch) {
+        self.check_contact(watch);
         let now = Instant::now();
         watch.gateways.forget_dead(now);
         watch.moderators.forget_dead(now);
@@ -228,30 +252,35 @@ impl Watch {
 }
 
 /// Notices when this gateway itself was out of touch with the cluster for
-/// longer than the gateway timeout: stopped or starved (its heartbeat ticks
-/// came that far apart), or without NATS. The other gateways and the
-/// moderators then counted it dead and may have removed its members.
+/// longer than the gateway timeout, by its own monotonic clock: stopped or
+/// starved (its checks came that far apart), or without NATS. The other
+/// gateways and the moderators then counted it dead and may have removed
+/// its members.
 struct Contact {
     timeout: Duration,
-    last_tick: Instant,
+    last_check: Instant,
     disconnected_since: Option<Instant>,
+    /// A stall seen while NATS was still away: reported once it is back,
+    /// however short the disconnection itself looks.
+    stalled: bool,
 }
 
 impl Contact {
     fn new(timeout: Duration, now: Instant) -> Self {
         Self {
             timeout,
-            last_tick: now,
+            last_check: now,
             disconnected_since: None,
+            stalled: false,
         }
     }
 
-    /// Called at each heartbeat tick: whether contact was lost for longer
-    /// than the timeout and has just come back (a gateway still without NATS
-    /// cannot rejoin anybody yet).
+    /// Called at each heartbeat tick and scan: whether contact was lost for
+    /// longer than the timeout and has just come back (a gateway still
+    /// without NATS cannot rejoin anybody yet).
     fn lost(&mut self, now: Instant, connected: bool) -> bool {
-        let stalled = now.duration_since(self.last_tick) > self.timeout;
-        self.last_tick = now;
+        self.stalled |= now.saturating_duration_since(self.last_check) > self.timeout;
+        self.last_check = now;
         if !connected {
             self.disconnected_since.get_or_insert(now);
             return false;
@@ -259,8 +288,8 @@ impl Contact {
         let cut_off = self
             .disconnected_since
             .take()
-            .is_some_and(|since| now.duration_since(since) > self.timeout);
-        stalled || cut_off
+            .is_some_and(|since| now.saturating_duration_since(since) > self.timeout);
+        std::mem::take(&mut self.stalled) || cut_off
     }
 }
 
@@ -281,6 +310,24 @@ mod tests {
 
     const TIMEOUT: Duration = Duration::from_secs(9);
     const BEAT: Duration = Duration::from_secs(3);
+
+    /// Paused past the timeout: NATS dropped the stale connection during
+    /// the pause, so the first tick after it finds NATS not connected, and
+    /// the reconnect a moment later is too short to count as a cut. The
+    /// pause must still count (issue 26: it was forgotten, and the gateway
+    /// kept members its peers had removed).
+    #[test]
+    fn a_pause_is_not_forgotten_when_the_first_tick_after_it_finds_nats_gone() {
+        let start = Instant::now();
+        let mut contact = Contact::new(TIMEOUT, start);
+        let woke = start + BEAT + Duration::from_secs(20);
+        assert!(!contact.lost(woke, false), "still without NATS");
+        assert!(
+            contact.lost(woke + Duration::from_millis(100), true),
+            "back in touch after the pause: contact was lost"
+        );
+        assert!(!contact.lost(woke + BEAT, true), "reported once");
+    }
 
     #[test]
     fn contact_is_lost_after_a_stall_or_a_long_disconnect_only() {

@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use hyper_tungstenite::tungstenite::Utf8Bytes;
@@ -19,6 +20,7 @@ use schemas::event::{self, PresenceChange, RoomMember, SignalDelivery};
 use schemas::id::{ConnId, GatewayId, RoomId, Seq};
 use schemas::subject;
 use tokio::sync::{OnceCell, mpsc};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -124,6 +126,9 @@ pub struct Hub {
     shutdown: CancellationToken,
     /// Cancelled by [`Hub::reset`], then replaced.
     reset: Mutex<CancellationToken>,
+    /// When the cluster task last found this gateway in touch with the
+    /// cluster (see [`Hub::in_touch`]).
+    in_touch_at: Mutex<Instant>,
 }
 
 /// Shared with each room's fan-out task. A std mutex: every critical
@@ -162,6 +167,7 @@ impl Hub {
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
             reset: Mutex::new(CancellationToken::new()),
+            in_touch_at: Mutex::new(Instant::now()),
         }
     }
 
@@ -182,6 +188,22 @@ impl Hub {
     pub fn reset(&self) {
         let old = std::mem::take(&mut *self.reset.lock().expect("hub lock poisoned"));
         old.cancel();
+    }
+
+    /// The cluster task found this gateway in touch with the cluster at
+    /// `now` (NATS connected, no pause since its last check).
+    pub fn touched(&self, now: Instant) {
+        *self.in_touch_at.lock().expect("hub lock poisoned") = now;
+    }
+
+    /// Whether this gateway was last found in touch within `timeout` before
+    /// `now`. A connection asks before it delivers or forwards anything:
+    /// after a pause (SIGSTOP, a frozen VM, starvation) or a cut longer than
+    /// the timeout, the others may have removed its members, and the
+    /// cluster task, which would reset it, may not have run yet.
+    pub fn in_touch(&self, now: Instant, timeout: Duration) -> bool {
+        let at = *self.in_touch_at.lock().expect("hub lock poisoned");
+        now.saturating_duration_since(at) <= timeout
     }
 
     /// Forgets `conn` (it closed).

@@ -209,17 +209,40 @@ impl Connection {
         mut keepalive: Pin<&mut Sleep>,
     ) -> Result<(), Exit> {
         if let Some(message) = ahead.pop() {
+            self.in_touch()?;
             return self.on_message(socket, message, ahead).await;
         }
         let gap = self.oldest_gap();
         tokio::select! {
-            Some(delivery) = deliveries.recv() => self.deliver_queued(socket, delivery, deliveries).await,
+            Some(delivery) = deliveries.recv() => {
+                self.in_touch()?;
+                self.deliver_queued(socket, delivery, deliveries).await
+            }
             () = keepalive.as_mut() => self.keep_alive(socket, keepalive).await,
             () = tokio::time::sleep_until(gap.unwrap_or_else(Instant::now)), if gap.is_some() => {
+                self.in_touch()?;
                 Box::pin(self.fill_gaps(socket)).await
             }
-            frame = socket.next() => self.on_message(socket, read(frame)?, ahead).await,
+            frame = socket.next() => {
+                let message = read(frame)?;
+                self.in_touch()?;
+                self.on_message(socket, message, ahead).await
+            }
         }
+    }
+
+    /// Ends the connection with the reset code if the gateway has not been
+    /// in touch with the cluster for longer than the gateway timeout (see
+    /// [`crate::hub::Hub::in_touch`]): checked after every wake-up, before
+    /// the connection delivers, forwards or answers anything, since its
+    /// members may be gone from their rooms by now.
+    fn in_touch(&self) -> Result<(), Exit> {
+        let timeout = self.shared.config.gateway_timeout;
+        if self.shared.hub.in_touch(Instant::now(), timeout) {
+            return Ok(());
+        }
+        tracing::warn!("out of touch with the cluster longer than the gateway timeout; closing");
+        Err(Exit::Close(CloseCode::Reset))
     }
 
     /// Handles one message from the client.
@@ -318,6 +341,7 @@ impl Connection {
         socket: &mut HyperWebsocketStream,
         frame: ServerFrame,
     ) -> Result<(), Exit> {
+        self.in_touch()?;
         if let ServerFrame::Error(ErrorFrame {
             code: ErrorCode::InvalidMessage,
             ..

@@ -19,7 +19,8 @@ mod token;
 
 pub use client::{Client, FRAME_TIMEOUT, QUIET, assert_code, signal};
 pub use http::{get_json, http};
-pub use nats::{Nats, REQUEST_TIMEOUT};
+pub use link::Link;
+pub use nats::{NATS_USERS, Nats, REQUEST_TIMEOUT};
 pub use system::{Options, System, service_binary};
 pub use token::{SECRET, now, token, token_with};
 
