@@ -34,7 +34,9 @@ pub struct ModeratorConfig {
     /// rate applies. Default 10.
     pub chat_burst: u32,
     /// Chat messages waiting to be stored, per room; when full, further ones
-    /// get `unavailable` and the client retries. Default 256.
+    /// get `unavailable` and the client retries. The room's writer takes
+    /// what waits at once to check its senders' membership in one read, so
+    /// a room holds at most twice this many. Default 256.
     pub room_queue_capacity: usize,
     /// How long a room's writer stays around without messages before it frees
     /// its memory. Default 30 s.

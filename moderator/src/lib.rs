@@ -119,12 +119,13 @@ pub async fn start(
     let permits = Arc::new(Semaphore::new(max_concurrent));
     let metrics = ModeratorMetrics::register(metrics, permits.clone(), max_concurrent);
     let js = async_nats::jetstream::new(client.clone());
+    let membership = bootstrap::nats::set_up("opening the rooms bucket", || {
+        Membership::open(&js, config.room_capacity, config.rooms_replicas)
+    })
+    .await?;
     let roster = Arc::new(Roster {
         client: client.clone(),
-        membership: bootstrap::nats::set_up("opening the rooms bucket", || {
-            Membership::open(&js, config.room_capacity, config.rooms_replicas)
-        })
-        .await?,
+        membership: membership.clone(),
         liveness: Mutex::new(Liveness::new(config.gateway_timeout, Instant::now())),
     });
     let moderator = Moderator {
@@ -134,6 +135,7 @@ pub async fn start(
         candidates: CandidateBudget::new(config.max_candidates_per_room),
         writers: Writers::new(
             js.clone(),
+            membership,
             config.room_queue_capacity,
             config.room_idle_timeout,
             metrics.clone(),

@@ -213,6 +213,22 @@ impl Membership {
         Ok(self.read(room, false).await?.0.members)
     }
 
+    /// The room's members now, read again from the stream's leader if the
+    /// first read lacks one of `expected`: that read may come from a replica
+    /// that lags behind a join, and a member must not be refused for it.
+    pub async fn members_expecting(
+        &self,
+        room: &RoomId,
+        expected: &[ConnId],
+    ) -> Result<Vec<RoomMember>, MembershipError> {
+        let members = self.members(room).await?;
+        let listed = |conn: &ConnId| members.iter().any(|m| m.member.conn_id == *conn);
+        if expected.iter().all(listed) {
+            return Ok(members);
+        }
+        Ok(self.read(room, true).await?.0.members)
+    }
+
     /// Adds the joining member, first removing members whose gateway
     /// `is_dead` and the connection it replaces (only if that connection is
     /// the same user's: nobody can take another user's seat). A member

@@ -1,14 +1,23 @@
 //! One writer task per room with chat waiting to be stored, so rooms are
 //! stored in parallel while each room's messages keep their order.
+//!
+//! A writer stores only the chat of the room's members by the rooms bucket,
+//! the authority on membership: a gateway's own view can be wrong (one
+//! that was paused may not know its members were removed), and moderation
+//! must hold whatever a gateway believes. One read of the room's members
+//! serves every message the writer takes at once, so under load the check
+//! costs a read per batch, not per message.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
+use schemas::code::ErrorCode;
 use schemas::event::Verdict;
-use schemas::id::RoomId;
+use schemas::id::{ConnId, RoomId};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use crate::membership::Membership;
 use crate::metrics::ModeratorMetrics;
 use crate::reply::Reply;
 use crate::room_writer::{Accepted, RoomWriter, Stored};
@@ -36,6 +45,7 @@ pub struct Busy(pub Box<Job>);
 /// The running room writers.
 pub struct Writers {
     js: async_nats::jetstream::Context,
+    membership: Membership,
     queue_capacity: usize,
     idle_timeout: Duration,
     senders: HashMap<RoomId, mpsc::Sender<Job>>,
@@ -48,12 +58,14 @@ impl Writers {
     /// writer exits after `idle_timeout` without any.
     pub fn new(
         js: async_nats::jetstream::Context,
+        membership: Membership,
         queue_capacity: usize,
         idle_timeout: Duration,
         metrics: ModeratorMetrics,
     ) -> Self {
         Self {
             js,
+            membership,
             metrics,
             queue_capacity: queue_capacity.max(1),
             idle_timeout,
@@ -78,8 +90,14 @@ impl Writers {
         tx.try_send(job)
             .expect("a fresh channel with capacity >= 1 has room for one job");
         let writer = RoomWriter::new(self.js.clone(), room.clone(), self.metrics.clone());
-        self.tasks
-            .spawn(write_room(writer, rx, self.idle_timeout, room.clone()));
+        let membership = self.membership.clone();
+        self.tasks.spawn(write_room(
+            writer,
+            membership,
+            rx,
+            self.idle_timeout,
+            room.clone(),
+        ));
         self.senders.insert(room, tx);
         Ok(())
     }
@@ -104,30 +122,77 @@ impl Writers {
     }
 }
 
-/// A room writer's task: stores jobs in order until idle for `idle`.
+/// A room writer's task: stores jobs in order, as many as are waiting at
+/// once, until idle for `idle`.
 async fn write_room(
     mut writer: RoomWriter,
+    membership: Membership,
     mut jobs: mpsc::Receiver<Job>,
     idle: Duration,
     room: RoomId,
 ) -> RoomId {
+    let mut batch = Vec::new();
     loop {
-        let job = match tokio::time::timeout(idle, jobs.recv()).await {
-            Ok(Some(job)) => job,
+        match tokio::time::timeout(idle, jobs.recv()).await {
+            Ok(Some(job)) => batch.push(job),
             Ok(None) => break,
             Err(_) => {
                 // Close first, then drain: a job sent before the close is
                 // still stored, one sent after it is re-dispatched to a new writer.
                 jobs.close();
                 while let Ok(job) = jobs.try_recv() {
-                    store(&mut writer, job).await;
+                    batch.push(job);
                 }
+                store_members(&mut writer, &membership, &room, &mut batch).await;
                 break;
             }
-        };
-        store(&mut writer, job).await;
+        }
+        while let Ok(job) = jobs.try_recv() {
+            batch.push(job);
+        }
+        store_members(&mut writer, &membership, &room, &mut batch).await;
     }
     room
+}
+
+/// Stores the jobs of `batch` whose senders are members of `room`, in
+/// order, and refuses the others with `not_in_room`; empties `batch`.
+async fn store_members(
+    writer: &mut RoomWriter,
+    membership: &Membership,
+    room: &RoomId,
+    batch: &mut Vec<Job>,
+) {
+    if batch.is_empty() {
+        return;
+    }
+    let senders: Vec<ConnId> = batch
+        .iter()
+        .map(|job| job.accepted.from.conn_id.clone())
+        .collect();
+    let members = match membership.members_expecting(room, &senders).await {
+        Ok(members) => members,
+        Err(err) => {
+            let verdict = crate::roster::failed(room, err);
+            for job in batch.drain(..) {
+                job.reply.send(verdict.clone()).await;
+            }
+            return;
+        }
+    };
+    for job in batch.drain(..) {
+        let from = &job.accepted.from.conn_id;
+        if members.iter().any(|m| m.member.conn_id == *from) {
+            store(writer, job).await;
+        } else {
+            tracing::info!(%room, conn_id = %from, "chat from a connection that is not a member");
+            let refusal = Verdict::Rejected {
+                code: ErrorCode::NotInRoom,
+                message: "join the room first".into(),
+            };
+            job.reply.send(refusal).await;
+        }
+    }
 }
 
 async fn store(writer: &mut RoomWriter, job: Job) {

@@ -180,40 +180,60 @@ async fn rate_limit_holds_with_two_moderators() {
     system.finish().await;
 }
 
+/// A chat request as a gateway sends it, from `member` of `room`.
+fn chat_request(member: &Member, room: &RoomId, id: &str, text: &str) -> ModerationRequest {
+    ModerationRequest {
+        from: member.clone(),
+        gateway: GatewayId::from("test-gateway"),
+        action: Action::Chat {
+            room: room.clone(),
+            id: ClientMsgId::from(id),
+            text: text.into(),
+            acked_by_delivery: false,
+        },
+    }
+}
+
+/// The moderator's verdict on `request`, sent straight over NATS.
+async fn moderate(client: &async_nats::Client, request: &ModerationRequest) -> Verdict {
+    let reply = client
+        .request(subject::MODERATE, event::encode(request).into())
+        .await
+        .expect("a moderator answers");
+    event::decode::<ModerationReply>(&reply.payload)
+        .expect("a moderation reply")
+        .verdict
+}
+
 /// A room writer whose queue is full answers at once ("room is busy",
 /// `unavailable`) instead of leaving the request to time out. The burst goes
-/// straight to the moderator's subject, so it arrives faster than one
-/// writer stores and overflows a one-job queue.
+/// straight to the moderator's subject, from one member of the room, so it
+/// arrives faster than one writer stores and overflows a one-job queue.
 #[tokio::test]
 async fn a_full_room_queue_answers_at_once() {
     const BURST: usize = 50;
     let system = System::start(Options {
         moderator: ModeratorConfig {
             room_queue_capacity: 1,
+            chat_burst: BURST as u32,
             ..ModeratorConfig::default()
         },
         ..Options::one_gateway()
     })
     .await;
     let room = room("busy");
+    let mut ann = Client::connect(system.gateways[0], "ann").await;
+    ann.join(&room, None).await;
+    let member = Member {
+        conn_id: ann.conn_id.clone(),
+        user: User {
+            id: UserId::from("ann"),
+            name: "ann".into(),
+        },
+    };
     let client = system.nats.connect().await;
     let requests = (0..BURST).map(|i| {
-        let request = ModerationRequest {
-            from: Member {
-                conn_id: ConnId(format!("conn-{i}")),
-                user: User {
-                    id: UserId(format!("user-{i}")),
-                    name: format!("user {i}"),
-                },
-            },
-            gateway: GatewayId::from("test-gateway"),
-            action: Action::Chat {
-                room: room.clone(),
-                id: ClientMsgId::from("m"),
-                text: "hello".into(),
-                acked_by_delivery: false,
-            },
-        };
+        let request = chat_request(&member, &room, &format!("m{i}"), "hello");
         client.request(subject::MODERATE, event::encode(&request).into())
     });
     let replies = futures_util::future::join_all(requests).await;
@@ -233,5 +253,55 @@ async fn a_full_room_queue_answers_at_once() {
     assert!(stored >= 1, "the first message is stored");
     assert!(busy >= 1, "a burst of {BURST} overflows a one-job queue");
     assert_eq!(stored + busy, BURST);
+    drop(ann);
+    system.finish().await;
+}
+
+/// Moderation holds whatever a gateway believes (issue 26): a chat from a
+/// connection that is not a member of the room by the rooms bucket is
+/// refused with `not_in_room`, here sent straight over NATS as a gateway
+/// that lost track of its members would send it, and nothing is stored.
+/// The same request from a member is stored, so the check refuses only
+/// what it must. Before, only the gateway checked, and the stranger's chat
+/// was stored.
+#[tokio::test]
+async fn the_moderator_refuses_chat_from_a_non_member_whatever_the_gateway_says() {
+    let system = System::start(Options::one_gateway()).await;
+    let room = room("authority");
+    let mut ann = Client::connect(system.gateways[0], "ann").await;
+    ann.join(&room, None).await;
+    let client = system.nats.connect().await;
+    let user = |id: &str| User {
+        id: UserId::from(id),
+        name: id.into(),
+    };
+    let stranger = Member {
+        conn_id: ConnId::from("not-a-member"),
+        user: user("eve"),
+    };
+    assert_eq!(
+        moderate(
+            &client,
+            &chat_request(&stranger, &room, "m1", "from a stranger")
+        )
+        .await,
+        Verdict::Rejected {
+            code: ErrorCode::NotInRoom,
+            message: "join the room first".into(),
+        }
+    );
+    let member = Member {
+        conn_id: ann.conn_id.clone(),
+        user: user("ann"),
+    };
+    assert!(matches!(
+        moderate(&client, &chat_request(&member, &room, "m2", "from ann")).await,
+        Verdict::Stored { seq: Some(_), .. }
+    ));
+    let mut bob = Client::connect(system.gateways[0], "bob").await;
+    let joined = bob.try_join(&room, None).await.expect("bob joins");
+    let texts: Vec<&str> = joined.history.iter().map(|m| m.text.as_str()).collect();
+    assert_eq!(texts, ["from ann"], "the stranger's chat was not stored");
+    drop((ann, bob));
     system.finish().await;
 }
