@@ -10,6 +10,7 @@
 //! answers its sender's wait (see [`crate::chat_acks`]).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -126,9 +127,12 @@ pub struct Hub {
     shutdown: CancellationToken,
     /// Cancelled by [`Hub::reset`], then replaced.
     reset: Mutex<CancellationToken>,
+    /// When the hub was made: `in_touch_at` counts from it.
+    epoch: Instant,
     /// When the cluster task last found this gateway in touch with the
-    /// cluster (see [`Hub::in_touch`]).
-    in_touch_at: Mutex<Instant>,
+    /// cluster, in ms since `epoch` (see [`Hub::in_touch`]). An atomic, not
+    /// a lock: every connection reads it at every wake-up.
+    in_touch_at: AtomicU64,
 }
 
 /// Shared with each room's fan-out task. A std mutex: every critical
@@ -167,7 +171,8 @@ impl Hub {
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
             reset: Mutex::new(CancellationToken::new()),
-            in_touch_at: Mutex::new(Instant::now()),
+            epoch: Instant::now(),
+            in_touch_at: AtomicU64::new(0),
         }
     }
 
@@ -193,7 +198,8 @@ impl Hub {
     /// The cluster task found this gateway in touch with the cluster at
     /// `now` (NATS connected, no pause since its last check).
     pub fn touched(&self, now: Instant) {
-        *self.in_touch_at.lock().expect("hub lock poisoned") = now;
+        let at = now.saturating_duration_since(self.epoch).as_millis() as u64;
+        self.in_touch_at.fetch_max(at, Ordering::Relaxed);
     }
 
     /// Whether this gateway was last found in touch within `timeout` before
@@ -202,7 +208,7 @@ impl Hub {
     /// the timeout, the others may have removed its members, and the
     /// cluster task, which would reset it, may not have run yet.
     pub fn in_touch(&self, now: Instant, timeout: Duration) -> bool {
-        let at = *self.in_touch_at.lock().expect("hub lock poisoned");
+        let at = self.epoch + Duration::from_millis(self.in_touch_at.load(Ordering::Relaxed));
         now.saturating_duration_since(at) <= timeout
     }
 
