@@ -312,38 +312,12 @@ async fn a_killed_gateway_leaves_no_ghosts() {
 /// clients rejoin (where there are seats).
 #[tokio::test]
 async fn a_gateway_stopped_past_the_timeout_closes_its_connections_when_it_resumes() {
-    const TIMEOUT: Duration = Duration::from_secs(2);
-    const HEARTBEAT: Duration = Duration::from_millis(500);
-    let mut gateway = Options::default().gateway;
-    gateway.heartbeat_interval = HEARTBEAT;
-    gateway.gateway_timeout = TIMEOUT;
-    let system = System::start(Options {
-        moderator: ModeratorConfig {
-            gateway_timeout: TIMEOUT,
-            ..ModeratorConfig::default()
-        },
-        gateway,
-        ..Options::one_gateway()
-    })
-    .await;
+    let system = System::start(quick_timeouts(false)).await;
     let (mut stalled, stalled_addr) = gateway_process(&system.nats).await;
     let room = room("stalled");
-    let mut ann = Client::connect(system.gateways[0], "ann").await;
-    ann.join(&room, None).await;
-    let mut bob = Client::connect(stalled_addr, "bob").await;
-    bob.join(&room, None).await;
-    assert_eq!(
-        next_presence(&mut ann).await,
-        (PresenceEvent::Join, bob.conn_id.clone())
-    );
-
+    let (mut ann, mut bob) = ann_here_bob_there(&system, stalled_addr, &room).await;
     let pid = stalled.id().expect("the gateway runs");
-    signal_process(pid, "-STOP");
-    assert_eq!(
-        next_presence(&mut ann).await,
-        (PresenceEvent::Leave, bob.conn_id.clone()),
-        "the stopped gateway's member is removed"
-    );
+    stop_until_removed(pid, &mut ann, &bob).await;
     signal_process(pid, "-CONT");
     // Nothing reaches a member the others removed: the close comes first.
     match bob.recv_or_close().await {
@@ -353,6 +327,52 @@ async fn a_gateway_stopped_past_the_timeout_closes_its_connections_when_it_resum
     stalled.kill().await.expect("stop the gateway");
     drop((ann, bob));
     system.finish().await;
+}
+
+/// One in-process gateway, and gateways and moderators that count a
+/// gateway dead after 2 s (heartbeats every 500 ms), as the gateway
+/// processes of the stop tests do; `nats_users` runs NATS as compose does.
+fn quick_timeouts(nats_users: bool) -> Options {
+    let mut gateway = Options::default().gateway;
+    gateway.heartbeat_interval = Duration::from_millis(500);
+    gateway.gateway_timeout = Duration::from_secs(2);
+    Options {
+        nats_users,
+        moderator: ModeratorConfig {
+            gateway_timeout: gateway.gateway_timeout,
+            ..ModeratorConfig::default()
+        },
+        gateway,
+        ..Options::one_gateway()
+    }
+}
+
+/// Ann on the system's gateway and bob on the gateway at `there` join
+/// `room`; ann has seen bob join.
+async fn ann_here_bob_there(
+    system: &System,
+    there: std::net::SocketAddr,
+    room: &RoomId,
+) -> (Client, Client) {
+    let mut ann = Client::connect(system.gateways[0], "ann").await;
+    ann.join(room, None).await;
+    let mut bob = Client::connect(there, "bob").await;
+    bob.join(room, None).await;
+    assert_eq!(
+        next_presence(&mut ann).await,
+        (PresenceEvent::Join, bob.conn_id.clone())
+    );
+    (ann, bob)
+}
+
+/// Stops (SIGSTOP) bob's gateway process `pid` until ann sees bob removed.
+async fn stop_until_removed(pid: u32, ann: &mut Client, bob: &Client) {
+    signal_process(pid, "-STOP");
+    assert_eq!(
+        next_presence(ann).await,
+        (PresenceEvent::Leave, bob.conn_id.clone()),
+        "the stopped gateway's member is removed"
+    );
 }
 
 /// Sends a signal to the gateway process `pid` (`-STOP`, `-CONT`).
@@ -377,40 +397,13 @@ fn signal_process(pid: u32, name: &str) {
 /// member stays. Before, the client got an answer to its chat instead.
 #[tokio::test]
 async fn a_gateway_paused_and_cut_off_lets_no_ghost_receive_or_post() {
-    const TIMEOUT: Duration = Duration::from_secs(2);
-    const HEARTBEAT: Duration = Duration::from_millis(500);
-    let mut gateway = Options::default().gateway;
-    gateway.heartbeat_interval = HEARTBEAT;
-    gateway.gateway_timeout = TIMEOUT;
-    let system = System::start(Options {
-        nats_users: true,
-        moderator: ModeratorConfig {
-            gateway_timeout: TIMEOUT,
-            ..ModeratorConfig::default()
-        },
-        gateway,
-        ..Options::one_gateway()
-    })
-    .await;
+    let system = System::start(quick_timeouts(true)).await;
     let link = Link::open(system.nats.addr).await;
     let (mut paused, paused_addr) = gateway_process_at(&system.nats, &link.url()).await;
     let room = room("paused");
-    let mut ann = Client::connect(system.gateways[0], "ann").await;
-    ann.join(&room, None).await;
-    let mut bob = Client::connect(paused_addr, "bob").await;
-    bob.join(&room, None).await;
-    assert_eq!(
-        next_presence(&mut ann).await,
-        (PresenceEvent::Join, bob.conn_id.clone())
-    );
-
+    let (mut ann, mut bob) = ann_here_bob_there(&system, paused_addr, &room).await;
     let pid = paused.id().expect("the gateway runs");
-    signal_process(pid, "-STOP");
-    assert_eq!(
-        next_presence(&mut ann).await,
-        (PresenceEvent::Leave, bob.conn_id.clone()),
-        "the paused gateway's member is removed"
-    );
+    stop_until_removed(pid, &mut ann, &bob).await;
     link.cut();
     signal_process(pid, "-CONT");
     bob.send(&ClientFrame::Chat {
