@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use hyper_tungstenite::tungstenite::Utf8Bytes;
-use schemas::client::{ChatMessage, ServerFrame};
+use schemas::client::{ChatMessage, PresenceEvent, ServerFrame};
 use schemas::event::{self, PresenceChange, RoomMember, SignalDelivery};
 use schemas::id::{ConnId, GatewayId, RoomId, Seq};
 use schemas::subject;
@@ -73,7 +73,12 @@ pub enum DeliveryKind {
     },
     /// A membership change; dropped if the `joined` member list already
     /// included it (revision at or below the join's).
-    Presence(u64),
+    Presence {
+        /// The membership revision it leaves the room at.
+        revision: u64,
+        /// Whether a member left (or was removed).
+        leave: bool,
+    },
     /// A signal for this connection.
     Signal,
 }
@@ -518,7 +523,10 @@ fn presence_delivery(room: &RoomId, payload: &[u8]) -> Result<Decoded, event::Ev
     };
     let delivery = Delivery {
         room: room.clone(),
-        kind: DeliveryKind::Presence(change.revision),
+        kind: DeliveryKind::Presence {
+            revision: change.revision,
+            leave: change.event == PresenceEvent::Leave,
+        },
         about: Some(conn),
         frame: frame.to_json().into(),
     };

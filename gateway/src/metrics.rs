@@ -123,7 +123,7 @@ impl GatewayMetrics {
     pub fn delivered(&self, kind: DeliveryKind) {
         let kind = match kind {
             DeliveryKind::Chat { .. } => "chat",
-            DeliveryKind::Presence(_) => "presence",
+            DeliveryKind::Presence { .. } => "presence",
             DeliveryKind::Signal => "signal",
         };
         self.sent.get_or_create(&[("type", kind)]).inc();

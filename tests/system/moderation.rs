@@ -10,7 +10,7 @@ use schemas::id::{ClientMsgId, ConnId, GatewayId, RoomId, UserId};
 use schemas::subject;
 use tokio::time::Instant;
 
-use crate::harness::{Client, Options, System, assert_code, room};
+use crate::harness::{Client, Options, System, assert_code, moderate, room};
 
 #[tokio::test]
 async fn oversize_chat_and_bad_room_names_are_refused() {
@@ -192,17 +192,6 @@ fn chat_request(member: &Member, room: &RoomId, id: &str, text: &str) -> Moderat
             acked_by_delivery: false,
         },
     }
-}
-
-/// The moderator's verdict on `request`, sent straight over NATS.
-async fn moderate(client: &async_nats::Client, request: &ModerationRequest) -> Verdict {
-    let reply = client
-        .request(subject::MODERATE, event::encode(request).into())
-        .await
-        .expect("a moderator answers");
-    event::decode::<ModerationReply>(&reply.payload)
-        .expect("a moderation reply")
-        .verdict
 }
 
 /// A room writer whose queue is full answers at once ("room is busy",

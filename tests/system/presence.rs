@@ -7,14 +7,16 @@ use std::time::Duration;
 
 use gateway::cluster::{REAP_RETRY, SCAN_INTERVAL};
 use moderator::config::ModeratorConfig;
-use schemas::client::{ClientFrame, PresenceEvent, ServerFrame};
+use moderator::membership::Membership;
+use schemas::client::{ClientFrame, Member, PresenceEvent, ServerFrame, User};
 use schemas::code::{CloseCode, ErrorCode};
-use schemas::id::{ConnId, RoomId};
+use schemas::event::{Action, ModerationRequest, Verdict};
+use schemas::id::{ConnId, GatewayId, RoomId, UserId};
 use tokio::time::Instant;
 
 use crate::harness::{
     Client, FRAME_TIMEOUT, Link, NATS_USERS, Nats, Options, REQUEST_TIMEOUT, SECRET, System,
-    assert_code, get_json, room, service_binary,
+    assert_code, get_json, moderate, room, service_binary,
 };
 
 fn ids(members: &[schemas::client::Member]) -> BTreeSet<ConnId> {
@@ -434,6 +436,92 @@ async fn a_gateway_paused_and_cut_off_lets_no_ghost_receive_or_post() {
     paused.kill().await.expect("stop the gateway");
     drop((ann, bob, cat));
     system.finish().await;
+}
+
+/// A connection removed from its room by anyone but itself is no longer a
+/// member, and its gateway must not serve it as one. Found by the fault
+/// suite in CI (the run after a rolling restart): a moderator took a live
+/// gateway for dead and removed its members, the gateway, in touch all
+/// along, never heard of it, and every one of its clients had its chat
+/// refused with `not_in_room` while still getting the room's traffic. The
+/// gateway now closes such a connection with 4104, so the client rejoins
+/// and resends, as soon as it hears of the removal: from the room's
+/// presence `leave` about it (here, a leave sent to the moderator by
+/// someone else), or from the moderator refusing its chat (the next
+/// test). Before, bob was not closed and got ann's chat.
+#[tokio::test]
+async fn a_member_removed_by_another_is_told_to_rejoin() {
+    let system = System::start(Options::default()).await;
+    let room = room("removed");
+    let (mut ann, mut bob) = ann_here_bob_there(&system, system.gateways[1], &room).await;
+    let bus = system.nats.connect().await;
+    let leave = ModerationRequest {
+        from: member(&bob, "bob"),
+        gateway: GatewayId::from("another-gateway"),
+        action: Action::Leave {
+            room: room.clone(),
+            attempt: None,
+        },
+    };
+    assert_eq!(moderate(&bus, &leave).await, Verdict::Done);
+    assert_eq!(
+        next_presence(&mut ann).await,
+        (PresenceEvent::Leave, bob.conn_id.clone())
+    );
+    ann.chat(&room, "after", "after bob was removed")
+        .await
+        .expect("ann's chat is stored");
+    match bob.recv_or_close().await {
+        Err(code) => assert_eq!(code, CloseCode::Reset.code(), "bob is told to rejoin"),
+        Ok(frame) => panic!("a removed member got {frame:?}"),
+    }
+    drop((ann, bob));
+    system.finish().await;
+}
+
+/// The same when the presence `leave` never reached the gateway (presence
+/// is not stored; a gateway reconnecting to NATS misses what was sent
+/// meanwhile): bob is taken out of the room's entry directly, with no
+/// announcement, and the moderator's refusal of his chat is what tells the
+/// gateway. Bob is closed with 4104, not told `not_in_room` about a room
+/// he joined, which a client takes as the end of that message. Before, he
+/// got the `not_in_room` error.
+#[tokio::test]
+async fn a_member_whose_chat_is_refused_as_a_stranger_is_told_to_rejoin() {
+    let system = System::start(Options::default()).await;
+    let room = room("unannounced");
+    let (ann, mut bob) = ann_here_bob_there(&system, system.gateways[1], &room).await;
+    let js = async_nats::jetstream::new(system.nats.connect().await);
+    let membership = Membership::open(&js, ModeratorConfig::default().room_capacity, 1)
+        .await
+        .expect("the rooms bucket opens");
+    membership
+        .leave(&room, &bob.conn_id, None)
+        .await
+        .expect("bob is taken out of the room");
+    bob.send(&ClientFrame::Chat {
+        room: room.clone(),
+        id: "stranger".into(),
+        text: "sent after the removal".into(),
+    })
+    .await;
+    match bob.recv_or_close().await {
+        Err(code) => assert_eq!(code, CloseCode::Reset.code(), "bob is told to rejoin"),
+        Ok(frame) => panic!("a removed member got {frame:?}"),
+    }
+    drop((ann, bob));
+    system.finish().await;
+}
+
+/// `client`, connected as `user`, as a gateway names it to the moderator.
+fn member(client: &Client, user: &str) -> Member {
+    Member {
+        conn_id: client.conn_id.clone(),
+        user: User {
+            id: UserId::from(user),
+            name: user.into(),
+        },
+    }
 }
 
 /// Found by the fault suite: a client whose connection broke could not

@@ -245,6 +245,26 @@ impl Connection {
         Err(Exit::Close(CloseCode::Reset))
     }
 
+    /// Ends the connection with the reset code if `reply` is the
+    /// moderator's `not_in_room` about a room the connection joined: its
+    /// seat there was taken away without its leave (another service took
+    /// this gateway for dead), and the presence change that says so has
+    /// not come, or never will. The client must not take the refusal for
+    /// the end of its message: it rejoins and resends instead.
+    fn still_a_member(&self, reply: &ServerFrame) -> Result<(), Exit> {
+        if let ServerFrame::Error(ErrorFrame {
+            code: ErrorCode::NotInRoom,
+            room: Some(room),
+            ..
+        }) = reply
+            && self.rooms.contains(room)
+        {
+            tracing::warn!(%room, "the moderator no longer lists this connection in a room it joined; closing");
+            return Err(Exit::Close(CloseCode::Reset));
+        }
+        Ok(())
+    }
+
     /// Handles one message from the client.
     async fn on_message(
         &mut self,
@@ -260,7 +280,10 @@ impl Connection {
                 let respond = Box::pin(self.respond(&text));
                 let reply = ahead.while_waiting(socket, respond).await?;
                 match reply {
-                    Some(frame) => self.reply(socket, frame).await,
+                    Some(frame) => {
+                        self.still_a_member(&frame)?;
+                        self.reply(socket, frame).await
+                    }
                     None => Ok(()),
                 }
             }

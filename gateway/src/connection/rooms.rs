@@ -165,8 +165,16 @@ impl Connection {
                 view.chat
                     .offer(seq, prev, delivery, Instant::now(), &mut ready)?
             }
-            DeliveryKind::Presence(revision) if revision <= view.members_revision => {}
-            DeliveryKind::Presence(_) | DeliveryKind::Signal => ready.push(delivery),
+            DeliveryKind::Presence { revision, .. } if revision <= view.members_revision => {}
+            // Its own leave, which it did not ask for (that removes the
+            // view first): it is no longer a member (see `still_a_member`).
+            DeliveryKind::Presence { leave: true, .. }
+                if delivery.about.as_ref() == Some(&self.requester.member.conn_id) =>
+            {
+                tracing::warn!(room = %delivery.room, "removed from a room it joined; closing");
+                return Err(Exit::Close(CloseCode::Reset));
+            }
+            DeliveryKind::Presence { .. } | DeliveryKind::Signal => ready.push(delivery),
         }
         for delivery in ready {
             self.feed(socket, &delivery).await?;

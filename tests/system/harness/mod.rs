@@ -24,9 +24,23 @@ pub use nats::{NATS_USERS, Nats, REQUEST_TIMEOUT};
 pub use system::{Options, System, service_binary};
 pub use token::{SECRET, now, token, token_with};
 
+use schemas::event::{self, ModerationReply, ModerationRequest, Verdict};
 use schemas::id::RoomId;
+use schemas::subject;
 
 /// A unique room name, so tests never see each other's messages.
 pub fn room(label: &str) -> RoomId {
     RoomId(format!("{label}-{}", nuid::next()))
+}
+
+/// The moderator's verdict on `request`, sent straight over NATS as a
+/// gateway would send it.
+pub async fn moderate(client: &async_nats::Client, request: &ModerationRequest) -> Verdict {
+    let reply = client
+        .request(subject::MODERATE, event::encode(request).into())
+        .await
+        .expect("a moderator answers");
+    event::decode::<ModerationReply>(&reply.payload)
+        .expect("a moderation reply")
+        .verdict
 }
