@@ -48,6 +48,11 @@ pub enum StoreError {
     /// its first seq, could not be read.
     #[error("cannot read the chat stream: {0}")]
     Stream(#[from] jetstream::context::GetStreamError),
+    /// A resend's original could not be read for its seq. The resend is
+    /// not acked without one: the client is told to retry, and the retry
+    /// reads it again.
+    #[error("cannot read a resend's original: {0}")]
+    Original(#[from] stream::RawMessageError),
     /// Other moderators kept winning the race for the tail.
     #[error("kept losing the race for the room's tail for {TAIL_RACE_BUDGET:?}")]
     Contended,
@@ -150,7 +155,7 @@ impl RoomWriter {
             self.metrics.store.observe(sent.elapsed().as_secs_f64());
             match result {
                 Ok(ack) if ack.duplicate => {
-                    return Ok(Stored::Duplicate(self.original_seq(ack.sequence).await));
+                    return Ok(Stored::Duplicate(self.original_seq(ack.sequence).await?));
                 }
                 Ok(ack) => {
                     // Stored: the stream republishes it to the room's
@@ -199,24 +204,22 @@ impl RoomWriter {
     }
 
     /// The seq of the message stored at `stream_seq`, which a resend
-    /// duplicates; `None` once it has left the backlog, or if it cannot be
-    /// read (logged): the resend is then acked without its seq.
-    async fn original_seq(&self, stream_seq: u64) -> Option<Seq> {
-        let unread = |cause: &dyn std::fmt::Display| {
-            tracing::warn!(%cause, room = %self.room, stream_seq, "cannot read a resend's original");
-            None
-        };
-        let stream = match self.stream().await {
-            Ok(stream) => stream,
-            Err(err) => return unread(&err),
-        };
+    /// duplicates; `None` once it has left the backlog, the one case where
+    /// a resend is acked without its seq (docs/protocol.md).
+    async fn original_seq(&self, stream_seq: u64) -> Result<Option<Seq>, StoreError> {
+        let stream = self.stream().await?;
         match stream.get_raw_message(stream_seq).await {
             Ok(original) => match event::decode::<ChatMessage>(&original.payload) {
-                Ok(chat) => Some(chat.seq),
-                Err(err) => unread(&err),
+                Ok(chat) => Ok(Some(chat.seq)),
+                // Not a chat message: nothing a retry would change, and the
+                // stream holds nothing else, so this is a bug; logged.
+                Err(err) => {
+                    tracing::error!(cause = %err, room = %self.room, stream_seq, "a resend's original is malformed");
+                    Ok(None)
+                }
             },
-            Err(err) if err.kind() == stream::RawMessageErrorKind::NoMessageFound => None,
-            Err(err) => unread(&err),
+            Err(err) if err.kind() == stream::RawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(err) => Err(err.into()),
         }
     }
 
