@@ -5,8 +5,10 @@
 # `loadgen fanout --resume`: 100 rooms of 10 clients spread over both
 # gateways, 1,000 chats/s, clients that reconnect, rejoin with `since` and
 # resend as the SDK does. For each fault it prints acked messages lost,
-# duplicated, delivered out of order and skipped live (a live gap), sent messages never acked (all
-# must be 0), reconnects, rejoins told `truncated`, the longest time any
+# duplicated, delivered out of order, skipped live (a live gap) and
+# misdelivered (wrong room, sender or seq), sent messages never acked, and
+# acks that named no message awaiting one or came without a seq (all
+# must be 0; judged by message id, tools/loadgen/src/ledger.rs), reconnects, rejoins told `truncated`, the longest time any
 # client went without a delivery, and the errors clients saw. Exits
 # non-zero if any fault lost, duplicated, reordered, skipped live or left
 # unacked anything, or if slow-consumer closed anyone but the slow client.
@@ -127,13 +129,16 @@ healthy() {
   done
 }
 # One line per container of service $1: its name and the value of series
-# $2 in its /metrics (0 if absent), read over the private network.
+# $2 in its /metrics (0 if the series is absent: a counter nothing has
+# counted yet), read over the private network. A scrape that fails is a
+# failure, never a 0.
 sample() {
-  local id ip value
+  local id ip metrics value
   for id in $(container "$1"); do
     ip="$(docker inspect -f "{{(index .NetworkSettings.Networks \"$network\").IPAddress}}" "$id")"
-    # A scrape that fails reads as 0 rather than ending the suite.
-    value="$(curl -sf --max-time 2 "http://$ip:9090/metrics" | awk -v series="$2" '$1 == series { print $2 }' || true)"
+    metrics="$(curl -sf --max-time 2 "http://$ip:9090/metrics")" ||
+      { echo "  cannot scrape $1's /metrics at $ip" >&2; return 1; }
+    value="$(awk -v series="$2" '$1 == series { print $2 }' <<<"$metrics")"
     echo "$(docker inspect -f '{{.Name}}' "$id" | tr -d /) ${value:-0}"
   done
 }
@@ -198,8 +203,8 @@ import json, sys
 r = json.load(open(sys.argv[1]))
 c = r["correctness"]
 print(f'  second wave: {r["acked"]} acked; lost {c["lost"]}, duplicated {c["duplicated"]}, '
-      f'out of order {c["reordered"]}, live gaps {c["live_gaps"]}, unacked {r["unacked"]}; {r["reconnects"]} reconnects')
-sys.exit(0 if c["lost"] == c["duplicated"] == c["reordered"] == c["live_gaps"] == r["unacked"] == 0 else 1)
+      f'out of order {c["reordered"]}, live gaps {c["live_gaps"]}, misdelivered {c["misdelivered"]}, unacked {r["unacked"]}; {r["reconnects"]} reconnects')
+sys.exit(0 if c["lost"] == c["duplicated"] == c["reordered"] == c["live_gaps"] == c["misdelivered"] == r["unacked"] == 0 else 1)
 EOF
   rm -rf "$dir" "$wave_report"
 }
@@ -267,7 +272,7 @@ inject() {
   esac
 }
 
-printf '%-19s %6s %6s %6s %5s %7s %10s %7s %9s %10s %8s  %s\n' fault lost dup order gaps unacked reconnects peak/s truncated silence_ms gw_rss_mb "errors; closes"
+printf '%-19s %6s %6s %6s %5s %6s %7s %8s %10s %7s %9s %10s %8s  %s\n' fault lost dup order gaps misdel unacked bad_acks reconnects peak/s truncated silence_ms gw_rss_mb "errors; closes"
 failed=0 scale_failed=
 for fault in "${faults[@]}"; do
   [ -n "$fault" ] || continue
@@ -307,10 +312,11 @@ except ValueError:
     print(f"{fault:<19} no report: the load generator failed:")
     sys.exit(1)
 c = r["correctness"]
-print(f'{fault:<19} {c["lost"]:>6} {c["duplicated"]:>6} {c["reordered"]:>6} {c["live_gaps"]:>5} {r["unacked"]:>7} '
-      f'{r["reconnects"]:>10} {r["peak_reconnects_per_second"]:>7} {r["truncated"]:>9} {r["longest_silence_ms"]:>10} {rss // 1024:>8}  '
+bad_acks = r["unknown_acks"] + r["acked_without_seq"]
+print(f'{fault:<19} {c["lost"]:>6} {c["duplicated"]:>6} {c["reordered"]:>6} {c["live_gaps"]:>5} {c["misdelivered"]:>6} {r["unacked"]:>7} '
+      f'{bad_acks:>8} {r["reconnects"]:>10} {r["peak_reconnects_per_second"]:>7} {r["truncated"]:>9} {r["longest_silence_ms"]:>10} {rss // 1024:>8}  '
       f'{r["errors"]}; {r["closes"]}')
-sys.exit(0 if c["lost"] == c["duplicated"] == c["reordered"] == c["live_gaps"] == r["unacked"] == 0 else 1)
+sys.exit(0 if c["lost"] == c["duplicated"] == c["reordered"] == c["live_gaps"] == c["misdelivered"] == r["unacked"] == bad_acks == 0 else 1)
 EOF
   # The load generator's own verdict, when it failed (it says why last).
   grep -a 'fanout:' "$log" | tail -1 || true

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use cavlo_client::{Connection, Outbox};
-use schemas::client::{ClientFrame, ServerFrame};
+use schemas::client::{ChatMessage, ClientFrame, ServerFrame};
 use schemas::code::ErrorCode;
 use schemas::id::{ClientMsgId, ConnId, RoomId, Seq};
 use tokio::sync::Semaphore;
@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use crate::connect::{ClientError, connect, connect_slow, expect, token};
 use crate::latency::{Latency, Summary};
-use crate::ledger::{Correctness, Received};
+use crate::ledger::{Acked, Correctness, Delivered, Message, Received, Sent};
 
 /// Connections opened at once while setting up.
 const CONNECT_CONCURRENCY: usize = 64;
@@ -68,9 +68,16 @@ const SLOW_RECEIVE_BUFFER: u32 = 4096;
 pub struct Report {
     /// Chat messages sent.
     pub sent: u64,
-    /// Of those, acknowledged (a resend of a stored message is acked too,
-    /// without a seq when the original's cannot be looked up).
+    /// Of those, acknowledged: each matched by its id to a message sent
+    /// and awaiting its ack (a resend of a stored message is acked too).
     pub acked: u64,
+    /// Acks that named no message awaiting one: never sent, in another
+    /// room, or acked already. Must be 0.
+    pub unknown_acks: u64,
+    /// Acks without a seq. A resend is acked so only when its original was
+    /// trimmed from the backlog, so they must be 0 unless a rejoin was
+    /// told `truncated`.
+    pub acked_without_seq: u64,
     /// Chat frames delivered to receivers.
     pub deliveries: u64,
     /// Seconds of sending.
@@ -101,19 +108,35 @@ pub struct Report {
     /// The longest time any client went without a delivery while messages
     /// were being sent, ms.
     pub longest_silence_ms: u64,
-    /// Lost, duplicated and reordered deliveries, and live gaps; all must be 0.
+    /// Lost, duplicated, reordered and misdelivered deliveries, and live
+    /// gaps, judged by message id; all must be 0.
     pub correctness: Correctness,
 }
 
 impl Report {
-    /// Whether the run passed: nothing lost, duplicated, reordered or
-    /// skipped live; at least `min_acked` of the sent messages acked; and,
-    /// with slow consumers, each of them closed as slow (4100) and no other
-    /// connection. The error says what failed.
+    /// Whether the run passed: nothing lost, duplicated, reordered,
+    /// skipped live or misdelivered; every ack matched to a message
+    /// awaiting it, and with a seq unless something was trimmed; at least
+    /// `min_acked` of the sent messages acked; and, with slow consumers,
+    /// each of them closed as slow (4100) and no other connection. The
+    /// error says what failed.
     pub fn verdict(&self, plan: &Plan, min_acked: f64) -> Result<(), String> {
         let acked = self.acked as f64 / self.sent.max(1) as f64;
         if !self.correctness.is_clean() {
-            Err("deliveries were lost, duplicated, reordered or skipped live".to_owned())
+            Err(format!(
+                "deliveries were lost, duplicated, reordered, skipped live or misdelivered: {:?}",
+                self.correctness
+            ))
+        } else if self.unknown_acks > 0 {
+            Err(format!(
+                "{} acks named no message awaiting one (never sent, in another room, or acked before)",
+                self.unknown_acks
+            ))
+        } else if self.acked_without_seq > 0 && self.truncated == 0 {
+            Err(format!(
+                "{} acks came without a seq while no rejoin was told `truncated`",
+                self.acked_without_seq
+            ))
         } else if self.sent == 0 || acked < min_acked {
             Err(format!(
                 "{} of {} sent messages acked, {:.1} % required; errors {:?}",
@@ -147,6 +170,11 @@ impl std::fmt::Display for Report {
         )?;
         writeln!(
             f,
+            "acks naming no awaited message {}  acks without seq {}",
+            self.unknown_acks, self.acked_without_seq
+        )?;
+        writeln!(
+            f,
             "deliveries/s {:.0}  acks/s {:.0}",
             self.deliveries_per_second, self.acks_per_second
         )?;
@@ -176,8 +204,8 @@ impl std::fmt::Display for Report {
         )?;
         write!(
             f,
-            "lost {} duplicated {} reordered {} live gaps {}",
-            c.lost, c.duplicated, c.reordered, c.live_gaps
+            "lost {} duplicated {} reordered {} live gaps {} misdelivered {}",
+            c.lost, c.duplicated, c.reordered, c.live_gaps, c.misdelivered
         )
     }
 }
@@ -196,11 +224,20 @@ pub struct Progress {
 struct Outcome {
     room: usize,
     index: usize,
-    /// Acks received, with or without a seq.
+    /// The client's user id, which its messages' deliveries must name.
+    user: String,
+    /// Acks matched to a message awaiting one.
     acks: u64,
-    /// The seqs acks named: what the other members must receive.
-    acked: Vec<u64>,
+    /// See [`Report::unknown_acks`].
+    unknown_acks: u64,
+    /// See [`Report::acked_without_seq`].
+    acked_without_seq: u64,
+    /// Every message sent, by id, with what its ack said: what the other
+    /// members must receive.
+    messages: HashMap<ClientMsgId, Acked>,
     received: Received,
+    /// Chat deliveries for a room this client is not in.
+    wrong_room: u64,
     latency: Latency,
     ack_latency: Latency,
     errors: BTreeMap<String, u64>,
@@ -249,6 +286,7 @@ pub async fn run(
             room,
             index,
             room_id: rooms[room].clone(),
+            user: format!("load-{user}"),
             token: token(secret, &format!("load-{user}")),
             gateways: plan.gateways.clone(),
             gateway: user % plan.gateways.len(),
@@ -345,6 +383,8 @@ struct Member {
     room: usize,
     index: usize,
     room_id: RoomId,
+    /// Its user id.
+    user: String,
     token: String,
     gateways: Vec<String>,
     /// Index in `gateways` of the one it is connected to.
@@ -402,9 +442,13 @@ impl Rider {
         let outcome = Outcome {
             room: member.room,
             index: member.index,
+            user: member.user.clone(),
             acks: 0,
-            acked: Vec::new(),
+            unknown_acks: 0,
+            acked_without_seq: 0,
+            messages: HashMap::new(),
             received: Received::default(),
+            wrong_room: 0,
             latency: Latency::default(),
             ack_latency: Latency::default(),
             errors: BTreeMap::new(),
@@ -533,6 +577,7 @@ impl Rider {
             sent_at: now,
         };
         let sent = self.send_chat(&id, &message.text).await;
+        self.outcome.messages.insert(id.clone(), Acked::No);
         self.pending.push(self.member.room_id.clone(), id, message);
         self.outcome.sent += 1;
         progress.sent.fetch_add(1, Ordering::Relaxed);
@@ -555,13 +600,22 @@ impl Rider {
         let now = Instant::now();
         match frame {
             ServerFrame::Ack { id, room, seq, .. } => {
-                if let Some(sent) = self.pending.take(&room, &id) {
-                    self.outcome
-                        .ack_latency
-                        .record(now.duration_since(sent.sent_at).as_micros() as u64);
-                }
+                let Some(sent) = self.pending.take(&room, &id) else {
+                    self.outcome.unknown_acks += 1;
+                    return Ok(());
+                };
+                self.outcome
+                    .ack_latency
+                    .record(now.duration_since(sent.sent_at).as_micros() as u64);
+                let acked = match seq {
+                    Some(seq) => Acked::Seq(seq.0),
+                    None => {
+                        self.outcome.acked_without_seq += 1;
+                        Acked::WithoutSeq
+                    }
+                };
+                self.outcome.messages.insert(id, acked);
                 self.outcome.acks += 1;
-                self.outcome.acked.extend(seq.map(|s| s.0));
                 progress.acked.fetch_add(1, Ordering::Relaxed);
                 if self.schedule.interval.is_none() {
                     self.next_send = now;
@@ -571,7 +625,7 @@ impl Rider {
                 self.move_at = Some(now + Duration::from_millis(reconnect_in_ms));
             }
             ServerFrame::Chat(chat) => {
-                self.outcome.received.record(chat.seq.0);
+                self.record(&chat);
                 if let Some(sent) = chat.text.get(..20).and_then(|t| t.parse::<u64>().ok()) {
                     self.outcome
                         .latency
@@ -614,6 +668,19 @@ impl Rider {
             _ => {}
         }
         Ok(())
+    }
+
+    /// Records a chat delivery, live or from the backlog.
+    fn record(&mut self, chat: &ChatMessage) {
+        if chat.room != self.member.room_id {
+            self.outcome.wrong_room += 1;
+            return;
+        }
+        self.outcome.received.record(Delivered {
+            id: chat.id.clone(),
+            from: chat.from.user.id.as_str().to_owned(),
+            seq: chat.seq.0,
+        });
     }
 
     /// Microseconds from the run's origin to `at`.
@@ -683,8 +750,8 @@ impl Rider {
         .await??;
         self.outcome.truncated += u64::from(truncated);
         self.outcome.received.reconnected();
-        for chat in history {
-            self.outcome.received.record(chat.seq.0);
+        for chat in &history {
+            self.record(chat);
         }
         self.connection = connection;
         self.member.seat = welcome.conn_id;
@@ -737,27 +804,31 @@ fn peak_per_second(moments: impl Iterator<Item = Instant>) -> u64 {
 }
 
 fn report(plan: &Plan, outcomes: Vec<Outcome>) -> Report {
-    let mut acked_by_room: HashMap<usize, Vec<(usize, Vec<u64>)>> = HashMap::new();
+    let mut books: HashMap<usize, Sent> = HashMap::new();
     for o in &outcomes {
-        acked_by_room
-            .entry(o.room)
-            .or_default()
-            .push((o.index, o.acked.clone()));
+        let book = books.entry(o.room).or_default();
+        for (id, acked) in &o.messages {
+            let message = Message {
+                sender: o.index,
+                user: o.user.clone(),
+                acked: *acked,
+            };
+            book.insert(id.clone(), message);
+        }
     }
     let (mut latency, mut ack_latency) = (Latency::default(), Latency::default());
     let mut correctness = Correctness::default();
     let (mut errors, mut closes) = (BTreeMap::new(), BTreeMap::new());
     let mut slow_closed = 0;
     let (mut sent, mut acked, mut deliveries) = (0, 0, 0);
+    let (mut unknown_acks, mut acked_without_seq) = (0, 0);
     let (mut unacked, mut reconnects, mut truncated) = (0, 0, 0);
     let mut longest_silence = Duration::ZERO;
     for o in &outcomes {
-        let expected: Vec<u64> = acked_by_room[&o.room]
-            .iter()
-            .filter(|(index, _)| *index != o.index)
-            .flat_map(|(_, seqs)| seqs.iter().copied())
-            .collect();
-        correctness.add(&o.received, &expected);
+        correctness.add(o.index, &o.received, &books[&o.room]);
+        correctness.add_misdelivered(o.wrong_room);
+        unknown_acks += o.unknown_acks;
+        acked_without_seq += o.acked_without_seq;
         latency.merge(&o.latency);
         ack_latency.merge(&o.ack_latency);
         for (code, n) in &o.errors {
@@ -786,6 +857,8 @@ fn report(plan: &Plan, outcomes: Vec<Outcome>) -> Report {
     Report {
         sent,
         acked,
+        unknown_acks,
+        acked_without_seq,
         deliveries,
         seconds,
         deliveries_per_second: deliveries as f64 / seconds,
