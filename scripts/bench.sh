@@ -10,8 +10,10 @@
 #
 # `rates` runs fan-out (rooms of 10 over both gateways, 20 s each unless
 # given) at each total chat rate on a fresh system and prints one table:
-# deliveries/s, send → delivery p50 / p99, lost / duplicated / reordered,
-# and each process's CPU per 1,000 deliveries. With `--against REV` it
+# the load generator's verdict (a failed run keeps its row, marked failed
+# with the reason), deliveries/s, send → delivery p50 / p99, acked / sent,
+# lost / duplicated / reordered / misdelivered, errors by code, and each
+# process's CPU per 1,000 deliveries. With `--against REV` it
 # first builds REV's services (in target/bench/) and runs the same rates on
 # them, then on this tree, so a comparison with an older commit is one
 # command; the load generator is this tree's in both.
@@ -32,59 +34,14 @@ shift
 
 ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 cargo build --release --locked --bins >&2
-nats_server="$(scripts/nats-server.sh)"
 # The load generator keeps its runtime's default threads (see `workers`).
 loadgen=(env -u TOKIO_WORKER_THREADS -u GOMAXPROCS target/release/loadgen --secret bench-secret)
 gateways=(--gateway ws://127.0.0.1:18080/ws --gateway ws://127.0.0.1:18081/ws)
-names=(nats history moderator gw1 gw2)
-declare -A pid
-state=""
 
 workers="${BENCH_WORKERS:-1}"
 if [[ "$workers" != 0 ]]; then export TOKIO_WORKER_THREADS="$workers" GOMAXPROCS="$workers"; fi
-
-export CAVLO_LOG__FILTER=warn
-export CAVLO_NATS__URL=nats://127.0.0.1:14222
-export CAVLO_GATEWAY__AUTH__HS256_SECRET=bench-secret
-export CAVLO_GATEWAY__MAX_CONNECTIONS=250000
-export CAVLO_MODERATOR__CHAT_RATE_PER_MINUTE=100000000
-export CAVLO_MODERATOR__CHAT_BURST=1000000
-export CAVLO_MODERATOR__ROOM_CAPACITY=1000
-
-wait_for() {
-  for _ in $(seq 100); do
-    python3 -c "import urllib.request; urllib.request.urlopen('$1')" 2>/dev/null && return
-    sleep 0.1
-  done
-  echo "bench: $1 did not answer" >&2
-  return 1
-}
-
-# Starts nats-server and the services built in directory $1; their logs go
-# to the state directory, so reports stay readable.
-start_system() {
-  local bin="$1"
-  state="$(mktemp -d)"
-  "$nats_server" --jetstream --store_dir "$state/js" --addr 127.0.0.1 --port 14222 --http_port 18222 >"$state/nats.log" 2>&1 &
-  pid[nats]=$!
-  wait_for http://127.0.0.1:18222/healthz
-  "$bin/history" >"$state/history.log" 2>&1 & pid[history]=$!
-  "$bin/moderator" >"$state/moderator.log" 2>&1 & pid[moderator]=$!
-  CAVLO_GATEWAY__LISTEN=127.0.0.1:18080 "$bin/gateway" >"$state/gw1.log" 2>&1 & pid[gw1]=$!
-  CAVLO_GATEWAY__LISTEN=127.0.0.1:18081 "$bin/gateway" >"$state/gw2.log" 2>&1 & pid[gw2]=$!
-  wait_for http://127.0.0.1:18080/ready
-  wait_for http://127.0.0.1:18081/ready
-}
-
-stop_system() {
-  [ -n "$state" ] || return 0
-  kill "${pid[@]}" 2>/dev/null || true
-  wait "${pid[@]}" 2>/dev/null || true
-  rm -rf "$state"
-  state=""
-  pid=()
-}
-trap stop_system EXIT
+# shellcheck source=scripts/local-system.sh
+. scripts/local-system.sh
 
 # CPU seconds (user + system) a process has used so far.
 cpu() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$1/stat"; }
@@ -114,40 +71,45 @@ PY
 rates_table() {
   local bin="$1" list="$2"
   shift 2
-  printf '| chats/s offered | deliveries/s | p50 / p99 ms | lost / dup / reordered | CPU ms per 1,000 deliveries: total (nats, moderator, gateways, history) |\n'
-  printf '|---|---|---|---|---|\n'
+  printf '| chats/s offered | verdict | deliveries/s | p50 / p99 ms | acked / sent | lost / dup / reordered / misdelivered | errors | CPU ms per 1,000 deliveries: total (nats, moderator, gateways, history) |\n'
+  printf '|---|---|---|---|---|---|---|---|\n'
   # The table's defaults, unless given: loadgen refuses an option twice.
   local defaults=() option
   for option in "--rooms 10" "--clients 10" "--duration 20"; do
     [[ " $* " == *" ${option% *} "* ]] || defaults+=("${option% *}" "${option#* }")
   done
-  local rate report
+  local rate report status
   for rate in ${list//,/ }; do
     start_system "$bin"
     cpu_mark
-    report="$("${loadgen[@]}" --json fanout "${gateways[@]}" "${defaults[@]}" "$@" --rate "$rate" 2>"$state/loadgen.err" || true)"
+    # A run that fails its verdict still prints its report: the row shows
+    # its figures, marked failed, with the load generator's reason.
+    status=0
+    report="$("${loadgen[@]}" --json fanout "${gateways[@]}" "${defaults[@]}" "$@" --rate "$rate" 2>"$state/loadgen.err")" || status=$?
     local used=() failure
     for name in "${names[@]}"; do used+=("$name=$(cpu_used "$name")"); done
     # The load generator's last words, after its progress line.
     failure="$(tr '\r' '\n' <"$state/loadgen.err" | tail -1 | sed 's/^sent .*   //')"
     stop_system
-    REPORT="$report" FAILURE="$failure" python3 - "$rate" "${used[@]}" <<'PY'
+    REPORT="$report" FAILURE="$failure" STATUS="$status" python3 - "$rate" "${used[@]}" <<'PY'
 import json, os, sys
 rate, used = sys.argv[1], dict(arg.split("=") for arg in sys.argv[2:])
+failure = os.environ["FAILURE"] or "no reason given"
 try:
     r = json.loads(os.environ["REPORT"])
 except ValueError:
-    print(f"| {rate} | failed: {os.environ['FAILURE'] or 'no report'} | | | |")
+    print(f"| {rate} | FAILED: {failure}, no report | | | | | | |")
     sys.exit()
 died = [n for n, v in used.items() if v == "died"]
+verdict = "ok" if os.environ["STATUS"] == "0" else f"FAILED: {failure}"
 if died:
-    print(f"| {rate} | failed: {', '.join(died)} died during the run | | | |")
-    sys.exit()
+    verdict = f"FAILED: {', '.join(died)} died during the run"
 d = r["deliveries"]
-per = lambda *names: sum(float(used[n]) for n in names) * 1e6 / d if d else float("nan")
+per = lambda *names: sum(float(used[n]) for n in names) * 1e6 / d if d and not died else float("nan")
 c, lat = r["correctness"], r["delivery_latency"]
-print(f"| {rate} | {r['deliveries_per_second']:,.0f} | {lat['p50']/1000:.2f} / {lat['p99']/1000:.2f}"
-      f" | {c['lost']} / {c['duplicated']} / {c['reordered']}"
+errors = ", ".join(f"{code} {n}" for code, n in r["errors"].items()) or "none"
+print(f"| {rate} | {verdict} | {r['deliveries_per_second']:,.0f} | {lat['p50']/1000:.2f} / {lat['p99']/1000:.2f}"
+      f" | {r['acked']} / {r['sent']} | {c['lost']} / {c['duplicated']} / {c['reordered']} / {c['misdelivered']} | {errors}"
       f" | {per('nats','moderator','gw1','gw2','history'):.1f} ({per('nats'):.1f}, {per('moderator'):.1f},"
       f" {per('gw1'):.1f} + {per('gw2'):.1f}, {per('history'):.2f}) |")
 PY

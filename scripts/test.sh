@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: unit and integration tests (nats-server in Docker through
 # testcontainers), the Autobahn WebSocket cases, the compose smoke test, the
-# demo in a real browser, then the short fault suite. CAVLO_TEST_NATS_IMAGE
+# demo in a real browser, the load verdict against deliberate breaks, then
+# the short fault suite. CAVLO_TEST_NATS_IMAGE
 # names the NATS image; unless it is set, the image is built locally
 # (scripts/nats-image.sh), so no registry is needed.
 set -euo pipefail
@@ -21,6 +22,10 @@ scripts/compose-smoke.sh
 # The same on a 3-node NATS cluster (chat stream and rooms bucket on 3 replicas).
 COMPOSE_FILE=compose.yaml:compose.cluster.yaml scripts/compose-smoke.sh
 scripts/browser-test.sh
+# The load verdict fails on a system broken on purpose (acks without seq,
+# repeated acks, deliveries dropped, doubled, reordered or misrouted) and
+# passes the same run unbroken: what the fault suite below stands on.
+scripts/verdict-breaks.sh
 # The short fault suite: the cluster deployment under load while a gateway,
 # a moderator, the stream's NATS leader or another node is killed, the
 # whole NATS cluster restarts, or a gateway is stopped; then the operations
