@@ -82,9 +82,11 @@ pub enum CloseCode {
     GatewayFull,
     /// The connection missed room messages it could not recover in order.
     Resync,
-    /// The gateway was cut off from the cluster (stopped, or without NATS)
+    /// The connection may no longer be a member of a room it joined: its
+    /// gateway was cut off from the cluster (stopped, or without NATS)
     /// longer than the gateway timeout, so the others may have removed its
-    /// members: every connection rejoins its rooms.
+    /// members, or the room's members were changed without it (another
+    /// service took the gateway for dead). The client rejoins its rooms.
     Reset,
     /// The token expired and no `refresh` replaced it: reconnect with a
     /// fresh token.
@@ -128,7 +130,7 @@ impl CloseCode {
             CloseCode::ShuttingDown => "gateway shutting down: reconnect",
             CloseCode::GatewayFull => "gateway full: reconnect elsewhere",
             CloseCode::Resync => "missed messages: reconnect and resume",
-            CloseCode::Reset => "gateway lost contact with the cluster: reconnect and resume",
+            CloseCode::Reset => "no longer a member of a room: reconnect and resume",
             CloseCode::TokenExpired => "token expired: reconnect with a fresh token and resume",
             CloseCode::TooManyUnauthenticated => {
                 "too many unauthenticated sockets from this address: retry later"

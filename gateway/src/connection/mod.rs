@@ -245,18 +245,21 @@ impl Connection {
         Err(Exit::Close(CloseCode::Reset))
     }
 
-    /// Ends the connection with the reset code if `reply` is the
-    /// moderator's `not_in_room` about a room the connection joined: its
-    /// seat there was taken away without its leave (another service took
-    /// this gateway for dead), and the presence change that says so has
-    /// not come, or never will. The client must not take the refusal for
-    /// the end of its message: it rejoins and resends instead.
-    fn still_a_member(&self, reply: &ServerFrame) -> Result<(), Exit> {
-        if let ServerFrame::Error(ErrorFrame {
+    /// Ends the connection with the reset code if `refusal` of a chat is
+    /// the moderator's `not_in_room` about a room the connection joined:
+    /// its seat there was taken away without its leave (another service
+    /// took this gateway for dead), and the presence change that says so
+    /// has not come, or never will. The client must not take the refusal
+    /// for the end of its message: it rejoins and resends instead. Only a
+    /// chat's refusal counts: the moderator checks it against the rooms
+    /// bucket's leader (`Membership::members_expecting`), where a signal's
+    /// check may read a replica that lags behind a join.
+    fn still_a_member(&self, refusal: &ErrorFrame) -> Result<(), Exit> {
+        if let ErrorFrame {
             code: ErrorCode::NotInRoom,
             room: Some(room),
             ..
-        }) = reply
+        } = refusal
             && self.rooms.contains(room)
         {
             tracing::warn!(%room, "the moderator no longer lists this connection in a room it joined; closing");
@@ -278,12 +281,8 @@ impl Connection {
                 // Boxed: request handling is a large future, and inlining it
                 // would make every idle connection carry its size.
                 let respond = Box::pin(self.respond(&text));
-                let reply = ahead.while_waiting(socket, respond).await?;
-                match reply {
-                    Some(frame) => {
-                        self.still_a_member(&frame)?;
-                        self.reply(socket, frame).await
-                    }
+                match ahead.while_waiting(socket, respond).await?? {
+                    Some(frame) => self.reply(socket, frame).await,
                     None => Ok(()),
                 }
             }
@@ -301,19 +300,20 @@ impl Connection {
     }
 
     /// The answer to one text frame; `None` when it has none (a relayed
-    /// signal). Writes nothing, so it can run while the socket is read.
-    async fn respond(&mut self, text: &str) -> Option<ServerFrame> {
+    /// signal); an exit when the connection must end instead. Writes
+    /// nothing, so it can run while the socket is read.
+    async fn respond(&mut self, text: &str) -> Result<Option<ServerFrame>, Exit> {
         let metrics = &self.shared.metrics;
         let frame = match ClientFrame::decode(text) {
             Ok(frame) => frame,
             Err(err) => {
                 metrics.received("invalid");
-                return Some(ServerFrame::Error(ErrorFrame {
+                return Ok(Some(ServerFrame::Error(ErrorFrame {
                     code: ErrorCode::InvalidMessage,
                     message: err.message().into(),
                     id: err.id,
                     room: err.room,
-                }));
+                })));
             }
         };
         metrics.received(frame.kind());
@@ -340,7 +340,7 @@ impl Connection {
                 data,
                 ..
             } => match self.signal(room, to, kind, data).await {
-                Ok(()) => return None,
+                Ok(()) => return Ok(None),
                 Err(error) => Err(error),
             },
             ClientFrame::Chat { room, id, text } => {
@@ -350,10 +350,13 @@ impl Connection {
                     .metrics
                     .chat_ack
                     .observe(received.elapsed().as_secs_f64());
+                if let Err(refusal) = &reply {
+                    self.still_a_member(refusal)?;
+                }
                 reply
             }
         };
-        Some(reply.unwrap_or_else(ServerFrame::Error))
+        Ok(Some(reply.unwrap_or_else(ServerFrame::Error)))
     }
 
     /// Sends the answer to a client frame. Every `invalid_message` answer

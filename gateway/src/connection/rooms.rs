@@ -166,8 +166,10 @@ impl Connection {
                     .offer(seq, prev, delivery, Instant::now(), &mut ready)?
             }
             DeliveryKind::Presence { revision, .. } if revision <= view.members_revision => {}
-            // Its own leave, which it did not ask for (that removes the
-            // view first): it is no longer a member (see `still_a_member`).
+            // Its own leave while it still holds the room: a leave it asked
+            // for removes the view before any queued delivery is handled,
+            // so this one it did not ask for. It is no longer a member
+            // (see `Connection::still_a_member`).
             DeliveryKind::Presence { leave: true, .. }
                 if delivery.about.as_ref() == Some(&self.requester.member.conn_id) =>
             {
