@@ -10,8 +10,10 @@
 # acks that named no message awaiting one or came without a seq (all
 # must be 0; judged by message id, tools/loadgen/src/ledger.rs), reconnects, rejoins told `truncated`, the longest time any
 # client went without a delivery, and the errors clients saw. Exits
-# non-zero if any fault lost, duplicated, reordered, skipped live or left
-# unacked anything, or if slow-consumer closed anyone but the slow client.
+# non-zero if any fault lost, duplicated, reordered, skipped live,
+# misdelivered or left unacked anything, or had a bad ack (the backlog
+# outlasts every outage, so not even a trimmed original excuses an ack
+# without seq here), or if slow-consumer closed anyone but the slow client.
 #
 #   scripts/faults.sh [--short] [FAULT ...]
 #
@@ -144,7 +146,7 @@ sample() {
 }
 # The stored-chat counter of every moderator instance, as sample does.
 chats_stored() {
-  for service in moderator-1 moderator-2; do sample "$service" 'cavlo_moderator_requests_total{action="chat"}'; done
+  for service in moderator-1 moderator-2; do sample "$service" 'cavlo_moderator_requests_total{action="chat"}' || return 1; done
 }
 # Prints each instance's share of what a series grew by between two sample
 # files ($2 before, $3 after; $1 says what it counts), and fails if any
@@ -179,20 +181,20 @@ scale() {
   # Every gateway hears the new moderators within a heartbeat (3 s).
   sleep 4
   extra="ws://127.0.0.1:$(compose port gateway-extra 8080 | cut -d: -f2)/ws"
-  chats_stored >"$dir/chat.0"
-  for gateway in gateway-1 gateway-2 gateway-extra; do sample "$gateway" cavlo_gateway_authenticated_total; done >"$dir/auth.0"
+  chats_stored >"$dir/chat.0" || scale_failed=1
+  for gateway in gateway-1 gateway-2 gateway-extra; do sample "$gateway" cavlo_gateway_authenticated_total || scale_failed=1; done >"$dir/auth.0"
   # It sends on through scaling in, so the extra gateway's clients move
   # (and rejoin) while it still runs.
   target/release/loadgen --json fanout --resume "${gateways[@]}" --gateway "$extra" --rooms 30 --clients 10 \
     --rate 300 --duration "$((2 * wave))" --drain "$drain" >"$wave_report" 2>"$dir/wave.log" &
   wave_load=$!
   sleep "$((wave - 2))"
-  chats_stored >"$dir/chat.1"
-  for gateway in gateway-1 gateway-2 gateway-extra; do sample "$gateway" cavlo_gateway_authenticated_total; done >"$dir/auth.1"
-  sample history 'cavlo_history_queries_total{outcome="answered"}' >"$dir/history.0"
+  chats_stored >"$dir/chat.1" || scale_failed=1
+  for gateway in gateway-1 gateway-2 gateway-extra; do sample "$gateway" cavlo_gateway_authenticated_total || scale_failed=1; done >"$dir/auth.1"
+  sample history 'cavlo_history_queries_total{outcome="answered"}' >"$dir/history.0" || scale_failed=1
   # Scale in: the extra gateway drains, and its clients rejoin elsewhere.
   compose up -d --no-recreate --no-deps --scale gateway-extra=0 gateway-extra >/dev/null 2>&1
-  sample history 'cavlo_history_queries_total{outcome="answered"}' >"$dir/history.1"
+  sample history 'cavlo_history_queries_total{outcome="answered"}' >"$dir/history.1" || scale_failed=1
   compose up -d --no-recreate --no-deps --scale moderator-1=1 --scale history=1 moderator-1 history >/dev/null 2>&1
   share "moderators, chats stored" "$dir/chat.0" "$dir/chat.1" || scale_failed=1
   share "gateways, new connections" "$dir/auth.0" "$dir/auth.1" || scale_failed=1
