@@ -64,7 +64,18 @@ async fn every_service_works_with_only_its_own_nats_permissions() {
         }
     }
     ann.send(&ClientFrame::Leave { room: room.clone() }).await;
+    // The leave is done (the moderator wrote the room and announced it)
+    // before the log is read: a refusal on its path must be in it.
+    assert_eq!(ann.recv().await, ServerFrame::Left { room: room.clone() });
+    assert!(matches!(
+        bob.next_presence().await,
+        ServerFrame::Presence { member, .. } if member.conn_id == ann.conn_id
+    ));
     let log = server_log(&system.nats).await;
+    assert!(
+        log.contains("Server is ready"),
+        "the server's log was read:\n{log}"
+    );
     assert!(
         !log.contains("Violation"),
         "a service was refused something:\n{log}"

@@ -243,7 +243,7 @@ async fn a_stopping_gateway_drains_its_clients_to_the_others() {
     // Ann moves, as the SDK does: to the other gateway, resuming.
     let during = cat.chat(&room, "during", "x").await.unwrap().unwrap();
     let old = ann.conn_id.clone();
-    let moved = ann;
+    let mut moved = ann;
     let mut ann = Client::connect(g2, "ann").await;
     ann.send(&ClientFrame::Join {
         room: room.clone(),
@@ -255,7 +255,12 @@ async fn a_stopping_gateway_drains_its_clients_to_the_others() {
     let seqs: Vec<_> = joined.history.iter().map(|m| m.seq).collect();
     assert_eq!(seqs, [during], "resumed with exactly what it missed");
     // Its seat moved with `replaces`: the old connection is closed (4002).
-    drop(moved);
+    let (_, code) = moved.chats_until_close().await;
+    assert_eq!(
+        code,
+        CloseCode::Replaced.code(),
+        "the connection ann moved from gives up its seat"
+    );
 
     // Bob stays: closed with 4101 when the drain ends, not before.
     let (_, code) = bob.chats_until_close().await;
@@ -267,7 +272,7 @@ async fn a_stopping_gateway_drains_its_clients_to_the_others() {
     );
     assert!(after < DRAIN * 3, "closed after {after:?}");
     drop((ann, bob, cat));
-    system.shutdown().await;
+    system.finish().await;
 }
 
 /// With nobody connected, a stopping gateway does not wait for the drain.
@@ -277,7 +282,7 @@ async fn a_gateway_with_no_clients_stops_at_once() {
     options.gateway.drain_timeout = Duration::from_secs(30);
     let system = System::start(options).await;
     let started = Instant::now();
-    system.shutdown().await;
+    system.finish().await;
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "took {:?}",

@@ -156,21 +156,6 @@ impl Client {
         }
     }
 
-    /// Presence frames not yet read, once the socket has been quiet for
-    /// [`QUIET`]: a frame still on its way is counted, not missed.
-    pub async fn unread_presence(&mut self) -> usize {
-        loop {
-            match self.connection.recv_until(Instant::now() + QUIET).await {
-                Ok(Some(frame)) => self.keep(frame),
-                Err(err) if err.kind() == RecvErrorKind::Malformed => {
-                    panic!("server frames parse: {err}")
-                }
-                Ok(None) | Err(_) => break,
-            }
-        }
-        self.presence.len()
-    }
-
     /// The next frame off the socket.
     async fn read(&mut self) -> ServerFrame {
         match self.connection.recv_within(FRAME_TIMEOUT).await {

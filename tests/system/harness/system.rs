@@ -347,26 +347,30 @@ impl System {
         for subject in self.nats.room_subscriptions().await {
             leaks.push(format!("NATS subscription {subject}"));
         }
-        if let Ok(rooms) = js.get_key_value(subject::ROOMS_BUCKET).await {
-            // Listed from the stream's info rather than with `keys()`, which
-            // makes a consumer: no service's NATS user may, and with users
-            // the check runs as the moderator.
-            let prefix = format!("$KV.{}.", subject::ROOMS_BUCKET);
-            let mut subjects = rooms
-                .stream
-                .info_with_subjects(format!("{prefix}>"))
-                .await
-                .expect("list room keys");
-            while let Some(subject) = subjects.next().await {
-                let (subject, _) = subject.expect("room key");
-                let key = subject.trim_start_matches(&prefix).to_owned();
-                let Some(entry) = rooms.get(&key).await.expect("read room") else {
-                    continue;
-                };
-                let state: RoomState = schemas::event::decode(&entry).expect("room state");
-                if !state.members.is_empty() {
-                    leaks.push(format!("room {key}: {} members", state.members.len()));
-                }
+        // Every system has a moderator, which makes the bucket: failing to
+        // open it is a failure of the check, never a pass.
+        let rooms = js
+            .get_key_value(subject::ROOMS_BUCKET)
+            .await
+            .expect("the rooms bucket opens");
+        // Listed from the stream's info rather than with `keys()`, which
+        // makes a consumer: no service's NATS user may, and with users
+        // the check runs as the moderator.
+        let prefix = format!("$KV.{}.", subject::ROOMS_BUCKET);
+        let mut subjects = rooms
+            .stream
+            .info_with_subjects(format!("{prefix}>"))
+            .await
+            .expect("list room keys");
+        while let Some(subject) = subjects.next().await {
+            let (subject, _) = subject.expect("room key");
+            let key = subject.trim_start_matches(&prefix).to_owned();
+            let Some(entry) = rooms.get(&key).await.expect("read room") else {
+                continue;
+            };
+            let state: RoomState = schemas::event::decode(&entry).expect("room state");
+            if !state.members.is_empty() {
+                leaks.push(format!("room {key}: {} members", state.members.len()));
             }
         }
         leaks
