@@ -5,8 +5,11 @@
 # (which fail on any lost, duplicated or reordered message or any message
 # not acked), checks that Prometheus (the monitoring profile) has a sample
 # of every service, the archiver (its profile) included, that the TURN
-# relay answers and refuses strangers, and always takes everything down again (volumes
-# included).
+# relay answers and refuses strangers, that every container ends the run
+# running, healthy where it has a health check and never restarted (a
+# crash loop must not pass), and on the 3-node cluster that the chat stream
+# and the rooms bucket really have 3 replicas; it always takes everything
+# down again (volumes included).
 # It runs as its own compose project, with its own settings file and ports,
 # so it never touches a deployment started with scripts/up.sh.
 set -euo pipefail
@@ -48,3 +51,22 @@ target/release/loadgen connections --count 200 --hold 1 \
 python3 tests/compose/prometheus_has_every_service.py "http://127.0.0.1:$CAVLO_PROMETHEUS_PORT"
 # The TURN relay answers STUN and is no open relay.
 python3 tests/compose/turn_refuses_strangers.py 127.0.0.1 "$CAVLO_TURN_PORT"
+# Every container ends the run as it should: running, healthy if it has a
+# health check, and never restarted.
+unsound=0
+for id in $(compose ps -q); do
+  read -r name state health restarts < <(docker inspect -f \
+    '{{.Name}} {{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}} {{.RestartCount}}' "$id")
+  if [ "$state" != running ] || [ "$restarts" != 0 ] || { [ "$health" != healthy ] && [ "$health" != none ]; }; then
+    echo "${name#/}: $state, health $health, restarted $restarts times" >&2
+    unsound=1
+  fi
+done
+[ "$unsound" = 0 ] || { echo "a container is not running, not healthy, or restarted" >&2; exit 1; }
+echo "every container running, healthy and never restarted"
+# On the cluster: 3 nodes, and 3 replicas of the chat stream and rooms bucket.
+case "${COMPOSE_FILE:-}" in
+  *compose.cluster.yaml*)
+    docker exec "$(compose ps -q nats)" wget -qO- 'http://127.0.0.1:8222/jsz?streams=true&config=true' |
+      python3 tests/compose/cluster_replicas.py ;;
+esac
