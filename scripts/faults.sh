@@ -37,8 +37,17 @@
 # may be closed (4100), and it resumes with `since`; it needs the full 40 s
 # of load. Each run also
 # reports the gateways' peak resident memory during it.
-# --short: 15 s of load per fault and shorter outages (CI runs this for six
-# faults and the two operations runs, eight runs in all: see scripts/test.sh). It runs as its own compose project on its own ports, so it
+# --short: 15 s of load per fault and shorter outages (slow-consumer keeps
+# its 40 s); CI runs this for all nine faults and the two operations runs
+# (scripts/test.sh).
+#
+# Each run must also show that its fault happened and healed, judged from
+# outside: the injection ended while the load was still sending; a killed
+# or cut gateway made clients reconnect; a killed stream leader was
+# replaced by another node; and afterwards every service is healthy again.
+# A run that shows none of it fails, however clean its deliveries.
+#
+# It runs as its own compose project on its own ports, so it
 # never touches a deployment started with scripts/up.sh, and takes it down
 # (volumes included) when done. Traffic goes to loopback only.
 #
@@ -56,17 +65,19 @@ duration=40 outage=20 cut=30 warmup=10 drain=30
 # scale: how long the second wave sends, and how long the main load sends,
 # which must outlast scaling out, the wave and scaling back in. The load
 # of a rolling restart sends until every service has restarted.
-wave=20 scale_duration=75 restart_duration=110
+# The rolling restart's health waits took 84 s on this machine, and must
+# end inside the sending window.
+wave=20 scale_duration=75 restart_duration=140
+# The slow consumer's pause needs 40 s of load in either form (below).
+slow_duration=40
 if [ "${1:-}" = "--short" ]; then
   shift
   duration=15 outage=8 cut=10 warmup=4 drain=15
-  wave=10 scale_duration=50 restart_duration=95
+  wave=10 scale_duration=50 restart_duration=120
 fi
 faults=("$@")
 [ "${#faults[@]}" -gt 0 ] || faults=(kill-gateway kill-moderator kill-nats-leader
   kill-nats-follower restart-nats stop-gateway cut-gateway cut-nats slow-consumer)
-# The slow consumer needs the full length (see above).
-[ "$duration" -ge 40 ] || [ "$#" -gt 0 ] || faults=("${faults[@]/slow-consumer/}")
 
 export COMPOSE_FILE=compose.yaml:compose.cluster.yaml
 export COMPOSE_PROJECT_NAME=cavlo-faults
@@ -104,15 +115,26 @@ container() { compose ps -q "$1"; }
 gateways=(--gateway "ws://127.0.0.1:$CAVLO_GATEWAY_1_PORT/ws" --gateway "ws://127.0.0.1:$CAVLO_GATEWAY_2_PORT/ws")
 
 # A field of the chat stream's details ("cluster" or "state") and a key in
-# it, from a node's monitoring endpoint.
+# it, from NATS node $1's monitoring endpoint.
 chat_stream() {
-  docker exec "$(container nats)" wget -qO- 'http://127.0.0.1:8222/jsz?streams=true' |
+  docker exec "$(container "$1")" wget -qO- 'http://127.0.0.1:8222/jsz?streams=true' |
     python3 -c 'import json,sys
 d=json.load(sys.stdin)
-print(next(s[sys.argv[1]][sys.argv[2]] for a in d.get("account_details",[]) for s in a.get("stream_detail",[]) if s["name"]=="CAVLO_CHAT"))' "$1" "$2"
+print(next(s[sys.argv[1]][sys.argv[2]] for a in d.get("account_details",[]) for s in a.get("stream_detail",[]) if s["name"]=="CAVLO_CHAT"))' "$2" "$3"
 }
-# The NATS node leading the chat stream.
-stream_leader() { chat_stream cluster leader; }
+# The NATS node leading the chat stream, as node $1 (default nats) sees it.
+stream_leader() { chat_stream "${1:-nats}" cluster leader; }
+# Waits up to $outage seconds, asking node $2, for a chat stream leader
+# other than node $1, which was just killed; prints it, or fails.
+new_leader() {
+  local leader deadline=$((SECONDS + outage))
+  while [ "$SECONDS" -lt "$deadline" ]; do
+    leader="$(stream_leader "$2" 2>/dev/null || true)"
+    if [ -n "$leader" ] && [ "$leader" != "$1" ]; then echo "$leader"; return; fi
+    sleep 0.5
+  done
+  return 1
+}
 # A gateway's peak resident memory (kB) since the last reset_peak_rss, read
 # and reset as the service's own user (it runs as PID 1 in its container).
 # Neither may end the suite: a gateway that just died has no memory to read.
@@ -222,7 +244,7 @@ check_archive() {
     sleep 1
   done
   docker cp -q "$(container archiver):/var/lib/cavlo/archive" "$dir"
-  stored="$(chat_stream state messages)"
+  stored="$(chat_stream nats state messages)"
   gaps="$(sample archiver cavlo_archiver_gaps_total | awk '{ print $2 }')"
   python3 - "$dir/archive" "$stored" "$gaps" <<'EOF'
 import json, os, sys
@@ -247,8 +269,17 @@ inject() {
     kill-nats-leader | kill-nats-follower)
       node="$(stream_leader)"
       [ "$1" = kill-nats-leader ] || node="$(follower "$node")"
-      echo "  ($1: $node)"
-      docker kill "$(container "$node")" >/dev/null; sleep "$outage"; docker start "$(container "$node")" >/dev/null ;;
+      docker kill "$(container "$node")" >/dev/null
+      local since=$SECONDS leader
+      if [ "$1" = kill-nats-follower ]; then
+        echo "  ($1: $node)"
+      elif leader="$(new_leader "$node" "$(follower "$node")")"; then
+        echo "  ($1: $node; $leader leads the chat stream $((SECONDS - since)) s later)"
+      else
+        effects+=("no other node took the chat stream's lead within ${outage} s")
+      fi
+      sleep "$((outage - (SECONDS - since) > 0 ? outage - (SECONDS - since) : 0))"
+      docker start "$(container "$node")" >/dev/null ;;
     restart-nats) compose restart nats nats-2 nats-3 >/dev/null 2>&1 ;;
     stop-gateway) docker kill -s STOP "$(container gateway-1)" >/dev/null; sleep "$outage"; docker kill -s CONT "$(container gateway-1)" >/dev/null ;;
     cut-gateway) docker network disconnect "$network" "$(container gateway-1)"; sleep "$cut"; docker network connect "$network" "$(container gateway-1)" ;;
@@ -286,7 +317,6 @@ for fault in "${faults[@]}"; do
   # closes the client with 4100, whose frame waits up to 10 s more for the
   # client to read again: the 20 s pause ends mid-way through that.
   if [ "$fault" = slow-consumer ]; then
-    [ "$duration" -ge 40 ] || { echo "slow-consumer needs the full run, not --short" >&2; exit 2; }
     # Straight to gateway 1's container: Docker's port proxy would buffer
     # megabytes the client does not read, and the gateway never notice.
     direct="$(docker inspect -f "{{(index .NetworkSettings.Networks \"$network\").IPAddress}}" "$(container gateway-1)")"
@@ -296,13 +326,17 @@ for fault in "${faults[@]}"; do
   case "$fault" in
     scale) length="$scale_duration" ;;
     rolling-restart) length="$restart_duration" ;;
+    slow-consumer) length="$slow_duration" ;;
     *) length="$duration" ;;
   esac
+  effects=()
   target/release/loadgen --json fanout --resume "${gateways[@]}" --rooms 100 --clients 10 "${shape[@]}" \
     --duration "$length" --drain "$drain" >"$report" 2>"$log" &
   load=$!
+  sending_until=$((SECONDS + length))
   sleep "$warmup"
   inject "$fault"
+  [ "$SECONDS" -le "$sending_until" ] || effects+=("the fault ended $((SECONDS - sending_until)) s after the load stopped sending")
   wait "$load" || failed=1
   rss="$(for gateway in gateway-1 gateway-2; do peak_rss "$gateway"; done | sort -n | tail -1)"
   python3 - "$fault" "$report" "$rss" <<'EOF' || failed=1
@@ -322,6 +356,16 @@ sys.exit(0 if c["lost"] == c["duplicated"] == c["reordered"] == c["live_gaps"] =
 EOF
   # The load generator's own verdict, when it failed (it says why last).
   grep -a 'fanout:' "$log" | tail -1 || true
+  # The fault's effect, seen from outside.
+  case "$fault" in
+    kill-gateway | cut-gateway)
+      reconnects="$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["reconnects"])' "$report" 2>/dev/null || echo 0)"
+      [ "$reconnects" -gt 0 ] || effects+=("no client reconnected") ;;
+  esac
+  for service in nats nats-2 nats-3 gateway-1 gateway-2 moderator-1 moderator-2 history; do
+    healthy "$service" 2>/dev/null || effects+=("$service not healthy 120 s after the run")
+  done
+  for effect in "${effects[@]}"; do echo "  $fault: $effect"; failed=1; done
   if [ "$fault" = scale ]; then
     check_archive || failed=1
     [ -z "$scale_failed" ] || failed=1

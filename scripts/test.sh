@@ -26,12 +26,14 @@ scripts/browser-test.sh
 # repeated acks, deliveries dropped, doubled, reordered or misrouted) and
 # passes the same run unbroken: what the fault suite below stands on.
 scripts/verdict-breaks.sh
-# The short fault suite: the cluster deployment under load while a gateway,
-# a moderator, the stream's NATS leader or another node is killed, the
-# whole NATS cluster restarts, or a gateway is stopped; then the operations
-# runs: a rolling restart of every service and NATS node, and scaling out
-# and in (with the archiver started live). Nothing acked may be lost,
-# duplicated or reordered, and every message must be acked. The full suite
-# is `scripts/faults.sh` (docs/reliability.md, docs/operations.md).
+# The short fault suite: the cluster deployment under load through every
+# fault (a gateway, a moderator, the stream's NATS leader or another node
+# killed, the whole NATS cluster restarted, a gateway stopped, a gateway or
+# a NATS node cut off the network, a client that stops reading), then the
+# operations runs: a rolling restart of every service and NATS node, and
+# scaling out and in (with the archiver started live). Nothing acked may
+# be lost, duplicated, reordered or misdelivered, every message must be
+# acked, and each fault must be seen to happen and heal. The full suite is
+# `scripts/faults.sh` (docs/reliability.md, docs/operations.md).
 scripts/faults.sh --short kill-gateway kill-moderator kill-nats-leader kill-nats-follower \
-  restart-nats stop-gateway rolling-restart scale
+  restart-nats stop-gateway cut-gateway cut-nats slow-consumer rolling-restart scale
