@@ -8,6 +8,7 @@ coturn image (CAVLO_TURN_IMAGE, built by scripts/turn-image.sh), run on
 this host's loopback.
 """
 
+import json
 import os
 import pathlib
 import socket
@@ -106,6 +107,11 @@ class System:
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+    def connections(self, i):
+        """How many WebSocket connections gateway `i` serves, by its /health."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.gateway_ports[i]}/health", timeout=5) as r:
+            return json.load(r)["connections"]
 
     def page_url(self, own, other):
         """The demo on gateway `own`, failing over to gateway `other`."""
@@ -218,6 +224,10 @@ def open_demo(browser):
         context.add_init_script(WATCH)
         contexts.append(context)
         page = context.new_page()
+        # Every text frame the page's sockets receive, for tests that must
+        # see the server's answer itself (not the request that asked).
+        page.frames_received = []
+        page.on("websocket", lambda ws: ws.on("framereceived", page.frames_received.append))
         page.goto(url)
         page.fill("#name", name)
         page.fill("#room", room)
