@@ -227,7 +227,7 @@ def open_demo(browser):
         # Every text frame the page's sockets receive, for tests that must
         # see the server's answer itself (not the request that asked).
         page.frames_received = []
-        page.on("websocket", lambda ws: ws.on("framereceived", page.frames_received.append))
+        page.on("websocket", lambda ws: ws.on("framereceived", lambda payload: page.frames_received.append(payload)))
         page.goto(url)
         page.fill("#name", name)
         page.fill("#room", room)
