@@ -14,7 +14,13 @@ if [ -z "${CAVLO_TEST_NATS_IMAGE:-}" ]; then
   export CAVLO_TEST_NATS_IMAGE
 fi
 echo "testing against NATS image $CAVLO_TEST_NATS_IMAGE"
-node --test tests/sdk/
+# The browser SDK's unit tests; every server frame they deliver is recorded
+# and must be one the gateway's types could send.
+mkdir -p target/sdk
+CAVLO_SDK_FRAMES="$root/target/sdk/server-frames.jsonl"
+rm -f "$CAVLO_SDK_FRAMES"
+CAVLO_SDK_FRAMES="$CAVLO_SDK_FRAMES" node --test tests/sdk/
+cargo run --locked --quiet -p schemas --example check_sdk_frames -- "$CAVLO_SDK_FRAMES"
 cargo test --workspace --locked
 # RFC 6455: the Autobahn|Testsuite cases against the gateway's socket stack.
 scripts/autobahn.sh

@@ -6,36 +6,24 @@ import { describe, test } from "node:test";
 
 import { CavloClient, CavloError, MeshCall } from "../../web/cavlo.js";
 import { MeshCall as MeshCallModule } from "../../web/meshcall.js";
-import { FakeClock, fakeWebSocket, settle } from "./fakes.mjs";
+import { FakeClock, NO_ICE, fakeWebSocket, serverFrame, settle } from "./fakes.mjs";
 
 const USER = { id: "u1", name: "Ann" };
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
 
 function welcome(connId = "c1", expiresIn = 3600) {
-  return {
-    type: "welcome",
-    conn_id: connId,
-    user: USER,
-    gateway: "gw-1",
-    limits: { max_frame_bytes: 131072, max_rooms: 16, history_limit: 50 },
-    expires_in: expiresIn,
-  };
+  return serverFrame("welcome", { conn_id: connId, user: USER, expires_in: expiresIn, ice: NO_ICE });
 }
 
+/** A chat message from Bob (c9). */
 function chat(room, seq, text = `message ${seq}`) {
-  return {
-    type: "chat",
-    room,
-    seq,
-    id: `other-${seq}`,
-    from: { conn_id: "c9", user: { id: "u9", name: "Bob" } },
-    text,
-    ts: 1764115200000 + seq,
-  };
+  return serverFrame("chat", { room, seq, id: `other-${seq}`, text, ts: 1764115200000 + seq });
 }
 
+/** A `joined` frame; `history` may hold chat frames: its entries are their messages. */
 function joined(room, { history = [], lastSeq = 0, members = [] } = {}) {
-  return { type: "joined", room, members, history, last_seq: lastSeq, truncated: false };
+  const messages = history.map(({ type: _chat, ...message }) => message);
+  return serverFrame("joined", { room, members, history: messages, last_seq: lastSeq, truncated: false });
 }
 
 /** A client with fakes injected, not yet connected. */

@@ -1,6 +1,36 @@
 // Fakes for the SDK's collaborators: a WebSocket the test plays the gateway
 // on, a clock the test advances by hand, and an RTCPeerConnection with the
-// signaling states MeshCall depends on.
+// signaling states MeshCall depends on; and the server frames they deliver.
+import { appendFileSync, readFileSync } from "node:fs";
+
+/**
+ * One server frame of every type, generated from the gateway's Rust types
+ * (schemas/tests/sdk_fixtures.rs), for tests to build theirs from.
+ */
+const FRAMES = JSON.parse(readFileSync(new URL("./fixtures/server-frames.json", import.meta.url), "utf8"));
+
+/** The fixture frame of `type`, with `fields` replacing its own. */
+export function serverFrame(type, fields = {}) {
+  if (!FRAMES[type]) throw new Error(`no fixture frame of type ${type}`);
+  return { ...structuredClone(FRAMES[type]), ...fields };
+}
+
+/** The ICE servers of a gateway without TURN, as its `welcome` has them. */
+export const NO_ICE = { servers: [], expires_in: 0 };
+
+/**
+ * Every frame object a test delivered, as JSON. When CAVLO_SDK_FRAMES names
+ * a file they are appended to it as the test process ends, and
+ * scripts/test.sh has the Rust types judge each one
+ * (schemas/examples/check_sdk_frames.rs): a frame the gateway could not
+ * send fails. Frames delivered as strings are the deliberately malformed
+ * ones, and are left out.
+ */
+const delivered = [];
+process.on("exit", () => {
+  const file = process.env.CAVLO_SDK_FRAMES;
+  if (file && delivered.length > 0) appendFileSync(file, delivered.map((frame) => `${frame}\n`).join(""));
+});
 
 /** Lets every pending promise callback and queued task run. */
 export async function settle(rounds = 10) {
@@ -45,9 +75,11 @@ export function fakeWebSocket() {
       this.onopen?.({});
     }
 
-    /** Delivers a frame: an object is sent as JSON, a string as is. */
+    /** Delivers a frame: an object is sent as JSON (and recorded), a string as is. */
     receive(frame) {
-      this.onmessage?.({ data: typeof frame === "string" ? frame : JSON.stringify(frame) });
+      const data = typeof frame === "string" ? frame : JSON.stringify(frame);
+      if (typeof frame !== "string") delivered.push(data);
+      this.onmessage?.({ data });
     }
 
     /** The gateway (or the network) ends the connection. */

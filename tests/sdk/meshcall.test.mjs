@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 
 import { CavloClient, MeshCall } from "../../web/cavlo.js";
-import { FakeClock, fakeRTCPeerConnection, fakeStream, fakeWebSocket, settle } from "./fakes.mjs";
+import { FakeClock, NO_ICE, fakeRTCPeerConnection, fakeStream, fakeWebSocket, serverFrame, settle } from "./fakes.mjs";
 
 const ROOM = "call-room";
 const POLITE_OFFER_DELAY_MS = 400;
@@ -29,15 +29,8 @@ async function callIn(
   await settle();
   const socket = sockets[0];
   socket.accept();
-  socket.receive({ type: "welcome", conn_id: me, user: member(me).user, gateway: "gw", limits: {}, ice });
-  socket.receive({
-    type: "joined",
-    room: ROOM,
-    members: [me, ...others].map(member),
-    history: [],
-    last_seq: 0,
-    truncated: false,
-  });
+  socket.receive(serverFrame("welcome", { conn_id: me, user: member(me).user, ice: ice ?? NO_ICE }));
+  socket.receive(serverFrame("joined", { room: ROOM, members: [me, ...others].map(member), history: [], last_seq: 0 }));
   const call = new MeshCall(client, ROOM, {
     media,
     RTCPeerConnection: rtc.FakeRTCPeerConnection,
