@@ -5,9 +5,11 @@
 # (which fail on any lost, duplicated or reordered message or any message
 # not acked), checks that Prometheus (the monitoring profile) has a sample
 # of every service, the archiver (its profile) included, that the TURN
-# relay answers and refuses strangers, that every container ends the run
+# relay answers, refuses strangers, relays to public peers only and holds
+# a user to its quota, that every container ends the run
 # running, healthy where it has a health check and never restarted (a
-# crash loop must not pass), and on the 3-node cluster that the chat stream
+# crash loop must not pass), that ports are published only as documented
+# (NATS and Prometheus on loopback, no health port), and on the 3-node cluster that the chat stream
 # and the rooms bucket really have 3 replicas; it always takes everything
 # down again (volumes included).
 # It runs as its own compose project, with its own settings file and ports,
@@ -51,6 +53,8 @@ target/release/loadgen connections --count 200 --hold 1 \
 python3 tests/compose/prometheus_has_every_service.py "http://127.0.0.1:$CAVLO_PROMETHEUS_PORT"
 # The TURN relay answers STUN and is no open relay.
 python3 tests/compose/turn_refuses_strangers.py 127.0.0.1 "$CAVLO_TURN_PORT"
+# With the gateways' credentials: public peers only, and the user quota.
+python3 tests/compose/turn_limits.py 127.0.0.1 "$CAVLO_TURN_PORT"
 # Every container ends the run as it should: running, healthy if it has a
 # health check, and never restarted.
 unsound=0
@@ -64,6 +68,10 @@ for id in $(compose ps -q); do
 done
 [ "$unsound" = 0 ] || { echo "a container is not running, not healthy, or restarted" >&2; exit 1; }
 echo "every container running, healthy and never restarted"
+# Published as docs/operations.md says: gateways and TURN to every
+# address, NATS and Prometheus to loopback only, health ports never.
+# shellcheck disable=SC2046 # one argument per container id
+docker inspect $(compose ps -q) | python3 tests/compose/published_ports.py
 # On the cluster: 3 nodes, and 3 replicas of the chat stream and rooms bucket.
 case "${COMPOSE_FILE:-}" in
   *compose.cluster.yaml*)

@@ -14,7 +14,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use crate::harness::{Client, Options, System, assert_code, now, token_with};
+use crate::harness::{Client, Options, System, assert_code, now, token, token_with};
 
 const ISSUER: &str = "https://issuer.test/";
 const AUDIENCE: &str = "cavlo-tests";
@@ -146,6 +146,64 @@ async fn a_socket_that_never_authenticates_is_closed() {
     }
     assert_eq!(silent.expect_close().await, CloseCode::Unauthorized.code());
     drop(silent);
+    system.finish().await;
+}
+
+/// Tokens are never taken from the URL (where logs and proxies keep them):
+/// a socket opened with a valid token in its query string is not
+/// authenticated by it, and is closed like any socket that never sends
+/// `auth`.
+#[tokio::test]
+async fn a_token_in_the_url_authenticates_nothing() {
+    let gateway = GatewayConfig {
+        auth_timeout: Duration::from_millis(300),
+        ..Options::default().gateway
+    };
+    let system = System::start(Options {
+        gateway,
+        ..Options::one_gateway()
+    })
+    .await;
+    let g = system.gateways[0];
+    for query in ["token", "access_token", "auth", "jwt"] {
+        let url = format!("ws://{g}/ws?{query}={}", token("ann"));
+        let connection = cavlo_client::Connection::open(&url)
+            .await
+            .expect("ws connects");
+        let mut socket = Client::from_socket(connection);
+        match socket.recv_or_close().await {
+            Ok(ServerFrame::Error(error)) => assert_code(&error, ErrorCode::Unauthorized, query),
+            other => panic!("{query}: expected unauthorized, got {other:?}"),
+        }
+        assert_eq!(socket.expect_close().await, CloseCode::Unauthorized.code());
+    }
+    system.finish().await;
+}
+
+/// With no `allowed_origins` set, a page served by the gateway itself may
+/// open a socket (its Origin is the gateway's own), and any other origin
+/// is refused.
+#[tokio::test]
+async fn the_gateways_own_origin_is_accepted_by_default() {
+    let system = System::one_gateway().await;
+    let g = system.gateways[0];
+    let handshake = |origin: String| async move {
+        let mut request = format!("ws://{g}/ws").into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("Origin", origin.parse().unwrap());
+        tokio_tungstenite::connect_async(request).await
+    };
+    let (own, _) = handshake(format!("http://{g}"))
+        .await
+        .expect("the gateway's own origin is accepted");
+    drop(own);
+    match handshake("https://elsewhere.example.com".into()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 403)
+        }
+        other => panic!("expected HTTP 403, got {other:?}"),
+    }
     system.finish().await;
 }
 
