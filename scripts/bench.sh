@@ -55,14 +55,16 @@ cpu_used() {
   awk -v a="${cpu_before[$1]}" -v b="$(cpu "${pid[$1]}")" 'BEGIN { printf "%.2f", b - a }'
 }
 
-# Messages and bytes NATS has sent to gateway 2's connection.
+# Messages and bytes NATS has sent to gateway 2's connection (named gw2 by
+# local-system.sh); fails unless exactly one such connection is found.
 gw2_in() {
   python3 - <<'PY'
-import json, urllib.request
+import json, sys, urllib.request
 conns = json.load(urllib.request.urlopen("http://127.0.0.1:18222/connz?limit=1024"))["connections"]
-gw = [c for c in conns if c.get("name") == "gateway"]
-gw.sort(key=lambda c: c["cid"])
-print(gw[-1]["out_msgs"], gw[-1]["out_bytes"]) if gw else print(0, 0)
+gw = [c for c in conns if c.get("name") == "gw2"]
+if len(gw) != 1:
+    sys.exit(f"bench: {len(gw)} NATS connections named gw2, not one")
+print(gw[0]["out_msgs"], gw[0]["out_bytes"])
 PY
 }
 

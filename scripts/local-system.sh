@@ -45,8 +45,9 @@ start_system() {
   wait_for http://127.0.0.1:18222/healthz
   "$bin/history" >"$state/history.log" 2>&1 & pid[history]=$!
   "$bin/moderator" >"$state/moderator.log" 2>&1 & pid[moderator]=$!
-  CAVLO_GATEWAY__LISTEN=127.0.0.1:18080 "$bin/gateway" >"$state/gw1.log" 2>&1 & pid[gw1]=$!
-  CAVLO_GATEWAY__LISTEN=127.0.0.1:18081 "$bin/gateway" >"$state/gw2.log" 2>&1 & pid[gw2]=$!
+  # Each gateway's NATS connection has its own name, to find it in connz.
+  CAVLO_GATEWAY__LISTEN=127.0.0.1:18080 CAVLO_NATS__NAME=gw1 "$bin/gateway" >"$state/gw1.log" 2>&1 & pid[gw1]=$!
+  CAVLO_GATEWAY__LISTEN=127.0.0.1:18081 CAVLO_NATS__NAME=gw2 "$bin/gateway" >"$state/gw2.log" 2>&1 & pid[gw2]=$!
   wait_for http://127.0.0.1:18080/ready
   wait_for http://127.0.0.1:18081/ready
 }

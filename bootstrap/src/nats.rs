@@ -21,6 +21,10 @@ pub struct NatsConfig {
     pub password: Option<Secret>,
     /// A `.creds` file for this service's NATS user, if the server requires one.
     pub credentials_file: Option<PathBuf>,
+    /// The name the connection shows in the server's connection list
+    /// (`connz`); unset, the service's name. Give each instance its own to
+    /// tell them apart there.
+    pub name: Option<String>,
     /// How long to wait for the first connection before giving up. Default 5 s.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -45,6 +49,7 @@ impl Default for NatsConfig {
             user: None,
             password: None,
             credentials_file: None,
+            name: None,
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(5),
             ping_interval: Duration::from_secs(5),
@@ -149,11 +154,12 @@ where
     }
 }
 
-/// Connects as `name` (shown in the server's connection list). After the first
-/// connection, the client reconnects by itself for as long as the process runs.
+/// Connects as `config.name`, or else `name` (shown in the server's
+/// connection list). After the first connection, the client reconnects by
+/// itself for as long as the process runs.
 pub async fn connect(config: &NatsConfig, name: &str) -> Result<async_nats::Client, ConnectError> {
     let mut options = async_nats::ConnectOptions::new()
-        .name(name)
+        .name(config.name.as_deref().unwrap_or(name))
         .connection_timeout(config.connect_timeout)
         .request_timeout(Some(config.request_timeout))
         .ping_interval(config.ping_interval);
