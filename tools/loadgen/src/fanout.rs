@@ -55,6 +55,12 @@ pub struct Plan {
     /// Where slow consumers connect first, if not to their gateway's URL:
     /// a gateway container's own address, past Docker's port proxy.
     pub slow_gateway: Option<String>,
+    /// With `resume`, how long a message may go unanswered before the
+    /// client takes its connection for dead and reconnects, as the SDK
+    /// does; `None` never does, and leaves it to the gateway to close a
+    /// connection it cannot serve (a client's own timer would hide a
+    /// gateway that fails to).
+    pub silence_timeout: Option<Duration>,
 }
 
 /// When slow consumers stop reading, from the start of sending.
@@ -293,6 +299,7 @@ pub async fn run(
             connected_at: origin,
             seat: conn_id,
             resume: plan.resume,
+            silence_timeout: plan.silence_timeout,
             pause: is_slow(plan, room, index)
                 .then(|| (start + SLOW_AFTER, start + SLOW_AFTER + plan.slow_pause)),
         };
@@ -396,6 +403,8 @@ struct Member {
     /// takes it over (`replaces`), as the SDK does.
     seat: ConnId,
     resume: bool,
+    /// See [`Plan::silence_timeout`].
+    silence_timeout: Option<Duration>,
     /// For a slow consumer, when it stops reading and when it reads again.
     pause: Option<(Instant, Instant)>,
 }
@@ -517,10 +526,11 @@ impl Rider {
         };
         // A connection that leaves a message unanswered this long is dead
         // (its gateway stopped, or cut off) even if the socket is open.
-        let deadline = self
-            .pending
-            .oldest()
-            .map(|p| p.sent_at.max(self.member.connected_at) + SILENT_CONNECTION);
+        let deadline = self.member.silence_timeout.and_then(|timeout| {
+            self.pending
+                .oldest()
+                .map(|p| p.sent_at.max(self.member.connected_at) + timeout)
+        });
         if self.member.resume {
             wake = wake.min(deadline.unwrap_or(wake));
         }
@@ -777,9 +787,6 @@ fn count_close(closes: &mut BTreeMap<String, u64>, err: &ClientError) {
 
 /// Error codes a real client retries.
 const RETRYABLE: &[ErrorCode] = &[ErrorCode::Unavailable, ErrorCode::RateLimited];
-
-/// How long an unanswered message marks a connection dead, with `resume`.
-const SILENT_CONNECTION: Duration = Duration::from_secs(8);
 
 /// The first wait between two reconnect attempts; it doubles up to
 /// `MAX_RECONNECT_DELAY`, with full jitter as the SDK does, so that a

@@ -127,6 +127,12 @@ struct FanoutArgs {
     /// reconnects use the `--gateway`s.
     #[arg(long, requires = "slow")]
     slow_gateway: Option<String>,
+    /// With `--resume`, seconds a message may go unanswered before the
+    /// client takes its connection for dead and reconnects, as the SDK
+    /// does. 0 never does: the gateway must close a connection it cannot
+    /// serve, and a client's own timer would hide one that fails to.
+    #[arg(long, default_value_t = 8)]
+    silence_timeout: u64,
 }
 
 #[derive(Args)]
@@ -225,6 +231,8 @@ async fn fanout(secret: &[u8], json: bool, args: FanoutArgs) -> ExitCode {
         slow: args.slow.min(args.rooms),
         slow_pause: Duration::from_secs(args.slow_pause),
         slow_gateway: args.slow_gateway,
+        silence_timeout: (args.silence_timeout > 0)
+            .then(|| Duration::from_secs(args.silence_timeout)),
     };
     let progress = Arc::new(fanout::Progress::default());
     let ticker = tokio::spawn(show_progress(progress.clone(), |p: &fanout::Progress| {
