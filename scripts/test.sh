@@ -39,7 +39,8 @@ scripts/verdict-breaks.sh
 # operations runs: a rolling restart of every service and NATS node, and
 # scaling out and in (with the archiver started live). Nothing acked may
 # be lost, duplicated, reordered or misdelivered, every message must be
-# acked, and each fault must be seen to happen and heal. The full suite is
+# acked, and each run must show its fault's effects from outside and end
+# with every service healthy (faults.sh says which). The full suite is
 # `scripts/faults.sh` (docs/reliability.md, docs/operations.md).
 scripts/faults.sh --short kill-gateway kill-moderator kill-nats-leader kill-nats-follower \
   restart-nats stop-gateway cut-gateway cut-nats slow-consumer rolling-restart scale

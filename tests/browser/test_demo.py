@@ -1,5 +1,6 @@
 """The demo app in a real browser, two pages on two different gateways."""
 
+import json
 import pathlib
 import time
 import uuid
@@ -235,7 +236,7 @@ def test_the_demo_refreshes_its_token_before_it_expires(short_token_system, open
     # Tokens live 8 s; the page renews its own about 1.5 s before expiry,
     # and the gateway answers `refreshed`.
     deadline = time.monotonic() + TIMEOUT_MS / 1000
-    while not any('"refreshed"' in frame for frame in ann.frames_received):
+    while not any(json.loads(frame).get("type") == "refreshed" for frame in ann.frames_received):
         assert time.monotonic() < deadline, "the gateway never confirmed a refresh"
         ann.wait_for_timeout(100)
     # Past the first token's expiry: a refused refresh would have closed the

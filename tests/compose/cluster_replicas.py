@@ -33,7 +33,7 @@ def main():
         if replicas != 3:
             problems.append(f"{name} has {replicas} replicas, not 3")
         else:
-            print(f"{name}: 3 replicas, leader {stream['cluster']['leader']}")
+            print(f"{name}: 3 replicas, leader {stream.get('cluster', {}).get('leader', 'none yet')}")
     for problem in problems:
         print(problem)
     sys.exit(1 if problems else 0)
