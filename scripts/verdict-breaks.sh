@@ -49,27 +49,7 @@ wait_port() {
 proxies=()
 stop_proxies() {
   [ "${#proxies[@]}" -eq 0 ] || { kill "${proxies[@]}" 2>/dev/null || true; wait "${proxies[@]}" 2>/dev/null || true; }
-  # The reason loadgen must give for each break (a pattern of its last line).
-declare -A expected=(
-  [ack-without-seq]='acks came without a seq'
-  [repeated-ack]='acks named no message awaiting one'
-  [wrong-room]='misdelivered: [1-9]'
-  [dropped-delivery]='lost: [1-9]'
-  [doubled-delivery]='duplicated: [1-9]'
-  [reordered-delivery]='reordered: [1-9]'
-)
-
-# Waits until something listens on 127.0.0.1:$1.
-wait_port() {
-  for _ in $(seq 100); do
-    python3 -c "import socket; socket.create_connection(('127.0.0.1', $1), 1).close()" 2>/dev/null && return
-    sleep 0.1
-  done
-  echo "verdict-breaks: nothing listens on port $1" >&2
-  return 1
-}
-
-proxies=()
+  proxies=()
 }
 trap 'stop_proxies; stop_system' EXIT
 
