@@ -47,7 +47,7 @@ pub enum ClientError {
     Unexpected(String),
     /// The URL does not point at this machine.
     #[error(
-        "{0} is not a loopback address (or, for a slow consumer, a Docker network's); loadgen only targets this machine"
+        "{0} is not a loopback address (or, for a slow consumer, in a Docker network pool); loadgen only targets this machine"
     )]
     NotLocal(String),
 }
@@ -123,15 +123,18 @@ async fn loopback_target(url: &str) -> Result<SocketAddr, ClientError> {
     target(url, |ip| ip.is_loopback()).await
 }
 
-/// Like [`loopback_target`], also accepting an address in 172.16.0.0/12,
-/// where Docker puts the containers of this machine's private networks. A slow
-/// consumer needs it: through Docker's port proxy, the proxy's buffers take
+/// Like [`loopback_target`], also accepting an address in Docker's default
+/// pools for this machine's private networks: 172.17.0.0/16 to
+/// 172.31.0.0/16, then 192.168.0.0/16 once those are taken (the fault
+/// suite's network got 192.168.0.0/20 on a CI machine). A slow consumer
+/// needs it: through Docker's port proxy, the proxy's buffers take
 /// megabytes that the client does not read, and the gateway never sees it
 /// fall behind.
 async fn local_target(url: &str) -> Result<SocketAddr, ClientError> {
     target(url, |ip| match ip {
         IpAddr::V4(v4) => {
-            v4.is_loopback() || (v4.octets()[0] == 172 && v4.octets()[1] & 0xf0 == 16)
+            let [a, b, ..] = v4.octets();
+            v4.is_loopback() || (a == 172 && b & 0xf0 == 16) || (a == 192 && b == 168)
         }
         IpAddr::V6(v6) => v6.is_loopback(),
     })
@@ -167,7 +170,7 @@ mod tests {
     use super::*;
 
     /// Every client reaches loopback only; a slow consumer also Docker's
-    /// networks (172.16.0.0/12), and nothing else.
+    /// networks (172.16.0.0/12, 192.168.0.0/16), and nothing else.
     #[tokio::test]
     async fn only_this_machines_addresses_are_accepted() {
         // (url, any client, a slow consumer)
@@ -179,7 +182,8 @@ mod tests {
             ("ws://172.31.255.1:8080/ws", false, true),
             ("ws://172.32.0.1:8080/ws", false, false),
             ("ws://10.1.2.3:8080/ws", false, false),
-            ("ws://192.168.0.10/ws", false, false),
+            ("ws://192.168.0.10/ws", false, true),
+            ("ws://192.169.0.10/ws", false, false),
             ("ws://8.8.8.8/ws", false, false),
         ];
         for &(url, any, slow) in CASES {
