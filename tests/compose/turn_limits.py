@@ -24,7 +24,7 @@ import struct
 import sys
 import time
 
-from turn_refuses_strangers import MAGIC, REQUESTED_TRANSPORT, ERROR_CODE, UDP
+from turn_refuses_strangers import ERROR_CODE, MAGIC, REQUESTED_TRANSPORT, UDP, answer
 
 ALLOCATE, ALLOCATE_OK = 0x0003, 0x0103
 CREATE_PERMISSION, CREATE_PERMISSION_OK = 0x0008, 0x0108
@@ -70,15 +70,7 @@ class Turn:
             attributes += attribute(MESSAGE_INTEGRITY, digest)
         self.socket.sendto(struct.pack("!HHI", kind, len(attributes), MAGIC) + transaction + attributes, self.address)
         data, _ = self.socket.recvfrom(2048)
-        kind, length, _ = struct.unpack("!HHI", data[:8])
-        if data[8:20] != transaction:
-            raise ValueError("not an answer to this request")
-        found, at = {}, 20
-        while at < 20 + length:
-            name, size = struct.unpack("!HH", data[at:at + 4])
-            found[name] = data[at + 4:at + 4 + size]
-            at += 4 + size + (-size % 4)
-        return kind, found
+        return answer(data, transaction)
 
     def authenticated(self, kind, attributes=b""):
         """Asks once unsigned to learn the realm and nonce, then signed."""

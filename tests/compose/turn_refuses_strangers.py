@@ -25,13 +25,8 @@ def request(kind, attributes=b""):
     return transaction, struct.pack("!HHI", kind, len(attributes), MAGIC) + transaction + attributes
 
 
-def ask(address, kind, attributes=b""):
-    """Sends one STUN request over UDP; returns (type, {attribute: value})."""
-    transaction, message = request(kind, attributes)
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(2)
-        s.sendto(message, address)
-        data, _ = s.recvfrom(2048)
+def answer(data, transaction):
+    """Reads a STUN answer to `transaction`: (type, {attribute: value})."""
     kind, length, magic = struct.unpack("!HHI", data[:8])
     if magic != MAGIC or data[8:20] != transaction:
         raise ValueError("not an answer to this request")
@@ -41,6 +36,16 @@ def ask(address, kind, attributes=b""):
         attributes[name] = data[at + 4:at + 4 + size]
         at += 4 + size + (-size % 4)
     return kind, attributes
+
+
+def ask(address, kind, attributes=b""):
+    """Sends one STUN request over UDP; returns (type, {attribute: value})."""
+    transaction, message = request(kind, attributes)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(2)
+        s.sendto(message, address)
+        data, _ = s.recvfrom(2048)
+    return answer(data, transaction)
 
 
 def check(address):

@@ -126,26 +126,38 @@ async fn bad_tokens_are_refused_with_4001() {
     system.finish().await;
 }
 
-#[tokio::test]
-async fn a_socket_that_never_authenticates_is_closed() {
+/// One gateway that waits only 300 ms for a socket's `auth` frame.
+async fn impatient_system() -> System {
     let gateway = GatewayConfig {
         auth_timeout: Duration::from_millis(300),
         ..Options::default().gateway
     };
-    let system = System::start(Options {
+    System::start(Options {
         gateway,
         ..Options::one_gateway()
     })
-    .await;
-    let mut silent = Client::from_socket(Client::open(system.gateways[0]).await);
-    match silent.recv_or_close().await {
-        Ok(ServerFrame::Error(error)) => {
-            assert_code(&error, ErrorCode::Unauthorized, "auth timeout")
-        }
-        other => panic!("expected unauthorized, got {other:?}"),
+    .await
+}
+
+/// `socket`, which sent no `auth`, is told `unauthorized` and closed with
+/// 4001 once the auth timeout passes.
+async fn assert_closed_unauthenticated(mut socket: Client, case: &str) {
+    match socket.recv_or_close().await {
+        Ok(ServerFrame::Error(error)) => assert_code(&error, ErrorCode::Unauthorized, case),
+        other => panic!("{case}: expected unauthorized, got {other:?}"),
     }
-    assert_eq!(silent.expect_close().await, CloseCode::Unauthorized.code());
-    drop(silent);
+    assert_eq!(
+        socket.expect_close().await,
+        CloseCode::Unauthorized.code(),
+        "{case}"
+    );
+}
+
+#[tokio::test]
+async fn a_socket_that_never_authenticates_is_closed() {
+    let system = impatient_system().await;
+    let silent = Client::from_socket(Client::open(system.gateways[0]).await);
+    assert_closed_unauthenticated(silent, "auth timeout").await;
     system.finish().await;
 }
 
@@ -155,27 +167,14 @@ async fn a_socket_that_never_authenticates_is_closed() {
 /// `auth`.
 #[tokio::test]
 async fn a_token_in_the_url_authenticates_nothing() {
-    let gateway = GatewayConfig {
-        auth_timeout: Duration::from_millis(300),
-        ..Options::default().gateway
-    };
-    let system = System::start(Options {
-        gateway,
-        ..Options::one_gateway()
-    })
-    .await;
+    let system = impatient_system().await;
     let g = system.gateways[0];
     for query in ["token", "access_token", "auth", "jwt"] {
         let url = format!("ws://{g}/ws?{query}={}", token("ann"));
         let connection = cavlo_client::Connection::open(&url)
             .await
             .expect("ws connects");
-        let mut socket = Client::from_socket(connection);
-        match socket.recv_or_close().await {
-            Ok(ServerFrame::Error(error)) => assert_code(&error, ErrorCode::Unauthorized, query),
-            other => panic!("{query}: expected unauthorized, got {other:?}"),
-        }
-        assert_eq!(socket.expect_close().await, CloseCode::Unauthorized.code());
+        assert_closed_unauthenticated(Client::from_socket(connection), query).await;
     }
     system.finish().await;
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::harness::{
-    Client, Options, REQUEST_TIMEOUT, System, assert_code, get_json, room, signal,
+    Client, FRAME_TIMEOUT, Options, REQUEST_TIMEOUT, System, assert_code, get_json, room, signal,
 };
 
 #[tokio::test]
@@ -65,6 +65,26 @@ async fn with_nats_down_requests_fail_with_unavailable_and_recover() {
     // The join sent while NATS was paused reaches a moderator after the
     // gateway gave up on it and queued the leave that undoes it; whichever
     // the moderator applies first, no member may be left that nobody holds.
+    // That it did reach one is shown by the moderators' count: the first
+    // join, the paused one and the last (a leave check that passes because
+    // the join never arrived would prove nothing).
+    let joins = || {
+        let texts: Vec<String> = system
+            .moderator_metrics
+            .iter()
+            .map(|m| m.encode())
+            .collect();
+        crate::metrics::total(&texts, "cavlo_moderator_requests_total{action=\"join\"}")
+    };
+    let deadline = Instant::now() + FRAME_TIMEOUT;
+    while joins() < 3.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the paused join never reached a moderator: {} joins",
+            joins()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     drop(ann);
     system.finish().await;
 }

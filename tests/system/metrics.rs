@@ -19,7 +19,7 @@ pub fn sample(text: &str, series: &str) -> Option<f64> {
 }
 
 /// `series` summed over several services' metrics texts.
-fn total(texts: &[String], series: &str) -> f64 {
+pub fn total(texts: &[String], series: &str) -> f64 {
     texts.iter().filter_map(|text| sample(text, series)).sum()
 }
 
