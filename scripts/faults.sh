@@ -78,7 +78,7 @@ duration=40 outage=20 cut=25 warmup=10 drain=30 stop=20 cluster_drain=30
 # of a rolling restart sends until every service has restarted.
 # The rolling restart's health waits took 84 s on this machine, and must
 # end inside the sending window.
-wave=20 scale_duration=75 restart_duration=140
+wave=20 scale_duration=110 restart_duration=140
 # The slow consumer's pause needs 40 s of load in either form (below).
 slow_duration=40
 if [ "${1:-}" = "--short" ]; then
@@ -90,7 +90,7 @@ if [ "${1:-}" = "--short" ]; then
   # backlog under the chat rate limit (100 a minute), which 15 s of drain
   # did not always finish (2 of 25,000 unacked in one CI run).
   cluster_drain=30
-  wave=10 scale_duration=50 restart_duration=120
+  wave=10 scale_duration=80 restart_duration=120
 fi
 faults=("$@")
 [ "${#faults[@]}" -gt 0 ] || faults=(kill-gateway kill-moderator kill-nats-leader
