@@ -7,6 +7,7 @@
 #   scripts/bench.sh fanout --rooms 10 --clients 10 --duration 20
 #   scripts/bench.sh connections --count 100000 --sources 8
 #   scripts/bench.sh interest --rooms 10 --clients 10 --duration 10
+#   scripts/bench.sh media --rooms 4 --participants 5 --rate 50 --duration 20
 #
 # `rates` runs fan-out (rooms of 10 over both gateways, 20 s each unless
 # given) at each total chat rate on a fresh system and prints one table:
@@ -24,7 +25,9 @@
 # defaults (one thread per core); docs/benchmarks.md has both.
 #
 # `fanout` and `connections` print the load generator's report and each
-# process's CPU seconds during the run. `interest` runs fan-out with every
+# process's CPU seconds during the run. `media` runs calls through the
+# media node (synthetic participants, `loadgen media`) and adds the media
+# node's CPU per 1,000 forwarded frames. `interest` runs fan-out with every
 # client on gateway 1 and reports what gateway 2 received from NATS meanwhile.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -150,6 +153,17 @@ case "$mode" in
     "${loadgen[@]}" fanout --gateway ws://127.0.0.1:18080/ws "$@"
     read -r msgs1 bytes1 < <(gw2_in)
     echo "gateway 2 received from NATS meanwhile: $((msgs1 - msgs0)) messages, $((bytes1 - bytes0)) bytes" ;;
+  media)
+    start_system target/release; cpu_mark
+    media_status=0
+    report="$("${loadgen[@]}" --json media "${gateways[@]}" "$@")" || media_status=$?
+    echo "$report"
+    REPORT="$report" python3 - "$(cpu_used media)" <<'PY'
+import json, os, sys
+report = json.loads(os.environ["REPORT"])
+print(f"media node: {float(sys.argv[1]) * 1e6 / max(report['received'], 1):.1f} CPU ms per 1,000 forwarded frames")
+PY
+    ;;
   connections)
     start_system target/release; cpu_mark
     "${loadgen[@]}" connections --gateway ws://127.0.0.1:18080/ws --gateway-pid "${pid[gw1]}" "$@" ;;
@@ -159,3 +173,4 @@ if [ "$mode" != rates ]; then
   echo "CPU seconds during the run:"
   for name in "${names[@]}"; do printf '  %-10s %s\n' "$name" "$(cpu_used "$name")"; done
 fi
+exit "${media_status:-0}"

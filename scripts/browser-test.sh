@@ -16,4 +16,4 @@ cargo build --release --locked --bins
 # The TURN relay of compose, for the relay-only call.
 CAVLO_TURN_IMAGE="$(scripts/turn-image.sh)"
 export CAVLO_TURN_IMAGE
-python3 -m pytest tests/browser -q
+python3 -m pytest tests/browser -q --durations=8

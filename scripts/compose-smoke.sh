@@ -22,6 +22,7 @@ export COMPOSE_PROJECT_NAME=cavlo-smoke
 export CAVLO_GATEWAY_1_PORT=28080 CAVLO_GATEWAY_2_PORT=28081 CAVLO_NATS_PORT=24222
 export CAVLO_PROMETHEUS_PORT=29091 COMPOSE_PROFILES=monitoring,archiver
 export CAVLO_TURN_PORT=23478 CAVLO_TURN_RELAY_PORTS=29160-29199
+export CAVLO_MEDIA_1_PORT=20000 CAVLO_MEDIA_2_PORT=20001
 mkdir -p target/compose
 export CAVLO_ENV_FILE="$root/target/compose/smoke.env"
 scripts/new-env.sh "$CAVLO_ENV_FILE"
@@ -50,7 +51,9 @@ target/release/loadgen fanout --rooms 2 --clients 3 --rate 5 --duration 3 \
 target/release/loadgen connections --count 200 --hold 1 \
   --gateway "ws://127.0.0.1:$CAVLO_GATEWAY_1_PORT/ws"
 # Prometheus scrapes every 5 s: within a minute every service has a sample.
-python3 tests/compose/prometheus_has_every_service.py "http://127.0.0.1:$CAVLO_PROMETHEUS_PORT"
+media_nodes=1
+case "${COMPOSE_FILE:-}" in *compose.cluster.yaml*) media_nodes=2 ;; esac
+python3 tests/compose/prometheus_has_every_service.py "http://127.0.0.1:$CAVLO_PROMETHEUS_PORT" "$media_nodes"
 # The TURN relay answers STUN and is no open relay.
 python3 tests/compose/turn_refuses_strangers.py 127.0.0.1 "$CAVLO_TURN_PORT"
 # With the gateways' credentials: public peers only, and the user quota.

@@ -1,8 +1,9 @@
 # shellcheck shell=bash
 # Sourced, not run: a fresh local cavlo system for benchmarks and verdict
 # checks (scripts/bench.sh, scripts/verdict-breaks.sh). nats-server with
-# JetStream, history, a moderator and two gateways as processes on this
-# machine (loopback only: NATS on 14222, gateways on 18080 and 18081),
+# JetStream, history, a moderator, two gateways and a media node as
+# processes on this machine (loopback only: NATS on 14222, gateways on
+# 18080 and 18081, media on UDP 18300),
 # with chat rate limits lifted and room for many connections. Tokens are
 # signed with the secret `bench-secret`.
 #
@@ -10,11 +11,11 @@
 #   stop_system        stops them and removes their state (also on exit)
 #
 # After start_system, pid[NAME] is each process's id (names: nats history
-# moderator gw1 gw2) and $state the directory holding their logs.
+# moderator gw1 gw2 media) and $state the directory holding their logs.
 
 nats_server="$(scripts/nats-server.sh)"
 # shellcheck disable=SC2034 # used by the scripts that source this one
-names=(nats history moderator gw1 gw2)
+names=(nats history moderator gw1 gw2 media)
 declare -A pid
 state=""
 
@@ -48,8 +49,10 @@ start_system() {
   # Each gateway's NATS connection has its own name, to find it in connz.
   CAVLO_GATEWAY__LISTEN=127.0.0.1:18080 CAVLO_NATS__NAME=gw1 "$bin/gateway" >"$state/gw1.log" 2>&1 & pid[gw1]=$!
   CAVLO_GATEWAY__LISTEN=127.0.0.1:18081 CAVLO_NATS__NAME=gw2 "$bin/gateway" >"$state/gw2.log" 2>&1 & pid[gw2]=$!
+  CAVLO_MEDIA__UDP_LISTEN=127.0.0.1:18300 CAVLO_HEALTH__LISTEN=127.0.0.1:18301 "$bin/media" >"$state/media.log" 2>&1 & pid[media]=$!
   wait_for http://127.0.0.1:18080/ready
   wait_for http://127.0.0.1:18081/ready
+  wait_for http://127.0.0.1:18301/ready
 }
 
 stop_system() {

@@ -19,6 +19,7 @@ umask 077
   echo "CAVLO_NATS_MODERATOR_PASSWORD=$(secret)"
   echo "CAVLO_NATS_HISTORY_PASSWORD=$(secret)"
   echo "CAVLO_NATS_ARCHIVER_PASSWORD=$(secret)"
+  echo "CAVLO_NATS_MEDIA_PASSWORD=$(secret)"
   echo "CAVLO_GATEWAY__AUTH__HS256_SECRET=$(secret)"
   echo "CAVLO_TURN_SECRET=$(secret)"
   echo "# The demo's development tokens: anyone who can reach a gateway gets in."

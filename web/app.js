@@ -1,7 +1,9 @@
 // @ts-check
-// The cavlo demo: pick a name and a room, chat, start a mesh video call.
+// The cavlo demo: pick a name and a room, chat, start a video call: through
+// the media service when the gateway offers one (RoomCall), else a mesh
+// (MeshCall).
 // Chat text is always rendered as text (textContent), never as HTML.
-import { CavloClient, MeshCall } from "./cavlo.js";
+import { CavloClient, MEDIA_NODE, MeshCall, RoomCall } from "./cavlo.js";
 
 /**
  * The page's element with this id, which must be a `type` (HTMLElement
@@ -30,7 +32,7 @@ const JOIN_ERRORS = new Set(["room_full", "invalid_room", "too_many_rooms"]);
 
 /** @type {CavloClient | null} */
 let client = null;
-/** @type {MeshCall | null} */
+/** @type {MeshCall | RoomCall | null} */
 let call = null;
 /** @type {string} */
 let room = "";
@@ -214,16 +216,48 @@ function messageOf(err) {
   return String(/** @type {any} */ (err)?.message ?? err);
 }
 
+/** Tiles narrower than this (CSS pixels) get a participant's small layer. */
+const SMALL_TILE_PX = 320;
+
 /**
- * The room's call: it starts on a click or on the first incoming offer.
+ * Asks for each remote tile's layer by its size, once the layout settled.
+ * @param {RoomCall} roomCall
+ */
+function askQualities(roomCall) {
+  requestAnimationFrame(() => {
+    for (const connId of roomCall.participants) {
+      const tile = document.querySelector(`#videos figure[data-conn-id="${CSS.escape(connId)}"]`);
+      if (tile instanceof HTMLElement) roomCall.setQuality(connId, tile.clientWidth < SMALL_TILE_PX ? "low" : "high");
+    }
+  });
+}
+
+/**
+ * The room's call: through the media service when the gateway offers one
+ * (it starts on a click), else a mesh (it starts on a click or on the
+ * first incoming offer).
  * @param {CavloClient} client
  */
 function prepareCall(client) {
-  const next = new MeshCall(client, room, {
+  /** @type {{ media: () => Promise<MediaStream>, iceTransportPolicy: RTCIceTransportPolicy }} */
+  const options = {
     media: () => navigator.mediaDevices.getUserMedia({ video: true, audio: true }),
     iceTransportPolicy,
-  });
-  call = next;
+  };
+  const made = client.mediaService ? new RoomCall(client, room, options) : new MeshCall(client, room, options);
+  call = made;
+  if (made instanceof RoomCall) {
+    // Small tiles get the small layer of a participant's camera.
+    made.addEventListener("stream", () => askQualities(made));
+    made.addEventListener("hangup", () => askQualities(made));
+    made.addEventListener("speaker", ({ detail }) => {
+      for (const tile of document.querySelectorAll("#videos figure")) {
+        tile.classList.toggle("speaking", tile instanceof HTMLElement && tile.dataset.connId === detail.connId);
+      }
+    });
+  }
+  // Both kinds of call have these events, with these details.
+  const next = /** @type {MeshCall} */ (/** @type {unknown} */ (made));
   next.addEventListener("start", ({ detail }) => {
     const mine = tileFor(client, client.connId ?? "");
     const video = videoOf(mine);
@@ -232,15 +266,31 @@ function prepareCall(client) {
     showMedia(mine, next.media);
     showCallControls(true);
   });
+  /**
+   * @param {string} connId
+   * @param {string} state
+   */
+  const showPeerState = (connId, state) => {
+    const tile = tileFor(client, connId);
+    tile.dataset.peerState = state;
+    videoOf(tile).dataset.peerState = state;
+  };
+  // Through the media service one connection carries every participant:
+  // its state is each remote tile's.
+  let nodeState = "new";
   next.addEventListener("stream", ({ detail }) => {
     const video = videoOf(tileFor(client, detail.connId));
     video.srcObject = detail.stream;
     video.play().catch(() => {});
+    if (made instanceof RoomCall) showPeerState(detail.connId, nodeState);
   });
   next.addEventListener("peerstate", ({ detail }) => {
-    const tile = tileFor(client, detail.connId);
-    tile.dataset.peerState = detail.state;
-    videoOf(tile).dataset.peerState = detail.state;
+    if (made instanceof RoomCall && detail.connId === MEDIA_NODE) {
+      nodeState = detail.state;
+      for (const connId of made.participants) showPeerState(connId, detail.state);
+    } else {
+      showPeerState(detail.connId, detail.state);
+    }
   });
   next.addEventListener("media", ({ detail }) => showMedia(tileFor(client, detail.connId), detail));
   next.addEventListener("hangup", ({ detail }) => {
@@ -278,7 +328,15 @@ function enter(name, roomName) {
     $("status").dataset.state = detail.state;
     wasOpen ||= detail.state === "open";
   });
-  session.addEventListener("welcome", () => showError(""));
+  session.addEventListener("welcome", () => {
+    showError("");
+    // The kind of call follows the gateway's offer, until one starts.
+    const wanted = session.mediaService ? RoomCall : MeshCall;
+    if (call && call.state === "idle" && !(call instanceof wanted)) {
+      call.stop();
+      prepareCall(session);
+    }
+  });
   session.addEventListener("joined", () => renderMembers(session));
   session.addEventListener("presence", () => renderMembers(session));
   session.addEventListener("chat", ({ detail }) => {
@@ -383,6 +441,9 @@ function toggle(kind) {
   showMedia(tileFor(client, client.connId ?? ""), call.media);
   showCallControls(true);
 }
+window.addEventListener("resize", () => {
+  if (call instanceof RoomCall) askQualities(call);
+});
 $("mic").addEventListener("click", () => toggle("audio"));
 $("camera").addEventListener("click", () => toggle("video"));
 $("hangup").addEventListener("click", hangUp);

@@ -1,6 +1,7 @@
 // @ts-check
 // cavlo browser SDK: a client for the cavlo protocol (docs/protocol.md); the
-// mesh-call helper is in meshcall.js, re-exported here. Plain ES modules,
+// call helpers, MeshCall (a mesh of peers) and RoomCall (through the media
+// service), are in meshcall.js and roomcall.js, re-exported here. Plain ES modules,
 // no dependencies, no build step; they touch no DOM and no network until
 // `connect` or `start` is called, and never write to the console.
 //
@@ -18,7 +19,10 @@
 // was not acknowledged in an outbox that is resent after reconnecting.
 // docs/client.md is the reference.
 
+import { errorText } from "./errors.js";
+
 export { MeshCall } from "./meshcall.js";
+export { MEDIA_NODE, RoomCall } from "./roomcall.js";
 
 /** `WebSocket.OPEN`, the same number in every implementation. */
 const WS_OPEN = 1;
@@ -71,7 +75,9 @@ const AS_SENT = new Set(["data", "servers"]);
  * @typedef {{ connId: string, user: User }} Member
  * @typedef {{ servers: RTCIceServer[], expiresIn: number }} Ice
  * @typedef {{ maxFrameBytes: number, maxRooms: number, historyLimit: number }} Limits
- * @typedef {{ connId: string, user: User, gateway: string, limits: Limits, expiresIn?: number, ice?: Ice }} Welcome
+ * @typedef {{ connId: string, user: User, gateway: string, limits: Limits, expiresIn?: number, ice?: Ice, media?: boolean }} Welcome
+ * @typedef {{ room: string, sdp: string }} CallAnswer
+ * @typedef {{ room: string }} CallMoved
  * @typedef {{ room: string, seq: number, id: string, from: Member, text: string, ts: number }} Chat
  * @typedef {{ room: string, members: Member[], history: Chat[], lastSeq: number, truncated: boolean }} Joined
  * @typedef {{ room: string }} Left
@@ -79,7 +85,7 @@ const AS_SENT = new Set(["data", "servers"]);
  *   `seq` is missing when a resent message's original already left the backlog
  * @typedef {{ room: string, event: "join" | "leave", member: Member }} Presence
  * @typedef {{ room: string, from: string, user: User, kind: string, data: any }} Signal
- * @typedef {{ code: string, message: string, id?: string, room?: string, closeCode?: number, reason?: string }} ErrorDetail
+ * @typedef {{ code: string, message: string, id?: string, room?: string, request?: string, closeCode?: number, reason?: string }} ErrorDetail
  * @typedef {{ code: string, message: string, error?: unknown, data?: unknown, url?: string }} Warning
  *   something the SDK skipped or could not do, which does not stop it
  */
@@ -95,6 +101,8 @@ const AS_SENT = new Set(["data", "servers"]);
  * @property {Presence} presence
  * @property {Signal} signal
  * @property {Ice} ice
+ * @property {CallAnswer} callanswer
+ * @property {CallMoved} callmoved
  * @property {ErrorDetail} error
  * @property {Warning} warning
  */
@@ -176,10 +184,6 @@ function messageId() {
   return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
 }
 
-/** @param {unknown} err */
-function errorText(err) {
-  return err instanceof Error ? err.message : String(err);
-}
 
 const ClientEventTarget = /** @type {new () => TypedEventTarget<ClientEvents>} */ (
   /** @type {unknown} */ (EventTarget)
@@ -217,6 +221,8 @@ export class CavloClient extends ClientEventTarget {
   #connId = null;
   /** @type {User | null} */
   #user = null;
+  /** Whether the last `welcome` offered a media service. */
+  #mediaService = false;
   /** @type {Map<string, number | null>} room → highest seq seen in `history` or `chat`, or null before any. */
   #rooms = new Map();
   /** @type {Map<string, Pending>} client message id → its message, in sending order, until acked. */
@@ -316,6 +322,14 @@ export class CavloClient extends ClientEventTarget {
    */
   get iceServers() {
     return this.#iceServers;
+  }
+
+  /**
+   * Whether the gateway's last `welcome` said a media service holds calls:
+   * then a room's call is a RoomCall, else a MeshCall.
+   */
+  get mediaService() {
+    return this.#mediaService;
   }
 
   /** A copy: room → highest seq seen (null before any), for every joined room. */
@@ -444,6 +458,25 @@ export class CavloClient extends ClientEventTarget {
     this.#send({ type: "signal", room, to, kind, data });
   }
 
+  /**
+   * Joins a room's call on the media service with an SDP offer; the answer
+   * comes as a `callanswer` event, a refusal as an `error` naming the room.
+   * Dropped while disconnected. RoomCall calls it for you.
+   * @param {string} room
+   * @param {string} sdp
+   */
+  callJoin(room, sdp) {
+    this.#send({ type: "call_join", room, sdp });
+  }
+
+  /**
+   * Hangs up a room's call on the media service.
+   * @param {string} room
+   */
+  callLeave(room) {
+    this.#send({ type: "call_leave", room });
+  }
+
   // --- internals -----------------------------------------------------------
 
   /** @param {ConnectionState} state */
@@ -534,6 +567,7 @@ export class CavloClient extends ClientEventTarget {
     }
     if (isTerminalClose(code)) {
       this.close();
+      this.#abandon(`the gateway closed the connection for good (${code}) before the message was acked`);
       this.#emit("error", {
         code: "closed",
         message: `the gateway closed the connection for good (${code}${reason ? ` ${reason}` : ""})`,
@@ -620,11 +654,26 @@ export class CavloClient extends ClientEventTarget {
     }, Math.max(0, Number(delayMs) || 0));
   }
 
+  /**
+   * Rejects every unacked `send` with code `closed` and forgets it: the
+   * client stopped for good by itself, and a promise that never settles
+   * would hang its caller. The message may have been stored; resending it
+   * with its id after `connect` is safe.
+   * @param {string} message
+   */
+  #abandon(message) {
+    for (const [id, pending] of this.#outbox) {
+      pending.reject(new CavloError({ code: "closed", message, id, room: pending.room }));
+    }
+    this.#outbox.clear();
+  }
+
   /** Schedules the next attempt on the next gateway, with full jitter. */
   #retry() {
     if (this.#stopped) return;
     if (this.#attempt >= this.#maxAttempts) {
       this.close();
+      this.#abandon(`gave up reconnecting before the message was acked`);
       this.#emit("error", { code: "closed", message: `gave up after ${this.#attempt} reconnect attempts` });
       return;
     }
@@ -687,6 +736,7 @@ export class CavloClient extends ClientEventTarget {
         const welcome = frame;
         this.#connId = welcome.connId;
         this.#user = welcome.user;
+        this.#mediaService = welcome.media === true;
         this.#attempt = 0;
         // Before anyone hears of it, so frames sent from a listener come
         // after the rejoins.
@@ -749,6 +799,12 @@ export class CavloClient extends ClientEventTarget {
       case "ice":
         this.#setIce(frame);
         this.#emit("ice", frame);
+        break;
+      case "call_answer":
+        this.#emit("callanswer", frame);
+        break;
+      case "call_moved":
+        this.#emit("callmoved", frame);
         break;
       case "pong":
         break;

@@ -3,23 +3,15 @@
 // module): one RTCPeerConnection per other member of a room. docs/client.md,
 // "MeshCall", is the reference.
 
+import { CallEventTarget, Connector, applyMedia, listen, tellMedia, tellNewcomer } from "./callbase.js";
+import { errorText } from "./errors.js";
+
 /**
  * @typedef {import("./cavlo.js").CavloClient} CavloClient
  * @typedef {import("./cavlo.js").Signal} Signal
- * @typedef {import("./cavlo.js").Presence} Presence
  * @typedef {import("./cavlo.js").Timers} Timers
- * @typedef {import("./cavlo.js").Warning} Warning
- */
-
-/**
- * @template Events
- * @typedef {import("./cavlo.js").TypedEventTarget<Events>} TypedEventTarget
- */
-
-/**
- * @typedef {{ audio: boolean, video: boolean }} MediaState whether a
- *   microphone and a camera are on
- * @typedef {Warning & { connId: string, kind?: string }} CallWarning
+ * @typedef {import("./callbase.js").MediaState} MediaState
+ * @typedef {import("./callbase.js").CallWarning} CallWarning
  */
 
 /**
@@ -58,15 +50,6 @@ const POLITE_OFFER_DELAY_MS = 400;
  */
 const MAX_EARLY_SIGNALS = 200;
 
-/** @param {unknown} err */
-function errorText(err) {
-  return err instanceof Error ? err.message : String(err);
-}
-
-const CallEventTarget = /** @type {new () => TypedEventTarget<CallEvents>} */ (
-  /** @type {unknown} */ (EventTarget)
-);
-
 /**
  * A mesh video call in one room: one RTCPeerConnection per other member,
  * negotiated with the "perfect negotiation" pattern so that two peers
@@ -83,6 +66,7 @@ const CallEventTarget = /** @type {new () => TypedEventTarget<CallEvents>} */ (
  * `error` ({error}, when answering could not get the local media),
  * `warning` ({code, message, connId, error}: an offer or a peer's signal
  * that failed).
+ * @extends {CallEventTarget<CallEvents>}
  */
 export class MeshCall extends CallEventTarget {
   /** @type {CavloClient} */
@@ -91,12 +75,8 @@ export class MeshCall extends CallEventTarget {
   #room;
   /** @type {MediaStream | (() => MediaStream | Promise<MediaStream>)} */
   #media;
-  /** @type {RTCIceServer[] | null} Explicit ICE servers, or null for the gateway's. */
-  #iceServers;
-  /** @type {RTCIceTransportPolicy} */
-  #iceTransportPolicy;
-  /** @type {typeof RTCPeerConnection} */
-  #RTCPeerConnection;
+  /** @type {Connector} */
+  #connector;
   /** @type {Timers} */
   #timers;
 
@@ -118,12 +98,8 @@ export class MeshCall extends CallEventTarget {
    * @type {Promise<void>}
    */
   #applying = Promise.resolve();
-  /** @type {(event: CustomEvent<Signal>) => void} */
-  #onSignal;
-  /** @type {(event: CustomEvent<Presence>) => void} */
-  #onPresence;
-  /** @type {() => void} */
-  #onIce;
+  /** @type {() => void} removes the listeners on the client */
+  #unlisten;
 
   /**
    * @param {CavloClient} client
@@ -139,39 +115,22 @@ export class MeshCall extends CallEventTarget {
    * @param {typeof RTCPeerConnection} [options.RTCPeerConnection=globalThis.RTCPeerConnection]
    * @param {Timers} [options.timers=globalThis]
    */
-  constructor(
-    client,
-    room,
-    {
-      media,
-      iceServers = null,
-      iceTransportPolicy = "all",
-      RTCPeerConnection = globalThis.RTCPeerConnection,
-      timers = globalThis,
-    } = /** @type {any} */ ({}),
-  ) {
+  constructor(client, room, options = /** @type {any} */ ({})) {
     super();
+    const { media, timers = globalThis } = options;
     if (!media) throw new Error("cavlo: a MeshCall needs `media`, a MediaStream or a function returning one");
     this.#client = client;
     this.#room = room;
     this.#media = media;
-    this.#iceServers = iceServers;
-    this.#iceTransportPolicy = iceTransportPolicy;
-    this.#RTCPeerConnection = RTCPeerConnection;
     this.#timers = timers;
-    this.#onSignal = ({ detail }) => this.#receive(detail);
-    this.#onPresence = ({ detail }) => {
-      if (detail.room === this.#room && detail.event === "leave") this.#forget(detail.member.connId);
-    };
-    // Renewed TURN credentials: for ICE restarts and new candidates of the
-    // connections already open, too.
-    this.#onIce = () => {
-      if (this.#iceServers) return;
-      for (const { pc } of this.#peers.values()) pc.setConfiguration(this.#configuration());
-    };
-    client.addEventListener("signal", this.#onSignal);
-    client.addEventListener("presence", this.#onPresence);
-    client.addEventListener("ice", this.#onIce);
+    this.#connector = new Connector(client, options);
+    this.#unlisten = listen(client, {
+      signal: ({ detail }) => this.#receive(detail),
+      presence: ({ detail }) => {
+        if (detail.room === this.#room && detail.event === "leave") this.#forget(detail.member.connId);
+      },
+      ice: () => this.#connector.renew([...this.#peers.values()].map(({ pc }) => pc)),
+    });
   }
 
   /** "idle", "starting", "active" or "stopped". */
@@ -205,15 +164,8 @@ export class MeshCall extends CallEventTarget {
    */
   setMedia({ audio = this.#sending.audio, video = this.#sending.video } = {}) {
     this.#sending = { audio: Boolean(audio), video: Boolean(video) };
-    this.#applyMedia();
-    for (const connId of this.#peers.keys()) this.#client.signal(this.#room, connId, "media", this.#sending);
-  }
-
-  #applyMedia() {
-    for (const track of this.#localStream?.getTracks() ?? []) {
-      const kind = /** @type {keyof MediaState} */ (track.kind);
-      track.enabled = this.#sending[kind] ?? true;
-    }
+    applyMedia(this.#localStream, this.#sending);
+    tellMedia(this.#client, this.#room, this.#peers.keys(), this.#sending);
   }
 
   /** The local stream once the call started, else null. */
@@ -246,9 +198,7 @@ export class MeshCall extends CallEventTarget {
       this.#drop(connId);
     }
     this.#early = [];
-    this.#client.removeEventListener("signal", this.#onSignal);
-    this.#client.removeEventListener("presence", this.#onPresence);
-    this.#client.removeEventListener("ice", this.#onIce);
+    this.#unlisten();
   }
 
   // --- internals -----------------------------------------------------------
@@ -263,7 +213,7 @@ export class MeshCall extends CallEventTarget {
       return;
     }
     this.#localStream = stream;
-    this.#applyMedia();
+    applyMedia(stream, this.#sending);
     this.#state = "active";
     this.#emit("start", { stream });
     for (const connId of this.#client.membersOf(this.#room).keys()) {
@@ -315,7 +265,7 @@ export class MeshCall extends CallEventTarget {
   #peer(connId, stream) {
     const known = this.#peers.get(connId);
     if (known) return known;
-    const pc = new this.#RTCPeerConnection(this.#configuration());
+    const pc = this.#connector.connect();
     /** @type {Peer} */
     const peer = {
       pc,
@@ -328,7 +278,7 @@ export class MeshCall extends CallEventTarget {
     };
     this.#peers.set(connId, peer);
     for (const track of stream.getTracks()) pc.addTrack(track, stream);
-    if (!this.#sending.audio || !this.#sending.video) this.#client.signal(this.#room, connId, "media", this.#sending);
+    tellNewcomer(this.#client, this.#room, connId, this.#sending);
     pc.onnegotiationneeded = async () => {
       try {
         // The polite side lets a crossing offer arrive first (see
@@ -368,14 +318,6 @@ export class MeshCall extends CallEventTarget {
       this.#emit("peerstate", { connId, state: pc.connectionState });
     };
     return peer;
-  }
-
-  /** @returns {RTCConfiguration} */
-  #configuration() {
-    return {
-      iceServers: this.#iceServers ?? this.#client.iceServers,
-      iceTransportPolicy: this.#iceTransportPolicy,
-    };
   }
 
   /** @param {Signal} signal */

@@ -130,6 +130,29 @@ impl Client {
         self.ask(|reply| Command::Signal { frame, reply }).await
     }
 
+    /// Joins `room`'s call through the media service with an SDP offer,
+    /// once it is written to the socket; the answer comes as
+    /// [`Event::CallAnswer`](crate::Event::CallAnswer), a refusal as
+    /// [`Event::Error`](crate::Event::Error). Join again after
+    /// [`Event::CallMoved`](crate::Event::CallMoved) and after a reconnect.
+    pub async fn call_join(
+        &self,
+        room: impl Into<RoomId>,
+        sdp: String,
+    ) -> Result<(), RequestError> {
+        let frame = ClientFrame::CallJoin {
+            room: room.into(),
+            sdp,
+        };
+        self.ask(|reply| Command::Signal { frame, reply }).await
+    }
+
+    /// Hangs up `room`'s call.
+    pub async fn call_leave(&self, room: impl Into<RoomId>) -> Result<(), RequestError> {
+        let frame = ClientFrame::CallLeave { room: room.into() };
+        self.ask(|reply| Command::Signal { frame, reply }).await
+    }
+
     /// Closes the connection and stops the client; returns once it has.
     pub async fn close(&self) {
         let (reply, done) = oneshot::channel();

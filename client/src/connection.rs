@@ -73,6 +73,8 @@ pub struct Welcome {
     pub expires_in: u64,
     /// STUN and TURN servers for this user's calls.
     pub ice: IceServers,
+    /// Whether a media service holds calls ([`Client::call_join`](crate::Client::call_join)).
+    pub media: bool,
 }
 
 /// One WebSocket to a gateway, speaking [`ClientFrame`]s and
@@ -182,6 +184,7 @@ impl Connection {
                 limits,
                 expires_in,
                 ice,
+                media,
             }) => Ok(Welcome {
                 conn_id,
                 user,
@@ -189,6 +192,7 @@ impl Connection {
                 limits,
                 expires_in,
                 ice,
+                media,
             }),
             Ok(ServerFrame::Error(error)) if error.code == ErrorCode::Unauthorized => Err(
                 ConnectError::with_source(ConnectErrorKind::Unauthorized, error.message),

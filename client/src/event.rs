@@ -92,6 +92,19 @@ pub enum Event {
         /// The payload.
         data: serde_json::Value,
     },
+    /// The media node's SDP answer to [`Client::call_join`](crate::Client::call_join).
+    CallAnswer {
+        /// The room.
+        room: RoomId,
+        /// The SDP answer.
+        sdp: String,
+    },
+    /// The room's call moved to another media node: join it again with a
+    /// fresh offer.
+    CallMoved {
+        /// The room.
+        room: RoomId,
+    },
     /// An error frame about none of the client's requests: a refused
     /// signal, a refused `refresh`, a room that could not be joined again
     /// after a reconnect.

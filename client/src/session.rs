@@ -557,6 +557,10 @@ impl Session {
                 })
                 .await;
             }
+            ServerFrame::CallAnswer { room, sdp } => {
+                self.emit(Event::CallAnswer { room, sdp }).await;
+            }
+            ServerFrame::CallMoved { room } => self.emit(Event::CallMoved { room }).await,
             // Answers to frames this client does not send, and `welcome`
             // and `refreshed`, which `serve` and `connect` read.
             ServerFrame::Welcome { .. }

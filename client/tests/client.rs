@@ -89,6 +89,7 @@ impl Peer {
             },
             expires_in,
             ice: IceServers::default(),
+            media: false,
         })
         .await;
         token

@@ -61,6 +61,8 @@ pub struct Verified {
     /// Its `exp`, in seconds since the Unix epoch: the connection's
     /// authentication ends then.
     pub expires_at: u64,
+    /// The token's `viewer` claim: calls' media may be received, not sent.
+    pub viewer: bool,
 }
 
 /// Verifies tokens.
@@ -114,7 +116,12 @@ impl Authenticator {
         };
         let data = jsonwebtoken::decode::<Claims>(token, &key, &self.validation(header.alg))
             .map_err(classify)?;
-        let Claims { sub, name, exp } = data.claims;
+        let Claims {
+            sub,
+            name,
+            exp,
+            viewer,
+        } = data.claims;
         // RFC 7519: now must be before `exp`; the library lets the exp
         // second itself through.
         if exp <= jsonwebtoken::get_current_timestamp() {
@@ -134,6 +141,7 @@ impl Authenticator {
                 name,
             },
             expires_at: exp,
+            viewer,
         })
     }
 

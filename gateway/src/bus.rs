@@ -5,15 +5,17 @@ use std::time::Duration;
 
 use async_nats::RequestErrorKind;
 use prometheus_client::metrics::histogram::Histogram;
+use schemas::call::{CallJoin, CallLeave, CallReply};
 use schemas::client::Member;
 use schemas::event::{
     self, Action, Backlog, BacklogReply, BacklogRequest, ModerationReply, ModerationRequest,
     Verdict,
 };
-use schemas::id::{ClientMsgId, GatewayId, ModeratorId, RoomId, Seq};
+use schemas::id::{ClientMsgId, ConnId, GatewayId, MediaNodeId, ModeratorId, RoomId, Seq};
 use schemas::subject;
 
 use crate::chat_acks::{self, ChatSlot, Settled};
+use crate::media::MediaNodes;
 use crate::routing::Moderators;
 
 /// A chat's wait for its answer when the NATS client has no request
@@ -151,6 +153,7 @@ pub struct Bus {
     /// How long a chat waits for its answer: the client's request timeout.
     request_timeout: Duration,
     moderators: Arc<Moderators>,
+    media: Arc<MediaNodes>,
     backlog_seconds: Histogram,
 }
 
@@ -164,6 +167,7 @@ impl Bus {
             client,
             gateway,
             moderators: Arc::default(),
+            media: Arc::default(),
             backlog_seconds,
         }
     }
@@ -171,6 +175,37 @@ impl Bus {
     /// The live moderators, kept up to date from their heartbeats.
     pub fn moderators(&self) -> &Moderators {
         &self.moderators
+    }
+
+    /// The live media nodes, kept up to date from their heartbeats.
+    pub fn media(&self) -> &MediaNodes {
+        &self.media
+    }
+
+    /// Asks media node `node` to join a connection to a room's call.
+    pub async fn join_call(
+        &self,
+        node: &MediaNodeId,
+        join: &CallJoin,
+    ) -> Result<CallReply, BusError> {
+        let answer = self
+            .client
+            .request(subject::media_join(node), event::encode(join).into())
+            .await?;
+        Ok(event::decode(&answer.payload)?)
+    }
+
+    /// Tells media node `node` that `conn` left `room`'s call. Sent in the
+    /// background: the node also drops a participant whose media stops.
+    pub fn leave_call(&self, node: &MediaNodeId, room: RoomId, conn: ConnId) {
+        let client = self.client.clone();
+        let subject = subject::media_leave(node);
+        let payload = event::encode(&CallLeave { room, conn });
+        tokio::spawn(async move {
+            if let Err(err) = client.publish(subject, payload.into()).await {
+                tracing::warn!(cause = %err, "call leave not sent");
+            }
+        });
     }
 
     /// The NATS client requests go out on.

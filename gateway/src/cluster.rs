@@ -1,6 +1,7 @@
 //! Living among other gateways: announce this one, notice dead ones, and
-//! keep the list of live moderators that chat is routed by
-//! ([`crate::routing`]).
+//! keep the lists of live moderators that chat is routed by
+//! ([`crate::routing`]) and of live media nodes that calls are placed on
+//! ([`crate::media`]).
 //!
 //! Every gateway publishes a heartbeat every `heartbeat_interval` and
 //! listens to the others'. When a room this gateway serves lists members of
@@ -24,9 +25,10 @@ use std::time::Duration;
 
 use bootstrap::liveness::Liveness;
 use futures_util::StreamExt;
+use schemas::call::MediaHeartbeat;
 use schemas::client::{Member, User};
 use schemas::event::{self, Action, Heartbeat, ModeratorHeartbeat};
-use schemas::id::{ConnId, GatewayId, ModeratorId, RoomId, UserId};
+use schemas::id::{ConnId, GatewayId, MediaNodeId, ModeratorId, RoomId, UserId};
 use schemas::subject;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -49,6 +51,8 @@ pub struct Timing {
     pub heartbeat_interval: Duration,
     /// Silence after which another gateway counts as dead.
     pub gateway_timeout: Duration,
+    /// Silence after which a media node counts as dead and its calls move.
+    pub media_timeout: Duration,
 }
 
 /// Why the gateway cannot take part in the cluster. Either way it must not
@@ -80,11 +84,13 @@ pub struct Cluster {
     timing: Timing,
     heartbeats: async_nats::Subscriber,
     moderator_beats: async_nats::Subscriber,
+    media_beats: async_nats::Subscriber,
 }
 
 impl Cluster {
-    /// Listens to the gateways' and the moderators' heartbeats. The gateway
-    /// serves nobody until both subscriptions stand; see [`ClusterError`].
+    /// Listens to the gateways', the moderators' and the media nodes'
+    /// heartbeats. The gateway serves nobody until the subscriptions stand;
+    /// see [`ClusterError`].
     pub async fn join(
         hub: Arc<Hub>,
         bus: Bus,
@@ -93,6 +99,7 @@ impl Cluster {
     ) -> Result<Self, ClusterError> {
         let heartbeats = subscribe(bus.client(), subject::GATEWAY_HEARTBEAT).await?;
         let moderator_beats = subscribe(bus.client(), subject::MODERATOR_HEARTBEAT).await?;
+        let media_beats = subscribe(bus.client(), subject::MEDIA_HEARTBEAT).await?;
         Ok(Self {
             hub,
             bus,
@@ -100,6 +107,7 @@ impl Cluster {
             timing,
             heartbeats,
             moderator_beats,
+            media_beats,
         })
     }
 
@@ -110,6 +118,7 @@ impl Cluster {
         let mut watch = Watch {
             gateways: Liveness::new(self.timing.gateway_timeout, now),
             moderators: Liveness::new(self.timing.gateway_timeout, now),
+            media: Liveness::new(self.timing.media_timeout, now),
             contact: Contact::new(self.timing.gateway_timeout, now),
             asked: HashMap::new(),
             reaps: JoinSet::new(),
@@ -132,6 +141,10 @@ impl Cluster {
                     Some(msg) => watch.heard_moderator(&self.bus, &msg),
                     None => break Err(ClusterError::Ended(subject::MODERATOR_HEARTBEAT)),
                 },
+                msg = self.media_beats.next() => match msg {
+                    Some(msg) => watch.heard_media(&self.bus, &msg),
+                    None => break Err(ClusterError::Ended(subject::MEDIA_HEARTBEAT)),
+                },
                 Some(_) = watch.reaps.join_next() => {}
                 _ = scan.tick() => self.scan(&mut watch),
             }
@@ -139,6 +152,7 @@ impl Cluster {
         watch.reaps.shutdown().await;
         let _ = self.heartbeats.unsubscribe().await;
         let _ = self.moderator_beats.unsubscribe().await;
+        let _ = self.media_beats.unsubscribe().await;
         result
     }
 
@@ -191,6 +205,10 @@ impl Cluster {
         self.bus
             .moderators()
             .set(watch.moderators.alive(now).cloned());
+        watch.media.forget_dead(now);
+        self.bus
+            .media()
+            .retain(|node| !watch.media.is_dead(node, now));
         watch
             .asked
             .retain(|_, at| now.duration_since(*at) < REAP_RETRY);
@@ -228,6 +246,7 @@ async fn subscribe(
 struct Watch {
     gateways: Liveness<GatewayId>,
     moderators: Liveness<ModeratorId>,
+    media: Liveness<MediaNodeId>,
     contact: Contact,
     /// Removals asked for, and when.
     asked: HashMap<(RoomId, GatewayId), Instant>,
@@ -247,6 +266,16 @@ impl Watch {
             bus.moderators().heard(&beat.moderator);
             self.moderators.heard(beat.moderator, now);
             bus.moderators().set(self.moderators.alive(now).cloned());
+        }
+    }
+
+    fn heard_media(&mut self, bus: &Bus, msg: &async_nats::Message) {
+        match event::decode::<MediaHeartbeat>(&msg.payload) {
+            Ok(beat) => {
+                self.media.heard(beat.node.clone(), Instant::now());
+                bus.media().heard(&beat);
+            }
+            Err(err) => tracing::warn!(cause = %err, "dropping a malformed media heartbeat"),
         }
     }
 }

@@ -79,14 +79,27 @@ pub struct GatewayConfig {
     /// How fast the budget for `invalid_message` answers refills, per
     /// minute. Default 10.
     pub invalid_frames_per_minute: u32,
-    /// Frames waiting to be written to one socket. A client that lets it fill
-    /// is closed with code 4100 (slow consumer) and resumes with `since`.
-    /// Default 256.
-    pub send_queue_capacity: usize,
+    /// Bytes of frames waiting to be written to one socket (see
+    /// [`crate::send_queue`]). A client that lets more pile up is closed
+    /// with code 4100 (slow consumer) and resumes with `since`; a pause
+    /// shorter than this many bytes of its rooms' traffic costs it nothing.
+    /// Default 1 MiB.
+    pub send_queue_bytes: usize,
+    /// How long a frame may wait to be written to one socket; a client that
+    /// falls further behind is closed with 4100 too. The time its
+    /// connection spends awaiting services for the client (a request may
+    /// take the NATS request timeout) is not counted. Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub send_queue_delay: Duration,
+    /// Chat messages of one room a connection holds back while an earlier
+    /// one is missing (see `reorder_timeout`), and the most a gap fill
+    /// fetches at once: past it the connection closes with 4103 and the
+    /// client resumes. Default 256.
+    pub reorder_capacity: usize,
     /// How long a room's chat waits for a missing seq before it is fetched
     /// from history. Live deliveries can be lost or, during an upgrade, come
     /// out of order; a connection delivers them in seq order and holds later ones
-    /// (at most `send_queue_capacity` per room, else it closes with 4103 and
+    /// (at most `reorder_capacity` per room, else it closes with 4103 and
     /// the client resumes). Default 300 ms.
     #[serde(with = "humantime_serde")]
     pub reorder_timeout: Duration,
@@ -131,6 +144,16 @@ pub struct GatewayConfig {
     /// moderator's `gateway_timeout`. Default 9 s.
     #[serde(with = "humantime_serde")]
     pub gateway_timeout: Duration,
+    /// Silence after which a media node counts as dead: the calls this
+    /// gateway's connections hold there are told `call_moved`. Keep it
+    /// equal to the media nodes' `node_timeout`. Default 3 s.
+    #[serde(with = "humantime_serde")]
+    pub media_timeout: Duration,
+    /// `call_join`s one connection may send per minute on average (each is
+    /// a negotiation on a media node); more get `rate_limited`. Default 30.
+    pub call_joins_per_minute: u32,
+    /// `call_join`s a connection may send at once. Default 5.
+    pub call_join_burst: u32,
     /// Serve `POST /auth/dev-token`, which hands anyone a short-lived HS256
     /// token for a display name. For local development and demos only: it
     /// lets anybody in. Needs `auth.hs256_secret`. Default off.
@@ -145,6 +168,19 @@ pub struct GatewayConfig {
 }
 
 impl GatewayConfig {
+    /// The budget for one connection's `call_join`s.
+    pub fn call_join_rate(&self) -> bootstrap::token_bucket::Rate {
+        bootstrap::token_bucket::Rate::per_minute(self.call_joins_per_minute, self.call_join_burst)
+    }
+
+    /// What one connection's send queue may hold.
+    pub fn send_queue_limits(&self) -> crate::send_queue::Limits {
+        crate::send_queue::Limits {
+            bytes: self.send_queue_bytes,
+            delay: self.send_queue_delay,
+        }
+    }
+
     /// The budget for `invalid_message` answers to one connection.
     pub fn invalid_frame_rate(&self) -> bootstrap::token_bucket::Rate {
         bootstrap::token_bucket::Rate::per_minute(
@@ -170,7 +206,9 @@ impl Default for GatewayConfig {
             max_connections_per_user: 16,
             invalid_frame_burst: 20,
             invalid_frames_per_minute: 10,
-            send_queue_capacity: 256,
+            send_queue_bytes: 1024 * 1024,
+            send_queue_delay: Duration::from_secs(10),
+            reorder_capacity: 256,
             reorder_timeout: Duration::from_millis(300),
             auth_timeout: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(10),
@@ -181,6 +219,9 @@ impl Default for GatewayConfig {
             history_limit: 50,
             heartbeat_interval: Duration::from_secs(3),
             gateway_timeout: Duration::from_secs(9),
+            media_timeout: Duration::from_secs(3),
+            call_joins_per_minute: 30,
+            call_join_burst: 5,
             dev_tokens: false,
             dev_token_ttl: Duration::from_secs(3600),
             auth: AuthConfig::default(),

@@ -20,12 +20,13 @@ use schemas::client::{ChatMessage, PresenceEvent, ServerFrame};
 use schemas::event::{self, PresenceChange, RoomMember, SignalDelivery};
 use schemas::id::{ConnId, GatewayId, RoomId, Seq};
 use schemas::subject;
-use tokio::sync::{OnceCell, mpsc};
+use tokio::sync::OnceCell;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::chat_acks::ChatSlot;
+use crate::send_queue::QueueSender;
 
 /// A frame ready to write to a member's socket.
 #[derive(Debug)]
@@ -86,8 +87,8 @@ pub enum DeliveryKind {
 /// How the hub reaches one connection.
 #[derive(Clone, Debug)]
 pub struct MemberHandle {
-    /// The connection's bounded send queue.
-    pub queue: mpsc::Sender<Arc<Delivery>>,
+    /// The connection's send queue.
+    pub queue: QueueSender,
     /// Cancelled when the queue overflows: the connection must close as slow.
     pub slow: CancellationToken,
     /// Cancelled when a newer connection of the same user took this one's
@@ -100,7 +101,7 @@ pub struct MemberHandle {
 impl MemberHandle {
     /// A handle for a connection whose send queue is `queue` and whose
     /// chat waits in `chat`.
-    pub fn new(queue: mpsc::Sender<Arc<Delivery>>, chat: ChatSlot) -> Self {
+    pub fn new(queue: QueueSender, chat: ChatSlot) -> Self {
         Self {
             queue,
             slow: CancellationToken::new(),
@@ -112,7 +113,7 @@ impl MemberHandle {
     /// Queues `delivery`, never waiting: a full queue flags the connection
     /// slow, and it closes and resumes from its last seq.
     fn offer(&self, delivery: Arc<Delivery>) {
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.queue.try_send(delivery) {
+        if !self.queue.offer(delivery) {
             self.slow.cancel();
         }
     }

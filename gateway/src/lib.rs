@@ -14,7 +14,11 @@
 //! * [`bus`]: typed requests to the moderator and history.
 //! * [`chat_acks`]: a stored chat's ack taken from its own delivery.
 //! * [`routing`]: which moderator stores a room's chat.
+//! * [`media`]: the live media nodes, where a new call goes, and which
+//!   calls must move.
+//! * [`placements`]: which node holds each room's call, from the calls bucket.
 //! * [`reorder`]: each room's chat released to a connection in seq order.
+//! * [`send_queue`]: a connection's deliveries, bounded by bytes and by time.
 //! * [`departures`]: reliable "left the room" notices for closed connections.
 //! * [`cluster`]: heartbeats, and removing dead gateways' members.
 //! * [`auth`] and [`jwks`]: token verification.
@@ -38,9 +42,12 @@ pub mod departures;
 pub mod hub;
 pub mod ice;
 pub mod jwks;
+pub mod media;
 pub mod metrics;
+pub mod placements;
 pub mod reorder;
 pub mod routing;
+pub mod send_queue;
 pub mod server;
 pub mod web;
 

@@ -39,6 +39,7 @@ use crate::config::GatewayConfig;
 use crate::departures::Departures;
 use crate::hub::Hub;
 use crate::metrics::GatewayMetrics;
+use crate::placements;
 
 /// How often a draining gateway checks whether its sockets are all gone.
 const DRAIN_POLL: std::time::Duration = std::time::Duration::from_millis(50);
@@ -91,6 +92,10 @@ pub async fn run(
         );
     }
     let mut cluster = tokio::spawn(cluster.run(server.closing.clone()));
+    tokio::spawn(placements::follow(
+        server.shared.bus.clone(),
+        server.closing.clone(),
+    ));
     let mut failed = None;
     let stop = async {
         tokio::select! {
@@ -157,6 +162,7 @@ impl Server {
         let timing = cluster::Timing {
             heartbeat_interval: config.heartbeat_interval,
             gateway_timeout: config.gateway_timeout,
+            media_timeout: config.media_timeout,
         };
         let cluster = Cluster::join(hub.clone(), bus.clone(), id.clone(), timing).await?;
         let closing = CancellationToken::new();
@@ -402,6 +408,7 @@ impl Server {
             "connections": config.max_connections - self.connections.available_permits(),
             "rooms": self.shared.hub.room_count(),
             "moderators": self.shared.bus.moderators().count(),
+            "media_nodes": self.shared.bus.media().view().by_load().len(),
             "nats": self.client.connection_state().to_string(),
         });
         json(StatusCode::OK, body)

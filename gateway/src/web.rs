@@ -39,6 +39,21 @@ const FILES: &[(&str, &str, &str)] = &[
         include_str!("../../web/meshcall.js"),
     ),
     (
+        "/roomcall.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../web/roomcall.js"),
+    ),
+    (
+        "/errors.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../web/errors.js"),
+    ),
+    (
+        "/callbase.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../web/callbase.js"),
+    ),
+    (
         "/style.css",
         "text/css; charset=utf-8",
         include_str!("../../web/style.css"),

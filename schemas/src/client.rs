@@ -75,6 +75,22 @@ pub enum ClientFrame {
     /// Asks for fresh ICE servers (new TURN credentials) before the ones in
     /// `welcome` expire; answered with `ice`.
     Ice {},
+    /// Joins the call of a joined room through the media service (when
+    /// `welcome` says there is one), or joins it again after `call_moved`:
+    /// answered with `call_answer`. Later changes (other members' tracks
+    /// arriving and leaving) are negotiated over the call's data channel.
+    CallJoin {
+        /// The room.
+        room: RoomId,
+        /// The browser's SDP offer: its own audio and video (none for a
+        /// viewer) and a data channel.
+        sdp: String,
+    },
+    /// Hangs up the room's call; not answered.
+    CallLeave {
+        /// The room.
+        room: RoomId,
+    },
 }
 
 /// The kind of a WebRTC signal.
@@ -125,6 +141,10 @@ pub enum ServerFrame {
         expires_in: u64,
         /// STUN and TURN servers for this user's calls.
         ice: IceServers,
+        /// Whether a media service holds calls (`call_join`); without
+        /// one, calls are a mesh of `signal`s between members.
+        #[serde(default)]
+        media: bool,
     },
     /// A `refresh` was accepted.
     Refreshed {
@@ -201,6 +221,19 @@ pub enum ServerFrame {
     },
     /// Fresh ICE servers, the answer to `ice`.
     Ice(IceServers),
+    /// The media node's answer to `call_join`.
+    CallAnswer {
+        /// The room.
+        room: RoomId,
+        /// The SDP answer.
+        sdp: String,
+    },
+    /// The room's call moved to another media node (its node died or is
+    /// draining): send `call_join` again with a fresh offer.
+    CallMoved {
+        /// The room.
+        room: RoomId,
+    },
     /// A request failed; the connection stays usable.
     Error(ErrorFrame),
 }
@@ -242,6 +275,12 @@ pub struct ErrorFrame {
     /// The room the error is about, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub room: Option<RoomId>,
+    /// The `type` of the client frame the error answers, once the frame
+    /// was understood: a client waiting on one request (a `call_join`)
+    /// must not take another's refusal in the same room (a `signal`'s)
+    /// for its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
 }
 
 impl ErrorFrame {
@@ -252,7 +291,14 @@ impl ErrorFrame {
             message: message.into(),
             id: None,
             room: None,
+            request: None,
         }
+    }
+
+    /// Names the type of client frame the error answers.
+    pub fn answering(mut self, request: &str) -> Self {
+        self.request = Some(request.to_owned());
+        self
     }
 
     /// Names the room the error is about.
@@ -389,6 +435,8 @@ impl ServerFrame {
             ServerFrame::Pong => "pong",
             ServerFrame::Draining { .. } => "draining",
             ServerFrame::Ice(_) => "ice",
+            ServerFrame::CallAnswer { .. } => "call_answer",
+            ServerFrame::CallMoved { .. } => "call_moved",
             ServerFrame::Error(_) => "error",
         }
     }
@@ -406,6 +454,8 @@ impl ClientFrame {
             ClientFrame::Signal { .. } => "signal",
             ClientFrame::Ping {} => "ping",
             ClientFrame::Ice {} => "ice",
+            ClientFrame::CallJoin { .. } => "call_join",
+            ClientFrame::CallLeave { .. } => "call_leave",
         }
     }
 }
@@ -506,6 +556,19 @@ mod tests {
                 },
             ),
             (json!({"type": "ping"}), ClientFrame::Ping {}),
+            (
+                json!({"type": "call_join", "room": "lobby", "sdp": "v=0"}),
+                ClientFrame::CallJoin {
+                    room: "lobby".into(),
+                    sdp: "v=0".into(),
+                },
+            ),
+            (
+                json!({"type": "call_leave", "room": "lobby"}),
+                ClientFrame::CallLeave {
+                    room: "lobby".into(),
+                },
+            ),
         ];
         for (value, frame) in cases {
             let text = value.to_string();

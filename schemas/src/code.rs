@@ -31,6 +31,8 @@ pub enum ErrorCode {
     PeerNotFound,
     /// A service behind the gateway did not answer in time; retry later.
     Unavailable,
+    /// The token does not allow this (a viewer's offer to send media).
+    Forbidden,
 }
 
 impl ErrorCode {
@@ -47,6 +49,7 @@ impl ErrorCode {
             ErrorCode::RoomFull => "room_full",
             ErrorCode::PeerNotFound => "peer_not_found",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Forbidden => "forbidden",
         }
     }
 }
@@ -190,7 +193,8 @@ mod tests {
             Some(TooManyRooms) => Some(RoomFull),
             Some(RoomFull) => Some(PeerNotFound),
             Some(PeerNotFound) => Some(Unavailable),
-            Some(Unavailable) => None,
+            Some(Unavailable) => Some(Forbidden),
+            Some(Forbidden) => None,
         };
         std::iter::successors(after(None), |code| after(Some(*code))).collect()
     }

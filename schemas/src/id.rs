@@ -63,6 +63,11 @@ string_id!(
     /// One moderator process; gateways stick each connection to one of them.
     ModeratorId
 );
+string_id!(
+    /// One media node: the process that forwards the media of the calls
+    /// placed on it.
+    MediaNodeId
+);
 
 /// Longest room name any configuration may allow: it becomes a NATS subject token.
 pub const MAX_ROOM_LEN: usize = 128;

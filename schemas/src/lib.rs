@@ -6,6 +6,8 @@
 //! * [`client`]: the JSON protocol between browsers and gateways
 //!   ([`ClientFrame`](client::ClientFrame) in, [`ServerFrame`](client::ServerFrame) out).
 //! * [`event`]: internal events between services, encoded as MessagePack.
+//! * [`call`]: the events between gateways and media nodes that place a
+//!   room's call and join connections to it (MessagePack too).
 //! * [`subject`]: every NATS subject, with who publishes and who listens.
 //! * [`code`]: error codes and WebSocket close codes a client can see.
 //! * [`id`]: the newtype ids (`RoomId`, `ConnId`, `Seq`, …).
@@ -13,6 +15,7 @@
 //! * [`token`]: the claims of a client's JWT, and HS256 signing.
 //! * [`time`]: wall-clock time as the wire carries it.
 
+pub mod call;
 pub mod client;
 pub mod code;
 pub mod event;

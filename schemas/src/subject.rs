@@ -3,7 +3,7 @@
 //! Room names become subject tokens, so builders take a [`RoomId`] that the
 //! caller has checked with [`RoomId::is_subject_safe`].
 
-use crate::id::{ConnId, GatewayId, ModeratorId, RoomId};
+use crate::id::{ConnId, GatewayId, MediaNodeId, ModeratorId, RoomId};
 
 /// Gateways send [`ModerationRequest`](crate::event::ModerationRequest)s here
 /// (request/reply) for a connection not yet tied to a moderator. Every
@@ -146,6 +146,25 @@ pub fn room_key(room: &RoomId) -> String {
     }
 }
 
+/// The room whose key in [`ROOMS_BUCKET`] is `key`: the inverse of
+/// [`room_key`], for those who watch the bucket. `None` for a key
+/// [`room_key`] never makes.
+pub fn room_of_key(key: &str) -> Option<RoomId> {
+    let room = match key.strip_prefix('=') {
+        None => RoomId::from(key),
+        Some(hex) => {
+            let bytes = (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+                .collect::<Option<Vec<u8>>>()?;
+            RoomId(String::from_utf8(bytes).ok()?)
+        }
+    };
+    // Only the one key room_key makes for it: not upper-case hex, `+`,
+    // a hex-encoded plain name or a plain key with other characters.
+    (room_key(&room) == key).then_some(room)
+}
+
 /// Gateways ask history for a room's backlog here (request/reply,
 /// [`BacklogRequest`](crate::event::BacklogRequest)). History instances share
 /// the load in queue group [`HISTORY_QUEUE`]. Not stored.
@@ -153,6 +172,35 @@ pub const HISTORY_BACKLOG: &str = "cavlo.history.backlog";
 
 /// Queue group of the history instances on [`HISTORY_BACKLOG`].
 pub const HISTORY_QUEUE: &str = "history";
+
+/// Media nodes announce they are alive, their load and whether they are
+/// draining here ([`MediaHeartbeat`](crate::call::MediaHeartbeat)); gateways
+/// and the other nodes listen. Not stored.
+pub const MEDIA_HEARTBEAT: &str = "cavlo.media.heartbeat";
+
+/// Where a gateway asks one media node to join a connection to a room's call
+/// (request/reply, [`CallJoin`](crate::call::CallJoin)). Not stored.
+pub fn media_join(node: &MediaNodeId) -> String {
+    format!("cavlo.media.{node}.join")
+}
+
+/// Where a gateway tells one media node that a connection left a call
+/// ([`CallLeave`](crate::call::CallLeave)). Not stored.
+pub fn media_leave(node: &MediaNodeId) -> String {
+    format!("cavlo.media.{node}.leave")
+}
+
+/// What a media node subscribes to for its own [`media_join`] and
+/// [`media_leave`].
+pub fn media_node(node: &MediaNodeId) -> String {
+    format!("cavlo.media.{node}.*")
+}
+
+/// The JetStream key-value bucket recording which media node holds each
+/// room's call (the key is [`room_key`], the value the node's id), written
+/// only by media nodes and only by compare-and-set, so two nodes never hold
+/// one room's call.
+pub const CALLS_BUCKET: &str = "CAVLO_CALLS";
 
 /// A subject nobody subscribes to, unique per call. A request to it comes
 /// back from the server as "no responders" only after the server has
@@ -217,11 +265,15 @@ mod tests {
             GATEWAY_HEARTBEAT.to_owned(),
             MODERATOR_HEARTBEAT.to_owned(),
             HISTORY_BACKLOG.to_owned(),
+            MEDIA_HEARTBEAT.to_owned(),
+            media_join(&"<node>".into()),
+            media_leave(&"<node>".into()),
             round_trip("<id>"),
         ]
         .into();
         assert_eq!(code, documented_subjects());
         assert_eq!(room_deliveries(&room), "cavlo.deliver.<room>.*");
+        assert_eq!(media_node(&"n1".into()), "cavlo.media.n1.*");
         assert_eq!(CHAT_STORE_ALL, "cavlo.chat.*");
         let table = include_str!("../../docs/architecture.md");
         for documented in [
@@ -252,6 +304,10 @@ mod tests {
         ];
         for (room, key) in CASES {
             assert_eq!(room_key(&RoomId::from(*room)), *key);
+            assert_eq!(room_of_key(key), Some(RoomId::from(*room)), "{key}");
+        }
+        for never_made in ["=6", "=zz", "=ff", "=+f", "=C3BC", "=61", "=", "a:b"] {
+            assert_eq!(room_of_key(never_made), None, "{never_made}");
         }
         assert_ne!(room_key(&"=61".into()), room_key(&"a".into()));
     }

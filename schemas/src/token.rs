@@ -18,6 +18,9 @@ pub struct Claims {
     pub name: Option<String>,
     /// Expiry, in seconds since the Unix epoch.
     pub exp: u64,
+    /// A viewer: joins calls to receive their media, and may send none.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub viewer: bool,
 }
 
 impl Claims {
@@ -27,6 +30,7 @@ impl Claims {
             sub: sub.into(),
             name: Some(name.into()),
             exp: crate::time::now_secs() + ttl.as_secs(),
+            viewer: false,
         }
     }
 

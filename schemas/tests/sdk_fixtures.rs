@@ -75,6 +75,7 @@ fn frames() -> Vec<(&'static str, ServerFrame)> {
                 },
                 expires_in: 3600,
                 ice: ice.clone(),
+                media: false,
             },
         ),
         ("refreshed", ServerFrame::Refreshed { expires_in: 3600 }),
@@ -131,12 +132,26 @@ fn frames() -> Vec<(&'static str, ServerFrame)> {
         ),
         ("ice", ServerFrame::Ice(ice)),
         (
+            "call_answer",
+            ServerFrame::CallAnswer {
+                room: "lobby".into(),
+                sdp: "v=0\r\n".into(),
+            },
+        ),
+        (
+            "call_moved",
+            ServerFrame::CallMoved {
+                room: "lobby".into(),
+            },
+        ),
+        (
             "error",
             ServerFrame::Error(ErrorFrame {
                 code: ErrorCode::RateLimited,
                 message: "slow down".into(),
                 id: Some("m1".into()),
                 room: Some("lobby".into()),
+                request: Some("chat".into()),
             }),
         ),
     ]

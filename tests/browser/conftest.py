@@ -2,7 +2,8 @@
 
 The system is nats-server (the binary scripts/nats-server.sh provides) and
 the release binaries of history, moderator and two gateways, on free
-loopback ports, with development tokens on. Each test gets a fresh one.
+loopback ports, with development tokens on; with `media_system`, two media
+nodes too, on loopback UDP. Each test gets a fresh one.
 With `turn_system`, the gateways hand out TURN credentials for compose's
 coturn image (CAVLO_TURN_IMAGE, built by scripts/turn-image.sh), run on
 this host's loopback.
@@ -40,8 +41,8 @@ sys.path.insert(0, str(ROOT / "tests" / "compose"))
 import turn_refuses_strangers  # noqa: E402  (the same STUN check as the compose smoke)
 
 
-def free_port():
-    with socket.socket() as s:
+def free_port(kind=socket.SOCK_STREAM):
+    with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
@@ -62,7 +63,7 @@ def wait_for(url):
 
 
 class System:
-    def __init__(self, tmp, gateway_env=None, moderator_env=None):
+    def __init__(self, tmp, gateway_env=None, moderator_env=None, media_nodes=0):
         self.tmp = tmp
         self.procs = {}
         self.gateway_ports = [free_port(), free_port()]
@@ -75,6 +76,10 @@ class System:
             "CAVLO_GATEWAY__DEV_TOKENS": "true",
             "CAVLO_GATEWAY__ALLOWED_ORIGINS": f"[{origins}]",
             "CAVLO_LOG__FILTER": "warn",
+            # A page still open at teardown keeps a draining gateway for its
+            # drain; no test here measures the gateway's drain (the fault
+            # suite does).
+            "CAVLO_GATEWAY__DRAIN_TIMEOUT": "1s",
         }
         nats = subprocess.check_output([ROOT / "scripts" / "nats-server.sh"], text=True).strip()
         self.start("nats", [nats, "--jetstream", "--store_dir", str(tmp / "js"), "--addr", "127.0.0.1",
@@ -82,6 +87,10 @@ class System:
         wait_for(f"http://127.0.0.1:{monitor_port}/healthz")
         self.start("history", [BIN / "history"])
         self.start("moderator", [BIN / "moderator"], **(moderator_env or {}))
+        self.media_ports = []
+        self.media_health = {}
+        for i in range(media_nodes):
+            self.start_media(i)
         for i, port in enumerate(self.gateway_ports):
             # The demo page may connect to its own gateway and fail over to the other one.
             other = self.gateway_ports[1 - i]
@@ -90,6 +99,31 @@ class System:
                        CAVLO_GATEWAY__DEMO_GATEWAYS=f"[ws://127.0.0.1:{other}/ws]", **(gateway_env or {}))
         for port in self.gateway_ports:
             wait_for(f"http://127.0.0.1:{port}/ready")
+        self.wait_for_media(media_nodes)
+
+    def start_media(self, i):
+        """Media node `i` on a free loopback UDP port, which browsers reach
+        directly (its advertised address); its health on a free TCP port."""
+        udp, health = free_port(socket.SOCK_DGRAM), free_port()
+        self.media_ports.append(udp)
+        self.media_health[f"media{i + 1}"] = f"127.0.0.1:{health}"
+        self.start(f"media{i + 1}", [BIN / "media"], CAVLO_MEDIA__UDP_LISTEN=f"127.0.0.1:{udp}",
+                   CAVLO_HEALTH__LISTEN=f"127.0.0.1:{health}")
+        wait_for(f"http://127.0.0.1:{health}/ready")
+
+    def wait_for_media(self, count):
+        """Until every gateway has heard `count` media nodes' heartbeats."""
+        deadline = time.monotonic() + STARTUP_SECONDS
+        for port in self.gateway_ports:
+            while self.health(port)["media_nodes"] != count:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"gateway {port} did not hear {count} media nodes")
+                time.sleep(0.1)
+
+    @staticmethod
+    def health(port):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+            return json.load(r)
 
     def start(self, name, argv, **env):
         log = open(self.tmp / f"{name}.log", "w")
@@ -99,19 +133,27 @@ class System:
         self.procs[name].kill()
         self.procs[name].wait()
 
+    def terminate(self, name):
+        """SIGTERM: the service drains and stops; returns at once."""
+        self.procs[name].terminate()
+
     def stop(self):
-        for proc in reversed(list(self.procs.values())):
-            proc.terminate()
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        """The services first, then NATS: a service stopping while NATS is
+        already gone waits out its timeouts (every test spent 15 s here
+        when NATS was stopped with the others)."""
+        services = [proc for name, proc in self.procs.items() if name != "nats"]
+        for group in (services, [self.procs["nats"]]):
+            for proc in group:
+                proc.terminate()
+            for proc in group:
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
 
     def connections(self, i):
         """How many WebSocket connections gateway `i` serves, by its /health."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.gateway_ports[i]}/health", timeout=5) as r:
-            return json.load(r)["connections"]
+        return self.health(self.gateway_ports[i])["connections"]
 
     def page_url(self, own, other):
         """The demo on gateway `own`, failing over to gateway `other`."""
@@ -160,11 +202,18 @@ class Turn:
 
 
 @pytest.fixture
-def turn_system(tmp_path):
-    """The system with the gateways handing out credentials for a real coturn."""
+def media_system(tmp_path):
+    """The system with two media nodes: calls go through the media service."""
+    system = System(tmp_path, media_nodes=2)
+    yield system
+    system.stop()
+
+
+def with_turn(tmp_path, media_nodes=0):
+    """A system whose gateways hand out credentials for a real coturn."""
     turn = Turn()
     try:
-        system = System(tmp_path, gateway_env={
+        system = System(tmp_path, media_nodes=media_nodes, gateway_env={
             "CAVLO_GATEWAY__ICE__TURN_URLS": f"[{turn.url}]",
             "CAVLO_GATEWAY__ICE__TURN_SECRET": TURN_SECRET,
         })
@@ -173,6 +222,18 @@ def turn_system(tmp_path):
         system.stop()
     finally:
         turn.stop()
+
+
+@pytest.fixture
+def turn_system(tmp_path):
+    """The system with the gateways handing out credentials for a real coturn."""
+    yield from with_turn(tmp_path)
+
+
+@pytest.fixture
+def turn_media_system(tmp_path):
+    """The same, with a media node: calls reach it through the relay."""
+    yield from with_turn(tmp_path, media_nodes=1)
 
 
 @pytest.fixture

@@ -65,6 +65,23 @@ def test_a_relay_only_call_connects_through_coturn(turn_system, open_demo):
     ann.screenshot(path=str(OUT / "relay-call.png"))
 
 
+def test_a_relay_only_call_reaches_the_media_node_through_coturn(turn_media_system, open_demo):
+    """The relay-only variant of a call through the media service: each page's
+    one connection goes from its relay address to the node's."""
+    system = turn_media_system
+    r = room()
+    ann = open_demo(relay_page_url(system, 0, 1), "Ann", r)
+    bob = open_demo(relay_page_url(system, 1, 0), "Bob", r)
+    expect(ann.locator("#members li", has_text="Bob")).to_have_count(1, timeout=TIMEOUT_MS)
+    for page in (ann, bob):
+        assert page.evaluate("window.cavloDemo.call.constructor.name") == "RoomCall"
+        page.click("#call")
+    playing_remote_video(ann)
+    playing_remote_video(bob)
+    for page in (ann, bob):
+        assert page.evaluate(SELECTED_PAIRS) == [["relay", "host"]]
+
+
 def credential(username, secret=TURN_SECRET):
     return base64.b64encode(hmac.new(secret.encode(), username.encode(), hashlib.sha1).digest()).decode()
 

@@ -1,6 +1,7 @@
 """Checks that the compose deployment's Prometheus has scraped every cavlo
 service: a `cavlo_nats_connected` sample equal to 1 from both gateways,
-both moderators, history and the archiver, and a service-specific metric
+both moderators, history, the media nodes (as many as the second argument
+says, default 1) and the archiver, and a service-specific metric
 from each job.
 
     python3 prometheus_has_every_service.py http://127.0.0.1:9091
@@ -21,6 +22,8 @@ EXPECTED = {
     "moderator": (2, "cavlo_moderator_requests_in_flight"),
     "history": (1, "cavlo_history_queries_in_flight"),
     "archiver": (1, "cavlo_archiver_pending"),
+    # Two on the 3-node cluster (media-2); `main` is told.
+    "media": (1, "cavlo_media_participants"),
 }
 
 
@@ -43,6 +46,8 @@ def missing(base):
 
 def main():
     base = sys.argv[1].rstrip("/")
+    if len(sys.argv) > 2:
+        EXPECTED["media"] = (int(sys.argv[2]), EXPECTED["media"][1])
     deadline = time.monotonic() + 60
     problems = ["not asked yet"]
     while time.monotonic() < deadline:

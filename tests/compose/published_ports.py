@@ -19,6 +19,8 @@ PUBLIC = {
     "gateway-2": {"8080/tcp"},
     "gateway-extra": {"8080/tcp"},
     "turn": {"3478/udp", "3478/tcp"} | {f"{p}/udp" for p in range(49160, 49200)},
+    "media-1": {"10000/udp"},
+    "media-2": {"10001/udp"},
 }
 LOOPBACK = {
     "nats": {"4222/tcp"},

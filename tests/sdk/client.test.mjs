@@ -417,6 +417,21 @@ describe("close codes", () => {
     assert.equal(client.state, "closed");
   });
 
+  test("a terminal close rejects every unacked send with code closed", async () => {
+    const { client, sockets } = await connected();
+    client.join("a");
+    const pending = client.send("a", "hello");
+    sockets[0].drop(4003, "too many invalid messages");
+    await assert.rejects(pending, (err) => {
+      assert.ok(err instanceof CavloError);
+      assert.equal(err.code, "closed");
+      assert.equal(err.id, pending.id);
+      assert.equal(err.room, "a");
+      return true;
+    });
+    assert.equal(client.outbox.size, 0);
+  });
+
   test("connect after a terminal close starts over", async () => {
     const { client, sockets } = await connected();
     sockets[0].drop(4001);
@@ -728,6 +743,7 @@ describe("event details", () => {
         limits: { maxFrameBytes: 131072, maxRooms: 16, historyLimit: 50 },
         expiresIn: 3600,
         ice: { servers: SERVERS, expiresIn: 3600 },
+        media: false,
       },
     },
     {
@@ -828,7 +844,7 @@ describe("the library", () => {
   });
 
   test("never writes to the console: it has warning events instead", async (t) => {
-    for (const file of ["cavlo.js", "meshcall.js"]) {
+    for (const file of ["cavlo.js", "meshcall.js", "roomcall.js", "callbase.js", "errors.js"]) {
       const source = await readFile(new URL(`../../web/${file}`, import.meta.url), "utf8");
       // `console.warn(`, `console["log"]`, … (but not the word in a comment).
       assert.doesNotMatch(source, /\bconsole\s*(\.\s*[A-Za-z_$]|\[)/, file);

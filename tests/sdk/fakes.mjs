@@ -1,6 +1,7 @@
 // Fakes for the SDK's collaborators: a WebSocket the test plays the gateway
 // on, a clock the test advances by hand, and an RTCPeerConnection with the
-// signaling states MeshCall depends on; and the server frames they deliver.
+// signaling states MeshCall and RoomCall depend on; and the server frames
+// they deliver.
 import { appendFileSync, readFileSync } from "node:fs";
 
 /**
@@ -222,6 +223,17 @@ export function fakeRTCPeerConnection() {
       });
     }
 
+    /** RoomCall's sending tracks: kept with `tracks`, negotiated by its own offer. */
+    addTransceiver(track, { direction, streams, sendEncodings }) {
+      this.tracks.push({ track, stream: streams[0], direction, sendEncodings });
+    }
+
+    /** The data channel RoomCall renegotiates over; `sent` holds what it wrote. */
+    createDataChannel(label) {
+      this.channel = { label, readyState: "connecting", sent: [], send(data) { this.sent.push(JSON.parse(data)); } };
+      return this.channel;
+    }
+
     setConfiguration(config) {
       this.config = config;
       this.log.push("configuration");
@@ -238,6 +250,27 @@ export function fakeRTCPeerConnection() {
     }
   }
   return { FakeRTCPeerConnection, connections };
+}
+
+/**
+ * Watches the listeners added to `target` from now on: the function
+ * returned says how many of them are not removed yet.
+ */
+export function watchListeners(target) {
+  /** [type, listener] of each listener added and not removed. */
+  const live = [];
+  const add = target.addEventListener.bind(target);
+  const remove = target.removeEventListener.bind(target);
+  target.addEventListener = (type, listener, options) => {
+    live.push([type, listener]);
+    add(type, listener, options);
+  };
+  target.removeEventListener = (type, listener, options) => {
+    const at = live.findIndex(([t, l]) => t === type && l === listener);
+    if (at >= 0) live.splice(at, 1);
+    remove(type, listener, options);
+  };
+  return () => live.length;
 }
 
 /** A local media stream with one video track. */

@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 
 import { CavloClient, MeshCall } from "../../web/cavlo.js";
-import { FakeClock, NO_ICE, fakeRTCPeerConnection, fakeStream, fakeWebSocket, serverFrame, settle } from "./fakes.mjs";
+import { FakeClock, NO_ICE, fakeRTCPeerConnection, fakeStream, fakeWebSocket, serverFrame, settle, watchListeners } from "./fakes.mjs";
 
 const ROOM = "call-room";
 const POLITE_OFFER_DELAY_MS = 400;
@@ -295,6 +295,15 @@ describe("stop", () => {
     await settle();
     assert.equal(side.connections.length, 2);
     await assert.rejects(side.call.start());
+  });
+
+  test("stops listening to the client", async () => {
+    const { client } = await callIn("a", ["b"]);
+    const listening = watchListeners(client);
+    const call = new MeshCall(client, ROOM, { media: fakeStream() });
+    assert.ok(listening() > 0);
+    call.stop();
+    assert.equal(listening(), 0);
   });
 
   test("a member who leaves is hung up on", async () => {

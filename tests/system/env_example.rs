@@ -13,6 +13,7 @@ fn settings() -> BTreeMap<String, String> {
         serde_json::to_value(gateway::config::Config::default()).unwrap(),
         serde_json::to_value(moderator::config::Config::default()).unwrap(),
         serde_json::to_value(history::config::Config::default()).unwrap(),
+        serde_json::to_value(media::config::Config::default()).unwrap(),
         serde_json::to_value(archiver::config::Config::default()).unwrap(),
     ] {
         flatten("CAVLO", &config, &mut settings);

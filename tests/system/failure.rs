@@ -3,7 +3,7 @@
 use moderator::config::ModeratorConfig;
 use schemas::client::{ClientFrame, PresenceEvent, ServerFrame, SignalKind};
 use schemas::code::{CloseCode, ErrorCode};
-use schemas::id::Seq;
+use schemas::id::{RoomId, Seq};
 use serde_json::json;
 
 use std::time::Duration;
@@ -157,7 +157,10 @@ async fn a_client_that_closes_while_its_requests_wait_is_let_go_at_once() {
 /// In a quiet room a client that stops reading fills no queue, but the
 /// gateway's write to it blocks: past the write timeout it is closed as a
 /// slow consumer too, and a client reading again in time gets the code
-/// after what was on its way (it used to be dropped without one).
+/// after what was on its way (it used to be dropped without one). The
+/// close is timed by the gateway's own count of 4100 closes: not before
+/// the write timeout (no write can block before the first send), nor long
+/// after it.
 #[tokio::test]
 async fn a_client_that_stops_reading_is_closed_with_4100_after_the_write_timeout() {
     const WRITE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -173,19 +176,85 @@ async fn a_client_that_stops_reading_is_closed_with_4100_after_the_write_timeout
     let mut slow = Client::connect_with_receive_buffer(g, "slow", 4096).await;
     slow.join(&room, None).await;
     // More than the socket buffers hold (64 KiB on the gateway's side, as
-    // the kernel counts it twice), far fewer frames than the queue's 256.
+    // the kernel counts it twice), far fewer bytes than the queue's 1 MiB.
     let text = "x".repeat(2000);
+    let first_send = Instant::now();
     for i in 0..120 {
         ann.chat(&room, &format!("m{i}"), &text).await.unwrap();
     }
+    let sent = first_send.elapsed();
     // The gateway's write blocked during those sends and times out
-    // WRITE_TIMEOUT later; its close frame may then go out for as long
-    // again. Read again in the middle of that window.
-    tokio::time::sleep(WRITE_TIMEOUT.mul_f64(1.5)).await;
+    // WRITE_TIMEOUT later, when it counts the close; its close frame may
+    // then go out for as long again. Read again in that window.
+    let closed = loop {
+        let counted = crate::metrics::sample(
+            &system.gateway_metrics[0].encode(),
+            "cavlo_gateway_closed_total{code=\"4100\"}",
+        );
+        if counted.is_some_and(|closes| closes >= 1.0) {
+            assert_eq!(counted, Some(1.0), "only the slow client is closed");
+            break first_send.elapsed();
+        }
+        assert!(
+            first_send.elapsed() < sent + WRITE_TIMEOUT * 2,
+            "no 4100 close counted {:?} after the first send",
+            first_send.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        closed >= WRITE_TIMEOUT,
+        "closed {closed:?} after the first send, before the write timeout ({WRITE_TIMEOUT:?})"
+    );
     let (_, code) = slow.chats_until_close().await;
     assert_eq!(code, 4100);
     ann.assert_alive().await;
     drop((ann, slow));
+    system.finish().await;
+}
+
+/// Sends `count` chats of `size` characters into `room`, each after the
+/// last was acked; their seqs.
+async fn chats_acked(client: &mut Client, room: &RoomId, count: usize, size: usize) -> Vec<Seq> {
+    let text = "x".repeat(size);
+    let mut acked = Vec::new();
+    for i in 0..count {
+        let ack = client
+            .chat_acked(room, &format!("m{i}"), &text)
+            .await
+            .unwrap();
+        acked.push(ack.seq.expect("a first send has its seq"));
+    }
+    acked
+}
+
+/// Issue 29, item 1: a client that pauses while its room is busy (a tab
+/// busy for a moment) is not a slow consumer. 1,000 chats arrive while it
+/// reads nothing, more than the socket buffers hold, so hundreds of frames
+/// wait in its gateway's queue; it then reads every one, in order, and is
+/// still connected. When the queue was bounded at 256 frames, it was
+/// closed with 4100 instead.
+#[tokio::test]
+async fn a_client_that_pauses_through_a_burst_gets_all_of_it_and_stays() {
+    let mut options = Options::one_gateway();
+    options.moderator.chat_rate_per_minute = 60_000;
+    options.moderator.chat_burst = 2_000;
+    let system = System::start(options).await;
+    let g = system.gateways[0];
+    let room = room("burst");
+    let mut ann = Client::connect(g, "ann").await;
+    ann.join(&room, None).await;
+    let mut paused = Client::connect_with_receive_buffer(g, "paused", 4096).await;
+    paused.join(&room, None).await;
+
+    let acked = chats_acked(&mut ann, &room, 1_000, 100).await;
+    let mut got = Vec::new();
+    while got.len() < acked.len() {
+        got.push(paused.next_chat().await.seq);
+    }
+    assert_eq!(got, acked, "every message once, in order");
+    paused.assert_alive().await;
+    drop((ann, paused));
     system.finish().await;
 }
 
@@ -197,7 +266,8 @@ async fn a_client_that_stops_reading_is_closed_with_4100_after_the_write_timeout
 #[tokio::test]
 async fn a_slow_consumer_gets_its_close_code_and_resumes_with_nothing_lost() {
     let mut options = Options::one_gateway();
-    options.gateway.send_queue_capacity = 16;
+    // About 14 of its 1,000-character chats.
+    options.gateway.send_queue_bytes = 16 * 1024;
     options.moderator.chat_rate_per_minute = 60_000;
     options.moderator.chat_burst = 1_000;
     options.history.backlog_size = 1_000;
@@ -211,15 +281,7 @@ async fn a_slow_consumer_gets_its_close_code_and_resumes_with_nothing_lost() {
     let mut slow = Client::connect_with_receive_buffer(g, "slow", 4096).await;
     slow.join(&room, None).await;
 
-    let text = "x".repeat(1000);
-    let mut acked = Vec::new();
-    for i in 0..300 {
-        let ack = ann
-            .chat_acked(&room, &format!("m{i}"), &text)
-            .await
-            .unwrap();
-        acked.push(ack.seq.expect("a first send has its seq"));
-    }
+    let acked = chats_acked(&mut ann, &room, 300, 1000).await;
 
     let (mut got, code) = slow.chats_until_close().await;
     assert_eq!(code, 4100, "closed as a slow consumer");

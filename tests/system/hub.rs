@@ -5,12 +5,18 @@ use std::time::Duration;
 
 use gateway::chat_acks::ChatSlot;
 use gateway::hub::{DeliveryKind, Hub, MemberHandle};
+use gateway::send_queue::{self, Limits};
 use schemas::client::{ChatMessage, Member, User};
 use schemas::id::{ConnId, RoomId, Seq};
 use schemas::{event, subject};
-use tokio::sync::mpsc;
 
 use crate::harness::{FRAME_TIMEOUT, Nats, room};
+
+/// A queue no test fills.
+const ROOMY: Limits = Limits {
+    bytes: 1024 * 1024,
+    delay: Duration::from_secs(60),
+};
 
 /// Whether the server holds a subscription to `room`'s deliveries, from its
 /// monitoring endpoint: a fact, where a request's timeout could only have
@@ -49,7 +55,7 @@ async fn rooms_are_subscribed_only_while_they_have_local_members() {
     let room = room("interest");
     assert!(!has_interest(&nats, &room).await);
 
-    let (queue, mut deliveries) = mpsc::channel(8);
+    let (queue, mut deliveries) = send_queue::channel(ROOMY);
     let handle = MemberHandle::new(queue, ChatSlot::default());
     hub.join(&room, ConnId::from("a"), handle.clone())
         .await
@@ -67,6 +73,7 @@ async fn rooms_are_subscribed_only_while_they_have_local_members() {
     for member in ["a", "b"] {
         let delivery = tokio::time::timeout(FRAME_TIMEOUT, deliveries.recv())
             .await
+            .unwrap()
             .unwrap()
             .unwrap();
         assert_eq!(
@@ -104,9 +111,10 @@ async fn a_member_whose_queue_overflows_is_flagged_slow_and_others_are_unaffecte
     let publisher = nats.connect().await;
     let room = room("slow");
 
-    let (slow_queue, _never_read) = mpsc::channel(2);
+    // Room for one frame: the second overflows it.
+    let (slow_queue, _never_read) = send_queue::channel(Limits { bytes: 1, ..ROOMY });
     let slow = MemberHandle::new(slow_queue, ChatSlot::default());
-    let (fast_queue, mut fast_deliveries) = mpsc::channel(16);
+    let (fast_queue, mut fast_deliveries) = send_queue::channel(ROOMY);
     let fast = MemberHandle::new(fast_queue, ChatSlot::default());
     hub.join(&room, ConnId::from("slow"), slow.clone())
         .await
@@ -128,6 +136,7 @@ async fn a_member_whose_queue_overflows_is_flagged_slow_and_others_are_unaffecte
     for seq in 1..=3 {
         let delivery = tokio::time::timeout(FRAME_TIMEOUT, fast_deliveries.recv())
             .await
+            .unwrap()
             .unwrap()
             .unwrap();
         assert_eq!(

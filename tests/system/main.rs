@@ -9,6 +9,7 @@ mod env_example;
 mod failure;
 mod harness;
 mod hub;
+mod media;
 mod metrics;
 mod moderation;
 mod ordering;

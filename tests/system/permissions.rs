@@ -8,7 +8,7 @@ use schemas::client::{ClientFrame, ServerFrame, SignalKind};
 use schemas::id::Seq;
 use serde_json::json;
 
-use crate::harness::{Client, Nats, Options, System, room, signal};
+use crate::harness::{Client, Nats, Options, Participant, System, room, signal};
 
 /// What nats-server logged so far.
 async fn server_log(nats: &Nats) -> String {
@@ -28,6 +28,7 @@ async fn server_log(nats: &Nats) -> String {
 async fn every_service_works_with_only_its_own_nats_permissions() {
     let system = System::start(Options {
         nats_users: true,
+        media_nodes: 1,
         ..Options::default()
     })
     .await;
@@ -63,6 +64,31 @@ async fn every_service_works_with_only_its_own_nats_permissions() {
             break;
         }
     }
+    // A call through the media node: the gateways' joins and heartbeats,
+    // the node's buckets and replies.
+    let (mut ann_call, mut bob_call) = (
+        Participant::start(true).await,
+        Participant::start(true).await,
+    );
+    for (client, participant) in [(&mut ann, &mut ann_call), (&mut bob, &mut bob_call)] {
+        client
+            .send(&ClientFrame::CallJoin {
+                room: room.clone(),
+                sdp: participant.offer.clone(),
+            })
+            .await;
+        loop {
+            if let ServerFrame::CallAnswer { sdp, .. } = client.recv().await {
+                participant.answered(sdp);
+                break;
+            }
+        }
+    }
+    assert!(
+        bob_call
+            .hears(ann.conn_id.as_str(), Duration::from_secs(10))
+            .await
+    );
     ann.send(&ClientFrame::Leave { room: room.clone() }).await;
     // The leave is done (the moderator wrote the room and announced it)
     // before the log is read: a refusal on its path must be in it.
@@ -93,6 +119,9 @@ const SUBJECTS: &[&str] = &[
     "cavlo.history.backlog",
     "cavlo.gateway.heartbeat",
     "cavlo.moderator.heartbeat",
+    "cavlo.media.heartbeat",
+    "cavlo.media.n1.join",
+    "cavlo.media.n1.leave",
     "cavlo.roundtrip.x",
     "cavlo.deliver.r.chat",
     "cavlo.deliver.r.presence",
@@ -126,6 +155,11 @@ const SUBJECTS: &[&str] = &[
     "$JS.API.STREAM.INFO.KV_CAVLO_ROOMS",
     "$JS.API.STREAM.MSG.GET.KV_CAVLO_ROOMS",
     "$JS.API.DIRECT.GET.KV_CAVLO_ROOMS",
+    "$KV.CAVLO_CALLS.r",
+    "$JS.API.STREAM.CREATE.KV_CAVLO_CALLS",
+    "$JS.API.STREAM.DELETE.KV_CAVLO_CALLS",
+    "$JS.API.STREAM.INFO.KV_CAVLO_CALLS",
+    "$JS.API.DIRECT.GET.KV_CAVLO_CALLS",
 ];
 
 /// What each service needs, as docs/architecture.md ("NATS permissions")
@@ -139,12 +173,19 @@ const NEEDS: &[(&str, &[&str], &[&str])] = &[
             "cavlo.history.backlog",
             "cavlo.gateway.heartbeat",
             "cavlo.roundtrip.>",
+            "cavlo.media.*.join",
+            "cavlo.media.*.leave",
+            "$JS.API.STREAM.INFO.KV_CAVLO_CALLS",
+            "$JS.API.CONSUMER.CREATE.KV_CAVLO_CALLS",
+            "$JS.API.CONSUMER.DELETE.KV_CAVLO_CALLS.*",
+            "$JS.FC.KV_CAVLO_CALLS.>",
         ],
         &[
             "cavlo.deliver.*.*",
             "cavlo.signal.*",
             "cavlo.gateway.heartbeat",
             "cavlo.moderator.heartbeat",
+            "cavlo.media.heartbeat",
             "_INBOX.>",
         ],
     ),
@@ -190,6 +231,32 @@ const NEEDS: &[(&str, &[&str], &[&str])] = &[
             "$JS.API.DIRECT.GET.CAVLO_CHAT",
         ],
         &["cavlo.history.backlog", "_INBOX.>", "$SRV.>"],
+    ),
+    (
+        "media",
+        &[
+            "cavlo.media.heartbeat",
+            "cavlo.roundtrip.>",
+            "$JS.API.INFO",
+            "$JS.API.STREAM.INFO.KV_CAVLO_ROOMS",
+            "$JS.API.STREAM.MSG.GET.KV_CAVLO_ROOMS",
+            "$JS.API.DIRECT.GET.KV_CAVLO_ROOMS",
+            "$JS.API.DIRECT.GET.KV_CAVLO_ROOMS.>",
+            "$JS.API.STREAM.CREATE.KV_CAVLO_CALLS",
+            "$JS.API.STREAM.UPDATE.KV_CAVLO_CALLS",
+            "$JS.API.STREAM.INFO.KV_CAVLO_CALLS",
+            "$JS.API.STREAM.MSG.GET.KV_CAVLO_CALLS",
+            "$JS.API.DIRECT.GET.KV_CAVLO_CALLS",
+            "$JS.API.DIRECT.GET.KV_CAVLO_CALLS.>",
+            "$KV.CAVLO_CALLS.>",
+        ],
+        &[
+            "cavlo.media.*.join",
+            "cavlo.media.*.leave",
+            "cavlo.media.heartbeat",
+            "_INBOX.>",
+            "$SRV.>",
+        ],
     ),
     (
         "archiver",

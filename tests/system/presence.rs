@@ -412,7 +412,19 @@ fn signal_process(pid: u32, name: &str) {
 /// member stays. Before, the client got an answer to its chat instead.
 #[tokio::test]
 async fn a_gateway_paused_and_cut_off_lets_no_ghost_receive_or_post() {
-    let system = System::start(quick_timeouts(true)).await;
+    let mut options = quick_timeouts(true);
+    // Only the paused gateway process needs the 2 s: it must find itself
+    // out of touch when it resumes. The healthy gateway and the moderators
+    // get slack: on a busy machine (the whole suite in parallel, debug
+    // builds) the healthy gateway's heartbeats or its own ticks came late
+    // enough for the 2 s, and ann was closed with 4104 (removed as a dead
+    // gateway's member, or by her gateway's own pause check) while the
+    // test was still setting up: twice, once with only the gateway's
+    // check given 6 s. The pause outlasts the moderators' 5 s anyway:
+    // it lasts until ann sees bob removed.
+    options.gateway.gateway_timeout = Duration::from_secs(5);
+    options.moderator.gateway_timeout = Duration::from_secs(5);
+    let system = System::start(options).await;
     let link = Link::open(system.nats.addr).await;
     let (mut paused, paused_addr) = gateway_process_at(&system.nats, &link.url()).await;
     let room = room("paused");

@@ -125,8 +125,9 @@ impl Connection {
         self.shared.departures.send(departure).await;
     }
 
-    /// Leaves `room` locally and in the hub.
+    /// Leaves `room` locally and in the hub, and its call.
     pub(super) fn forget(&mut self, room: &RoomId) {
+        self.call_leave(room);
         self.rooms.remove(room);
         self.shared.hub.leave(room, &self.requester.member.conn_id);
     }

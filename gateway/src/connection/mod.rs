@@ -4,7 +4,8 @@
 //! The loop is a single task. Requests to the moderator and history are
 //! awaited inline, so a client's frames are handled strictly in order (its
 //! chat keeps its order, its join completes before its next chat); room
-//! deliveries wait meanwhile in the connection's bounded queue.
+//! deliveries wait meanwhile in the connection's bounded queue
+//! ([`crate::send_queue`]).
 //!
 //! * this module: the connection's state, its loop, and [`Connection::respond`],
 //!   which parses a client frame once and hands it to its handler;
@@ -14,15 +15,18 @@
 //! * [`rooms`]: what the connection holds per room, and delivering room
 //!   traffic in order, filling gaps from history;
 //! * the request handlers, one module each: [`join`] (`join`, `leave`),
-//!   [`chat`], [`signal`].
+//!   [`chat`], [`signal`], [`call`] (`call_join`, `call_leave`, and
+//!   `call_moved` when a call's media node goes away).
 
 mod authentication;
+mod call;
 mod chat;
 mod join;
 mod rooms;
 mod signal;
 mod socket;
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -34,8 +38,7 @@ use hyper_tungstenite::tungstenite::Message;
 use schemas::client::{ClientFrame, ErrorFrame, Member, ServerFrame};
 use schemas::code::{CloseCode, ErrorCode};
 use schemas::event::{Action, Verdict};
-use schemas::id::{ConnId, UserId};
-use tokio::sync::mpsc;
+use schemas::id::{ConnId, RoomId, UserId};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -43,7 +46,9 @@ use tracing::Instrument;
 use crate::Shared;
 use crate::admission::Entry;
 use crate::bus::{BusError, Requester};
-use crate::hub::{Delivery, MemberHandle};
+use crate::hub::MemberHandle;
+use crate::media::Placed;
+use crate::send_queue::{self, BusyClock, QueueReceiver};
 
 use self::authentication::{Expiry, authenticate};
 use self::rooms::JoinedRooms;
@@ -92,6 +97,7 @@ pub(crate) async fn serve(
         limits: shared.limits(),
         expires_in: expiry.seconds_left(),
         ice: shared.ice.servers_for(&member.user.id),
+        media: shared.bus.media().view().available(),
     };
     shared.metrics.authenticated.inc();
     if send(
@@ -106,7 +112,7 @@ pub(crate) async fn serve(
         return;
     }
     shared.metrics.sent(&welcome);
-    let (queue, deliveries) = mpsc::channel(shared.config.send_queue_capacity.max(1));
+    let (queue, deliveries) = send_queue::channel(shared.config.send_queue_limits());
     let requester = Requester::new(member);
     let handle = MemberHandle::new(queue, requester.chat_slot().clone());
     let reset = shared
@@ -117,8 +123,13 @@ pub(crate) async fn serve(
         _user_slot: user_slot,
         expiry,
         invalid_frames: TokenBucket::full(shared.config.invalid_frame_rate(), Instant::now()),
+        call_joins: TokenBucket::full(shared.config.call_join_rate(), Instant::now()),
+        viewer: verified.viewer,
+        calls: HashMap::new(),
+        media: shared.bus.media().subscribe(),
         reset,
-        rooms: JoinedRooms::new(shared.config.send_queue_capacity),
+        rooms: JoinedRooms::new(shared.config.reorder_capacity),
+        busy: deliveries.busy_clock(),
         handle,
         heard: Instant::now(),
         shared,
@@ -136,8 +147,21 @@ struct Connection {
     expiry: Expiry,
     /// What is left of its budget for `invalid_message` answers.
     invalid_frames: TokenBucket,
+    /// What is left of its budget for `call_join`s.
+    call_joins: TokenBucket,
+    /// The token's `viewer` claim: its calls may receive media, not send it.
+    viewer: bool,
+    /// The calls it is in: the media node holding each, by the placement
+    /// its join was answered by.
+    calls: HashMap<RoomId, Placed>,
+    /// Told when media nodes arrive, die or drain, and when a room's call
+    /// is placed (see `move_calls`).
+    media: tokio::sync::watch::Receiver<Arc<crate::media::NodeView>>,
     /// Joined rooms and what this client has seen of them.
     rooms: JoinedRooms,
+    /// Where the time spent awaiting services for the client goes, so its
+    /// queued deliveries' wait does not count it (see [`send_queue`]).
+    busy: BusyClock,
     handle: MemberHandle,
     /// Cancelled when the gateway resets its connections.
     reset: CancellationToken,
@@ -146,11 +170,7 @@ struct Connection {
 }
 
 impl Connection {
-    async fn run(
-        mut self,
-        mut socket: HyperWebsocketStream,
-        mut deliveries: mpsc::Receiver<Arc<Delivery>>,
-    ) {
+    async fn run(mut self, mut socket: HyperWebsocketStream, mut deliveries: QueueReceiver) {
         tracing::debug!("connected");
         let shutdown = self.shared.shutdown.clone();
         let draining = self.shared.draining.clone();
@@ -174,7 +194,10 @@ impl Connection {
             let step = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => Err(Exit::Close(CloseCode::ShuttingDown)),
-                _ = slow.cancelled() => Err(Exit::Close(CloseCode::SlowConsumer)),
+                _ = slow.cancelled() => {
+                    tracing::info!("its send queue is over its bytes; closing a slow consumer");
+                    Err(Exit::Close(CloseCode::SlowConsumer))
+                }
                 _ = replaced.cancelled() => Err(Exit::Close(CloseCode::Replaced)),
                 _ = reset.cancelled() => Err(Exit::Close(CloseCode::Reset)),
                 () = &mut expired => Err(Exit::Close(CloseCode::TokenExpired)),
@@ -204,7 +227,7 @@ impl Connection {
     async fn step(
         &mut self,
         socket: &mut HyperWebsocketStream,
-        deliveries: &mut mpsc::Receiver<Arc<Delivery>>,
+        deliveries: &mut QueueReceiver,
         ahead: &mut ReadAhead,
         mut keepalive: Pin<&mut Sleep>,
     ) -> Result<(), Exit> {
@@ -213,9 +236,14 @@ impl Connection {
             return self.on_message(socket, message, ahead).await;
         }
         let gap = self.oldest_gap();
+        let in_call = !self.calls.is_empty();
         tokio::select! {
+            // Here, between requests, not in `run`'s select: a change of
+            // media nodes must not cancel a request under way.
+            Ok(()) = self.media.changed(), if in_call => self.move_calls(socket).await,
             Some(delivery) = deliveries.recv() => {
                 self.in_touch()?;
+                let delivery = delivery.map_err(|overdue| self.overdue(overdue))?;
                 self.deliver_queued(socket, delivery, deliveries).await
             }
             () = keepalive.as_mut() => self.keep_alive(socket, keepalive).await,
@@ -280,8 +308,11 @@ impl Connection {
             Message::Text(text) => {
                 // Boxed: request handling is a large future, and inlining it
                 // would make every idle connection carry its size.
+                let busy = self.busy.begin();
                 let respond = Box::pin(self.respond(&text));
-                match ahead.while_waiting(socket, respond).await?? {
+                let answer = ahead.while_waiting(socket, respond).await;
+                drop(busy);
+                match answer?? {
                     Some(frame) => self.reply(socket, frame).await,
                     None => Ok(()),
                 }
@@ -313,10 +344,12 @@ impl Connection {
                     message: err.message().into(),
                     id: err.id,
                     room: err.room,
+                    request: None,
                 })));
             }
         };
-        metrics.received(frame.kind());
+        let kind = frame.kind();
+        metrics.received(kind);
         let reply = match frame {
             ClientFrame::Auth { .. } => Err(ErrorFrame::new(
                 ErrorCode::InvalidMessage,
@@ -327,6 +360,11 @@ impl Connection {
             ClientFrame::Ice {} => Ok(ServerFrame::Ice(
                 self.shared.ice.servers_for(&self.requester.member.user.id),
             )),
+            ClientFrame::CallJoin { room, sdp } => self.call_join(room, sdp).await,
+            ClientFrame::CallLeave { room } => {
+                self.call_leave(&room);
+                return Ok(None);
+            }
             ClientFrame::Join {
                 room,
                 since,
@@ -356,7 +394,9 @@ impl Connection {
                 reply
             }
         };
-        Ok(Some(reply.unwrap_or_else(ServerFrame::Error)))
+        Ok(Some(reply.unwrap_or_else(|error| {
+            ServerFrame::Error(error.answering(kind))
+        })))
     }
 
     /// Sends the answer to a client frame. Every `invalid_message` answer

@@ -11,13 +11,13 @@ use hyper_tungstenite::HyperWebsocketStream;
 use hyper_tungstenite::tungstenite::Message;
 use schemas::code::CloseCode;
 use schemas::id::{JoinId, RoomId, Seq};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::Connection;
 use super::socket::{Exit, write};
 use crate::hub::{Delivery, DeliveryKind};
 use crate::reorder::{Overflow, Reorder};
+use crate::send_queue::QueueReceiver;
 
 /// What a connection has seen of a room, to deliver its chat in order and
 /// drop duplicates.
@@ -140,10 +140,11 @@ impl Connection {
         &mut self,
         socket: &mut HyperWebsocketStream,
         first: Arc<Delivery>,
-        deliveries: &mut mpsc::Receiver<Arc<Delivery>>,
+        deliveries: &mut QueueReceiver,
     ) -> Result<(), Exit> {
         self.deliver(socket, first).await?;
-        while let Ok(next) = deliveries.try_recv() {
+        while let Some(next) = deliveries.try_recv() {
+            let next = next.map_err(|overdue| self.overdue(overdue))?;
             self.deliver(socket, next).await?;
         }
         write(socket.flush(), self.shared.config.write_timeout).await
@@ -218,13 +219,16 @@ impl Connection {
         let timeout = self.shared.config.reorder_timeout;
         let now = Instant::now();
         for (room, last) in self.rooms.gaps_due(now, timeout) {
-            let limit = self.shared.config.send_queue_capacity;
+            let limit = self.shared.config.reorder_capacity;
             // A client that joined the room while it was empty has no seq to
             // count from (a room's first seq is not 1, see room_writer.rs):
             // it needs the room from its first message on, which history
             // answers for `since` 0 unless that message was trimmed.
             let fresh = last == Seq(0);
-            let backlog = match self.shared.bus.backlog(&room, Some(last), limit).await {
+            let busy = self.busy.begin();
+            let fetched = self.shared.bus.backlog(&room, Some(last), limit).await;
+            drop(busy);
+            let backlog = match fetched {
                 Ok(backlog) if !backlog.truncated => backlog,
                 Ok(_) => {
                     tracing::warn!(%room, %last, "missed messages were trimmed; resync");

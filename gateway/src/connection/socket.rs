@@ -17,6 +17,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::Connection;
 use crate::Shared;
+use crate::send_queue::Overdue;
 
 /// Why the connection loop ended.
 pub(crate) enum Exit {
@@ -151,6 +152,21 @@ pub(crate) async fn write(
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => Err(Exit::Gone),
         Err(_) => Err(Exit::Close(CloseCode::SlowConsumer)),
+    }
+}
+
+impl Connection {
+    /// A queued frame waited past `send_queue_delay`: the client falls ever
+    /// further behind its rooms, so it is a slow consumer too; unless the
+    /// gateway itself was out of touch meanwhile (paused or cut off), and
+    /// is resetting its connections: then the wait was its own, and the
+    /// client is told so with the reset code, like every other one.
+    pub(super) fn overdue(&self, overdue: Overdue) -> Exit {
+        if self.reset.is_cancelled() {
+            return Exit::Close(CloseCode::Reset);
+        }
+        tracing::info!(cause = %overdue, "closing a slow consumer");
+        Exit::Close(CloseCode::SlowConsumer)
     }
 }
 

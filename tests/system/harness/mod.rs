@@ -3,7 +3,8 @@
 //!
 //! * [`nats`]: a real nats-server with JetStream in a container;
 //! * [`system`]: history, moderators and gateways in-process, each with its
-//!   own NATS connection as if it were its own process, and the leak check
+//!   own NATS connection as if it were its own process, media nodes too,
+//!   and the leak check
 //!   that ends a scenario;
 //! * [`link`]: a TCP link between one service and NATS that a test can cut;
 //! * [`client`]: the test client, over `cavlo_client::Connection`;
@@ -17,6 +18,7 @@ mod nats;
 mod system;
 mod token;
 
+pub use call_peer::Participant;
 pub use client::{Client, FRAME_TIMEOUT, QUIET, assert_code, signal};
 pub use http::{get_json, http};
 pub use link::Link;

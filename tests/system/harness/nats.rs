@@ -64,11 +64,12 @@ pub struct Nats {
 
 /// The users of `docker/nats/nats.conf`, with the passwords the tests give
 /// them (compose's come from `.env`).
-pub const NATS_USERS: [(&str, &str); 4] = [
+pub const NATS_USERS: [(&str, &str); 5] = [
     ("gateway", "gatewaytestpass"),
     ("moderator", "moderatortestpass"),
     ("history", "historytestpass"),
     ("archiver", "archivertestpass"),
+    ("media", "mediatestpass"),
 ];
 
 /// The in-container port of the NATS monitoring endpoint.

@@ -1,5 +1,5 @@
-//! A whole system started in-process for one test: history, moderators
-//! and gateways, each with its own NATS connection as if it were its own
+//! A whole system started in-process for one test: history, moderators,
+//! gateways and media nodes, each with its own NATS connection as if it were its own
 //! process, and the checks that it left nothing behind.
 
 use std::net::SocketAddr;
@@ -12,8 +12,10 @@ use bootstrap::metrics::Metrics;
 use futures_util::StreamExt;
 use gateway::config::GatewayConfig;
 use history::config::HistoryConfig;
+use media::config::MediaConfig;
 use moderator::config::ModeratorConfig;
 use schemas::event::RoomState;
+use schemas::id::{MediaNodeId, RoomId};
 use schemas::subject;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -64,9 +66,12 @@ pub struct Options {
     pub nats_users: bool,
     /// Let the test stop and start NATS again ([`Nats::stop`]).
     pub restartable_nats: bool,
+    /// Media nodes, on loopback UDP.
+    pub media_nodes: usize,
     pub gateway: GatewayConfig,
     pub moderator: ModeratorConfig,
     pub history: HistoryConfig,
+    pub media: MediaConfig,
 }
 
 impl Default for Options {
@@ -76,11 +81,17 @@ impl Default for Options {
         // Short, so stopping a system with clients still connected does not
         // wait the default 10 s.
         gateway.drain_timeout = Duration::from_secs(1);
+        let media = MediaConfig {
+            udp_listen: "127.0.0.1:0".parse().unwrap(),
+            ..MediaConfig::default()
+        };
         Self {
             gateways: 2,
             moderators: 2,
             nats_users: false,
             restartable_nats: false,
+            media_nodes: 0,
+            media,
             gateway,
             moderator: ModeratorConfig::default(),
             history: HistoryConfig::default(),
@@ -126,6 +137,15 @@ pub struct System {
     pub moderator_metrics: Vec<Metrics>,
     /// The running history's metrics.
     pub history_metrics: Metrics,
+    /// The media nodes, in start order.
+    pub media: Vec<MediaNode>,
+}
+
+/// A media node started in-process.
+pub struct MediaNode {
+    pub id: MediaNodeId,
+    stop: CancellationToken,
+    task: Option<JoinHandle<()>>,
 }
 
 impl System {
@@ -157,6 +177,12 @@ impl System {
             moderators.push(moderator);
             moderator_metrics.push(metrics);
         }
+        let mut media = Vec::new();
+        for _ in 0..options.media_nodes {
+            media.push(
+                Self::spawn_media(&nats, as_user("media"), &options.media, &stop_backend).await,
+            );
+        }
         let (mut gateways, mut gateway_tasks, mut gateway_stops, mut gateway_metrics) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut gateway_links = Vec::new();
@@ -179,6 +205,19 @@ impl System {
                     .expect("gateway runs");
             }));
         }
+        // A gateway learns of media nodes from their heartbeats: wait until
+        // each has heard them all, as a client could not tell it apart
+        // from a system without calls otherwise.
+        for gateway in &gateways {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while get_json(*gateway, "/health").await["media_nodes"] != media.len() {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "gateway {gateway} did not hear the media nodes"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
         System {
             nats,
             gateways,
@@ -196,7 +235,61 @@ impl System {
             gateway_metrics,
             moderator_metrics,
             history_metrics,
+            media,
         }
+    }
+
+    async fn spawn_media(
+        nats: &Nats,
+        user: Option<&str>,
+        config: &MediaConfig,
+        stop_backend: &CancellationToken,
+    ) -> MediaNode {
+        let client = nats.connect_as(user).await;
+        let metrics = Metrics::new(&client);
+        let node = media::start(client, config.clone(), &metrics)
+            .await
+            .expect("media node starts");
+        let id = node.id().clone();
+        let stop = stop_backend.child_token();
+        let task = tokio::spawn(node.run(stop.clone().cancelled_owned()));
+        MediaNode {
+            id,
+            stop,
+            task: Some(task),
+        }
+    }
+
+    /// Kills media node `index`, as a crash would: its calls end, its
+    /// heartbeats stop, and nothing is handed over.
+    pub async fn kill_media(&mut self, index: usize) {
+        if let Some(task) = self.media[index].task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    /// Stops media node `index` as SIGTERM does: it drains first. Returns
+    /// at once.
+    pub fn stop_media(&self, index: usize) {
+        self.media[index].stop.cancel();
+    }
+
+    /// The index of the media node the calls bucket says holds `room`'s
+    /// call, if any.
+    pub async fn media_node_of(&self, room: &RoomId) -> Option<usize> {
+        let js = async_nats::jetstream::new(self.nats.connect().await);
+        let calls = js
+            .get_key_value(subject::CALLS_BUCKET)
+            .await
+            .expect("the calls bucket opens");
+        let holder = calls
+            .get(subject::room_key(room))
+            .await
+            .expect("the calls bucket reads")?;
+        self.media
+            .iter()
+            .position(|node| node.id.as_str().as_bytes() == holder.as_ref())
     }
 
     async fn spawn_moderator(
@@ -384,6 +477,11 @@ impl System {
         join_all(&mut self.moderators).await;
         if let Some((_, task)) = self.history.take() {
             let _ = task.await;
+        }
+        for node in &mut self.media {
+            if let Some(task) = node.task.take() {
+                let _ = task.await;
+            }
         }
     }
 }

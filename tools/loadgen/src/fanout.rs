@@ -10,9 +10,10 @@ use cavlo_client::{Connection, Outbox};
 use schemas::client::{ChatMessage, ClientFrame, ServerFrame};
 use schemas::code::ErrorCode;
 use schemas::id::{ClientMsgId, ConnId, RoomId, Seq};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::connect::{ClientError, connect, connect_slow, expect, token};
 use crate::latency::{Latency, Summary};
@@ -24,7 +25,7 @@ const CONNECT_CONCURRENCY: usize = 64;
 const MAX_IN_FLIGHT: usize = 64;
 
 /// What to run.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Plan {
     /// Gateway URLs; clients are spread over them round-robin.
     pub gateways: Vec<String>,
@@ -39,8 +40,12 @@ pub struct Plan {
     pub size: usize,
     /// How long clients send.
     pub duration: Duration,
-    /// How long to keep receiving after sending stops.
+    /// How long to keep receiving after sending stops, at most.
     pub drain: Duration,
+    /// End the drain early once the run has settled for this long: every
+    /// message sent was acked, and every member received each of the
+    /// others' acked messages (see [`Settle`]). `None` drains in full.
+    pub settle: Option<Duration>,
     /// Ride out faults as a real client does: on a closed or silent
     /// connection, reconnect (to the next gateway), rejoin with `since` and
     /// resend what was not acknowledged; resend chat refused `unavailable`.
@@ -61,6 +66,20 @@ pub struct Plan {
     /// connection it cannot serve (a client's own timer would hide a
     /// gateway that fails to).
     pub silence_timeout: Option<Duration>,
+    /// What a fault must have caused.
+    pub expect: Expect,
+}
+
+/// What a run must show happened, beyond what every run must: the effect
+/// of the fault it ran under, seen from the clients.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Expect {
+    /// Clients reconnected at least this often.
+    pub reconnects: u64,
+    /// At least this many connections were closed with this code.
+    pub close: Option<(u16, u64)>,
+    /// No rejoin was told `truncated`.
+    pub untruncated: bool,
 }
 
 /// When slow consumers stop reading, from the start of sending.
@@ -70,7 +89,7 @@ pub const SLOW_AFTER: Duration = Duration::from_secs(5);
 const SLOW_RECEIVE_BUFFER: u32 = 4096;
 
 /// What happened.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, Default, serde::Serialize)]
 pub struct Report {
     /// Chat messages sent.
     pub sent: u64,
@@ -88,9 +107,10 @@ pub struct Report {
     pub deliveries: u64,
     /// Seconds of sending.
     pub seconds: f64,
-    /// Deliveries per second of sending.
+    /// Deliveries per second of sending: those that arrived while clients
+    /// sent, so the drain's catching up does not swell the rate.
     pub deliveries_per_second: f64,
-    /// Acks per second of sending.
+    /// Acks per second of sending, counted as deliveries are.
     pub acks_per_second: f64,
     /// Send → delivery, µs.
     pub delivery_latency: Summary,
@@ -107,6 +127,13 @@ pub struct Report {
     pub peak_reconnects_per_second: u64,
     /// Rejoins whose backlog said messages had been trimmed.
     pub truncated: u64,
+    /// Clients that ended early: still reconnecting when the run ended, or
+    /// failed without `resume`. What they sent and did not see acked counts
+    /// as unacked, what they did not receive as lost. Must be 0.
+    pub stranded: u64,
+    /// Why, by reason (a reconnect names the last answer of each gateway
+    /// it tried).
+    pub stranded_reasons: BTreeMap<String, u64>,
     /// Connections the gateway closed, by close code ("none" without one).
     pub closes: BTreeMap<String, u64>,
     /// Of those, slow consumers closed with 4100 (slow consumer).
@@ -128,7 +155,19 @@ impl Report {
     /// error says what failed.
     pub fn verdict(&self, plan: &Plan, min_acked: f64) -> Result<(), String> {
         let acked = self.acked as f64 / self.sent.max(1) as f64;
-        if !self.correctness.is_clean() {
+        if self.stranded > 0 {
+            let some: Vec<_> = self.stranded_reasons.iter().take(3).collect();
+            Err(format!(
+                "{} clients ended early, for {} reasons, among them: {some:?}",
+                self.stranded,
+                self.stranded_reasons.len()
+            ))
+        } else if plan.expect.untruncated && self.truncated > 0 {
+            Err(format!(
+                "{} rejoins were told `truncated`: the backlog did not outlast the fault",
+                self.truncated
+            ))
+        } else if !self.correctness.is_clean() {
             Err(format!(
                 "deliveries were lost, duplicated, reordered, skipped live or misdelivered: {:?}",
                 self.correctness
@@ -158,6 +197,18 @@ impl Report {
                 "{} slow consumers, {} of them closed as slow (4100), \
                  {} reconnects in all; closes {:?}",
                 plan.slow, self.slow_closed, self.reconnects, self.closes
+            ))
+        } else if self.reconnects < plan.expect.reconnects {
+            Err(format!(
+                "{} reconnects, {} expected",
+                self.reconnects, plan.expect.reconnects
+            ))
+        } else if let Some((code, count)) = plan.expect.close
+            && self.closes.get(&code.to_string()).copied().unwrap_or(0) < count
+        {
+            Err(format!(
+                "fewer than {count} connections closed with {code}; closes {:?}",
+                self.closes
             ))
         } else {
             Ok(())
@@ -208,6 +259,11 @@ impl std::fmt::Display for Report {
             self.truncated,
             self.longest_silence_ms
         )?;
+        writeln!(
+            f,
+            "clients ended early {} {:?}",
+            self.stranded, self.stranded_reasons
+        )?;
         write!(
             f,
             "lost {} duplicated {} reordered {} live gaps {} misdelivered {}",
@@ -225,7 +281,83 @@ pub struct Progress {
     pub acked: AtomicU64,
     /// Delivered so far.
     pub delivered: AtomicU64,
+    /// Deliveries of a seq above every seq their receiver had: each
+    /// message once, in a run that loses and reorders nothing.
+    pub fresh: AtomicU64,
 }
+
+/// Ends a run's drain once nothing more can come: no message awaits its
+/// ack, and the fresh deliveries are as many as the acked messages times
+/// the other members of a room. A run that lost, reordered or stranded
+/// anything never gets there and drains in full; the verdict judges it
+/// as before. The state must hold for the settle time, so a late
+/// duplicate still has a moment to show.
+struct Settle {
+    /// Receivers of each message: the other members of its room.
+    receivers: u64,
+    quiet: Duration,
+}
+
+impl Settle {
+    /// Watches `progress` once sending stopped, until the state held for
+    /// the quiet time (then ends the run: [`Deadlines::settled`]) or the
+    /// run ends.
+    async fn watch(self, progress: Arc<Progress>, deadlines: watch::Sender<Deadlines>) {
+        let mut since: Option<Instant> = None;
+        loop {
+            let now = Instant::now();
+            let Deadlines {
+                stop_sending, stop, ..
+            } = *deadlines.borrow();
+            if now >= stop {
+                return;
+            }
+            if now < stop_sending {
+                since = None;
+                tokio::time::sleep(SETTLE_CHECK).await;
+                continue;
+            }
+            let sent = progress.sent.load(Ordering::Relaxed);
+            let acked = progress.acked.load(Ordering::Relaxed);
+            let fresh = progress.fresh.load(Ordering::Relaxed);
+            // Equal, not at least: a count that ran past what was expected
+            // (which a correct run never shows) must not end the drain.
+            if sent == acked && fresh == acked * self.receivers {
+                let since = *since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= self.quiet {
+                    eprintln!(
+                        "fanout: settled {:.1} s into the drain",
+                        stop_sending.elapsed().as_secs_f64()
+                    );
+                    deadlines.send_modify(|d| {
+                        d.stop = d.stop.min(Instant::now());
+                        d.settled = true;
+                    });
+                    return;
+                }
+            } else {
+                since = None;
+            }
+            tokio::time::sleep(SETTLE_CHECK).await;
+        }
+    }
+}
+
+/// When a run's clients stop sending and stop: as planned, or earlier,
+/// when the run settles ([`Settle`]) or is told to stop sending (the
+/// `stop_sending` token of [`run`]; SIGUSR1 to `loadgen fanout`). Every
+/// client follows the latest.
+#[derive(Clone, Copy, Debug)]
+struct Deadlines {
+    stop_sending: Instant,
+    stop: Instant,
+    /// The run ended because it settled: nothing was missing, so a client
+    /// still reconnecting then is not stranded.
+    settled: bool,
+}
+
+/// How often [`Settle`] looks.
+const SETTLE_CHECK: Duration = Duration::from_millis(100);
 
 struct Outcome {
     room: usize,
@@ -257,13 +389,26 @@ struct Outcome {
     /// Whether this client was one of the plan's slow consumers.
     slow: bool,
     longest_silence: Duration,
+    /// Why the client ended before the run did, if it did.
+    stranded: Option<String>,
+    /// What arrived before sending stopped, for the rates.
+    while_sending: Counts,
 }
 
-/// Runs the plan; `progress` is updated as it goes.
+/// Deliveries and acks, counted over some part of a run.
+#[derive(Clone, Copy, Default)]
+struct Counts {
+    deliveries: u64,
+    acks: u64,
+}
+
+/// Runs the plan; `progress` is updated as it goes. Once `stop_sending` is
+/// cancelled, clients stop sending (if they still did) and drain.
 pub async fn run(
     plan: &Plan,
     secret: &[u8],
     progress: Arc<Progress>,
+    stop_sending: CancellationToken,
 ) -> Result<Report, ClientError> {
     let rooms: Vec<RoomId> = (0..plan.rooms)
         .map(|_| RoomId(format!("load-{}", nuid::next())))
@@ -272,20 +417,45 @@ pub async fn run(
 
     let origin = Instant::now();
     let start = origin + Duration::from_millis(200);
-    let stop_sending = start + plan.duration;
-    let stop = stop_sending + plan.drain;
+    let (deadlines, following) = watch::channel(Deadlines {
+        stop_sending: start + plan.duration,
+        stop: start + plan.duration + plan.drain,
+        settled: false,
+    });
     let per_client = (plan.rooms * plan.clients_per_room).max(1) as f64;
     let interval = (plan.rate > 0.0).then(|| Duration::from_secs_f64(per_client / plan.rate));
     let padding = "x".repeat(plan.size.saturating_sub(21));
 
+    // Dropped (aborted) when the run ends.
+    let mut helpers = JoinSet::new();
+    let drain = plan.drain;
+    let told = deadlines.clone();
+    helpers.spawn(async move {
+        stop_sending.cancelled().await;
+        told.send_if_modified(|d| {
+            let now = Instant::now();
+            if now >= d.stop_sending {
+                return false;
+            }
+            eprintln!("fanout: told to stop sending");
+            d.stop_sending = now;
+            d.stop = d.stop.min(now + drain);
+            true
+        });
+    });
+    if let Some(quiet) = plan.settle {
+        let settle = Settle {
+            receivers: plan.clients_per_room.saturating_sub(1) as u64,
+            quiet,
+        };
+        helpers.spawn(settle.watch(progress.clone(), deadlines));
+    }
     let mut tasks = JoinSet::new();
     for (n, (room, index, user, connection, conn_id)) in clients.into_iter().enumerate() {
         let schedule = Schedule {
             // Spread the first sends over one interval so clients do not fire together.
             first: start + interval.map_or(Duration::ZERO, |i| i.mul_f64(n as f64 / per_client)),
             interval,
-            stop_sending,
-            stop,
             origin,
         };
         let member = Member {
@@ -303,14 +473,24 @@ pub async fn run(
             pause: is_slow(plan, room, index)
                 .then(|| (start + SLOW_AFTER, start + SLOW_AFTER + plan.slow_pause)),
         };
-        let rider = Rider::new(connection, member, schedule);
-        tasks.spawn(rider.drive(padding.clone(), progress.clone()));
+        let rider = Rider::new(
+            connection,
+            member,
+            schedule,
+            progress.clone(),
+            following.clone(),
+        );
+        tasks.spawn(rider.drive(padding.clone()));
     }
     let mut outcomes = Vec::new();
     while let Some(done) = tasks.join_next().await {
-        outcomes.push(done.expect("client task does not panic")?);
+        outcomes.push(done.expect("client task does not panic"));
     }
-    Ok(report(plan, outcomes))
+    let sending = following
+        .borrow()
+        .stop_sending
+        .saturating_duration_since(start);
+    Ok(report(sending, outcomes))
 }
 
 /// A connected client: which room and index it has, its user, its
@@ -380,8 +560,6 @@ fn is_slow(plan: &Plan, room: usize, index: usize) -> bool {
 struct Schedule {
     first: Instant,
     interval: Option<Duration>,
-    stop_sending: Instant,
-    stop: Instant,
     origin: Instant,
 }
 
@@ -444,10 +622,20 @@ struct Rider {
     last_delivery: Instant,
     /// When a draining gateway asked this client to move, as the SDK does.
     move_at: Option<Instant>,
+    /// The run's live totals, which this client adds to.
+    progress: Arc<Progress>,
+    /// When to stop sending and stop; they may move earlier.
+    deadlines: watch::Receiver<Deadlines>,
 }
 
 impl Rider {
-    fn new(connection: Connection, member: Member, schedule: Schedule) -> Rider {
+    fn new(
+        connection: Connection,
+        member: Member,
+        schedule: Schedule,
+        progress: Arc<Progress>,
+        deadlines: watch::Receiver<Deadlines>,
+    ) -> Rider {
         let outcome = Outcome {
             room: member.room,
             index: member.index,
@@ -469,6 +657,8 @@ impl Rider {
             closes: BTreeMap::new(),
             slow: member.pause.is_some(),
             longest_silence: Duration::ZERO,
+            stranded: None,
+            while_sending: Counts::default(),
         };
         Rider {
             connection,
@@ -479,34 +669,40 @@ impl Rider {
             next_send: schedule.first,
             last_delivery: schedule.first,
             move_at: None,
+            progress,
+            deadlines,
         }
     }
 
     /// Sends on schedule (or whenever the last message is acked), and
     /// records every frame until the schedule's `stop`. With `resume`, a
     /// closed or silent connection is replaced as a real client would do it.
-    async fn drive(
-        mut self,
-        padding: String,
-        progress: Arc<Progress>,
-    ) -> Result<Outcome, ClientError> {
-        loop {
-            match self.next_step().await? {
-                Step::Stop => break,
-                Step::Wait => {}
-                Step::Reconnect => self.reconnect().await?,
-                Step::Send => self.send_next(&padding, &progress).await?,
-                Step::Frame(frame) => self.on_frame(frame, &progress).await?,
-            }
+    /// A client that fails ends early and says why in its outcome, so the
+    /// run still reports what every other client saw.
+    async fn drive(mut self, padding: String) -> Outcome {
+        if let Err(err) = self.ride(&padding).await {
+            self.outcome.stranded = Some(err.to_string());
         }
         self.outcome.unacked = self.pending.len() as u64;
         self.connection.close().await;
-        Ok(self.outcome)
+        self.outcome
+    }
+
+    async fn ride(&mut self, padding: &str) -> Result<(), ClientError> {
+        loop {
+            match self.next_step().await? {
+                Step::Stop => return Ok(()),
+                Step::Wait => {}
+                Step::Reconnect => self.reconnect().await?,
+                Step::Send => self.send_next(padding).await?,
+                Step::Frame(frame) => self.on_frame(frame).await?,
+            }
+        }
     }
 
     /// Whether the schedule has a message to send now, and room for it.
     fn sending(&self) -> (bool, bool) {
-        let sending = self.next_send < self.schedule.stop_sending;
+        let sending = self.next_send < self.deadlines.borrow().stop_sending;
         let may_send = match self.schedule.interval {
             Some(_) => self.pending.len() < MAX_IN_FLIGHT,
             None => self.pending.is_empty(),
@@ -519,10 +715,11 @@ impl Rider {
     /// slow consumer's pause, the end.
     async fn next_step(&mut self) -> Result<Step, ClientError> {
         let (sending, may_send) = self.sending();
+        let stop = self.deadlines.borrow_and_update().stop;
         let mut wake = if sending && may_send {
             self.next_send
         } else {
-            self.schedule.stop
+            stop
         };
         // A connection that leaves a message unanswered this long is dead
         // (its gateway stopped, or cut off) even if the socket is open.
@@ -552,19 +749,23 @@ impl Rider {
             }
             wake = wake.min(from);
         }
-        let received = self
-            .connection
-            .recv_until(wake.min(self.schedule.stop))
-            .await;
+        let received = tokio::select! {
+            received = self.connection.recv_until(wake.min(stop)) => received,
+            // The run's deadlines moved: look again.
+            Ok(()) = self.deadlines.changed() => return Ok(Step::Wait),
+        };
         let now = Instant::now();
         Ok(match received {
             Ok(Some(frame)) => Step::Frame(frame),
-            Err(err) if self.member.resume && now < self.schedule.stop => {
+            Err(err) if self.member.resume && now < stop => {
                 count_close(&mut self.outcome.closes, &err.into());
                 Step::Reconnect
             }
+            // Settled while this client was reconnecting (its socket is
+            // closed): nothing was missing, so it is not stranded.
+            Err(_) if self.deadlines.borrow().settled => Step::Stop,
             Err(err) => return Err(err.into()),
-            Ok(None) if now >= self.schedule.stop => Step::Stop,
+            Ok(None) if now >= stop => Step::Stop,
             Ok(None) if self.move_at.is_some_and(|at| now >= at) => {
                 self.move_at = None;
                 Step::Reconnect
@@ -576,7 +777,7 @@ impl Rider {
     }
 
     /// Sends the next message; its text carries the send time.
-    async fn send_next(&mut self, padding: &str, progress: &Progress) -> Result<(), ClientError> {
+    async fn send_next(&mut self, padding: &str) -> Result<(), ClientError> {
         let now = Instant::now();
         let id = ClientMsgId(format!(
             "{}-{}-{}",
@@ -590,7 +791,7 @@ impl Rider {
         self.outcome.messages.insert(id.clone(), Acked::No);
         self.pending.push(self.member.room_id.clone(), id, message);
         self.outcome.sent += 1;
-        progress.sent.fetch_add(1, Ordering::Relaxed);
+        self.progress.sent.fetch_add(1, Ordering::Relaxed);
         self.next_send = match self.schedule.interval {
             Some(interval) => self.next_send + interval,
             None => now,
@@ -602,11 +803,7 @@ impl Rider {
         }
     }
 
-    async fn on_frame(
-        &mut self,
-        frame: ServerFrame,
-        progress: &Progress,
-    ) -> Result<(), ClientError> {
+    async fn on_frame(&mut self, frame: ServerFrame) -> Result<(), ClientError> {
         let now = Instant::now();
         match frame {
             ServerFrame::Ack { id, room, seq, .. } => {
@@ -626,7 +823,10 @@ impl Rider {
                 };
                 self.outcome.messages.insert(id, acked);
                 self.outcome.acks += 1;
-                progress.acked.fetch_add(1, Ordering::Relaxed);
+                if now < self.deadlines.borrow().stop_sending {
+                    self.outcome.while_sending.acks += 1;
+                }
+                self.progress.acked.fetch_add(1, Ordering::Relaxed);
                 if self.schedule.interval.is_none() {
                     self.next_send = now;
                 }
@@ -641,14 +841,15 @@ impl Rider {
                         .latency
                         .record(self.micros(now).saturating_sub(sent));
                 }
-                if now < self.schedule.stop_sending {
+                if now < self.deadlines.borrow().stop_sending {
+                    self.outcome.while_sending.deliveries += 1;
                     self.outcome.longest_silence = self
                         .outcome
                         .longest_silence
                         .max(now.saturating_duration_since(self.last_delivery));
                 }
                 self.last_delivery = now;
-                progress.delivered.fetch_add(1, Ordering::Relaxed);
+                self.progress.delivered.fetch_add(1, Ordering::Relaxed);
             }
             ServerFrame::Error(error) => {
                 *self
@@ -686,6 +887,13 @@ impl Rider {
             self.outcome.wrong_room += 1;
             return;
         }
+        // Its own messages, which a rejoin's backlog may bring back, are
+        // not what others must receive.
+        if chat.seq.0 > self.outcome.received.highest()
+            && chat.from.user.id.as_str() != self.member.user
+        {
+            self.progress.fresh.fetch_add(1, Ordering::Relaxed);
+        }
         self.outcome.received.record(Delivered {
             id: chat.id.clone(),
             from: chat.from.user.id.as_str().to_owned(),
@@ -718,23 +926,32 @@ impl Rider {
         self.outcome.reconnects += 1;
         self.outcome.reconnected_at.push(Instant::now());
         let mut backoff = RECONNECT_DELAY;
+        let mut answers: BTreeMap<usize, String> = BTreeMap::new();
         loop {
+            // Nothing is missing any more: a connection would add nothing.
+            if self.deadlines.borrow().settled {
+                return Ok(());
+            }
             self.member.gateway = (self.member.gateway + 1) % self.member.gateways.len();
             match self.rejoin().await {
                 Ok(()) => {
                     self.member.connected_at = Instant::now();
                     return Ok(());
                 }
-                Err(err) if Instant::now() >= self.schedule.stop => {
-                    return Err(ClientError::Unexpected(format!(
-                        "still reconnecting when the run ended; last attempt: {err}"
-                    )));
-                }
-                Err(_) => {
-                    tokio::time::sleep(bootstrap::backoff::jittered(backoff)).await;
-                    backoff = (backoff * 2).min(MAX_RECONNECT_DELAY);
-                }
+                Err(err) => answers.insert(self.member.gateway, err.to_string()),
+            };
+            if Instant::now() >= self.deadlines.borrow().stop {
+                let answers: Vec<String> = answers
+                    .iter()
+                    .map(|(gateway, err)| format!("{}: {err}", self.member.gateways[*gateway]))
+                    .collect();
+                return Err(ClientError::Unexpected(format!(
+                    "still reconnecting when the run ended; last answers: {}",
+                    answers.join("; ")
+                )));
             }
+            tokio::time::sleep(bootstrap::backoff::jittered(backoff)).await;
+            backoff = (backoff * 2).min(MAX_RECONNECT_DELAY);
         }
     }
 
@@ -810,7 +1027,17 @@ fn peak_per_second(moments: impl Iterator<Item = Instant>) -> u64 {
     buckets.into_values().max().unwrap_or(0)
 }
 
-fn report(plan: &Plan, outcomes: Vec<Outcome>) -> Report {
+/// `count` per second over `seconds`; 0 for a run that never sent.
+fn per_second(count: u64, seconds: f64) -> f64 {
+    if seconds > 0.0 {
+        count as f64 / seconds
+    } else {
+        0.0
+    }
+}
+
+/// The report of a run whose clients sent for `sending`.
+fn report(sending: Duration, outcomes: Vec<Outcome>) -> Report {
     let mut books: HashMap<usize, Sent> = HashMap::new();
     for o in &outcomes {
         let book = books.entry(o.room).or_default();
@@ -831,7 +1058,11 @@ fn report(plan: &Plan, outcomes: Vec<Outcome>) -> Report {
     let (mut unknown_acks, mut acked_without_seq) = (0, 0);
     let (mut unacked, mut reconnects, mut truncated) = (0, 0, 0);
     let mut longest_silence = Duration::ZERO;
+    let mut stranded_reasons: BTreeMap<String, u64> = BTreeMap::new();
+    let mut while_sending = Counts::default();
     for o in &outcomes {
+        while_sending.deliveries += o.while_sending.deliveries;
+        while_sending.acks += o.while_sending.acks;
         correctness.add(o.index, &o.received, &books[&o.room]);
         correctness.add_misdelivered(o.wrong_room);
         unknown_acks += o.unknown_acks;
@@ -852,10 +1083,13 @@ fn report(plan: &Plan, outcomes: Vec<Outcome>) -> Report {
             slow_closed += o.closes.get("4100").copied().unwrap_or(0);
         }
         truncated += o.truncated;
+        if let Some(reason) = &o.stranded {
+            *stranded_reasons.entry(reason.clone()).or_default() += 1;
+        }
         longest_silence = longest_silence.max(o.longest_silence);
         deliveries += o.latency.summary().count;
     }
-    let seconds = plan.duration.as_secs_f64();
+    let seconds = sending.as_secs_f64();
     let peak_reconnects_per_second = peak_per_second(
         outcomes
             .iter()
@@ -868,8 +1102,8 @@ fn report(plan: &Plan, outcomes: Vec<Outcome>) -> Report {
         acked_without_seq,
         deliveries,
         seconds,
-        deliveries_per_second: deliveries as f64 / seconds,
-        acks_per_second: acked as f64 / seconds,
+        deliveries_per_second: per_second(while_sending.deliveries, seconds),
+        acks_per_second: per_second(while_sending.acks, seconds),
         delivery_latency: latency.summary(),
         ack_latency: ack_latency.summary(),
         errors,
@@ -877,6 +1111,8 @@ fn report(plan: &Plan, outcomes: Vec<Outcome>) -> Report {
         reconnects,
         peak_reconnects_per_second,
         truncated,
+        stranded: stranded_reasons.values().sum(),
+        stranded_reasons,
         closes,
         slow_closed,
         longest_silence_ms: longest_silence.as_millis() as u64,
@@ -887,6 +1123,56 @@ fn report(plan: &Plan, outcomes: Vec<Outcome>) -> Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A clean run of one acked message, as far as the verdict reads it.
+    fn clean() -> Report {
+        Report {
+            sent: 1,
+            acked: 1,
+            ..Report::default()
+        }
+    }
+
+    #[test]
+    fn a_fault_without_its_effect_on_the_clients_fails() {
+        let mut plan = Plan::default();
+        assert_eq!(clean().verdict(&plan, 1.0), Ok(()));
+        plan.expect = Expect {
+            reconnects: 3,
+            close: Some((4104, 3)),
+            untruncated: true,
+        };
+        let mut report = clean();
+        report.reconnects = 2;
+        assert_eq!(
+            report.verdict(&plan, 1.0),
+            Err("2 reconnects, 3 expected".into())
+        );
+        report.reconnects = 3;
+        report.closes.insert("4104".into(), 2);
+        assert!(report.verdict(&plan, 1.0).unwrap_err().contains("4104"));
+        report.closes.insert("4104".into(), 3);
+        assert_eq!(report.verdict(&plan, 1.0), Ok(()));
+        report.truncated = 1;
+        assert!(
+            report
+                .verdict(&plan, 1.0)
+                .unwrap_err()
+                .contains("truncated")
+        );
+    }
+
+    #[test]
+    fn a_stranded_client_fails_the_run_first() {
+        let mut report = clean();
+        report.stranded = 1;
+        report
+            .stranded_reasons
+            .insert("still reconnecting when the run ended".into(), 1);
+        report.correctness.lost = 5;
+        let failure = report.verdict(&Plan::default(), 1.0).unwrap_err();
+        assert!(failure.starts_with("1 clients ended early"), "{failure}");
+    }
 
     #[test]
     fn peak_per_second_counts_the_busiest_second() {

@@ -6,15 +6,21 @@
 //! * `fanout`: rooms of clients sending chat; throughput, latency and
 //!   correctness ([`fanout`], accounting in [`ledger`] and [`latency`]).
 //! * `connections`: many idle connections; what they cost ([`connections`]).
+//! * `media`: calls through the media service; frames forwarded, their
+//!   delay and loss ([`media`]).
 //! * `token`: a development token, signed as loadgen signs its users'.
+//! * `shares` and `archive`: the fault suite's other verdicts, on what it
+//!   collected from the system ([`judge`]).
 //!
 //! [`connect`] is how each of them connects, and to what.
 
 mod connect;
 mod connections;
 mod fanout;
+mod judge;
 mod latency;
 mod ledger;
+mod media;
 mod smoke;
 
 use std::process::ExitCode;
@@ -24,6 +30,8 @@ use std::time::Duration;
 
 use clap::error::ErrorKind;
 use clap::{Args, CommandFactory, Parser, Subcommand};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
 
 /// Drive a running cavlo system over real WebSockets (loopback only).
 #[derive(Parser)]
@@ -68,11 +76,39 @@ enum Command {
     Fanout(FanoutArgs),
     /// Many idle authenticated connections to one gateway.
     Connections(ConnectionsArgs),
+    /// Calls through the media service: synthetic participants sending
+    /// timestamped audio frames; fails if any frame is lost or duplicated.
+    Media(MediaArgs),
     /// Print an HS256 token for user NAME (also its display name), valid
     /// for an hour, signed with --secret: for development and scripts.
     Token {
         /// The user's id and display name.
         name: String,
+    },
+    /// Judge how instances of a service shared work between two samples
+    /// (files of `name value` lines, one per instance): fails if one took
+    /// less than a quarter of an even share.
+    Shares {
+        /// What the samples count, for the printed line.
+        #[arg(long)]
+        what: String,
+        /// The sample before.
+        before: std::path::PathBuf,
+        /// The sample after.
+        after: std::path::PathBuf,
+    },
+    /// Judge an archive directory (one JSON-lines file per room): fails
+    /// unless it holds every stored message once, each room in sequence,
+    /// and the archiver counted no gap.
+    Archive {
+        /// The directory.
+        dir: std::path::PathBuf,
+        /// Messages the chat stream holds.
+        #[arg(long)]
+        stored: u64,
+        /// Gaps the archiver counted.
+        #[arg(long)]
+        gaps: u64,
     },
 }
 
@@ -96,9 +132,15 @@ struct FanoutArgs {
     /// Seconds of sending (at most 600).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
     duration: u64,
-    /// Seconds to keep receiving after sending stops.
+    /// Seconds to keep receiving after sending stops, at most.
     #[arg(long, default_value_t = 2)]
     drain: u64,
+    /// End the drain once the run has settled for this many seconds:
+    /// every message sent was acked and every member has each of the
+    /// others' acked messages. A run that lost anything drains in full.
+    /// 0 (the default) always drains in full.
+    #[arg(long, default_value_t = 0)]
+    settle: u64,
     /// Ride out faults as a real client does: reconnect to the next
     /// gateway, rejoin with `since`, resend what was not acked, retry
     /// `unavailable`.
@@ -133,6 +175,43 @@ struct FanoutArgs {
     /// serve, and a client's own timer would hide one that fails to.
     #[arg(long, default_value_t = 8)]
     silence_timeout: u64,
+    /// Fail unless clients reconnected at least this often: for a fault
+    /// that must move every client of a gateway (killed or cut off).
+    #[arg(long, default_value_t = 0, requires = "resume")]
+    expect_reconnects: u64,
+    /// Fail unless gateways closed connections with this code (4104: a
+    /// gateway that resumed past its timeout), `--expect-closes` of them.
+    #[arg(long)]
+    expect_close: Option<u16>,
+    /// How many `--expect-close` closes at least.
+    #[arg(long, default_value_t = 1, requires = "expect_close")]
+    expect_closes: u64,
+    /// Fail if any rejoin was told `truncated`: for runs whose backlog
+    /// outlasts the fault, where a truncated rejoin is a loss.
+    #[arg(long, requires = "resume")]
+    no_truncation: bool,
+}
+
+#[derive(Args)]
+struct MediaArgs {
+    /// Gateway WebSocket URLs; participants are spread over them.
+    #[arg(long = "gateway", required = true)]
+    gateways: Vec<String>,
+    /// Number of calls (rooms).
+    #[arg(long, default_value_t = 2)]
+    rooms: usize,
+    /// Participants per call (at most the room's capacity).
+    #[arg(long, default_value_t = 5)]
+    participants: usize,
+    /// Frames each participant sends per second (one RTP packet each).
+    #[arg(long, default_value_t = 50)]
+    rate: u32,
+    /// Bytes per frame.
+    #[arg(long, default_value_t = 160)]
+    size: usize,
+    /// Seconds frames are counted (at most 600).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
+    duration: u64,
 }
 
 #[derive(Args)]
@@ -160,6 +239,16 @@ struct ConnectionsArgs {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    // These judge files, and need no secret.
+    match &cli.command {
+        Command::Shares {
+            what,
+            before,
+            after,
+        } => return shares(what, before, after),
+        Command::Archive { dir, stored, gaps } => return archive(dir, *stored, *gaps),
+        _ => {}
+    }
     // Clap cannot require a global option itself.
     let Some(secret) = cli.secret else {
         Cli::command()
@@ -179,9 +268,49 @@ async fn main() -> ExitCode {
         } => smoke(&secret, &gateways, nats_url, nats_user, nats_password).await,
         Command::Fanout(args) => fanout(&secret, cli.json, args).await,
         Command::Connections(args) => connections(&secret, cli.json, args).await,
+        Command::Media(args) => media(&secret, cli.json, args).await,
         Command::Token { name } => {
             println!("{}", connect::token(&secret, &name));
             ExitCode::SUCCESS
+        }
+        Command::Shares { .. } | Command::Archive { .. } => unreachable!("judged above"),
+    }
+}
+
+fn shares(what: &str, before: &std::path::Path, after: &std::path::Path) -> ExitCode {
+    let read = |path: &std::path::Path| {
+        std::fs::read_to_string(path).map_err(|err| format!("{}: {err}", path.display()))
+    };
+    let shares = match read(before).and_then(|b| judge::Shares::between(&b, &read(after)?)) {
+        Ok(shares) => shares,
+        Err(err) => {
+            eprintln!("shares: {what}: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("  {what}: {shares}");
+    verdict_exit("shares", shares.verdict())
+}
+
+fn archive(dir: &std::path::Path, stored: u64, gaps: u64) -> ExitCode {
+    let archive = match judge::Archive::read(dir) {
+        Ok(archive) => archive,
+        Err(err) => {
+            eprintln!("archive: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("  archive: {archive} (the stream holds {stored}); gaps {gaps}");
+    verdict_exit("archive", archive.verdict(stored, gaps))
+}
+
+/// Exits as `verdict` says, printing why it failed.
+fn verdict_exit(what: &str, verdict: Result<(), String>) -> ExitCode {
+    match verdict {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("{what}: failed: {failure}");
+            ExitCode::FAILURE
         }
     }
 }
@@ -227,12 +356,18 @@ async fn fanout(secret: &[u8], json: bool, args: FanoutArgs) -> ExitCode {
         size: args.size,
         duration: Duration::from_secs(args.duration),
         drain: Duration::from_secs(args.drain),
+        settle: (args.settle > 0).then(|| Duration::from_secs(args.settle)),
         resume: args.resume,
         slow: args.slow.min(args.rooms),
         slow_pause: Duration::from_secs(args.slow_pause),
         slow_gateway: args.slow_gateway,
         silence_timeout: (args.silence_timeout > 0)
             .then(|| Duration::from_secs(args.silence_timeout)),
+        expect: fanout::Expect {
+            reconnects: args.expect_reconnects,
+            close: args.expect_close.map(|code| (code, args.expect_closes)),
+            untruncated: args.no_truncation,
+        },
     };
     let progress = Arc::new(fanout::Progress::default());
     let ticker = tokio::spawn(show_progress(progress.clone(), |p: &fanout::Progress| {
@@ -243,7 +378,21 @@ async fn fanout(secret: &[u8], json: bool, args: FanoutArgs) -> ExitCode {
             p.delivered.load(Ordering::Relaxed)
         )
     }));
-    let result = fanout::run(&plan, secret, progress).await;
+    // SIGUSR1: stop sending now and drain (the fault suite sends it once
+    // its fault healed, so no run sends longer than it must).
+    // Registered here, before anything runs: unhandled, SIGUSR1 would
+    // end the process.
+    let stop_sending = CancellationToken::new();
+    let told = stop_sending.clone();
+    let usr1 = signal(SignalKind::user_defined1());
+    let listener = tokio::spawn(async move {
+        if let Ok(mut usr1) = usr1 {
+            usr1.recv().await;
+            told.cancel();
+        }
+    });
+    let result = fanout::run(&plan, secret, progress, stop_sending).await;
+    listener.abort();
     ticker.abort();
     let report = match result {
         Ok(report) => report,
@@ -253,13 +402,27 @@ async fn fanout(secret: &[u8], json: bool, args: FanoutArgs) -> ExitCode {
         }
     };
     print_report(json, &report);
-    match report.verdict(&plan, args.min_acked) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(failure) => {
-            eprintln!("fanout: failed: {failure}");
-            ExitCode::FAILURE
+    verdict_exit("fanout", report.verdict(&plan, args.min_acked))
+}
+
+async fn media(secret: &[u8], json: bool, args: MediaArgs) -> ExitCode {
+    let plan = media::Plan {
+        gateways: args.gateways,
+        rooms: args.rooms,
+        participants: args.participants,
+        rate: args.rate,
+        frame_bytes: args.size,
+        duration: Duration::from_secs(args.duration),
+    };
+    let report = match media::run(&plan, secret).await {
+        Ok(report) => report,
+        Err(err) => {
+            eprintln!("media: {err}");
+            return ExitCode::FAILURE;
         }
-    }
+    };
+    print_report(json, &report);
+    verdict_exit("media", report.verdict())
 }
 
 async fn connections(secret: &[u8], json: bool, args: ConnectionsArgs) -> ExitCode {
