@@ -177,6 +177,11 @@ impl Bus {
         &self.moderators
     }
 
+    /// How long a request waits for its answer.
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
     /// The live media nodes, kept up to date from their heartbeats.
     pub fn media(&self) -> &MediaNodes {
         &self.media

@@ -15,7 +15,7 @@ use schemas::client::Member;
 use schemas::code::ErrorCode;
 use schemas::event::{Action, Verdict};
 use schemas::id::{JoinId, ModeratorId, RoomId};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -45,6 +45,10 @@ pub struct Departure {
     pub attempt: Option<JoinId>,
     /// The connection's moderator, which also forgets its budgets there.
     pub moderator: Option<ModeratorId>,
+    /// Dropped once the departure is over (applied, refused, or given up
+    /// as the gateway stops): the connection's next join of the room waits
+    /// for it, so that its own late leave cannot undo that join.
+    pub over: oneshot::Sender<()>,
 }
 
 /// The sending side, held by connections.
@@ -104,6 +108,7 @@ async fn leave(bus: &Bus, departure: Departure, closing: &CancellationToken) {
         room,
         attempt,
         moderator,
+        over: _over,
     } = departure;
     let mut from = Requester::new(member);
     from.moderator = moderator;

@@ -3,10 +3,14 @@
 use moderator::config::ModeratorConfig;
 use schemas::client::{ClientFrame, PresenceEvent, ServerFrame, SignalKind};
 use schemas::code::{CloseCode, ErrorCode};
-use schemas::id::{RoomId, Seq};
+use schemas::event::{self, Action, ModerationReply, ModerationRequest, Verdict};
+use schemas::id::{ModeratorId, RoomId, Seq};
+use schemas::subject;
 use serde_json::json;
 
 use std::time::Duration;
+
+use futures_util::StreamExt;
 
 use tokio::time::Instant;
 
@@ -551,4 +555,123 @@ async fn when_a_connections_moderator_dies_its_next_requests_go_to_another() {
     );
     drop((ann, bob));
     system.finish().await;
+}
+
+/// A join the moderator answered `unavailable` may have been admitted all
+/// the same: a rooms-bucket write whose ack timed out can still be stored.
+/// The gateway must then withdraw it, as it does a join it heard no answer
+/// to, or the seat stays taken for as long as the gateway lives: the
+/// cut-nats fault run in CI left such a ghost, and its room refused the
+/// member's own rejoin (`room_full`) until the run ended. The moderator
+/// here is the test, answering as one whose write timed out: the gateway's
+/// leave naming the connection and the join's attempt must follow, and the
+/// connection's next join of the room must wait for it (issue 26).
+#[tokio::test]
+async fn a_join_answered_unavailable_is_withdrawn_before_the_next() {
+    let system = System::start(Options {
+        moderators: 0,
+        ..Options::one_gateway()
+    })
+    .await;
+    let nats = system.nats.connect().await;
+    let mut requests = nats
+        .queue_subscribe(subject::MODERATE, subject::MODERATOR_QUEUE.into())
+        .await
+        .unwrap();
+    nats.flush().await.unwrap();
+    let answer = |request: &async_nats::Message, verdict: Verdict| {
+        let reply = ModerationReply {
+            moderator: ModeratorId::from("test"),
+            verdict,
+        };
+        let to = request
+            .reply
+            .clone()
+            .expect("a request has a reply subject");
+        let nats = nats.clone();
+        async move {
+            nats.publish(to, event::encode(&reply).into())
+                .await
+                .unwrap()
+        }
+    };
+    let room = room("withdrawn");
+    let mut ann = Client::connect(system.gateways[0], "ann").await;
+    ann.send(&ClientFrame::Join {
+        room: room.clone(),
+        since: None,
+        replaces: None,
+    })
+    .await;
+    let (message, request) = next_request(&mut requests).await;
+    let Action::Join {
+        attempt: joined, ..
+    } = request.action
+    else {
+        panic!("expected the join, got {:?}", request.action);
+    };
+    answer(
+        &message,
+        Verdict::unavailable("room membership unavailable"),
+    )
+    .await;
+    let error = ann.next_error().await;
+    assert_code(&error, ErrorCode::Unavailable, "the join");
+    let (message, request) = next_request(&mut requests).await;
+    match request.action {
+        Action::Leave {
+            room: left,
+            attempt,
+        } => {
+            assert_eq!(left, room);
+            assert_eq!(request.from.conn_id, ann.conn_id);
+            assert_eq!(attempt, Some(joined), "the leave names the join's attempt");
+        }
+        other => panic!("expected the leave withdrawing the join, got {other:?}"),
+    }
+    // The same connection joins again at once: the join waits for the
+    // leave's answer, or the leave, applied after it, would undo it.
+    ann.send(&ClientFrame::Join {
+        room: room.clone(),
+        since: None,
+        replaces: None,
+    })
+    .await;
+    let overtaking = tokio::time::timeout(Duration::from_millis(500), requests.next()).await;
+    assert!(
+        overtaking.is_err(),
+        "a request overtook the unanswered leave: {overtaking:?}"
+    );
+    answer(&message, Verdict::Done).await;
+    let (message, request) = next_request(&mut requests).await;
+    assert!(
+        matches!(request.action, Action::Join { .. }),
+        "the join once the leave was answered, got {:?}",
+        request.action
+    );
+    let full = Verdict::Rejected {
+        code: ErrorCode::RoomFull,
+        message: "the room is full".into(),
+    };
+    answer(&message, full).await;
+    assert_code(
+        &ann.next_error().await,
+        ErrorCode::RoomFull,
+        "the next join",
+    );
+    drop(ann);
+    // Not `finish`: with no moderator there is no rooms bucket to check.
+    system.shutdown().await;
+}
+
+/// The next moderation request a test posing as the moderator receives.
+async fn next_request(
+    requests: &mut async_nats::Subscriber,
+) -> (async_nats::Message, ModerationRequest) {
+    let message = tokio::time::timeout(FRAME_TIMEOUT, requests.next())
+        .await
+        .expect("a request in time")
+        .expect("subscribed");
+    let request = event::decode(&message.payload).unwrap();
+    (message, request)
 }

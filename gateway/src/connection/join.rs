@@ -5,6 +5,7 @@ use schemas::client::{ErrorFrame, ServerFrame};
 use schemas::code::ErrorCode;
 use schemas::event::{Action, Verdict};
 use schemas::id::{ConnId, JoinId, RoomId, Seq};
+use tokio::sync::oneshot;
 
 use super::{Connection, Failure, HISTORY_UNAVAILABLE, MODERATOR_UNAVAILABLE, unexpected};
 use crate::departures::Departure;
@@ -28,6 +29,15 @@ impl Connection {
             return Err(fail(
                 ErrorCode::TooManyRooms,
                 "already in as many rooms as allowed",
+            ));
+        }
+        // The connection's own leave of the room, if still on its way,
+        // goes first: applied after this join, it would undo it.
+        let timeout = self.shared.bus.request_timeout();
+        if !self.rooms.departed(&room, timeout).await {
+            return Err(fail(
+                ErrorCode::Unavailable,
+                "still leaving the room; retry",
             ));
         }
         // Recorded before the hub knows the member (see `JoinedRooms::begin`).
@@ -55,6 +65,15 @@ impl Connection {
         };
         let (members, revision) = match self.moderate(join).await {
             Ok(Verdict::Admitted { members, revision }) => (members, revision),
+            // An `unavailable` join may have been admitted all the same: a
+            // rooms-bucket write whose ack timed out can still be stored.
+            Ok(Verdict::Rejected {
+                code: ErrorCode::Unavailable,
+                message,
+            }) => {
+                self.depart(room.clone()).await;
+                return Err(fail(ErrorCode::Unavailable, &message));
+            }
             Ok(Verdict::Rejected { code, message }) => {
                 self.forget(&room);
                 return Err(fail(code, &message));
@@ -116,11 +135,14 @@ impl Connection {
     pub(super) async fn depart(&mut self, room: RoomId) {
         let attempt = self.rooms.attempt(&room);
         self.forget(&room);
+        let (over, departed) = oneshot::channel();
+        self.rooms.departing(room.clone(), departed);
         let departure = Departure {
             member: self.requester.member.clone(),
             room,
             attempt,
             moderator: self.requester.moderator.clone(),
+            over,
         };
         self.shared.departures.send(departure).await;
     }

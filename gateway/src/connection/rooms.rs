@@ -11,6 +11,8 @@ use hyper_tungstenite::HyperWebsocketStream;
 use hyper_tungstenite::tungstenite::Message;
 use schemas::code::CloseCode;
 use schemas::id::{JoinId, RoomId, Seq};
+use tokio::sync::oneshot;
+use tokio::sync::oneshot::error::TryRecvError;
 use tokio::time::Instant;
 
 use super::Connection;
@@ -49,6 +51,11 @@ impl RoomView {
 #[derive(Debug)]
 pub(super) struct JoinedRooms {
     views: HashMap<RoomId, RoomView>,
+    /// Rooms whose departure is still on its way to a moderator, each told
+    /// when it is over (see [`JoinedRooms::departed`]). Only departures
+    /// under way are kept, so this holds no more than the gateway's
+    /// departure queue.
+    departing: HashMap<RoomId, oneshot::Receiver<()>>,
     /// Most chat messages held behind a gap, per room.
     max_held: usize,
 }
@@ -58,8 +65,31 @@ impl JoinedRooms {
     pub(super) fn new(max_held: usize) -> Self {
         Self {
             views: HashMap::new(),
+            departing: HashMap::new(),
             max_held,
         }
+    }
+
+    /// Notes that `room`'s departure is on its way; `over` is told when a
+    /// moderator has applied it.
+    pub(super) fn departing(&mut self, room: RoomId, over: oneshot::Receiver<()>) {
+        self.departing
+            .retain(|_, over| matches!(over.try_recv(), Err(TryRecvError::Empty)));
+        self.departing.insert(room, over);
+    }
+
+    /// Waits up to `timeout` for this connection's departure of `room`, if
+    /// one is on its way; false if it still is. A join must not overtake
+    /// it: the leave names the connection, and would undo the join.
+    pub(super) async fn departed(&mut self, room: &RoomId, timeout: Duration) -> bool {
+        let Some(mut over) = self.departing.remove(room) else {
+            return true;
+        };
+        if tokio::time::timeout(timeout, &mut over).await.is_ok() {
+            return true;
+        }
+        self.departing.insert(room.clone(), over);
+        false
     }
 
     pub(super) fn contains(&self, room: &RoomId) -> bool {
