@@ -23,7 +23,12 @@ use crate::bus::{Bus, Requester};
 
 /// Departures waiting for the worker; past this, closing connections wait.
 const QUEUE_CAPACITY: usize = 4096;
-/// Departures sent at once.
+/// Departures under way at once, each retried until applied; past this,
+/// the worker waits and the queue fills. Through an outage each waits
+/// between its attempts without holding a request slot, so a few
+/// thousand undeliverable leaves do not stall the ones that would pass.
+const UNDER_WAY: usize = 4096;
+/// Leave requests in flight at once.
 const CONCURRENCY: usize = 64;
 /// Attempts per departure once the gateway is stopping, with backoff from
 /// 100 ms doubling to 5 s. Before that there is no limit: a departure given
@@ -74,7 +79,8 @@ impl Departures {
 }
 
 async fn work(bus: Bus, mut rx: mpsc::Receiver<Departure>, closing: CancellationToken) {
-    let permits = Arc::new(Semaphore::new(CONCURRENCY));
+    let under_way = Arc::new(Semaphore::new(UNDER_WAY));
+    let in_flight = Arc::new(Semaphore::new(CONCURRENCY));
     let mut sending = JoinSet::new();
     loop {
         let departure = tokio::select! {
@@ -88,26 +94,33 @@ async fn work(bus: Bus, mut rx: mpsc::Receiver<Departure>, closing: Cancellation
             }
             Some(_) = sending.join_next() => continue,
         };
-        let permit = permits
+        let permit = under_way
             .clone()
             .acquire_owned()
             .await
             .expect("the semaphore is never closed");
-        let (bus, closing) = (bus.clone(), closing.clone());
+        let (bus, closing, in_flight) = (bus.clone(), closing.clone(), in_flight.clone());
         sending.spawn(async move {
-            leave(&bus, departure, &closing).await;
+            leave(&bus, departure, &in_flight, &closing).await;
             drop(permit);
         });
     }
     while sending.join_next().await.is_some() {}
 }
 
-async fn leave(bus: &Bus, departure: Departure, closing: &CancellationToken) {
+async fn leave(
+    bus: &Bus,
+    departure: Departure,
+    in_flight: &Semaphore,
+    closing: &CancellationToken,
+) {
     let Departure {
         member,
         room,
         attempt,
         moderator,
+        // Named, not `_`: held until the departure is over, whose drop
+        // tells the connection so.
         over: _over,
     } = departure;
     let mut from = Requester::new(member);
@@ -118,7 +131,11 @@ async fn leave(bus: &Bus, departure: Departure, closing: &CancellationToken) {
             room: room.clone(),
             attempt: attempt.clone(),
         };
-        match bus.moderate(&mut from, action).await {
+        let verdict = {
+            let _slot = in_flight.acquire().await.expect("never closed");
+            bus.moderate(&mut from, action).await
+        };
+        match verdict {
             Ok(Verdict::Rejected { code, message })
                 if !matches!(code, ErrorCode::Unavailable | ErrorCode::RateLimited) =>
             {

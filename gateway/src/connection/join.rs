@@ -134,17 +134,20 @@ impl Connection {
     /// Leaves `room` here and queues the moderator's side of it.
     pub(super) async fn depart(&mut self, room: RoomId) {
         let attempt = self.rooms.attempt(&room);
-        self.forget(&room);
         let (over, departed) = oneshot::channel();
-        self.rooms.departing(room.clone(), departed);
         let departure = Departure {
             member: self.requester.member.clone(),
-            room,
+            room: room.clone(),
             attempt,
             moderator: self.requester.moderator.clone(),
             over,
         };
+        // Queued before the room is forgotten: a full queue makes this
+        // wait, and if the connection ends meanwhile (this step cancelled),
+        // the room is still listed, so its end departs it again.
         self.shared.departures.send(departure).await;
+        self.forget(&room);
+        self.rooms.departing(room, departed);
     }
 
     /// Leaves `room` locally and in the hub, and its call.

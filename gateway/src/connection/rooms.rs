@@ -52,9 +52,9 @@ impl RoomView {
 pub(super) struct JoinedRooms {
     views: HashMap<RoomId, RoomView>,
     /// Rooms whose departure is still on its way to a moderator, each told
-    /// when it is over (see [`JoinedRooms::departed`]). Only departures
-    /// under way are kept, so this holds no more than the gateway's
-    /// departure queue.
+    /// when it is over (see [`JoinedRooms::departed`]). Finished ones are
+    /// dropped on the next insert, so this holds at most one per room the
+    /// connection departed while the gateway's departures were under way.
     departing: HashMap<RoomId, oneshot::Receiver<()>>,
     /// Most chat messages held behind a gap, per room.
     max_held: usize,
@@ -70,8 +70,8 @@ impl JoinedRooms {
         }
     }
 
-    /// Notes that `room`'s departure is on its way; `over` is told when a
-    /// moderator has applied it.
+    /// Notes that `room`'s departure is on its way; `over` is told when it
+    /// is over: applied, refused, or given up as the gateway stops.
     pub(super) fn departing(&mut self, room: RoomId, over: oneshot::Receiver<()>) {
         self.departing
             .retain(|_, over| matches!(over.try_recv(), Err(TryRecvError::Empty)));
