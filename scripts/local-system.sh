@@ -55,10 +55,16 @@ start_system() {
   wait_for http://127.0.0.1:18301/ready
 }
 
+# The gateways first, then the other services, then NATS, as an operator
+# would: a gateway stopping beside the moderator waits out the departures
+# of its last clients (up to 10 s per stop).
 stop_system() {
   [ -n "$state" ] || return 0
-  kill "${pid[@]}" 2>/dev/null || true
-  wait "${pid[@]}" 2>/dev/null || true
+  local group name
+  for group in "gw1 gw2" "history moderator media" "nats"; do
+    for name in $group; do kill "${pid[$name]}" 2>/dev/null || true; done
+    for name in $group; do wait "${pid[$name]}" 2>/dev/null || true; done
+  done
   rm -rf "$state"
   state=""
   pid=()
