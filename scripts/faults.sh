@@ -14,8 +14,9 @@
 # duplicated, reordered, skipped live, misdelivered or unacked, a bad ack,
 # a client stranded, slow-consumer closing anyone but the slow client, or
 # a fault without its effect on the clients: loadgen judges, in one place,
-# and this script only shows its counts), or if a run's fault did not
-# happen and heal as seen from outside (below).
+# and this script only shows its counts), if a run's fault did not
+# happen and heal as seen from outside (below), or if NATS refused any
+# service a permission (logged as a permissions violation).
 #
 #   scripts/faults.sh [--short] [FAULT ...]
 #
@@ -444,6 +445,16 @@ EOF
     fi
     rm -f "$report" "$log"
   done
+  # NATS must have refused no service anything: a permission a service
+  # lacks may show only after a fault (a watch made again once its node
+  # was lost), and the service then goes on without what it asked for.
+  local refused
+  refused="$(compose logs --no-color 2>/dev/null | grep -a 'Permissions Violation' || true)"
+  if [ -n "$refused" ]; then
+    echo "NATS refused a service $(wc -l <<<"$refused") times; the last:"
+    tail -3 <<<"$refused"
+    failed=1
+  fi
   return "$failed"
 }
 run_faults 2>&1 | tee "$summary"

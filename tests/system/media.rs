@@ -13,7 +13,8 @@ use schemas::subject;
 use tokio::time::Instant;
 
 use crate::harness::{
-    Client, FRAME_TIMEOUT, Options, Participant, System, assert_code, room, token, token_with,
+    Client, FRAME_TIMEOUT, Options, Participant, System, assert_code, get_json, room, token,
+    token_with,
 };
 
 /// How long forwarded media may take to arrive once a call is set up.
@@ -203,6 +204,85 @@ async fn a_call_taken_over_by_another_node_moves_every_connection() {
         .expect("the takeover is written");
     rejoin_after_move(&mut ann, &mut bob, &room).await;
     assert_eq!(system.media_node_of(&room).await, Some(1 - holder));
+    ann.close().await;
+    bob.close().await;
+    system.finish().await;
+}
+
+/// A bucket's watch outlives the loss of its consumer. The ordered
+/// consumer behind a watch lives on one NATS node; when that node dies, or
+/// the connection stays away past its heartbeats, the client makes it again
+/// under a name (`$JS.API.CONSUMER.CREATE.<stream>.<name>.<filter>`), which
+/// the deployment's NATS users did not allow: after the fault suite's NATS
+/// faults, gateways logged permission violations and no longer heard
+/// where calls moved, and media nodes no longer heard who left a room.
+/// Here, with compose's users, the gateways' consumers are deleted as a
+/// node's death would lose them: each gateway must make its own again,
+/// and a takeover written after that must still move both members.
+#[tokio::test]
+async fn a_call_taken_over_after_the_gateways_watches_were_lost_moves_every_connection() {
+    let system = System::start(Options {
+        nats_users: true,
+        ..with_media(2)
+    })
+    .await;
+    let room = room("watch-lost");
+    let [(mut ann, ann_call), (mut bob, bob_call)] = two_in_a_call(&system, &room).await;
+    assert!(ann_call.hears(bob.conn_id.as_str(), MEDIA_TIMEOUT).await);
+    drop((ann_call, bob_call));
+    let calls_consumers = || async {
+        let jsz = get_json(
+            system.nats.monitor,
+            "/jsz?accounts=true&streams=true&consumers=true",
+        )
+        .await;
+        let mut names = Vec::new();
+        for account in jsz["account_details"].as_array().into_iter().flatten() {
+            for stream in account["stream_detail"].as_array().into_iter().flatten() {
+                if stream["name"] == "KV_CAVLO_CALLS" {
+                    for consumer in stream["consumer_detail"].as_array().into_iter().flatten() {
+                        names.push(consumer["name"].as_str().unwrap().to_owned());
+                    }
+                }
+            }
+        }
+        names
+    };
+    let lost = calls_consumers().await;
+    assert_eq!(lost.len(), 2, "one watch per gateway: {lost:?}");
+    // The gateway's own user may delete its consumers.
+    let js = async_nats::jetstream::new(system.nats.connect_as(Some("gateway")).await);
+    let stream = js.get_stream("KV_CAVLO_CALLS").await.expect("stream info");
+    for name in &lost {
+        stream
+            .delete_consumer(name)
+            .await
+            .expect("consumer deleted");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let made = calls_consumers().await;
+        if made.len() == 2 && made.iter().all(|name| !lost.contains(name)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gateways did not watch the calls bucket again: {made:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let holder = system.media_node_of(&room).await.expect("placed");
+    let other = &system.media[1 - holder].id;
+    let media = async_nats::jetstream::new(system.nats.connect_as(Some("media")).await);
+    let calls = media
+        .get_key_value(subject::CALLS_BUCKET)
+        .await
+        .expect("the calls bucket opens");
+    calls
+        .put(subject::room_key(&room), other.as_str().to_owned().into())
+        .await
+        .expect("the takeover is written");
+    rejoin_after_move(&mut ann, &mut bob, &room).await;
     ann.close().await;
     bob.close().await;
     system.finish().await;

@@ -155,11 +155,15 @@ const SUBJECTS: &[&str] = &[
     "$JS.API.STREAM.INFO.KV_CAVLO_ROOMS",
     "$JS.API.STREAM.MSG.GET.KV_CAVLO_ROOMS",
     "$JS.API.DIRECT.GET.KV_CAVLO_ROOMS",
+    "$JS.API.CONSUMER.CREATE.KV_CAVLO_ROOMS",
+    "$JS.API.CONSUMER.CREATE.KV_CAVLO_ROOMS.w_1.$KV.CAVLO_ROOMS.r",
     "$KV.CAVLO_CALLS.r",
     "$JS.API.STREAM.CREATE.KV_CAVLO_CALLS",
     "$JS.API.STREAM.DELETE.KV_CAVLO_CALLS",
     "$JS.API.STREAM.INFO.KV_CAVLO_CALLS",
     "$JS.API.DIRECT.GET.KV_CAVLO_CALLS",
+    "$JS.API.CONSUMER.CREATE.KV_CAVLO_CALLS",
+    "$JS.API.CONSUMER.CREATE.KV_CAVLO_CALLS.w_1.$KV.CAVLO_CALLS.r",
 ];
 
 /// What each service needs, as docs/architecture.md ("NATS permissions")
@@ -177,6 +181,7 @@ const NEEDS: &[(&str, &[&str], &[&str])] = &[
             "cavlo.media.*.leave",
             "$JS.API.STREAM.INFO.KV_CAVLO_CALLS",
             "$JS.API.CONSUMER.CREATE.KV_CAVLO_CALLS",
+            "$JS.API.CONSUMER.CREATE.KV_CAVLO_CALLS.>",
             "$JS.API.CONSUMER.DELETE.KV_CAVLO_CALLS.*",
             "$JS.FC.KV_CAVLO_CALLS.>",
         ],
@@ -242,6 +247,8 @@ const NEEDS: &[(&str, &[&str], &[&str])] = &[
             "$JS.API.STREAM.MSG.GET.KV_CAVLO_ROOMS",
             "$JS.API.DIRECT.GET.KV_CAVLO_ROOMS",
             "$JS.API.DIRECT.GET.KV_CAVLO_ROOMS.>",
+            "$JS.API.CONSUMER.CREATE.KV_CAVLO_ROOMS",
+            "$JS.API.CONSUMER.CREATE.KV_CAVLO_ROOMS.>",
             "$JS.API.STREAM.CREATE.KV_CAVLO_CALLS",
             "$JS.API.STREAM.UPDATE.KV_CAVLO_CALLS",
             "$JS.API.STREAM.INFO.KV_CAVLO_CALLS",

@@ -278,7 +278,9 @@ impl System {
     /// The index of the media node the calls bucket says holds `room`'s
     /// call, if any.
     pub async fn media_node_of(&self, room: &RoomId) -> Option<usize> {
-        let js = async_nats::jetstream::new(self.nats.connect().await);
+        // With NATS users, read as the media nodes, which own the bucket.
+        let user = self.nats.with_users.then_some("media");
+        let js = async_nats::jetstream::new(self.nats.connect_as(user).await);
         let calls = js
             .get_key_value(subject::CALLS_BUCKET)
             .await
