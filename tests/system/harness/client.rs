@@ -144,11 +144,18 @@ impl Client {
 
     /// The next presence frame.
     pub async fn next_presence(&mut self) -> ServerFrame {
+        self.next_presence_within(FRAME_TIMEOUT).await
+    }
+
+    /// The next presence frame, each frame off the socket waited for up
+    /// to `within`: for a change that comes only after a timeout of the
+    /// system's.
+    pub async fn next_presence_within(&mut self, within: Duration) -> ServerFrame {
         loop {
             if let Some(frame) = self.presence.pop_front() {
                 return frame;
             }
-            let frame = self.read().await;
+            let frame = self.read_within(within).await;
             match frame {
                 ServerFrame::Presence { .. } => return frame,
                 other => self.pending.push_back(other),
@@ -158,7 +165,11 @@ impl Client {
 
     /// The next frame off the socket.
     async fn read(&mut self) -> ServerFrame {
-        match self.connection.recv_within(FRAME_TIMEOUT).await {
+        self.read_within(FRAME_TIMEOUT).await
+    }
+
+    async fn read_within(&mut self, within: Duration) -> ServerFrame {
+        match self.connection.recv_within(within).await {
             Ok(frame) => frame,
             Err(err) => match err.kind() {
                 RecvErrorKind::TimedOut => panic!("timed out waiting for a frame"),
