@@ -450,8 +450,15 @@ EOF
   # NATS must have refused no service anything: a permission a service
   # lacks may show only after a fault (a watch made again once its node
   # was lost), and the service then goes on without what it asked for.
-  local refused
-  refused="$(compose logs --no-color 2>/dev/null | grep -a 'Permissions Violation' || true)"
+  # Both sides' lines count: the servers' ("Publish Violation") and the
+  # services' own ("Permissions Violation", which a stricter log filter
+  # could hide). Containers scaled in are gone, and their logs with them.
+  local logs refused
+  if ! logs="$(compose logs --no-color 2>&1)"; then
+    echo "cannot read the services' logs to check NATS permissions"
+    return 1
+  fi
+  refused="$(grep -aE '(Permissions|Publish|Subscription) Violation' <<<"$logs" || true)"
   if [ -n "$refused" ]; then
     echo "NATS refused a service $(wc -l <<<"$refused") times; the last:"
     tail -3 <<<"$refused"

@@ -248,8 +248,19 @@ async fn a_call_taken_over_after_the_gateways_watches_were_lost_moves_every_conn
         }
         names
     };
-    let lost = calls_consumers().await;
-    assert_eq!(lost.len(), 2, "one watch per gateway: {lost:?}");
+    // One watch per gateway, each opened in the background at start-up.
+    let deadline = Instant::now() + FRAME_TIMEOUT;
+    let lost = loop {
+        let watching = calls_consumers().await;
+        if watching.len() == 2 {
+            break watching;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not one watch per gateway: {watching:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     // The gateway's own user may delete its consumers.
     let js = async_nats::jetstream::new(system.nats.connect_as(Some("gateway")).await);
     let stream = js.get_stream("KV_CAVLO_CALLS").await.expect("stream info");
