@@ -76,6 +76,26 @@ async fn rejoin_after_move(ann: &mut Client, bob: &mut Client, room: &RoomId) ->
     told
 }
 
+/// Writes into the calls bucket that the other of two media nodes holds
+/// `room`'s call, as a node taking it over would (with NATS users, as the
+/// media user, which owns the bucket); returns that node's index.
+async fn take_over(system: &System, room: &RoomId) -> usize {
+    let holder = system.media_node_of(room).await.expect("placed");
+    let taker = 1 - holder;
+    let user = system.nats.with_users.then_some("media");
+    let js = async_nats::jetstream::new(system.nats.connect_as(user).await);
+    let calls = js
+        .get_key_value(subject::CALLS_BUCKET)
+        .await
+        .expect("the calls bucket opens");
+    let node = system.media[taker].id.as_str().to_owned();
+    calls
+        .put(subject::room_key(room), node.into())
+        .await
+        .expect("the takeover is written");
+    taker
+}
+
 /// Two members on two gateways, each in the call through the media node.
 async fn two_in_a_call(system: &System, room: &RoomId) -> [(Client, Participant); 2] {
     let mut ann = Client::connect(system.gateways[0], "ann").await;
@@ -191,19 +211,9 @@ async fn a_call_taken_over_by_another_node_moves_every_connection() {
     let [(mut ann, ann_call), (mut bob, bob_call)] = two_in_a_call(&system, &room).await;
     assert!(ann_call.hears(bob.conn_id.as_str(), MEDIA_TIMEOUT).await);
     drop((ann_call, bob_call));
-    let holder = system.media_node_of(&room).await.expect("placed");
-    let other = &system.media[1 - holder].id;
-    let js = async_nats::jetstream::new(system.nats.connect().await);
-    let calls = js
-        .get_key_value(subject::CALLS_BUCKET)
-        .await
-        .expect("the calls bucket opens");
-    calls
-        .put(subject::room_key(&room), other.as_str().to_owned().into())
-        .await
-        .expect("the takeover is written");
+    let taker = take_over(&system, &room).await;
     rejoin_after_move(&mut ann, &mut bob, &room).await;
-    assert_eq!(system.media_node_of(&room).await, Some(1 - holder));
+    assert_eq!(system.media_node_of(&room).await, Some(taker));
     ann.close().await;
     bob.close().await;
     system.finish().await;
@@ -282,17 +292,7 @@ async fn a_call_taken_over_after_the_gateways_watches_were_lost_moves_every_conn
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let holder = system.media_node_of(&room).await.expect("placed");
-    let other = &system.media[1 - holder].id;
-    let media = async_nats::jetstream::new(system.nats.connect_as(Some("media")).await);
-    let calls = media
-        .get_key_value(subject::CALLS_BUCKET)
-        .await
-        .expect("the calls bucket opens");
-    calls
-        .put(subject::room_key(&room), other.as_str().to_owned().into())
-        .await
-        .expect("the takeover is written");
+    take_over(&system, &room).await;
     rejoin_after_move(&mut ann, &mut bob, &room).await;
     ann.close().await;
     bob.close().await;
