@@ -138,8 +138,9 @@ pub struct Report {
     pub closes: BTreeMap<String, u64>,
     /// Of those, slow consumers closed with 4100 (slow consumer).
     pub slow_closed: u64,
-    /// The longest time any client went without a delivery while messages
-    /// were being sent, ms.
+    /// The longest time any client went without a delivery, of the
+    /// silences that began while messages were being sent (one that ends
+    /// in the drain counts whole), ms.
     pub longest_silence_ms: u64,
     /// Lost, duplicated, reordered and misdelivered deliveries, and live
     /// gaps, judged by message id; all must be 0.
@@ -841,8 +842,15 @@ impl Rider {
                         .latency
                         .record(self.micros(now).saturating_sub(sent));
                 }
-                if now < self.deadlines.borrow().stop_sending {
+                let stop_sending = self.deadlines.borrow().stop_sending;
+                if now < stop_sending {
                     self.outcome.while_sending.deliveries += 1;
+                }
+                // A silence that began while messages were being sent
+                // counts whole, even when it ends in the drain: cut short
+                // at the end of sending, a fault's silence could never
+                // measure longer than the time left to send.
+                if self.last_delivery < stop_sending {
                     self.outcome.longest_silence = self
                         .outcome
                         .longest_silence
