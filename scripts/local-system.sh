@@ -62,8 +62,9 @@ stop_system() {
   [ -n "$state" ] || return 0
   local group name
   for group in "gw1 gw2" "history moderator media" "nats"; do
-    for name in $group; do kill "${pid[$name]}" 2>/dev/null || true; done
-    for name in $group; do wait "${pid[$name]}" 2>/dev/null || true; done
+    # A service start_system never reached has no pid.
+    for name in $group; do [ -z "${pid[$name]:-}" ] || kill "${pid[$name]}" 2>/dev/null || true; done
+    for name in $group; do [ -z "${pid[$name]:-}" ] || wait "${pid[$name]}" 2>/dev/null || true; done
   done
   rm -rf "$state"
   state=""

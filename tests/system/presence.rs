@@ -429,7 +429,7 @@ async fn a_gateway_paused_and_cut_off_lets_no_ghost_receive_or_post() {
     // enough for the 2 s, and ann was closed with 4104 (removed as a dead
     // gateway's member, or by her gateway's own pause check) while the
     // test was still setting up: twice, once with only the gateway's
-    // check given 6 s, and once more in CI with 5 s for both (all of a
+    // check given 6 s, and once more in a local CI run with 5 s for both (all of a
     // test's in-process services share its one thread, which the whole
     // suite running at once can starve). The pause outlasts the
     // moderators' timeout anyway: it lasts until ann sees bob removed.
